@@ -1,0 +1,363 @@
+"""Settings: one TOML file, then ``ACQFLOW_*`` environment overrides, then CLI flags.
+
+The tree is validated once at start and frozen; sub-sections are passed down
+explicitly. An invalid value is a one-line :class:`ConfigError` naming the key, e.g.
+``dicom.port: Input should be less than or equal to 65535 (got 70000)``.
+
+Environment overrides use ``__`` between levels: ``ACQFLOW_DICOM__PORT=11113``,
+``ACQFLOW_WORKERS__DEVICE=cuda``. Values are read as TOML values where they parse
+(numbers, booleans, ``["a", "b"]``) and as strings otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from daemon.errors import ConfigError
+
+__all__ = [
+    "DicomSettings",
+    "ExportDestination",
+    "ExportSettings",
+    "FolderMode",
+    "FolderSettings",
+    "MetricsSettings",
+    "PipelineSettings",
+    "RouteRule",
+    "Settings",
+    "WorkerSettings",
+    "load_settings",
+]
+
+ENV_PREFIX = "ACQFLOW_"
+AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
+Port = Annotated[int, Field(ge=0, le=65535)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_ae(value: str) -> str:
+    if not AE_TITLE.match(value) or not value.strip():
+        raise ValueError(f"not a valid AE title (1-16 printable characters, no backslash): {value!r}")
+    return value
+
+
+class PathSettings(_Section):
+    state_dir: Path = Path("var")
+    outputs_dir: Path = Path("var/outputs")
+
+    @property
+    def journal(self) -> Path:
+        return self.state_dir / "journal.sqlite3"
+
+    @property
+    def spool(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.state_dir / "quarantine"
+
+    @property
+    def outbox(self) -> Path:
+        return self.state_dir / "outbox"
+
+
+class WorkerSettings(_Section):
+    count: Annotated[int, Field(ge=1, le=64)] = 1
+    device: str = "auto"
+    queue_size: Annotated[int, Field(ge=1, le=10_000)] = 8
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    retry_initial_seconds: PositiveSeconds = 5.0
+    retry_max_seconds: PositiveSeconds = 600.0
+    poll_seconds: PositiveSeconds = 1.0
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", value):
+            return value
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 9464
+
+
+class FolderMode(str, Enum):
+    EVENTS = "events"  # inotify & co: close-after-write events
+    POLLING = "polling"  # network shares: size/mtime stable for stable_seconds
+
+
+class FolderSettings(_Section):
+    path: Path
+    recursive: bool = True
+    mode: FolderMode = FolderMode.EVENTS
+    stable_seconds: Annotated[float, Field(ge=0)] = 2.0
+    poll_seconds: PositiveSeconds = 2.0
+    rescan_seconds: PositiveSeconds = 60.0
+    include: tuple[str, ...] = ("*.tif", "*.tiff", "*.ome.tif", "*.ome.tiff", "*.btf")
+    naming: str = "auto"
+    patterns: tuple[str, ...] = ()
+    experiment: str | None = None
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+        return value
+
+
+class TlsSettings(_Section):
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+
+
+class DicomSettings(_Section):
+    enabled: bool = True
+    ae_title: str = "ACQFLOW"
+    host: str = "127.0.0.1"
+    port: Port = 11112
+    allowed_calling_aes: tuple[str, ...] = ()
+    allowed_addresses: tuple[str, ...] = ()
+    max_pdu: Annotated[int, Field(ge=0)] = 0
+    max_associations: Annotated[int, Field(ge=1, le=256)] = 16
+    network_timeout_seconds: PositiveSeconds = 60.0
+    series_quiet_seconds: Annotated[float, Field(ge=0)] = 10.0
+    tls: TlsSettings | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _own_ae(cls, value: str) -> str:
+        return _check_ae(value)
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _callers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_ae(v) for v in value)
+
+
+class ExportDestination(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    ae_title: str
+    host: str
+    port: Port
+    calling_ae_title: str | None = None
+
+    @field_validator("ae_title", "calling_ae_title")
+    @classmethod
+    def _ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae(value)
+
+
+class ExportSettings(_Section):
+    destinations: tuple[ExportDestination, ...] = ()
+    retry_initial_seconds: PositiveSeconds = 5.0
+    retry_max_seconds: PositiveSeconds = 600.0
+    give_up_after_seconds: PositiveSeconds = 7 * 24 * 3600.0
+    poll_seconds: PositiveSeconds = 1.0
+    timeout_seconds: PositiveSeconds = 30.0
+
+    @model_validator(mode="after")
+    def _unique(self) -> ExportSettings:
+        names = [d.name for d in self.destinations]
+        if len(names) != len(set(names)):
+            raise ValueError(f"destination names must be unique: {names}")
+        return self
+
+
+class RouteRule(_Section):
+    """First matching rule wins unless it sets ``continue``; unset fields match anything."""
+
+    name: str
+    source: tuple[str, ...] = ()  # folder, dicom, cli
+    kind: tuple[str, ...] = ()  # image, dicom-series
+    modality: tuple[str, ...] = ()
+    calling_ae: tuple[str, ...] = ()
+    channel: tuple[str, ...] = ()
+    path_glob: str | None = None
+    pipelines: tuple[str, ...]
+    export: tuple[str, ...] = ()
+    continue_matching: bool = Field(default=False, alias="continue")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @field_validator("pipelines")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("a route needs at least one pipeline")
+        return value
+
+
+class PipelineSettings(_Section):
+    modules: tuple[str, ...] = ()  # extra "package.module:Class" pipelines
+    disabled: tuple[str, ...] = ()
+    weights_dir: Path | None = None
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("modules")
+    @classmethod
+    def _module_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for ref in value:
+            if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", ref):
+                raise ValueError(f"pipeline module must look like 'package.module:Class', got {ref!r}")
+        return value
+
+
+class RetentionSettings(_Section):
+    spool_days: Annotated[float, Field(gt=0)] = 30.0
+    check_hours: PositiveSeconds = 6.0
+
+
+DEFAULT_ROUTES: tuple[RouteRule, ...] = (
+    RouteRule(name="microscopy", source=("folder", "cli"), kind=("image",), pipelines=("virtual-staining",)),
+    RouteRule(name="ct", kind=("dicom-series",), modality=("CT",), pipelines=("ct-muscle",)),
+    RouteRule(name="mr", kind=("dicom-series",), modality=("MR",), pipelines=("mr-muscle",)),
+)
+
+
+class Settings(_Section):
+    paths: PathSettings = PathSettings()
+    workers: WorkerSettings = WorkerSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    folders: tuple[FolderSettings, ...] = (FolderSettings(path=Path("var/inbox")),)
+    dicom: DicomSettings = DicomSettings()
+    export: ExportSettings = ExportSettings()
+    routes: tuple[RouteRule, ...] = DEFAULT_ROUTES
+    pipelines: PipelineSettings = PipelineSettings()
+    retention: RetentionSettings = RetentionSettings()
+    log_level: Annotated[str, Field(pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")] = "INFO"
+
+    @model_validator(mode="after")
+    def _routes_export_known(self) -> Settings:
+        known = {d.name for d in self.export.destinations}
+        for index, rule in enumerate(self.routes):
+            for name in rule.export:
+                if name not in known:
+                    raise ValueError(
+                        f"routes[{index}] ({rule.name}) exports to unknown destination {name!r}"
+                    )
+        return self
+
+    def destination(self, name: str) -> ExportDestination:
+        for dest in self.export.destinations:
+            if dest.name == name:
+                return dest
+        raise ConfigError(f"export.destinations: no destination named {name!r}")
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_dotted(data: dict[str, Any], dotted: list[str], value: Any) -> None:
+    node = data
+    for part in dotted[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[dotted[-1]] = value
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "ACQFLOW_CONFIG":
+            continue
+        dotted = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        if dotted:
+            _set_dotted(data, dotted, _parse_env_value(raw))
+    return data
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    got = first.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" [+{error.error_count() - 1} more]" if error.error_count() > 1 else ""
+    return f"{location}: {message}{shown}{more}"
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    def absolute(path: Path) -> Path:
+        path = path.expanduser()
+        return path if path.is_absolute() else (base / path)
+
+    paths = PathSettings(
+        state_dir=absolute(settings.paths.state_dir), outputs_dir=absolute(settings.paths.outputs_dir)
+    )
+    folders = tuple(f.model_copy(update={"path": absolute(f.path)}) for f in settings.folders)
+    weights = settings.pipelines.weights_dir
+    pipelines = settings.pipelines.model_copy(
+        update={"weights_dir": absolute(weights) if weights else None}
+    )
+    return settings.model_copy(update={"paths": paths, "folders": folders, "pipelines": pipelines})
+
+
+def load_settings(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load file → environment → ``overrides`` (dotted keys from CLI flags) and validate.
+
+    Relative paths are taken relative to the config file's folder (or the working folder
+    when there is no file). Raises ConfigError with a one-line message naming the key.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get("ACQFLOW_CONFIG"):
+        path = Path(environ["ACQFLOW_CONFIG"])
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = _merge(data, _environment_overrides(environ))
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted.split("."), value)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    base = path.resolve().parent if path is not None else Path.cwd()
+    return _resolve_paths(settings, base)

@@ -1,0 +1,75 @@
+"""Durable, atomic file writes and the quarantine.
+
+A file is written to a temporary name in the same folder, fsynced, renamed over the
+final name, and the folder fsynced: a reader never sees half a file, and a file that
+was acknowledged survives a power cut.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+__all__ = ["fsync_dir", "quarantine", "safe_name", "write_atomic"]
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes | memoryview, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically; with ``durable`` it is on disk on return."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def safe_name(text: str, limit: int = 120) -> str:
+    """A file-system-safe version of ``text`` (keeps letters, digits, ``-_.``)."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._")
+    return cleaned[:limit] or "unnamed"
+
+
+def quarantine(source: Path, quarantine_dir: Path, reason: str, keep_source: bool) -> Path:
+    """Put ``source`` (a file or folder) into quarantine with a JSON note of why.
+
+    Watched-folder inputs are copied (``keep_source``) because inputs are never moved or
+    deleted; the daemon's own spool files are moved. Returns the quarantine entry.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    entry = quarantine_dir / f"{stamp}_{time.monotonic_ns() % 1_000_000:06d}_{safe_name(source.name)}"
+    entry.mkdir(parents=True, exist_ok=False)
+    target = entry / source.name
+    if source.exists():
+        if keep_source:
+            if source.is_dir():
+                shutil.copytree(source, target)
+            else:
+                shutil.copy2(source, target)
+        else:
+            shutil.move(str(source), target)
+    note = {"source": str(source), "reason": reason, "quarantined_at": time.time()}
+    write_atomic(entry / "reason.json", json.dumps(note, indent=2).encode())
+    return entry

@@ -1,0 +1,430 @@
+"""The journal: one SQLite database in WAL mode, the single source of truth.
+
+Arrivals (an image file, or a DICOM series with its instances), jobs, outputs, exports
+and records live here. Every state change is one transaction; after a crash the daemon
+resumes from these rows (at-least-once). The connection is shared by the daemon's
+threads behind a lock: SQLite serialises writers anyway, and one connection keeps
+``synchronous=FULL`` commits (a durable acknowledgement for the SCP) cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import JournalError
+
+__all__ = [
+    "Arrival",
+    "ArrivalState",
+    "Instance",
+    "Journal",
+]
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS arrivals (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
+    attrs TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_instance_at REAL
+);
+CREATE INDEX IF NOT EXISTS arrivals_state ON arrivals(state);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    arrival_id INTEGER NOT NULL REFERENCES arrivals(id),
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    calling_ae TEXT NOT NULL,
+    association TEXT NOT NULL,
+    instance_number INTEGER,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_arrival ON instances(arrival_id);
+CREATE TABLE IF NOT EXISTS associations (
+    id TEXT PRIMARY KEY,
+    calling_ae TEXT NOT NULL,
+    state TEXT NOT NULL,
+    instances INTEGER NOT NULL DEFAULT 0,
+    started_at REAL NOT NULL,
+    ended_at REAL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    arrival_id INTEGER NOT NULL REFERENCES arrivals(id),
+    generation INTEGER NOT NULL,
+    pipeline TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    export TEXT NOT NULL DEFAULT '[]',
+    route TEXT NOT NULL DEFAULT '',
+    error TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, not_before);
+CREATE TABLE IF NOT EXISTS outputs (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    pipeline TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL UNIQUE,
+    sop_instance_uid TEXT,
+    written_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS exports (
+    id INTEGER PRIMARY KEY,
+    output_id INTEGER NOT NULL REFERENCES outputs(id),
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    UNIQUE(output_id, destination)
+);
+CREATE INDEX IF NOT EXISTS exports_state ON exports(state, not_before);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    pipeline TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    UNIQUE(pipeline, kind, identity)
+);
+CREATE INDEX IF NOT EXISTS records_group ON records(pipeline, kind, grp);
+"""
+
+
+class ArrivalState(str, Enum):
+    RECEIVING = "receiving"  # DICOM series still taking instances
+    READY = "ready"  # complete, waiting for the router
+    ROUTED = "routed"  # jobs created
+    UNROUTED = "unrouted"  # no rule matched: logged and counted, not an error
+    REJECTED = "rejected"  # unreadable input, quarantined
+
+
+class JobState(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    DEAD = "dead"
+    SUPERSEDED = "superseded"  # a late instance re-opened the series before it ran
+
+
+class ExportState(str, Enum):
+    PENDING = "pending"
+    DONE = "done"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class Arrival:
+    id: int
+    source: str
+    kind: str
+    key: str
+    path: Path
+    state: ArrivalState
+    generation: int
+    attrs: Mapping[str, Any]
+    error: str | None
+    created_at: float
+    updated_at: float
+    last_instance_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Arrival:
+        return cls(
+            id=row["id"],
+            source=row["source"],
+            kind=row["kind"],
+            key=row["key"],
+            path=Path(row["path"]),
+            state=ArrivalState(row["state"]),
+            generation=row["generation"],
+            attrs=json.loads(row["attrs"]),
+            error=row["error"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            last_instance_at=row["last_instance_at"],
+        )
+
+
+@dataclass(frozen=True)
+class Instance:
+    sop_instance_uid: str
+    arrival_id: int
+    path: Path
+    size: int
+    calling_ae: str
+    association: str
+    received_at: float
+    instance_number: int | None = None
+
+
+class Journal:
+    """Thread-safe access to the journal database; opened once per process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=30.0
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal {path}: {exc}") from exc
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE … COMMIT), rolled back on error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, params))
+
+    # --- arrivals -------------------------------------------------------------------
+
+    def arrival(self, arrival_id: int) -> Arrival:
+        rows = self.query("SELECT * FROM arrivals WHERE id = ?", (arrival_id,))
+        if not rows:
+            raise JournalError(f"no arrival {arrival_id}")
+        return Arrival.from_row(rows[0])
+
+    def arrival_by_key(self, key: str) -> Arrival | None:
+        rows = self.query("SELECT * FROM arrivals WHERE key = ?", (key,))
+        return Arrival.from_row(rows[0]) if rows else None
+
+    def arrivals_in_state(self, state: ArrivalState) -> list[Arrival]:
+        rows = self.query("SELECT * FROM arrivals WHERE state = ? ORDER BY id", (state.value,))
+        return [Arrival.from_row(r) for r in rows]
+
+    def record_file_arrival(
+        self, source: str, key: str, path: Path, attrs: Mapping[str, Any]
+    ) -> Arrival | None:
+        """Record a complete file; returns None when the same version was already recorded.
+
+        ``attrs["fingerprint"]`` (size and mtime) tells a rewritten file from the same one:
+        a new fingerprint starts a new generation of the same arrival.
+        """
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM arrivals WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                cursor = db.execute(
+                    "INSERT INTO arrivals(source, kind, key, path, state, attrs, created_at, updated_at)"
+                    " VALUES(?, 'image', ?, ?, 'ready', ?, ?, ?)",
+                    (source, key, str(path), json.dumps(dict(attrs)), now, now),
+                )
+                arrival_id = cursor.lastrowid
+            else:
+                old = json.loads(row["attrs"])
+                if old.get("fingerprint") == attrs.get("fingerprint"):
+                    return None
+                arrival_id = row["id"]
+                db.execute(
+                    "UPDATE arrivals SET state='ready', generation=generation+1, attrs=?, error=NULL,"
+                    " source=?, path=?, updated_at=? WHERE id=?",
+                    (json.dumps(dict(attrs)), source, str(path), now, arrival_id),
+                )
+            result = db.execute("SELECT * FROM arrivals WHERE id = ?", (arrival_id,)).fetchone()
+        return Arrival.from_row(result)
+
+    def reject_arrival(self, arrival_id: int, error: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE arrivals SET state='rejected', error=?, updated_at=? WHERE id=?",
+                (error, time.time(), arrival_id),
+            )
+
+    def record_rejected_file(self, source: str, key: str, path: Path, error: str, attrs: Mapping[str, Any]) -> None:
+        """Record an input that cannot be read (zero-byte, truncated, not an image)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO arrivals(source, kind, key, path, state, attrs, error, created_at, updated_at)"
+                " VALUES(?, 'image', ?, ?, 'rejected', ?, ?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET state='rejected', error=excluded.error,"
+                " attrs=excluded.attrs, updated_at=excluded.updated_at",
+                (source, key, str(path), json.dumps(dict(attrs)), error, now, now),
+            )
+
+    # --- DICOM instances and series -------------------------------------------------
+
+    def record_instance(
+        self,
+        series_key: str,
+        spool_dir: Path,
+        attrs: Mapping[str, Any],
+        instance: Instance,
+    ) -> tuple[int, bool]:
+        """Commit one received instance (its file is already durable in the spool).
+
+        Creates the series arrival when new; a new instance for a series that was
+        already complete re-opens it (new generation). Returns (arrival id, is_new):
+        a duplicate SOP Instance UID changes nothing and returns is_new False.
+        """
+        now = instance.received_at
+        with self.transaction() as db:
+            dup = db.execute(
+                "SELECT arrival_id FROM instances WHERE sop_instance_uid = ?",
+                (instance.sop_instance_uid,),
+            ).fetchone()
+            if dup is not None:
+                return int(dup["arrival_id"]), False
+            row = db.execute("SELECT id, state FROM arrivals WHERE key = ?", (series_key,)).fetchone()
+            if row is None:
+                arrival_id = db.execute(
+                    "INSERT INTO arrivals(source, kind, key, path, state, attrs, created_at,"
+                    " updated_at, last_instance_at) VALUES('dicom', 'dicom-series', ?, ?,"
+                    " 'receiving', ?, ?, ?, ?)",
+                    (series_key, str(spool_dir), json.dumps(dict(attrs)), now, now, now),
+                ).lastrowid
+            else:
+                arrival_id = row["id"]
+                reopen = row["state"] != ArrivalState.RECEIVING.value
+                db.execute(
+                    "UPDATE arrivals SET last_instance_at=?, updated_at=?,"
+                    " state='receiving', error=NULL, generation=generation+?"
+                    " WHERE id=?",
+                    (now, now, 1 if reopen else 0, arrival_id),
+                )
+                if reopen:
+                    db.execute(
+                        "UPDATE jobs SET state='superseded', finished_at=? WHERE arrival_id=?"
+                        " AND state='pending'",
+                        (now, arrival_id),
+                    )
+            db.execute(
+                "INSERT INTO instances(sop_instance_uid, arrival_id, path, size, calling_ae,"
+                " association, instance_number, received_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    instance.sop_instance_uid,
+                    arrival_id,
+                    str(instance.path),
+                    instance.size,
+                    instance.calling_ae,
+                    instance.association,
+                    instance.instance_number,
+                    now,
+                ),
+            )
+            db.execute(
+                "UPDATE associations SET instances = instances + 1 WHERE id = ?",
+                (instance.association,),
+            )
+        assert arrival_id is not None
+        return int(arrival_id), True
+
+    def instances(self, arrival_id: int) -> list[Instance]:
+        rows = self.query(
+            "SELECT * FROM instances WHERE arrival_id = ? ORDER BY received_at, sop_instance_uid",
+            (arrival_id,),
+        )
+        return [
+            Instance(
+                sop_instance_uid=r["sop_instance_uid"],
+                arrival_id=r["arrival_id"],
+                path=Path(r["path"]),
+                size=r["size"],
+                calling_ae=r["calling_ae"],
+                association=r["association"],
+                received_at=r["received_at"],
+                instance_number=r["instance_number"],
+            )
+            for r in rows
+        ]
+
+    def open_association(self, association: str, calling_ae: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO associations(id, calling_ae, state, started_at)"
+                " VALUES(?, ?, 'open', ?)",
+                (association, calling_ae, time.time()),
+            )
+
+    def close_association(self, association: str, state: str) -> list[int]:
+        """Mark an association released/aborted; returns the series arrivals it carried."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE associations SET state=?, ended_at=? WHERE id=?",
+                (state, time.time(), association),
+            )
+            rows = db.execute(
+                "SELECT DISTINCT arrival_id FROM instances WHERE association = ?", (association,)
+            ).fetchall()
+        return [int(r["arrival_id"]) for r in rows]
+
+    def series_has_open_association(self, arrival_id: int) -> bool:
+        rows = self.query(
+            "SELECT 1 FROM instances i JOIN associations a ON a.id = i.association"
+            " WHERE i.arrival_id = ? AND a.state = 'open' LIMIT 1",
+            (arrival_id,),
+        )
+        return bool(rows)
+
+    def mark_series_ready(self, arrival_id: int, generation: int) -> bool:
+        """RECEIVING → READY if nothing arrived since ``generation`` was read."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE arrivals SET state='ready', updated_at=? WHERE id=? AND state='receiving'"
+                " AND generation=?",
+                (time.time(), arrival_id, generation),
+            )
+        return cursor.rowcount == 1
+
+    def close_orphan_associations(self) -> int:
+        """At start: associations left open by a crash are over."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE associations SET state='aborted', ended_at=? WHERE state='open'",
+                (time.time(),),
+            )
+        return cursor.rowcount

@@ -1,0 +1,86 @@
+"""Every Prometheus metric of the daemon, defined once.
+
+Names follow ``acqflow_<noun>_<unit>``; labels have bounded cardinality (pipeline,
+source, outcome, destination, experiment/well) and never carry patient or study
+identifiers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = [
+    "ARRIVALS",
+    "ARRIVAL_TO_RESULT",
+    "ASSOCIATIONS",
+    "DICOM_BYTES",
+    "DICOM_INSTANCES",
+    "DIFFERENTIATION_EFFICIENCY",
+    "EXPORTS",
+    "EXPORT_PENDING",
+    "INPUT_ERRORS",
+    "JOBS",
+    "JOB_DURATION",
+    "PIPELINE_FIGURE",
+    "PIPELINE_UP",
+    "QUARANTINED",
+    "QUEUE_DEPTH",
+    "REVIEW_FLAGS",
+    "SERIES_COMPLETED",
+    "UNROUTED",
+    "serve_metrics",
+]
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+ARRIVALS = Counter(
+    "acqflow_arrivals_total", "Inputs taken in (complete files, complete series)", ["source", "kind"]
+)
+INPUT_ERRORS = Counter(
+    "acqflow_input_errors_total",
+    "Inputs that could not be read or were refused",
+    ["source", "reason"],
+)
+QUARANTINED = Counter("acqflow_quarantined_total", "Inputs moved or copied to quarantine", ["source"])
+UNROUTED = Counter("acqflow_unrouted_total", "Arrivals that matched no route", ["source", "kind"])
+DICOM_INSTANCES = Counter(
+    "acqflow_dicom_instances_total", "C-STORE requests by outcome", ["outcome"]
+)
+DICOM_BYTES = Counter("acqflow_dicom_received_bytes_total", "Bytes of DICOM instances stored")
+ASSOCIATIONS = Counter(
+    "acqflow_dicom_associations_total", "Associations by outcome", ["outcome"]
+)
+SERIES_COMPLETED = Counter(
+    "acqflow_series_completed_total", "Series declared complete", ["trigger"]
+)
+JOBS = Counter("acqflow_jobs_total", "Finished job attempts", ["pipeline", "outcome"])
+QUEUE_DEPTH = Gauge("acqflow_queue_depth_jobs", "Jobs waiting or running", ["pipeline", "state"])
+JOB_DURATION = Histogram(
+    "acqflow_job_duration_seconds", "Pipeline run time per job", ["pipeline"], buckets=_LATENCY_BUCKETS
+)
+ARRIVAL_TO_RESULT = Histogram(
+    "acqflow_arrival_to_result_seconds",
+    "From the arrival being complete to its results written",
+    ["pipeline"],
+    buckets=_LATENCY_BUCKETS,
+)
+EXPORTS = Counter("acqflow_exports_total", "DICOM export attempts", ["destination", "outcome"])
+EXPORT_PENDING = Gauge("acqflow_export_pending_objects", "Objects waiting in the outbox", ["destination"])
+PIPELINE_UP = Gauge("acqflow_pipeline_up", "1 when a pipeline loaded, 0 when it disabled itself", ["pipeline"])
+REVIEW_FLAGS = Counter(
+    "acqflow_review_flags_total", "Results flagged for human review", ["pipeline"]
+)
+DIFFERENTIATION_EFFICIENCY = Gauge(
+    "acqflow_differentiation_efficiency",
+    "Latest predicted cardiomyocyte fraction per experiment and well",
+    ["experiment", "well"],
+)
+PIPELINE_FIGURE = Gauge(
+    "acqflow_pipeline_figure", "Latest value of a pipeline figure", ["pipeline", "figure", "label"]
+)
+
+
+def serve_metrics(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> int:
+    """Start the HTTP endpoint in a daemon thread; returns the bound port (0 picks one)."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_address[1])
