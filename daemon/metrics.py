@@ -26,6 +26,7 @@ __all__ = [
     "QUARANTINED",
     "QUEUE_DEPTH",
     "REVIEW_FLAGS",
+    "SCHEDULED_TASK_FAILURES",
     "SERIES_COMPLETED",
     "UNROUTED",
     "serve_metrics",
@@ -74,6 +75,9 @@ DIFFERENTIATION_EFFICIENCY = Gauge(
     "acqflow_differentiation_efficiency",
     "Latest predicted cardiomyocyte fraction per experiment and well",
     ["experiment", "well"],
+)
+SCHEDULED_TASK_FAILURES = Counter(
+    "acqflow_scheduled_task_failures_total", "Housekeeping task runs that raised", ["task"]
 )
 PIPELINE_FIGURE = Gauge(
     "acqflow_pipeline_figure", "Latest value of a pipeline figure", ["pipeline", "figure", "label"]

@@ -1,0 +1,255 @@
+"""The ``acqflow`` command line.
+
+Errors of the daemon's own kind become a one-line message on stderr and exit code 2;
+nothing here imports torch at module level, so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from daemon import __version__
+from daemon.config import Settings, load_settings
+from daemon.errors import AcqflowError, ConfigError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="acqflow",
+    help="Acquisition-time AI for microscopy and CT/MR.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect and validate the configuration.", no_args_is_help=True)
+train_app = typer.Typer(help="Train a pipeline's model.", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Evaluate a pipeline's model on held-out data.", no_args_is_help=True)
+report_app = typer.Typer(help="Reports built from the journal.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(report_app, name="report")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (default: $ACQFLOW_CONFIG or built-in defaults)."),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def handles_errors(func: F) -> F:
+    """Translate the daemon's errors into a one-line message and a non-zero exit."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AcqflowError as exc:
+            raise _fail(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    return load_settings(config, overrides={k: v for k, v in overrides.items() if v is not None})
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"acqflow {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+@handles_errors
+def serve(
+    config: ConfigOption = None,
+    dicom_port: Annotated[int | None, typer.Option(help="Override dicom.port.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Override metrics.port.")] = None,
+    device: Annotated[str | None, typer.Option(help="Override workers.device (auto, cpu, cuda).")] = None,
+) -> None:
+    """Run the daemon in the foreground until SIGTERM or Ctrl-C."""
+    settings = _settings(
+        config, **{"dicom.port": dicom_port, "metrics.port": metrics_port, "workers.device": device}
+    )
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from daemon.service import Daemon
+
+    Daemon(settings).serve_forever()
+
+
+@config_app.command("check")
+@handles_errors
+def config_check(config: ConfigOption = None) -> None:
+    """Validate the settings (file + ACQFLOW_* environment) and print the result."""
+    settings = _settings(config)
+    console.print(f"[green]configuration valid[/green] ({config or 'built-in defaults'})")
+    console.print_json(settings.model_dump_json(by_alias=True))
+
+
+def _open_journal(settings: Settings) -> Any:
+    from daemon.journal import Journal
+
+    if not settings.paths.journal.exists():
+        raise ConfigError(f"no journal at {settings.paths.journal}: the daemon has not run with these settings")
+    return Journal(settings.paths.journal)
+
+
+def _daemon_running(settings: Settings) -> str:
+    state_file = settings.paths.state_dir / "daemon.json"
+    try:
+        state = json.loads(state_file.read_text())
+        os.kill(int(state["pid"]), 0)
+    except (FileNotFoundError, ProcessLookupError, ValueError, KeyError):
+        return "[yellow]not running[/yellow]"
+    except PermissionError:
+        pass
+    return f"[green]running[/green] (pid {state['pid']}, DICOM port {state.get('dicom_port')}, metrics port {state.get('metrics_port')})"
+
+
+@app.command()
+@handles_errors
+def status(config: ConfigOption = None) -> None:
+    """Daemon state, arrivals, jobs per pipeline and the export outbox."""
+    settings = _settings(config)
+    journal = _open_journal(settings)
+    console.print(f"daemon: {_daemon_running(settings)}")
+    arrivals = journal.query("SELECT kind, state, COUNT(*) n FROM arrivals GROUP BY 1, 2 ORDER BY 1, 2")
+    table = Table("arrival kind", "state", "count", title="arrivals")
+    for row in arrivals:
+        table.add_row(row["kind"], row["state"], str(row["n"]))
+    console.print(table)
+    jobs = journal.query("SELECT pipeline, state, COUNT(*) n FROM jobs GROUP BY 1, 2 ORDER BY 1, 2")
+    table = Table("pipeline", "state", "count", title="jobs")
+    for row in jobs:
+        table.add_row(row["pipeline"], row["state"], str(row["n"]))
+    console.print(table)
+    exports = journal.query("SELECT destination, state, COUNT(*) n FROM exports GROUP BY 1, 2 ORDER BY 1, 2")
+    table = Table("destination", "state", "count", title="exports")
+    for row in exports:
+        table.add_row(row["destination"], row["state"], str(row["n"]))
+    console.print(table)
+    journal.close()
+
+
+@app.command()
+@handles_errors
+def jobs(
+    config: ConfigOption = None,
+    state: Annotated[str | None, typer.Option(help="pending, running, done, dead or superseded.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List recent jobs with their input and error."""
+    from daemon.jobqueue import JobQueue
+    from daemon.journal import JobState
+
+    settings = _settings(config)
+    journal = _open_journal(settings)
+    try:
+        wanted = JobState(state) if state else None
+    except ValueError:
+        raise _fail(f"--state must be one of {', '.join(s.value for s in JobState)}") from None
+    rows = JobQueue(journal).jobs(wanted, limit)
+    if as_json:
+        console.print_json(json.dumps([
+            {"id": j.id, "pipeline": j.pipeline, "state": j.state.value, "attempts": j.attempts,
+             "arrival": j.arrival_id, "error": j.error}
+            for j in rows
+        ]))
+        return
+    table = Table("job", "pipeline", "state", "attempts", "input", "error", title="jobs")
+    for job in rows:
+        arrival = journal.arrival(job.arrival_id)
+        table.add_row(str(job.id), job.pipeline, job.state.value, str(job.attempts),
+                      arrival.path.name, (job.error or "")[:80])
+    console.print(table)
+    journal.close()
+
+
+@app.command()
+@handles_errors
+def retry(
+    job_ids: Annotated[list[int] | None, typer.Argument(help="Dead job ids to run again.")] = None,
+    all_dead: Annotated[bool, typer.Option("--all-dead", help="Every dead job.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Put dead jobs back in the queue with a fresh attempt count."""
+    from daemon.jobqueue import JobQueue
+    from daemon.journal import JobState
+
+    settings = _settings(config)
+    queue = JobQueue(_open_journal(settings))
+    ids = list(job_ids or [])
+    if all_dead:
+        ids += [j.id for j in queue.jobs(JobState.DEAD, limit=1_000_000)]
+    if not ids:
+        raise _fail("name job ids or use --all-dead")
+    retried = [i for i in ids if queue.retry(i)]
+    skipped = sorted(set(ids) - set(retried))
+    console.print(f"{len(retried)} job(s) queued again" + (f"; not dead, skipped: {skipped}" if skipped else ""))
+
+
+@app.command()
+@handles_errors
+def echo(
+    destination: Annotated[str, typer.Argument(help="A destination name from the settings, or AE@host:port.")],
+    config: ConfigOption = None,
+    timeout: Annotated[float, typer.Option(min=0.1)] = 10.0,
+) -> None:
+    """C-ECHO a DICOM destination."""
+    from daemon.config import ExportDestination
+    from daemon.sinks.outbox import ExportOutbox
+
+    settings = _settings(config)
+    if "@" in destination:
+        ae, _, address = destination.partition("@")
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise _fail(f"expected AE@host:port, got {destination!r}")
+        target = ExportDestination(name="adhoc", ae_title=ae, host=host, port=int(port))
+    else:
+        target = settings.destination(destination)
+    outbox = ExportOutbox(settings.export, None, settings.dicom.ae_title)  # type: ignore[arg-type]
+    status_code = outbox.echo(target, timeout)
+    if status_code != 0:
+        raise _fail(f"C-ECHO to {target.ae_title}@{target.host}:{target.port} returned status 0x{status_code:04X}", 1)
+    console.print(f"C-ECHO {target.ae_title}@{target.host}:{target.port}: success")
+
+
+def main() -> None:
+    from daemon import cli_commands  # registers reprocess, models, train, evaluate, demo
+
+    del cli_commands
+    app()
+
+
+if __name__ == "__main__":
+    main()

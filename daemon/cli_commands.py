@@ -1,0 +1,233 @@
+"""CLI commands that work through the journal: ``reprocess`` and ``models``, plus the
+``train`` / ``evaluate`` commands that pipelines contribute.
+
+``reprocess`` never runs a pipeline itself: it writes arrivals and jobs into the journal
+and the running daemon (now or at its next start) picks them up, so the same command
+works whether the daemon runs on this machine or not.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from daemon.cli import (
+    ConfigOption,
+    _fail,
+    _open_journal,
+    _settings,
+    app,
+    console,
+    evaluate_app,
+    handles_errors,
+    train_app,
+)
+from daemon.config import FolderSettings, Settings
+from daemon.jobqueue import JobQueue, RouteDecision
+from daemon.journal import Arrival, Journal
+
+__all__ = ["register_pipeline_commands"]
+
+log = logging.getLogger(__name__)
+
+SERIES_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _folder_for(settings: Settings, path: Path) -> FolderSettings:
+    """The watched folder that contains ``path``, or a default one rooted at its parent."""
+    for folder in settings.folders:
+        try:
+            path.relative_to(folder.path)
+        except ValueError:
+            continue
+        return folder
+    return FolderSettings(path=path.parent)
+
+
+def _file_attrs(settings: Settings, path: Path, root: Path) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from daemon.sources.naming import parse_metadata, read_tiff_header
+
+    folder = _folder_for(settings, path)
+    stat = path.stat()
+    try:
+        header = read_tiff_header(path)
+    except (OSError, ValueError):
+        header = None
+    metadata = parse_metadata(path, folder, header)
+    relative = path.relative_to(folder.path) if path.is_relative_to(folder.path) else path.relative_to(root)
+    return {
+        "fingerprint": [stat.st_size, stat.st_mtime_ns],
+        "metadata": asdict(metadata),
+        "relative_path": relative.as_posix(),
+        "folder": str(folder.path),
+    }
+
+
+def _arrivals_for_target(settings: Settings, journal: Journal, target: str) -> Iterable[Arrival | Path]:
+    """Existing arrivals for ``target``, or file paths that are new to the journal."""
+    if target.startswith("job:") or target.isdigit():
+        job = JobQueue(journal).job(int(target.removeprefix("job:")))
+        if job is None:
+            raise _fail(f"no job {target}")
+        yield journal.arrival(job.arrival_id)
+        return
+    path = Path(target).expanduser()
+    if path.is_file():
+        known = journal.arrival_by_key(f"file:{path.resolve()}")
+        yield known if known is not None else path.resolve()
+        return
+    if path.is_dir():
+        include = [p.lower() for p in settings.folders[0].include] if settings.folders else ["*.tif", "*.tiff"]
+        for file in sorted(path.resolve().rglob("*")):
+            if file.is_file() and not file.name.startswith(".") and any(
+                file.name.lower().endswith(g.lstrip("*")) for g in include
+            ):
+                known = journal.arrival_by_key(f"file:{file}")
+                yield known if known is not None else file
+        return
+    if SERIES_UID.match(target):
+        known = journal.arrival_by_key(f"series:{target}")
+        if known is None:
+            raise _fail(f"no series {target} in the journal")
+        yield known
+        return
+    raise _fail(f"{target!r} is not a file, folder, series UID or job id")
+
+
+@app.command()
+@handles_errors
+def reprocess(
+    target: Annotated[str, typer.Argument(help="A file, a folder, a series UID, or a job id (N or job:N).")],
+    config: ConfigOption = None,
+    pipeline: Annotated[str | None, typer.Option(help="Run this pipeline instead of the routed ones.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the daemon to finish the jobs, with a progress bar.")] = False,
+    timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 3600.0,
+) -> None:
+    """Queue inputs for processing again; the daemon runs them."""
+    from daemon.registry import PipelineRegistry
+    from daemon.router import Router
+
+    settings = _settings(config)
+    journal = _open_journal(settings)
+    queue = JobQueue(journal)
+    registry = PipelineRegistry(settings.pipelines, "cpu")
+    registry.discover()
+    router = Router(settings.routes, registry.available)
+    job_ids: list[int] = []
+    new_arrivals: list[int] = []
+    root = Path(target).expanduser().resolve()
+    with _progress() as progress:
+        task = progress.add_task("queueing", total=None)
+        for found in _arrivals_for_target(settings, journal, target):
+            if isinstance(found, Path):
+                arrival = journal.record_file_arrival(
+                    "cli", f"file:{found}", found, _file_attrs(settings, found, root if root.is_dir() else found.parent)
+                )
+                if arrival is not None:
+                    new_arrivals.append(arrival.id)
+                    if pipeline:
+                        job_ids += queue.route(arrival.id, arrival.generation,
+                                               [RouteDecision(pipeline, "cli")])
+            else:
+                decisions = [RouteDecision(pipeline, "cli")] if pipeline else router.decide(found)
+                if not decisions:
+                    console.print(f"[yellow]{found.path.name}: no route matches[/yellow]")
+                job_ids += [queue.add_job(found.id, d) for d in decisions]
+            progress.advance(task)
+        progress.update(task, total=progress.tasks[0].completed)
+    console.print(f"queued {len(job_ids)} job(s) and {len(new_arrivals)} new input(s)")
+    if wait:
+        _wait_for(journal, job_ids, new_arrivals, timeout)
+
+
+def _wait_for(journal: Journal, job_ids: list[int], arrival_ids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with _progress() as progress:
+        task = progress.add_task("processing", total=None)
+        while True:
+            ids = set(job_ids)
+            if arrival_ids:
+                marks = ",".join("?" for _ in arrival_ids)
+                ids |= {r["id"] for r in journal.query(
+                    f"SELECT id FROM jobs WHERE arrival_id IN ({marks})", arrival_ids)}
+            marks = ",".join("?" for _ in ids) or "NULL"
+            rows = journal.query(f"SELECT state FROM jobs WHERE id IN ({marks})", list(ids))
+            finished = sum(1 for r in rows if r["state"] in ("done", "dead", "superseded"))
+            progress.update(task, total=max(len(ids), 1), completed=finished)
+            unrouted = journal.query(
+                "SELECT COUNT(*) n FROM arrivals WHERE id IN ({}) AND state='ready'".format(
+                    ",".join("?" for _ in arrival_ids) or "NULL"), arrival_ids)[0]["n"]
+            if finished == len(ids) and not unrouted:
+                break
+            if time.monotonic() > deadline:
+                raise _fail(f"timed out with {len(ids) - finished} job(s) unfinished (is the daemon running?)", 1)
+            time.sleep(0.5)
+    dead = journal.query(
+        "SELECT id, error FROM jobs WHERE state='dead' AND id IN ({})".format(
+            ",".join("?" for _ in job_ids) or "NULL"), job_ids)
+    for row in dead:
+        console.print(f"[red]job {row['id']} dead:[/red] {row['error']}")
+    if dead:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handles_errors
+def models(config: ConfigOption = None) -> None:
+    """List the pipelines this installation knows and their model cards."""
+    from daemon.registry import PipelineRegistry
+
+    settings = _settings(config)
+    registry = PipelineRegistry(settings.pipelines, settings.workers.device)
+    names = registry.discover()
+    if not names:
+        console.print("no pipelines installed")
+        return
+    from models.store import bundled_weights_dir
+
+    weights = settings.pipelines.weights_dir or bundled_weights_dir()
+    for name in names:
+        card = weights / f"{name.replace('-', '_')}.json"
+        summary = card.read_text() if card.is_file() else "(no model card)"
+        console.print(f"[bold]{name}[/bold] — weights {card.with_suffix('.safetensors')}")
+        console.print(summary, highlight=False)
+
+
+# Pipelines contribute train/evaluate commands; an uninstalled one simply has none.
+PIPELINE_COMMANDS = {
+    "virtual-staining": "plugins.virtual_staining.commands",
+    "ct-muscle": "plugins.ct_muscle.commands",
+    "mr-muscle": "plugins.mr_muscle.commands",
+}
+
+
+def register_pipeline_commands() -> None:
+    for name, module_name in PIPELINE_COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, "train"):
+            train_app.command(name)(handles_errors(module.train))
+        if hasattr(module, "evaluate"):
+            evaluate_app.command(name)(handles_errors(module.evaluate))
+
+
+register_pipeline_commands()

@@ -1,0 +1,246 @@
+"""The daemon: wires sources, journal, router, workers, sinks, scheduler and metrics.
+
+Start order: journal (and crash recovery) → pipelines → metrics → workers → outbox →
+series assembler → sources → scheduler. Shutdown (SIGTERM) runs the other way: sources
+stop first so nothing new is acknowledged, then in-flight jobs drain, then the journal
+is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from daemon import metrics
+from daemon.config import Settings
+from daemon.fileio import write_atomic
+from daemon.jobqueue import JobQueue
+from daemon.journal import Arrival, Journal, JobState
+from daemon.registry import PipelineRegistry
+from daemon.router import Router
+from daemon.scheduler import Housekeeping
+from daemon.sinks.results import ResultSink
+from daemon.workers import JobRunner, WorkerPool
+from plugins.api import ImageItem, SeriesItem
+
+__all__ = ["Daemon", "load_item"]
+
+log = logging.getLogger(__name__)
+
+
+def load_item(journal: Journal, arrival: Arrival) -> ImageItem | SeriesItem:
+    """Read an arrival's input from disk. Raises InputRejected for unreadable input."""
+    if arrival.kind == "dicom-series":
+        from daemon.dicomio import read_series
+
+        return read_series(journal, arrival)
+    from daemon.imageio import read_image
+
+    return read_image(arrival)
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about readiness/stopping; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+
+
+class Daemon:
+    """One acqflow process. ``start`` returns once every component is up."""
+
+    def __init__(self, settings: Settings, registry: PipelineRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or PipelineRegistry(settings.pipelines, settings.workers.device)
+        self.journal: Journal | None = None
+        self._components: list[tuple[str, object]] = []
+        self._stop_requested = threading.Event()
+        self._stopped = False
+        self.dicom_port: int | None = None
+        self.metrics_port: int | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        for folder in (s.paths.state_dir, s.paths.outputs_dir, s.paths.spool, s.paths.quarantine):
+            folder.mkdir(parents=True, exist_ok=True)
+        journal = self.journal = Journal(s.paths.journal)
+        jobs = JobQueue(journal)
+        resumed = jobs.reset_interrupted()
+        orphans = journal.close_orphan_associations()
+        if resumed or orphans:
+            log.warning("recovered after an unclean stop: %d jobs resumed, %d associations closed",
+                        resumed, orphans)
+        if not self.registry.names():
+            self.registry.discover()
+        for name in self.registry.names():
+            metrics.PIPELINE_UP.labels(name).set(1)
+        if s.metrics.enabled:
+            self.metrics_port = metrics.serve_metrics(s.metrics.host, s.metrics.port)
+
+        from daemon.series import SeriesAssembler
+        from daemon.sinks.outbox import ExportOutbox
+
+        outbox = ExportOutbox(s.export, journal, s.dicom.ae_title)
+        self._outbox = outbox
+        runner = JobRunner(
+            journal=journal,
+            jobs=jobs,
+            registry=self.registry,
+            sink=ResultSink(s.paths.outputs_dir),
+            loader=lambda arrival: load_item(journal, arrival),
+            settings=s.workers,
+            quarantine_dir=s.paths.quarantine,
+            on_exports=self._send_exports_soon,
+        )
+        self.pool = WorkerPool(runner, Router(s.routes, self.registry.available))
+        self.pool.start()
+        self._components.append(("workers", self.pool))
+        assembler = SeriesAssembler(journal, s.dicom.series_quiet_seconds, self.pool.wake)
+        self._start_sources(assembler)
+        self._start_housekeeping(assembler, outbox, jobs)
+        self._write_state_file()
+        _sd_notify("READY=1")
+        log.info("acqflow ready: %s", self.describe())
+
+    def _start_sources(self, assembler: object) -> None:
+        from daemon.series import SeriesAssembler
+        from daemon.sources.folder import FolderWatcher
+        from daemon.sources.scp import DicomReceiver
+
+        assert self.journal is not None and isinstance(assembler, SeriesAssembler)
+        s = self.settings
+        if s.dicom.enabled:
+            receiver = DicomReceiver(s.dicom, self.journal, s.paths.spool, assembler.association_closed)
+            receiver.start()
+            self.dicom_port = receiver.port
+            self._components.append(("dicom", receiver))
+        self._folders = []
+        for folder in s.folders:
+            folder.path.mkdir(parents=True, exist_ok=True)
+            watcher = FolderWatcher(folder, self.journal, s.paths.quarantine, self.pool.wake)
+            watcher.start()
+            watcher.rescan()
+            self._folders.append(watcher)
+            self._components.append((f"folder {folder.path}", watcher))
+
+    def _start_housekeeping(self, assembler: object, outbox: object, jobs: JobQueue) -> None:
+        from daemon.series import SeriesAssembler
+        from daemon.sinks.outbox import ExportOutbox
+
+        assert isinstance(assembler, SeriesAssembler) and isinstance(outbox, ExportOutbox)
+        s = self.settings
+        house = self._housekeeping = Housekeeping()
+        house.every("series-quiet", 1.0, assembler.check)
+        house.every("exports", s.export.poll_seconds, outbox.send_due)
+        house.every("queue-depth", 5.0, lambda: self._refresh_gauges(jobs))
+        house.every("retention", s.retention.check_hours * 3600.0, self.purge_spool)
+        for watcher, folder in zip(self._folders, s.folders, strict=True):
+            house.every(f"rescan {folder.path}", folder.rescan_seconds, watcher.rescan)
+        house.start()
+        self._refresh_gauges(jobs)
+
+    def _send_exports_soon(self) -> None:
+        threading.Thread(target=self._outbox.send_due, name="acqflow-export-now", daemon=True).start()
+
+    def _refresh_gauges(self, jobs: JobQueue) -> None:
+        counts = jobs.counts()
+        for pipeline in {p for p, _ in counts} | set(self.registry.names()):
+            for state in (JobState.PENDING, JobState.RUNNING, JobState.DEAD):
+                metrics.QUEUE_DEPTH.labels(pipeline, state.value).set(counts.get((pipeline, state.value), 0))
+        for destination, count in self._outbox.pending_count().items():
+            metrics.EXPORT_PENDING.labels(destination).set(count)
+
+    def purge_spool(self) -> int:
+        """Delete spooled instances of series whose jobs all finished ``spool_days`` ago."""
+        assert self.journal is not None
+        cutoff = time.time() - self.settings.retention.spool_days * 86400.0
+        rows = self.journal.query(
+            "SELECT a.id, a.path FROM arrivals a WHERE a.kind='dicom-series'"
+            " AND a.state IN ('routed', 'unrouted') AND a.updated_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.arrival_id=a.id"
+            " AND j.state IN ('pending', 'running'))",
+            (cutoff,),
+        )
+        purged = 0
+        for row in rows:
+            folder = Path(row["path"])
+            if folder.is_dir():
+                shutil.rmtree(folder)
+                purged += 1
+        if purged:
+            log.info("retention: removed the spool of %d finished series", purged)
+        return purged
+
+    def _write_state_file(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "started_at": time.time(),
+            "dicom_port": self.dicom_port,
+            "metrics_port": self.metrics_port,
+            "ae_title": self.settings.dicom.ae_title,
+        }
+        write_atomic(self.settings.paths.state_dir / "daemon.json", json.dumps(state).encode())
+
+    def describe(self) -> str:
+        s = self.settings
+        parts = []
+        if self.dicom_port is not None:
+            parts.append(f"DICOM {s.dicom.ae_title}@{s.dicom.host}:{self.dicom_port}")
+        if self.metrics_port is not None:
+            parts.append(f"metrics http://{s.metrics.host}:{self.metrics_port}/metrics")
+        parts.extend(f"watching {f.path}" for f in s.folders)
+        parts.append(f"pipelines {', '.join(self.registry.names()) or 'none'}")
+        parts.append(f"device {s.workers.device}")
+        return "; ".join(parts)
+
+    def stop(self) -> None:
+        """Stop sources, drain in-flight jobs, flush and close the journal. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        _sd_notify("STOPPING=1")
+        log.info("acqflow stopping: sources first, then draining jobs")
+        for name, component in reversed(self._components):
+            if name == "workers":
+                continue
+            try:
+                component.stop()  # type: ignore[attr-defined]
+            except Exception:  # keep stopping the rest
+                log.exception("stopping %s failed", name)
+        if hasattr(self, "_housekeeping"):
+            self._housekeeping.stop()
+        if hasattr(self, "pool"):
+            self.pool.stop()
+        if self.journal is not None:
+            self.journal.close()
+        (self.settings.paths.state_dir / "daemon.json").unlink(missing_ok=True)
+        log.info("acqflow stopped")
+
+    def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        self._stop_requested.set()
+
+    def serve_forever(self) -> None:
+        """Start, block until SIGTERM/SIGINT, then stop gracefully."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        try:
+            while not self._stop_requested.wait(1.0):
+                pass
+        finally:
+            self.stop()

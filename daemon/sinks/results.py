@@ -1,0 +1,113 @@
+"""Writing a pipeline's results: files, DICOM objects, records, figures.
+
+Outputs are named deterministically from the input's identity, the pipeline and its
+version: ``<outputs>/<pipeline>/<version>/<input path>/<name>``; summaries go to
+``<outputs>/<pipeline>/<version>/_summary/<group>/<name>``. A re-run replaces its
+outputs rather than adding new ones.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from pydicom import dcmwrite
+
+from daemon import metrics
+from daemon.fileio import safe_name, write_atomic
+from daemon.jobqueue import OutputRow, RecordRow
+from daemon.journal import Arrival
+from plugins.api import Figure, FileOutput, Pipeline, PipelineResult
+
+__all__ = ["ResultSink", "input_folder"]
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FOLDER = "_summary"
+
+
+def input_folder(arrival: Arrival) -> PurePosixPath:
+    """The input's folder inside a pipeline's output tree, stable across re-runs."""
+    if arrival.kind == "dicom-series":
+        attrs = arrival.attrs
+        return PurePosixPath(
+            safe_name(str(attrs.get("study_uid", "study"))),
+            safe_name(str(attrs.get("series_uid", arrival.key))),
+        )
+    relative = PurePosixPath(str(arrival.attrs.get("relative_path") or arrival.path.name))
+    name = relative.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    parents = [safe_name(p) for p in relative.parent.parts if p not in ("", ".", "..", "/")]
+    return PurePosixPath(*parents, safe_name(name))
+
+
+def publish_figure(pipeline: str, figure: Figure) -> None:
+    """Map a pipeline figure onto a metric defined in daemon.metrics."""
+    if figure.name == "differentiation_efficiency":
+        metrics.DIFFERENTIATION_EFFICIENCY.labels(
+            figure.labels.get("experiment", ""), figure.labels.get("well", "")
+        ).set(figure.value)
+        return
+    label = ",".join(f"{k}={v}" for k, v in sorted(figure.labels.items()))
+    metrics.PIPELINE_FIGURE.labels(pipeline, figure.name, label).set(figure.value)
+
+
+class ResultSink:
+    """Writes results under ``outputs_dir``; returns the rows for the journal."""
+
+    def __init__(self, outputs_dir: Path) -> None:
+        self.outputs_dir = outputs_dir
+
+    def pipeline_root(self, pipeline: Pipeline) -> Path:
+        return self.outputs_dir / safe_name(pipeline.name) / safe_name(pipeline.version)
+
+    def write(
+        self,
+        pipeline: Pipeline,
+        arrival: Arrival,
+        result: PipelineResult,
+        export: Sequence[str],
+    ) -> tuple[list[OutputRow], list[RecordRow]]:
+        """Write files and DICOM objects durably; the caller commits the returned rows."""
+        folder = input_folder(arrival)
+        base = self.pipeline_root(pipeline) / folder
+        outputs = [self._write_file(base, f) for f in result.files]
+        for item in result.dicom:
+            buffer = io.BytesIO()
+            dcmwrite(buffer, item.dataset, enforce_file_format=True)
+            path = base / f"{safe_name(item.name)}.dcm"
+            write_atomic(path, buffer.getbuffer())
+            outputs.append(
+                OutputRow("dicom", path, str(item.dataset.SOPInstanceUID), tuple(export))
+            )
+        records = [
+            RecordRow(
+                kind=r.kind,
+                group=r.group,
+                identity=f"{arrival.key}#{index}",
+                fields={**r.fields, "output_dir": str(folder)},
+            )
+            for index, r in enumerate(result.records)
+        ]
+        for figure in result.figures:
+            publish_figure(pipeline.name, figure)
+        if result.review_required:
+            metrics.REVIEW_FLAGS.labels(pipeline.name).inc()
+        return outputs, records
+
+    def write_summary(self, pipeline: Pipeline, group: str, result: PipelineResult) -> list[OutputRow]:
+        base = self.pipeline_root(pipeline) / SUMMARY_FOLDER / safe_name(group)
+        for figure in result.figures:
+            publish_figure(pipeline.name, figure)
+        return [self._write_file(base, f) for f in result.files]
+
+    @staticmethod
+    def _write_file(base: Path, output: FileOutput) -> OutputRow:
+        path = base / output.name
+        write_atomic(path, output.data)
+        return OutputRow("file", path)
