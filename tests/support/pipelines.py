@@ -1,0 +1,99 @@
+"""Small pipelines for testing the core; registered by tests, never shipped.
+
+``SeriesEcho`` derives one DICOM object from a series (the middle slice, re-identified
+as a derived series with UIDs fixed by the input identity) so that export and
+deduplication can be checked end to end. ``ImageStats`` measures an image. Both can be
+told to fail a number of times through ``options["fail_marker"]`` — a file whose
+presence makes ``run`` raise — to exercise retries.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from plugins.api import (
+    DicomOutput,
+    FileOutput,
+    Figure,
+    ImageItem,
+    InputKind,
+    InvalidInputError,
+    PipelineContext,
+    PipelineResult,
+    Record,
+    SeriesItem,
+)
+
+__all__ = ["ImageStats", "SeriesEcho"]
+
+
+class _Failing:
+    options: dict[str, object]
+
+    def _maybe_fail(self) -> None:
+        marker = self.options.get("fail_marker")
+        if marker and Path(str(marker)).exists():
+            raise RuntimeError(f"failing on purpose while {marker} exists")
+
+
+class SeriesEcho(_Failing):
+    name = "test-series"
+    version = "1.0"
+    input_kind = InputKind.DICOM_SERIES
+
+    def load(self, context: PipelineContext) -> None:
+        self.options = dict(context.options)
+
+    def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
+        if not isinstance(item, SeriesItem):
+            raise InvalidInputError("test-series takes DICOM series")
+        self._maybe_fail()
+        ordered = sorted(item.datasets, key=lambda d: int(getattr(d, "InstanceNumber", 0) or 0))
+        middle = copy.deepcopy(ordered[len(ordered) // 2])
+        middle.SeriesInstanceUID = generate_uid(entropy_srcs=[item.identity, self.version, "series"])
+        middle.SOPInstanceUID = generate_uid(entropy_srcs=[item.identity, self.version, "sop"])
+        middle.file_meta.MediaStorageSOPInstanceUID = middle.SOPInstanceUID
+        middle.SeriesDescription = "acqflow test result"
+        middle.SeriesNumber = 9001
+        middle.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        summary = {"instances": len(item.datasets), "modality": item.modality}
+        return PipelineResult(
+            files=(FileOutput("summary.json", json.dumps(summary).encode(), "application/json"),),
+            dicom=(DicomOutput("middle", middle),),
+            records=(Record("series", item.modality, {"instances": len(item.datasets)}),),
+            figures=(Figure("instances", float(len(item.datasets))),),
+            summary=f"{len(item.datasets)} instances",
+        )
+
+
+class ImageStats(_Failing):
+    name = "test-image"
+    version = "1.0"
+    input_kind = InputKind.IMAGE
+
+    def load(self, context: PipelineContext) -> None:
+        self.options = dict(context.options)
+
+    def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
+        if not isinstance(item, ImageItem):
+            raise InvalidInputError("test-image takes images")
+        self._maybe_fail()
+        data = np.asarray(item.array, dtype=np.float64)
+        stats = {"mean": float(data.mean()), "shape": list(item.array.shape), "axes": item.axes}
+        metadata = item.metadata
+        return PipelineResult(
+            files=(FileOutput("stats.json", json.dumps(stats).encode(), "application/json"),),
+            records=(
+                Record(
+                    "stats",
+                    metadata.experiment or "default",
+                    {"well": metadata.well, "timepoint": metadata.timepoint, "mean": stats["mean"]},
+                ),
+            ),
+            summary=f"mean {stats['mean']:.2f}",
+        )
