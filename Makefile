@@ -36,8 +36,10 @@ system-deps:
 serve: setup
 	$(BIN)/acqflow serve
 
+# pytest's exit code 5 means no test ran: that is a failure, never a pass.
 test: setup system-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: setup
 	$(BIN)/ruff check daemon plugins models tests bench
