@@ -1,0 +1,197 @@
+"""The virtual-staining pipeline: phase-contrast image in, virtual stain and efficiency out.
+
+Per image (:meth:`VirtualStainingPipeline.run`): ``virtual_stain.tif`` (ImageJ hyperstack,
+phase + cardiomyocyte probability, pixel size kept), ``overlay.png`` (RGB) and one
+``Record(kind="efficiency")`` whose group is the experiment. No per-image figures: the
+efficiency gauge is per well and comes from :meth:`VirtualStainingPipeline.summarize`,
+which returns ``efficiency.csv``, ``efficiency.png``, ``report.html`` and one
+``Figure("differentiation_efficiency", labels={"experiment", "well"})`` per well.
+
+Options (``PipelineContext.options``): see :class:`VirtualStainingOptions`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from plugins.api import (
+    FileOutput,
+    Figure,
+    ImageItem,
+    InputKind,
+    InvalidInputError,
+    PipelineContext,
+    PipelineResult,
+    Record,
+    RecordValue,
+    SeriesItem,
+)
+
+if TYPE_CHECKING:
+    from models.store import ModelCard
+    from plugins.virtual_staining.inference import BlockPredictor, Prediction
+
+__all__ = ["MODEL_NAME", "VirtualStainingOptions", "VirtualStainingPipeline"]
+
+MODEL_NAME = "virtual_staining"
+UNASSIGNED_EXPERIMENT = "unassigned"
+
+
+@dataclass(frozen=True)
+class VirtualStainingOptions:
+    """Pipeline options; validates itself (raises ValueError).
+
+    ``stride``: pixels between overlapping blocks of the probability map (default half a
+    block). ``threshold``: block probability from which a block is positive (default: the
+    decision threshold tuned on validation data, stored in the model card).
+    ``tile_size``: side of one fully convolutional pass (memory bound only).
+    ``phase_channel``: index or name of the phase channel in multi-channel files (default:
+    a channel named like "phase"/"bf", or the only channel). ``overlay_alpha``: tint
+    strength of the overlay. ``model``: weights name inside the weights folder.
+    """
+
+    stride: int | None = None
+    threshold: float | None = None
+    tile_size: int = 1024
+    phase_channel: str | int | None = None
+    overlay_alpha: float = 0.5
+    model: str = MODEL_NAME
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ValueError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> VirtualStainingOptions:
+        """Options from a plain mapping; raises ValueError on unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown virtual-staining options {unknown}; known: {sorted(known)}")
+        return cls(**dict(options))
+
+
+class VirtualStainingPipeline:
+    """Pipeline and Summarizer for phase-contrast images (entry point target)."""
+
+    name = "virtual-staining"
+    version = "1.0.0"
+    input_kind = InputKind.IMAGE
+
+    def __init__(self) -> None:
+        self._options = VirtualStainingOptions()
+        self._predictor: BlockPredictor | None = None
+        self._card: ModelCard | None = None
+
+    @property
+    def card(self) -> ModelCard:
+        """The model card of the loaded weights; raises RuntimeError before :meth:`load`."""
+        if self._card is None:
+            raise RuntimeError("virtual-staining pipeline used before load()")
+        return self._card
+
+    def load(self, context: PipelineContext) -> None:
+        """Load weights from ``context.weights_dir`` or the bundled demo weights.
+
+        Raises models.store.WeightsError on missing, corrupt or mismatching weights and
+        ValueError on invalid options.
+        """
+        from models.store import WeightsError, bundled_weights_dir, load_weights, read_card
+        from models.tile_cnn import TileCNN
+        from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+
+        options = VirtualStainingOptions.from_mapping(context.options)
+        directory = context.weights_dir or bundled_weights_dir()
+        card = read_card(directory, options.model)
+        if card.architecture != "models.tile_cnn.TileCNN":
+            raise WeightsError(f"{options.model} is a {card.architecture}, not a TileCNN")
+        model = TileCNN(**card.arguments)
+        load_weights(model, directory, options.model, device="cpu")
+        tuned = card.training.get("inference", {}).get("threshold", 0.5)
+        threshold = options.threshold if options.threshold is not None else float(tuned)
+        settings = InferenceOptions(options.stride, threshold, options.tile_size)
+        self._predictor = BlockPredictor(model, context.device, settings)
+        self._options, self._card = options, card
+
+    def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
+        """Virtual stain, overlay and efficiency record of one image.
+
+        Raises InvalidInputError for anything but a 2-D phase image (after channel
+        selection), RuntimeError before :meth:`load`.
+        """
+        from plugins.virtual_staining.imaging import PHASE_NAMES, select_plane
+        from plugins.virtual_staining.render import overlay_png, virtual_stain_tiff
+
+        if not isinstance(item, ImageItem):
+            raise InvalidInputError("virtual staining needs a microscope image, not a DICOM series")
+        if self._predictor is None:
+            raise RuntimeError("virtual-staining pipeline used before load()")
+        plane = select_plane(item.array, item.axes, item.channel_names,
+                             self._options.phase_channel, PHASE_NAMES)
+        prediction = self._predictor.predict(plane)
+        files = [
+            FileOutput("virtual_stain.tif",
+                       virtual_stain_tiff(plane, prediction.probability, item.metadata.pixel_size_um),
+                       "image/tiff"),
+            FileOutput("overlay.png",
+                       overlay_png(plane, prediction.probability, self._options.overlay_alpha),
+                       "image/png"),
+        ]
+        record = self._record(item, prediction)
+        summary = (f"{prediction.blocks_positive}/{prediction.blocks_total} blocks positive "
+                   f"({100 * prediction.positive_fraction:.1f}%)")
+        return PipelineResult(files=files, records=[record], summary=summary)
+
+    def _record(self, item: ImageItem, prediction: Prediction) -> Record:
+        md = item.metadata
+        source = Path(item.source_path)
+        fields_: dict[str, RecordValue] = {
+            "identity": item.identity,
+            "source_name": source.name,
+            # Relative to the watched folder when the daemon passes a relative path.
+            "relative_path": source.as_posix() if not source.is_absolute() else source.name,
+            "experiment": md.experiment, "plate": md.plate, "well": md.well,
+            "position": md.position, "timepoint": md.timepoint, "acquired_at": md.acquired_at,
+            "positive_fraction": prediction.positive_fraction,
+            "blocks_total": prediction.blocks_total,
+            "blocks_positive": prediction.blocks_positive,
+            "mean_probability": float(prediction.probability.mean()),
+            "block_size": prediction.block_size,
+            "threshold": prediction.threshold,
+            "height": int(prediction.probability.shape[0]),
+            "width": int(prediction.probability.shape[1]),
+            "model_version": self.card.version,
+        }
+        return Record(kind="efficiency", group=md.experiment or UNASSIGNED_EXPERIMENT, fields=fields_)
+
+    def summarize(self, group: str, records: Sequence[Mapping[str, RecordValue]]) -> PipelineResult:
+        """Time-course CSV, plot, HTML report and the latest efficiency gauge per well.
+
+        Raises ValueError when ``records`` is empty.
+        """
+        from plugins.virtual_staining.summary import (
+            efficiency_time_course,
+            latest_per_well,
+            report_html,
+            time_course_csv,
+            time_course_plot,
+        )
+
+        points = efficiency_time_course(records)
+        plot = time_course_plot(group, points)
+        files = [
+            FileOutput("efficiency.csv", time_course_csv(group, points), "text/csv"),
+            FileOutput("efficiency.png", plot, "image/png"),
+            FileOutput("report.html", report_html(group, points, plot), "text/html"),
+        ]
+        figures = [
+            Figure("differentiation_efficiency", point.efficiency, {"experiment": group, "well": well})
+            for well, point in sorted(latest_per_well(points).items())
+        ]
+        return PipelineResult(files=files, figures=figures,
+                              summary=f"{len(figures)} wells, {len(points)} time points")

@@ -1,0 +1,175 @@
+"""Per-experiment differentiation-efficiency time course from efficiency records.
+
+Records (one per image, as :meth:`VirtualStainingPipeline.run` returns them) are
+aggregated per well and time point: positions are pooled (positive blocks over all
+blocks), and the elapsed time is measured from the experiment's first image
+(``acquired_at`` when known, else the daemon's ``recorded_at``). A re-processed image
+(same ``identity``) replaces its earlier record. Records without a time point are each
+their own point.
+
+The HTML report links the latest overlays relative to the summary folder: summaries are
+written to ``<outputs>/virtual-staining/_summary/<group>/`` and per-image files to
+``<outputs>/virtual-staining/<relative_path without its last extension>/overlay.png``,
+so a link is ``../../<relative_path without extension>/overlay.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from plugins.api import RecordValue
+
+__all__ = ["TimePoint", "efficiency_time_course", "report_html", "time_course_csv", "time_course_plot"]
+
+CSV_COLUMNS = (
+    "experiment", "well", "timepoint", "elapsed_s", "elapsed_h", "efficiency",
+    "mean_position_fraction", "positions", "blocks_positive", "blocks_total", "acquired_at",
+)
+
+
+@dataclass
+class TimePoint:
+    """Efficiency of one well at one time point, positions pooled."""
+
+    well: str
+    timepoint: int | None
+    acquired_at: float
+    elapsed_s: float = 0.0
+    blocks_positive: int = 0
+    blocks_total: int = 0
+    fractions: list[float] = field(default_factory=list)
+    overlays: list[str] = field(default_factory=list)
+
+    @property
+    def efficiency(self) -> float:
+        return self.blocks_positive / self.blocks_total if self.blocks_total else 0.0
+
+    @property
+    def positions(self) -> int:
+        return len(self.fractions)
+
+
+def _number(value: RecordValue, default: float) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+def overlay_link(record: Mapping[str, RecordValue]) -> str | None:
+    """Link from the summary folder to the record's overlay, or None without a path."""
+    relative = record.get("relative_path")
+    if not isinstance(relative, str) or not relative:
+        return None
+    return str(PurePosixPath("../..") / PurePosixPath(relative).with_suffix("") / "overlay.png")
+
+
+def efficiency_time_course(records: Sequence[Mapping[str, RecordValue]]) -> list[TimePoint]:
+    """Time points sorted by well, then elapsed time; raises ValueError without records."""
+    if not records:
+        raise ValueError("no efficiency records")
+    latest: dict[object, Mapping[str, RecordValue]] = {}
+    for number, record in enumerate(records):
+        latest[record.get("identity") or number] = record
+    points: dict[tuple[str, object], TimePoint] = {}
+    for record in latest.values():
+        when = _number(record.get("acquired_at"), _number(record.get("recorded_at"), 0.0))
+        well = str(record.get("well") or "unknown")
+        timepoint = record.get("timepoint")
+        tp = int(timepoint) if isinstance(timepoint, int) and not isinstance(timepoint, bool) else None
+        key = (well, tp if tp is not None else ("at", when))
+        point = points.setdefault(key, TimePoint(well, tp, when))
+        point.acquired_at = min(point.acquired_at, when)
+        point.blocks_positive += int(_number(record.get("blocks_positive"), 0))
+        point.blocks_total += int(_number(record.get("blocks_total"), 0))
+        point.fractions.append(_number(record.get("positive_fraction"), 0.0))
+        link = overlay_link(record)
+        if link:
+            point.overlays.append(link)
+    first = min(p.acquired_at for p in points.values())
+    for point in points.values():
+        point.elapsed_s = point.acquired_at - first
+    return sorted(points.values(), key=lambda p: (p.well, p.elapsed_s, p.timepoint or 0))
+
+
+def time_course_csv(group: str, points: Sequence[TimePoint]) -> bytes:
+    """The time course as CSV (one row per well and time point)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for p in points:
+        mean = sum(p.fractions) / len(p.fractions) if p.fractions else 0.0
+        writer.writerow([
+            group, p.well, "" if p.timepoint is None else p.timepoint, f"{p.elapsed_s:.1f}",
+            f"{p.elapsed_s / 3600:.3f}", f"{p.efficiency:.6f}", f"{mean:.6f}", p.positions,
+            p.blocks_positive, p.blocks_total, f"{p.acquired_at:.3f}",
+        ])
+    return buffer.getvalue().encode()
+
+
+def time_course_plot(group: str, points: Sequence[TimePoint]) -> bytes:
+    """PNG of efficiency versus elapsed hours, one line per well (matplotlib Agg)."""
+    from matplotlib.figure import Figure as MplFigure
+
+    figure = MplFigure(figsize=(6.4, 4.0), dpi=100)
+    axes = figure.add_subplot()
+    for well in sorted({p.well for p in points}):
+        mine = [p for p in points if p.well == well]
+        axes.plot([p.elapsed_s / 3600 for p in mine], [100 * p.efficiency for p in mine],
+                  marker="o", label=well)
+    axes.set_xlabel("time since first image (h)")
+    axes.set_ylabel("virtual-stain positive blocks (%)")
+    axes.set_ylim(0, 100)
+    axes.set_title(f"Differentiation efficiency - {group}")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", fontsize="small", ncol=2)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def latest_per_well(points: Sequence[TimePoint]) -> dict[str, TimePoint]:
+    """The last time point of every well."""
+    latest: dict[str, TimePoint] = {}
+    for point in points:
+        if point.well not in latest or point.elapsed_s >= latest[point.well].elapsed_s:
+            latest[point.well] = point
+    return latest
+
+
+def report_html(group: str, points: Sequence[TimePoint], plot_png: bytes) -> bytes:
+    """A self-contained HTML page: the plot inline, the latest value and overlays per well."""
+    esc = html.escape
+    rows, images = [], []
+    for well, point in sorted(latest_per_well(points).items()):
+        rows.append(
+            f"<tr><td>{esc(well)}</td><td>{'' if point.timepoint is None else point.timepoint}</td>"
+            f"<td>{point.elapsed_s / 3600:.1f}</td><td>{100 * point.efficiency:.1f}</td>"
+            f"<td>{point.positions}</td></tr>"
+        )
+        for link in point.overlays:
+            images.append(f'<figure><a href="{esc(link)}"><img src="{esc(link)}" alt="overlay {esc(well)}">'
+                          f"</a><figcaption>{esc(well)}</figcaption></figure>")
+    plot = base64.b64encode(plot_png).decode()
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Virtual staining - {esc(group)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+figure{{display:inline-block;margin:4px}}img{{width:240px}}</style></head><body>
+<h1>Differentiation efficiency: {esc(group)}</h1>
+<img style="width:640px" alt="efficiency over time" src="data:image/png;base64,{plot}">
+<h2>Latest time point per well</h2>
+<table><tr><th>well</th><th>time point</th><th>elapsed (h)</th><th>efficiency (%)</th>
+<th>positions</th></tr>
+{chr(10).join(rows)}
+</table>
+<h2>Latest overlays</h2>
+{chr(10).join(images) or "<p>No overlay paths recorded.</p>"}
+<p>Time course as CSV: <a href="efficiency.csv">efficiency.csv</a></p>
+</body></html>
+"""
+    return page.encode()
