@@ -1,0 +1,1 @@
+"""Shared helpers for the test suite (real peers on loopback, synthetic data)."""
