@@ -249,7 +249,3 @@ def main() -> None:
 
     del cli_commands
     app()
-
-
-if __name__ == "__main__":
-    main()

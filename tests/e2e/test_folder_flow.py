@@ -1,0 +1,112 @@
+"""End to end over a watched folder: files written like a microscope writes them."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+
+from tests.support.daemon_proc import TEST_PIPELINES, DaemonProcess, metric_value
+from tests.support.peers import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    settings: dict[str, Any] = {
+        "paths": {"state_dir": str(tmp_path / "state"), "outputs_dir": str(tmp_path / "outputs")},
+        "workers": {"device": "cpu", "poll_seconds": 0.2, "max_attempts": 2, "retry_initial_seconds": 0.2},
+        "metrics": {"port": free_port()},
+        "dicom": {"enabled": False},
+        "folders": [{"path": str(inbox), "stable_seconds": 1.0, "rescan_seconds": 30.0}],
+        "routes": [{"name": "images", "kind": ["image"], "pipelines": ["test-image"]}],
+        "pipelines": {"modules": TEST_PIPELINES},
+    }
+    process = DaemonProcess(tmp_path, settings)
+    process.start()
+    yield process
+    if process.alive():
+        assert process.terminate() == 0
+
+
+def _tiff_bytes(shape: tuple[int, int], dtype: str, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, np.iinfo(dtype).max, size=shape, dtype=dtype)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, data, photometric="minisblack")
+    return buffer.getvalue()
+
+
+def _rows(daemon: DaemonProcess, sql: str) -> list[sqlite3.Row]:
+    db = sqlite3.connect(daemon.state_dir / "journal.sqlite3", timeout=10)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str, daemon: DaemonProcess) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}\n--- daemon log ---\n{daemon.log_tail()}")
+
+
+def test_slow_copy_is_processed_exactly_once_after_it_is_complete(tmp_path: Path, daemon: DaemonProcess) -> None:
+    payload = _tiff_bytes((600, 700), "uint16", seed=1)
+    target = tmp_path / "inbox" / "EXP1" / "EXP1_B03_pos1_t000_phase.tif"
+    target.parent.mkdir()
+    chunks = [payload[i : i + len(payload) // 5 + 1] for i in range(0, len(payload), len(payload) // 5 + 1)]
+    with target.open("wb") as handle:
+        for chunk in chunks:  # several partial writes, flushed, with pauses between them
+            handle.write(chunk)
+            handle.flush()
+            time.sleep(0.4)
+    _wait(lambda: [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["done"], 60, "the job", daemon)
+    time.sleep(2.0)  # late events or a rescan must not process it a second time
+    assert len(_rows(daemon, "SELECT * FROM jobs")) == 1
+    [stats] = (tmp_path / "outputs" / "test-image").rglob("stats.json")
+    expected = float(tifffile.imread(io.BytesIO(payload)).astype(np.float64).mean())
+    assert json.loads(stats.read_text())["mean"] == pytest.approx(expected)
+    assert stats.parent.name == "EXP1_B03_pos1_t000_phase"
+    [arrival] = _rows(daemon, "SELECT attrs FROM arrivals")
+    metadata = json.loads(arrival["attrs"])["metadata"]
+    assert (metadata["well"], metadata["timepoint"], metadata["channel"]) == ("B03", 0, "phase")
+
+
+def test_bad_files_are_errors_with_metrics_and_the_daemon_keeps_running(tmp_path: Path, daemon: DaemonProcess) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "empty.tif").write_bytes(b"")
+    good = _tiff_bytes((256, 256), "uint8", seed=2)
+    (inbox / "truncated.tif").write_bytes(good[: len(good) // 2])
+    (inbox / "notes.tif").write_bytes(b"these are lab notes, not an image\n" * 20)
+    _wait(lambda: len(_rows(daemon, "SELECT * FROM arrivals WHERE state='rejected'")) == 3, 60,
+          "three rejected inputs", daemon)
+    rejected = {Path(r["path"]).name: r["error"] for r in _rows(daemon, "SELECT * FROM arrivals")}
+    assert set(rejected) == {"empty.tif", "truncated.tif", "notes.tif"}
+    assert all(rejected.values()), rejected
+    text = daemon.metrics_text()
+    assert metric_value(text, "acqflow_input_errors_total", {"source": "folder"}) >= 3
+    assert metric_value(text, "acqflow_quarantined_total") >= 3
+    quarantined = {p.name for p in (tmp_path / "state" / "quarantine").rglob("*.tif")}
+    assert quarantined == {"empty.tif", "truncated.tif", "notes.tif"}
+    assert all((inbox / name).exists() for name in quarantined)  # inputs are never moved
+
+    (inbox / "fine.tif").write_bytes(good)
+    _wait(lambda: any(r["state"] == "done" for r in _rows(daemon, "SELECT state FROM jobs")), 60,
+          "a good file after the bad ones", daemon)
+    assert daemon.alive()
