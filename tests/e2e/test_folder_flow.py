@@ -110,3 +110,43 @@ def test_bad_files_are_errors_with_metrics_and_the_daemon_keeps_running(tmp_path
     _wait(lambda: any(r["state"] == "done" for r in _rows(daemon, "SELECT state FROM jobs")), 60,
           "a good file after the bad ones", daemon)
     assert daemon.alive()
+
+
+def test_sigterm_drains_the_running_job_and_a_failing_job_is_retried_then_dead(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    marker = tmp_path / "fail-while-present"
+    settings: dict[str, Any] = {
+        "paths": {"state_dir": str(tmp_path / "state"), "outputs_dir": str(tmp_path / "outputs")},
+        "workers": {"device": "cpu", "poll_seconds": 0.2, "max_attempts": 2, "retry_initial_seconds": 0.2},
+        "metrics": {"port": free_port()},
+        "dicom": {"enabled": False},
+        "folders": [{"path": str(inbox), "stable_seconds": 0.5}],
+        "routes": [
+            {"name": "slow", "path_glob": "slow/*", "pipelines": ["test-image"]},
+        ],
+        "pipelines": {"modules": TEST_PIPELINES,
+                      "options": {"test-image": {"delay_seconds": 3.0, "fail_marker": str(marker)}}},
+    }
+    daemon = DaemonProcess(tmp_path, settings)
+    daemon.start()
+    try:
+        marker.touch()
+        (inbox / "slow").mkdir()
+        (inbox / "slow" / "a.tif").write_bytes(_tiff_bytes((64, 64), "uint8", seed=3))
+        _wait(lambda: [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["dead"], 60,
+              "the failing job to be parked as dead", daemon)
+        [dead] = _rows(daemon, "SELECT * FROM jobs")
+        assert dead["attempts"] == 2 and "failing on purpose" in dead["error"]
+        assert metric_value(daemon.metrics_text(), "acqflow_jobs_total", {"outcome": "retry"}) == 1
+
+        marker.unlink()
+        retried = daemon.cli("retry", str(dead["id"]))
+        assert retried.returncode == 0, retried.stderr
+        _wait(lambda: [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["running"], 30,
+              "the retried job to start", daemon)
+        assert daemon.terminate(timeout=60) == 0  # SIGTERM while the job runs: drain, then exit
+        assert [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["done"]
+        assert "acqflow stopped" in daemon.log_tail()
+    finally:
+        daemon.kill()

@@ -3,14 +3,16 @@
 ``SeriesEcho`` derives one DICOM object from a series (the middle slice, re-identified
 as a derived series with UIDs fixed by the input identity) so that export and
 deduplication can be checked end to end. ``ImageStats`` measures an image. Both can be
-told to fail a number of times through ``options["fail_marker"]`` — a file whose
-presence makes ``run`` raise — to exercise retries.
+told to fail through ``options["fail_marker"]`` — a file whose presence makes ``run``
+raise — to exercise retries, and to take time through ``options["delay_seconds"]`` to
+exercise draining at shutdown.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,8 @@ from pydicom.uid import generate_uid
 
 from plugins.api import (
     DicomOutput,
-    FileOutput,
     Figure,
+    FileOutput,
     ImageItem,
     InputKind,
     InvalidInputError,
@@ -36,6 +38,7 @@ class _Failing:
     options: dict[str, object]
 
     def _maybe_fail(self) -> None:
+        time.sleep(float(str(self.options.get("delay_seconds", 0))))
         marker = self.options.get("fail_marker")
         if marker and Path(str(marker)).exists():
             raise RuntimeError(f"failing on purpose while {marker} exists")
