@@ -28,6 +28,7 @@ __all__ = [
     "REVIEW_FLAGS",
     "SCHEDULED_TASK_FAILURES",
     "SERIES_COMPLETED",
+    "SOURCE_ERRORS",
     "UNROUTED",
     "serve_metrics",
 ]
@@ -43,17 +44,16 @@ INPUT_ERRORS = Counter(
     ["source", "reason"],
 )
 QUARANTINED = Counter("acqflow_quarantined_total", "Inputs moved or copied to quarantine", ["source"])
+SOURCE_ERRORS = Counter(
+    "acqflow_source_errors_total",
+    "Unexpected errors caught inside a source's callbacks or threads (the source keeps running)",
+    ["source", "stage"],
+)
 UNROUTED = Counter("acqflow_unrouted_total", "Arrivals that matched no route", ["source", "kind"])
-DICOM_INSTANCES = Counter(
-    "acqflow_dicom_instances_total", "C-STORE requests by outcome", ["outcome"]
-)
+DICOM_INSTANCES = Counter("acqflow_dicom_instances_total", "C-STORE requests by outcome", ["outcome"])
 DICOM_BYTES = Counter("acqflow_dicom_received_bytes_total", "Bytes of DICOM instances stored")
-ASSOCIATIONS = Counter(
-    "acqflow_dicom_associations_total", "Associations by outcome", ["outcome"]
-)
-SERIES_COMPLETED = Counter(
-    "acqflow_series_completed_total", "Series declared complete", ["trigger"]
-)
+ASSOCIATIONS = Counter("acqflow_dicom_associations_total", "Associations by outcome", ["outcome"])
+SERIES_COMPLETED = Counter("acqflow_series_completed_total", "Series declared complete", ["trigger"])
 JOBS = Counter("acqflow_jobs_total", "Finished job attempts", ["pipeline", "outcome"])
 QUEUE_DEPTH = Gauge("acqflow_queue_depth_jobs", "Jobs waiting or running", ["pipeline", "state"])
 JOB_DURATION = Histogram(
@@ -67,10 +67,10 @@ ARRIVAL_TO_RESULT = Histogram(
 )
 EXPORTS = Counter("acqflow_exports_total", "DICOM export attempts", ["destination", "outcome"])
 EXPORT_PENDING = Gauge("acqflow_export_pending_objects", "Objects waiting in the outbox", ["destination"])
-PIPELINE_UP = Gauge("acqflow_pipeline_up", "1 when a pipeline loaded, 0 when it disabled itself", ["pipeline"])
-REVIEW_FLAGS = Counter(
-    "acqflow_review_flags_total", "Results flagged for human review", ["pipeline"]
+PIPELINE_UP = Gauge(
+    "acqflow_pipeline_up", "1 when a pipeline loaded, 0 when it disabled itself", ["pipeline"]
 )
+REVIEW_FLAGS = Counter("acqflow_review_flags_total", "Results flagged for human review", ["pipeline"])
 DIFFERENTIATION_EFFICIENCY = Gauge(
     "acqflow_differentiation_efficiency",
     "Latest predicted cardiomyocyte fraction per experiment and well",
