@@ -45,7 +45,9 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="TOML settings file (default: $ACQFLOW_CONFIG or built-in defaults)."),
+    typer.Option(
+        "--config", "-c", help="TOML settings file (default: $ACQFLOW_CONFIG or built-in defaults)."
+    ),
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -118,7 +120,9 @@ def _open_journal(settings: Settings) -> Any:
     from daemon.journal import Journal
 
     if not settings.paths.journal.exists():
-        raise ConfigError(f"no journal at {settings.paths.journal}: the daemon has not run with these settings")
+        raise ConfigError(
+            f"no journal at {settings.paths.journal}: the daemon has not run with these settings"
+        )
     return Journal(settings.paths.journal)
 
 
@@ -131,7 +135,8 @@ def _daemon_running(settings: Settings) -> str:
         return "[yellow]not running[/yellow]"
     except PermissionError:
         pass
-    return f"[green]running[/green] (pid {state['pid']}, DICOM port {state.get('dicom_port')}, metrics port {state.get('metrics_port')})"
+    ports = f"DICOM port {state.get('dicom_port')}, metrics port {state.get('metrics_port')}"
+    return f"[green]running[/green] (pid {state['pid']}, {ports})"
 
 
 @app.command()
@@ -179,17 +184,33 @@ def jobs(
         raise _fail(f"--state must be one of {', '.join(s.value for s in JobState)}") from None
     rows = JobQueue(journal).jobs(wanted, limit)
     if as_json:
-        console.print_json(json.dumps([
-            {"id": j.id, "pipeline": j.pipeline, "state": j.state.value, "attempts": j.attempts,
-             "arrival": j.arrival_id, "error": j.error}
-            for j in rows
-        ]))
+        console.print_json(
+            json.dumps(
+                [
+                    {
+                        "id": j.id,
+                        "pipeline": j.pipeline,
+                        "state": j.state.value,
+                        "attempts": j.attempts,
+                        "arrival": j.arrival_id,
+                        "error": j.error,
+                    }
+                    for j in rows
+                ]
+            )
+        )
         return
     table = Table("job", "pipeline", "state", "attempts", "input", "error", title="jobs")
     for job in rows:
         arrival = journal.arrival(job.arrival_id)
-        table.add_row(str(job.id), job.pipeline, job.state.value, str(job.attempts),
-                      arrival.path.name, (job.error or "")[:80])
+        table.add_row(
+            str(job.id),
+            job.pipeline,
+            job.state.value,
+            str(job.attempts),
+            arrival.path.name,
+            (job.error or "")[:80],
+        )
     console.print(table)
     journal.close()
 
@@ -214,13 +235,17 @@ def retry(
         raise _fail("name job ids or use --all-dead")
     retried = [i for i in ids if queue.retry(i)]
     skipped = sorted(set(ids) - set(retried))
-    console.print(f"{len(retried)} job(s) queued again" + (f"; not dead, skipped: {skipped}" if skipped else ""))
+    console.print(
+        f"{len(retried)} job(s) queued again" + (f"; not dead, skipped: {skipped}" if skipped else "")
+    )
 
 
 @app.command()
 @handles_errors
 def echo(
-    destination: Annotated[str, typer.Argument(help="A destination name from the settings, or AE@host:port.")],
+    destination: Annotated[
+        str, typer.Argument(help="A destination name from the settings, or AE@host:port.")
+    ],
     config: ConfigOption = None,
     timeout: Annotated[float, typer.Option(min=0.1)] = 10.0,
 ) -> None:
@@ -240,7 +265,9 @@ def echo(
     outbox = ExportOutbox(settings.export, None, settings.dicom.ae_title)  # type: ignore[arg-type]
     status_code = outbox.echo(target, timeout)
     if status_code != 0:
-        raise _fail(f"C-ECHO to {target.ae_title}@{target.host}:{target.port} returned status 0x{status_code:04X}", 1)
+        raise _fail(
+            f"C-ECHO to {target.ae_title}@{target.host}:{target.port} returned status 0x{status_code:04X}", 1
+        )
     console.print(f"C-ECHO {target.ae_title}@{target.host}:{target.port}: success")
 
 

@@ -43,7 +43,10 @@ SERIES_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
         console=console,
     )
 
@@ -94,10 +97,14 @@ def _arrivals_for_target(settings: Settings, journal: Journal, target: str) -> I
         yield known if known is not None else path.resolve()
         return
     if path.is_dir():
-        include = [p.lower() for p in settings.folders[0].include] if settings.folders else ["*.tif", "*.tiff"]
+        include = (
+            [p.lower() for p in settings.folders[0].include] if settings.folders else ["*.tif", "*.tiff"]
+        )
         for file in sorted(path.resolve().rglob("*")):
-            if file.is_file() and not file.name.startswith(".") and any(
-                file.name.lower().endswith(g.lstrip("*")) for g in include
+            if (
+                file.is_file()
+                and not file.name.startswith(".")
+                and any(file.name.lower().endswith(g.lstrip("*")) for g in include)
             ):
                 known = journal.arrival_by_key(f"file:{file}")
                 yield known if known is not None else file
@@ -116,8 +123,12 @@ def _arrivals_for_target(settings: Settings, journal: Journal, target: str) -> I
 def reprocess(
     target: Annotated[str, typer.Argument(help="A file, a folder, a series UID, or a job id (N or job:N).")],
     config: ConfigOption = None,
-    pipeline: Annotated[str | None, typer.Option(help="Run this pipeline instead of the routed ones.")] = None,
-    wait: Annotated[bool, typer.Option(help="Wait for the daemon to finish the jobs, with a progress bar.")] = False,
+    pipeline: Annotated[
+        str | None, typer.Option(help="Run this pipeline instead of the routed ones.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the daemon to finish the jobs, with a progress bar.")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 3600.0,
 ) -> None:
     """Queue inputs for processing again; the daemon runs them."""
@@ -138,13 +149,17 @@ def reprocess(
         for found in _arrivals_for_target(settings, journal, target):
             if isinstance(found, Path):
                 arrival = journal.record_file_arrival(
-                    "cli", f"file:{found}", found, _file_attrs(settings, found, root if root.is_dir() else found.parent)
+                    "cli",
+                    f"file:{found}",
+                    found,
+                    _file_attrs(settings, found, root if root.is_dir() else found.parent),
                 )
                 if arrival is not None:
                     new_arrivals.append(arrival.id)
                     if pipeline:
-                        job_ids += queue.route(arrival.id, arrival.generation,
-                                               [RouteDecision(pipeline, "cli")])
+                        job_ids += queue.route(
+                            arrival.id, arrival.generation, [RouteDecision(pipeline, "cli")]
+                        )
             else:
                 decisions = [RouteDecision(pipeline, "cli")] if pipeline else router.decide(found)
                 if not decisions:
@@ -165,23 +180,33 @@ def _wait_for(journal: Journal, job_ids: list[int], arrival_ids: list[int], time
             ids = set(job_ids)
             if arrival_ids:
                 marks = ",".join("?" for _ in arrival_ids)
-                ids |= {r["id"] for r in journal.query(
-                    f"SELECT id FROM jobs WHERE arrival_id IN ({marks})", arrival_ids)}
+                ids |= {
+                    r["id"]
+                    for r in journal.query(f"SELECT id FROM jobs WHERE arrival_id IN ({marks})", arrival_ids)
+                }
             marks = ",".join("?" for _ in ids) or "NULL"
             rows = journal.query(f"SELECT state FROM jobs WHERE id IN ({marks})", list(ids))
             finished = sum(1 for r in rows if r["state"] in ("done", "dead", "superseded"))
             progress.update(task, total=max(len(ids), 1), completed=finished)
             unrouted = journal.query(
                 "SELECT COUNT(*) n FROM arrivals WHERE id IN ({}) AND state='ready'".format(
-                    ",".join("?" for _ in arrival_ids) or "NULL"), arrival_ids)[0]["n"]
+                    ",".join("?" for _ in arrival_ids) or "NULL"
+                ),
+                arrival_ids,
+            )[0]["n"]
             if finished == len(ids) and not unrouted:
                 break
             if time.monotonic() > deadline:
-                raise _fail(f"timed out with {len(ids) - finished} job(s) unfinished (is the daemon running?)", 1)
+                raise _fail(
+                    f"timed out with {len(ids) - finished} job(s) unfinished (is the daemon running?)", 1
+                )
             time.sleep(0.5)
     dead = journal.query(
         "SELECT id, error FROM jobs WHERE state='dead' AND id IN ({})".format(
-            ",".join("?" for _ in job_ids) or "NULL"), job_ids)
+            ",".join("?" for _ in job_ids) or "NULL"
+        ),
+        job_ids,
+    )
     for row in dead:
         console.print(f"[red]job {row['id']} dead:[/red] {row['error']}")
     if dead:

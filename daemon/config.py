@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daemon.errors import ConfigError
@@ -254,9 +254,7 @@ class Settings(_Section):
         for index, rule in enumerate(self.routes):
             for name in rule.export:
                 if name not in known:
-                    raise ValueError(
-                        f"routes[{index}] ({rule.name}) exports to unknown destination {name!r}"
-                    )
+                    raise ValueError(f"routes[{index}] ({rule.name}) exports to unknown destination {name!r}")
         return self
 
     def destination(self, name: str) -> ExportDestination:
@@ -289,7 +287,7 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX) or key == "ACQFLOW_CONFIG":
             continue
-        dotted = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        dotted = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
         if dotted:
             _set_dotted(data, dotted, _parse_env_value(raw))
     return data
@@ -325,9 +323,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     )
     folders = tuple(f.model_copy(update={"path": absolute(f.path)}) for f in settings.folders)
     weights = settings.pipelines.weights_dir
-    pipelines = settings.pipelines.model_copy(
-        update={"weights_dir": absolute(weights) if weights else None}
-    )
+    pipelines = settings.pipelines.model_copy(update={"weights_dir": absolute(weights) if weights else None})
     return settings.model_copy(update={"paths": paths, "folders": folders, "pipelines": pipelines})
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.journal import ArrivalState, Journal, JobState
+from daemon.journal import ArrivalState, JobState, Journal
 
 __all__ = ["Job", "JobQueue", "OutputRow", "RecordRow", "RouteDecision"]
 
@@ -89,8 +89,7 @@ class JobQueue:
         with self.journal.transaction() as db:
             state = ArrivalState.ROUTED if decisions else ArrivalState.UNROUTED
             cursor = db.execute(
-                "UPDATE arrivals SET state=?, updated_at=? WHERE id=? AND generation=?"
-                " AND state='ready'",
+                "UPDATE arrivals SET state=?, updated_at=? WHERE id=? AND generation=? AND state='ready'",
                 (state.value, now, arrival_id, generation),
             )
             if cursor.rowcount != 1:
@@ -168,14 +167,10 @@ class JobQueue:
                     "UPDATE jobs SET state='running', attempts=attempts+1, started_at=? WHERE id=?",
                     (now, row["id"]),
                 )
-            claimed = [
-                db.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone() for row in rows
-            ]
+            claimed = [db.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone() for row in rows]
         return [Job.from_row(r) for r in claimed]
 
-    def complete(
-        self, job: Job, outputs: Sequence[OutputRow], records: Sequence[RecordRow]
-    ) -> list[int]:
+    def complete(self, job: Job, outputs: Sequence[OutputRow], records: Sequence[RecordRow]) -> list[int]:
         """Store outputs, records and export rows; mark the job done. Returns export ids."""
         now = time.time()
         export_ids: list[int] = []
@@ -187,9 +182,9 @@ class JobQueue:
                     " sop_instance_uid=excluded.sop_instance_uid, written_at=excluded.written_at",
                     (job.id, job.pipeline, output.kind, str(output.path), output.sop_instance_uid, now),
                 )
-                output_id = db.execute(
-                    "SELECT id FROM outputs WHERE path=?", (str(output.path),)
-                ).fetchone()["id"]
+                output_id = db.execute("SELECT id FROM outputs WHERE path=?", (str(output.path),)).fetchone()[
+                    "id"
+                ]
                 for destination in output.export:
                     db.execute(
                         "INSERT INTO exports(output_id, destination, state, created_at)"
@@ -209,12 +204,17 @@ class JobQueue:
                     " VALUES(?, ?, ?, ?, ?, ?, ?) ON CONFLICT(pipeline, kind, identity) DO UPDATE SET"
                     " job_id=excluded.job_id, grp=excluded.grp, fields=excluded.fields,"
                     " recorded_at=excluded.recorded_at",
-                    (job.id, job.pipeline, record.kind, record.group, record.identity,
-                     json.dumps(dict(record.fields)), now),
+                    (
+                        job.id,
+                        job.pipeline,
+                        record.kind,
+                        record.group,
+                        record.identity,
+                        json.dumps(dict(record.fields)),
+                        now,
+                    ),
                 )
-            db.execute(
-                "UPDATE jobs SET state='done', error=NULL, finished_at=? WHERE id=?", (now, job.id)
-            )
+            db.execute("UPDATE jobs SET state='done', error=NULL, finished_at=? WHERE id=?", (now, job.id))
         return export_ids
 
     def fail(self, job: Job, error: str, retry_at: float | None) -> None:

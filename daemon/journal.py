@@ -27,6 +27,7 @@ __all__ = [
     "ArrivalState",
     "Instance",
     "Journal",
+    "PendingExport",
 ]
 
 SCHEMA_VERSION = 1
@@ -194,9 +195,7 @@ class Journal:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(
-                path, check_same_thread=False, isolation_level=None, timeout=30.0
-            )
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -284,7 +283,9 @@ class Journal:
                 (error, time.time(), arrival_id),
             )
 
-    def record_rejected_file(self, source: str, key: str, path: Path, error: str, attrs: Mapping[str, Any]) -> None:
+    def record_rejected_file(
+        self, source: str, key: str, path: Path, error: str, attrs: Mapping[str, Any]
+    ) -> None:
         """Record an input that cannot be read (zero-byte, truncated, not an image)."""
         now = time.time()
         with self.transaction() as db:
@@ -428,3 +429,87 @@ class Journal:
                 (time.time(),),
             )
         return cursor.rowcount
+
+    # --- additions for the DICOM source, series assembly and export outbox ----------
+
+    def instance_arrival(self, sop_instance_uid: str) -> int | None:
+        """The series arrival that already holds this SOP Instance UID, if any."""
+        rows = self.query("SELECT arrival_id FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return int(rows[0]["arrival_id"]) if rows else None
+
+    def mark_series_ready_if_quiet(
+        self, arrival_id: int, generation: int, last_instance_at: float | None
+    ) -> bool:
+        """RECEIVING → READY only if no instance arrived since the row was read.
+
+        Unlike :meth:`mark_series_ready` this also compares ``last_instance_at``, so an
+        instance committed between reading the series and deciding it is quiet keeps
+        the series open.
+        """
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE arrivals SET state='ready', updated_at=? WHERE id=? AND state='receiving'"
+                " AND generation=? AND last_instance_at IS ?",
+                (time.time(), arrival_id, generation, last_instance_at),
+            )
+        return cursor.rowcount == 1
+
+    def due_exports(self, now: float, limit: int = 500) -> list[PendingExport]:
+        """Pending exports whose ``not_before`` has passed, with their output file."""
+        rows = self.query(
+            "SELECT e.id, e.destination, e.attempts, e.created_at, o.path, o.sop_instance_uid"
+            " FROM exports e JOIN outputs o ON o.id = e.output_id"
+            " WHERE e.state = 'pending' AND e.not_before <= ? ORDER BY e.id LIMIT ?",
+            (now, limit),
+        )
+        return [
+            PendingExport(
+                id=r["id"],
+                destination=r["destination"],
+                attempts=r["attempts"],
+                created_at=r["created_at"],
+                path=Path(r["path"]),
+                sop_instance_uid=r["sop_instance_uid"],
+            )
+            for r in rows
+        ]
+
+    def mark_export_done(self, export_id: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE exports SET state='done', attempts=attempts+1, error=NULL, finished_at=?"
+                " WHERE id=? AND state='pending'",
+                (time.time(), export_id),
+            )
+
+    def mark_export_failed(self, export_id: int, error: str, retry_at: float | None) -> None:
+        """Back to pending until ``retry_at``, or dead with its error when None."""
+        with self.transaction() as db:
+            if retry_at is None:
+                db.execute(
+                    "UPDATE exports SET state='dead', attempts=attempts+1, error=?, finished_at=?"
+                    " WHERE id=? AND state='pending'",
+                    (error, time.time(), export_id),
+                )
+            else:
+                db.execute(
+                    "UPDATE exports SET attempts=attempts+1, error=?, not_before=?"
+                    " WHERE id=? AND state='pending'",
+                    (error, retry_at, export_id),
+                )
+
+    def pending_exports_by_destination(self) -> dict[str, int]:
+        rows = self.query("SELECT destination, COUNT(*) AS n FROM exports WHERE state='pending' GROUP BY 1")
+        return {str(r["destination"]): int(r["n"]) for r in rows}
+
+
+@dataclass(frozen=True)
+class PendingExport:
+    """One due row of the export outbox joined with its output file."""
+
+    id: int
+    destination: str
+    attempts: int
+    created_at: float
+    path: Path
+    sop_instance_uid: str | None

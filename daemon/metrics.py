@@ -13,8 +13,10 @@ __all__ = [
     "ARRIVALS",
     "ARRIVAL_TO_RESULT",
     "ASSOCIATIONS",
+    "CALLBACK_ERRORS",
     "DICOM_BYTES",
     "DICOM_INSTANCES",
+    "DICOM_STORE_DURATION",
     "DIFFERENTIATION_EFFICIENCY",
     "EXPORTS",
     "EXPORT_PENDING",
@@ -53,6 +55,16 @@ UNROUTED = Counter("acqflow_unrouted_total", "Arrivals that matched no route", [
 DICOM_INSTANCES = Counter("acqflow_dicom_instances_total", "C-STORE requests by outcome", ["outcome"])
 DICOM_BYTES = Counter("acqflow_dicom_received_bytes_total", "Bytes of DICOM instances stored")
 ASSOCIATIONS = Counter("acqflow_dicom_associations_total", "Associations by outcome", ["outcome"])
+DICOM_STORE_DURATION = Histogram(
+    "acqflow_dicom_store_duration_seconds",
+    "C-STORE handling time in the SCP: header parse, durable spool write, journal commit",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+CALLBACK_ERRORS = Counter(
+    "acqflow_callback_errors_total",
+    "Exceptions caught (and logged) in callbacks of sources, assemblers and sinks",
+    ["component"],
+)
 SERIES_COMPLETED = Counter("acqflow_series_completed_total", "Series declared complete", ["trigger"])
 JOBS = Counter("acqflow_jobs_total", "Finished job attempts", ["pipeline", "outcome"])
 QUEUE_DEPTH = Gauge("acqflow_queue_depth_jobs", "Jobs waiting or running", ["pipeline", "state"])

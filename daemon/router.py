@@ -44,8 +44,7 @@ def _rule_matches(rule: RouteRule, arrival: Arrival) -> bool:
     if rule.path_glob is not None:
         candidate = str(attrs.get("relative_path") or arrival.path)
         if not (
-            fnmatch.fnmatch(candidate, rule.path_glob)
-            or fnmatch.fnmatch(str(arrival.path), rule.path_glob)
+            fnmatch.fnmatch(candidate, rule.path_glob) or fnmatch.fnmatch(str(arrival.path), rule.path_glob)
         ):
             return False
     return True
@@ -69,7 +68,9 @@ class Router:
                 if pipeline not in available:
                     log.error(
                         "route %s names pipeline %s, which is not available; arrival %d skips it",
-                        rule.name, pipeline, arrival.id,
+                        rule.name,
+                        pipeline,
+                        arrival.id,
                     )
                     continue
                 if all(d.pipeline != pipeline for d in decisions):

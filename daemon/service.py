@@ -23,7 +23,7 @@ from daemon import metrics
 from daemon.config import Settings
 from daemon.fileio import write_atomic
 from daemon.jobqueue import JobQueue
-from daemon.journal import Arrival, Journal, JobState
+from daemon.journal import Arrival, JobState, Journal
 from daemon.registry import PipelineRegistry
 from daemon.router import Router
 from daemon.scheduler import Housekeeping
@@ -83,8 +83,9 @@ class Daemon:
         resumed = jobs.reset_interrupted()
         orphans = journal.close_orphan_associations()
         if resumed or orphans:
-            log.warning("recovered after an unclean stop: %d jobs resumed, %d associations closed",
-                        resumed, orphans)
+            log.warning(
+                "recovered after an unclean stop: %d jobs resumed, %d associations closed", resumed, orphans
+            )
         if not self.registry.names():
             self.registry.discover()
         for name in self.registry.names():

@@ -22,7 +22,7 @@ from daemon.config import WorkerSettings
 from daemon.errors import InputRejected, PipelineLoadError
 from daemon.fileio import quarantine
 from daemon.jobqueue import Job, JobQueue
-from daemon.journal import Arrival, ArrivalState, Journal, JobState
+from daemon.journal import Arrival, ArrivalState, JobState, Journal
 from daemon.registry import PipelineRegistry
 from daemon.router import Router
 from daemon.sinks.results import ResultSink
@@ -117,8 +117,14 @@ class JobRunner:
         )
         self.jobs.fail(job, error, time.time() + delay)
         metrics.JOBS.labels(job.pipeline, "retry").inc()
-        log.warning("job %d (%s) attempt %d failed, retry in %.0f s: %s",
-                    job.id, job.pipeline, job.attempts, delay, error)
+        log.warning(
+            "job %d (%s) attempt %d failed, retry in %.0f s: %s",
+            job.id,
+            job.pipeline,
+            job.attempts,
+            delay,
+            error,
+        )
         return JobState.PENDING
 
     def _quarantine(self, arrival: Arrival, error: str) -> None:

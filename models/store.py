@@ -107,9 +107,7 @@ def read_card(directory: Path, name: str) -> ModelCard:
         raise WeightsError(f"invalid model card {card_path}: {exc}") from exc
 
 
-def load_weights(
-    module: torch.nn.Module, directory: Path, name: str, device: str = "cpu"
-) -> ModelCard:
+def load_weights(module: torch.nn.Module, directory: Path, name: str, device: str = "cpu") -> ModelCard:
     """Load ``name`` from ``directory`` into ``module`` after checking the sha256.
 
     Raises WeightsError when files are missing, the checksum differs, or keys/shapes

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ENTRY_POINT_GROUP",
     "DicomOutput",
-    "FileOutput",
     "Figure",
+    "FileOutput",
     "ImageItem",
     "ImageMetadata",
     "InputKind",
@@ -74,9 +74,7 @@ class ImageMetadata:
     def __post_init__(self) -> None:
         if self.timepoint is not None and self.timepoint < 0:
             raise ValueError(f"timepoint must be >= 0, got {self.timepoint}")
-        if self.pixel_size_um is not None and not all(
-            math.isfinite(v) and v > 0 for v in self.pixel_size_um
-        ):
+        if self.pixel_size_um is not None and not all(math.isfinite(v) and v > 0 for v in self.pixel_size_um):
             raise ValueError(f"pixel size must be positive, got {self.pixel_size_um}")
 
 
@@ -213,7 +211,4 @@ class Summarizer(Protocol):
     under the pipeline's summary folder for that group and publishes the figures.
     """
 
-    def summarize(
-        self, group: str, records: Sequence[Mapping[str, RecordValue]]
-    ) -> PipelineResult:
-        ...
+    def summarize(self, group: str, records: Sequence[Mapping[str, RecordValue]]) -> PipelineResult: ...

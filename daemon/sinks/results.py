@@ -82,9 +82,7 @@ class ResultSink:
             dcmwrite(buffer, item.dataset, enforce_file_format=True)
             path = base / f"{safe_name(item.name)}.dcm"
             write_atomic(path, buffer.getbuffer())
-            outputs.append(
-                OutputRow("dicom", path, str(item.dataset.SOPInstanceUID), tuple(export))
-            )
+            outputs.append(OutputRow("dicom", path, str(item.dataset.SOPInstanceUID), tuple(export)))
         records = [
             RecordRow(
                 kind=r.kind,

@@ -8,7 +8,9 @@ from daemon.config import load_settings
 from daemon.errors import ConfigError
 
 
-def test_defaults_are_valid_and_relative_paths_resolve_against_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_are_valid_and_relative_paths_resolve_against_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     settings = load_settings(None, environ={})
     assert settings.paths.state_dir == tmp_path / "var"
@@ -25,8 +27,11 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         '[[export.destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = 4243\n'
         '[[routes]]\nname = "ct"\nmodality = ["CT"]\npipelines = ["ct-muscle"]\nexport = ["pacs"]\n'
     )
-    env = {"ACQFLOW_DICOM__PORT": "5000", "ACQFLOW_WORKERS__DEVICE": "cpu",
-           "ACQFLOW_DICOM__ALLOWED_CALLING_AES": '["MODALITY", "PACS"]'}
+    env = {
+        "ACQFLOW_DICOM__PORT": "5000",
+        "ACQFLOW_WORKERS__DEVICE": "cpu",
+        "ACQFLOW_DICOM__ALLOWED_CALLING_AES": '["MODALITY", "PACS"]',
+    }
     settings = load_settings(config, environ=env, overrides={"workers.count": 3})
     assert settings.paths.state_dir == tmp_path / "state"
     assert settings.dicom.port == 5000 and settings.dicom.ae_title == "LAB"
@@ -39,16 +44,29 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "env", "expected"),
     [
-        ("[dicom]\nport = 70000\n", {}, "dicom.port: Input should be less than or equal to 65535 (got 70000)"),
+        (
+            "[dicom]\nport = 70000\n",
+            {},
+            "dicom.port: Input should be less than or equal to 65535 (got 70000)",
+        ),
         ("", {"ACQFLOW_DICOM__AE_TITLE": "A\\\\B"}, "dicom.ae_title: not a valid AE title"),
-        ("[workers]\ndevice = \"tpu\"\n", {}, "workers.device: device must be auto, cpu, cuda or cuda:N"),
+        ('[workers]\ndevice = "tpu"\n', {}, "workers.device: device must be auto, cpu, cuda or cuda:N"),
         ("[dicom]\nporrt = 1\n", {}, "dicom.porrt: Extra inputs are not permitted"),
-        ('[[routes]]\nname = "x"\npipelines = ["a"]\nexport = ["nowhere"]\n', {},
-         "exports to unknown destination 'nowhere'"),
-        ("[[folders]]\npath = \"in\"\npatterns = [\"(unclosed\"]\n", {}, "folders.0.patterns: invalid regular expression"),
+        (
+            '[[routes]]\nname = "x"\npipelines = ["a"]\nexport = ["nowhere"]\n',
+            {},
+            "exports to unknown destination 'nowhere'",
+        ),
+        (
+            '[[folders]]\npath = "in"\npatterns = ["(unclosed"]\n',
+            {},
+            "folders.0.patterns: invalid regular expression",
+        ),
     ],
 )
-def test_invalid_values_give_one_line_naming_the_key(tmp_path: Path, text: str, env: dict[str, str], expected: str) -> None:
+def test_invalid_values_give_one_line_naming_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], expected: str
+) -> None:
     config = tmp_path / "acqflow.toml"
     config.write_text(text)
     with pytest.raises(ConfigError) as info:

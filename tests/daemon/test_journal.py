@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from daemon.jobqueue import JobQueue, OutputRow, RecordRow, RouteDecision
-from daemon.journal import ArrivalState, Instance, Journal, JobState
+from daemon.journal import ArrivalState, Instance, JobState, Journal
 
 
 @pytest.fixture
@@ -32,7 +32,9 @@ def test_file_arrival_same_version_once_new_version_new_generation(journal: Jour
     first = journal.record_file_arrival("folder", "file:/x/a.tif", tmp_path / "a.tif", attrs)
     assert first is not None and first.state is ArrivalState.READY and first.generation == 0
     assert journal.record_file_arrival("folder", "file:/x/a.tif", tmp_path / "a.tif", attrs) is None
-    again = journal.record_file_arrival("folder", "file:/x/a.tif", tmp_path / "a.tif", {**attrs, "fingerprint": [11, 2]})
+    again = journal.record_file_arrival(
+        "folder", "file:/x/a.tif", tmp_path / "a.tif", {**attrs, "fingerprint": [11, 2]}
+    )
     assert again is not None and again.id == first.id and again.generation == 1
 
 

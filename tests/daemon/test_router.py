@@ -11,14 +11,16 @@ from daemon.router import Router
 
 def _arrival(source: str, kind: str, **attrs: Any) -> Arrival:
     now = time.time()
-    return Arrival(1, source, kind, f"k{now}", Path("/in/EXP1/a.tif"), ArrivalState.READY, 0,
-                   attrs, None, now, now, None)
+    return Arrival(
+        1, source, kind, f"k{now}", Path("/in/EXP1/a.tif"), ArrivalState.READY, 0, attrs, None, now, now, None
+    )
 
 
 RULES = (
     RouteRule(name="phase", kind=("image",), channel=("phase",), pipelines=("stain",)),
-    RouteRule(name="ct-pacs", modality=("CT",), calling_ae=("SCANNER1",), pipelines=("ct", "qa"),
-              export=("pacs",)),
+    RouteRule(
+        name="ct-pacs", modality=("CT",), calling_ae=("SCANNER1",), pipelines=("ct", "qa"), export=("pacs",)
+    ),
     RouteRule(name="ct-all", modality=("CT",), pipelines=("ct",), **{"continue": True}),
     RouteRule(name="glob", path_glob="EXP2/*", pipelines=("stats",)),
     RouteRule(name="audit", kind=("dicom-series",), pipelines=("audit",)),
@@ -28,7 +30,10 @@ RULES = (
 def test_first_match_wins_and_fields_are_anded() -> None:
     router = Router(RULES, lambda: {"stain", "ct", "qa", "stats", "audit"})
     ct = router.decide(_arrival("dicom", "dicom-series", modality="CT", calling_ae="SCANNER1"))
-    assert [(d.pipeline, d.route, d.export) for d in ct] == [("ct", "ct-pacs", ("pacs",)), ("qa", "ct-pacs", ("pacs",))]
+    assert [(d.pipeline, d.route, d.export) for d in ct] == [
+        ("ct", "ct-pacs", ("pacs",)),
+        ("qa", "ct-pacs", ("pacs",)),
+    ]
 
 
 def test_continue_lets_later_rules_add_pipelines() -> None:

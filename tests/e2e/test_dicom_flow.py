@@ -27,7 +27,6 @@ from tests.support.peers import (
     echoscu,
     free_port,
     nodelay_env,
-    peers,  # noqa: F401  (fixture)
     storescu,
     write_synthetic_ct,
 )
@@ -39,18 +38,27 @@ def _settings(tmp_path: Path, orthanc: OrthancPeer | None, quiet: float = 2.0) -
     destinations = []
     routes: dict[str, Any] = {"name": "ct", "kind": ["dicom-series"], "pipelines": ["test-series"]}
     if orthanc is not None:
-        destinations.append({"name": "pacs", "ae_title": orthanc.aet, "host": LOOPBACK,
-                             "port": orthanc.dicom_port})
+        destinations.append(
+            {"name": "pacs", "ae_title": orthanc.aet, "host": LOOPBACK, "port": orthanc.dicom_port}
+        )
         routes["export"] = ["pacs"]
     return {
         "log_level": "INFO",
         "paths": {"state_dir": str(tmp_path / "state"), "outputs_dir": str(tmp_path / "outputs")},
         "workers": {"device": "cpu", "retry_initial_seconds": 0.5, "poll_seconds": 0.2},
         "metrics": {"port": free_port()},
-        "dicom": {"port": free_port(), "ae_title": "ACQFLOW", "series_quiet_seconds": quiet,
-                  "allowed_calling_aes": ["STORESCU", "ECHOSCU", "ORTHANC"]},
-        "export": {"destinations": destinations, "retry_initial_seconds": 0.5,
-                   "retry_max_seconds": 1.0, "poll_seconds": 0.5},
+        "dicom": {
+            "port": free_port(),
+            "ae_title": "ACQFLOW",
+            "series_quiet_seconds": quiet,
+            "allowed_calling_aes": ["STORESCU", "ECHOSCU", "ORTHANC"],
+        },
+        "export": {
+            "destinations": destinations,
+            "retry_initial_seconds": 0.5,
+            "retry_max_seconds": 1.0,
+            "poll_seconds": 0.5,
+        },
         "folders": [{"path": str(tmp_path / "inbox")}],
         "routes": [routes],
         "pipelines": {"modules": TEST_PIPELINES},
@@ -163,13 +171,34 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_instance_and_duplicates_nothi
     log_path = tmp_path / "storescu.log"
     with log_path.open("w") as log:
         sender = subprocess.Popen(
-            [DCMTK_STORESCU, "-v", "-aec", "ACQFLOW", "-aet", "STORESCU", "-to", "10", "-ta", "10",
-             "-td", "10", LOOPBACK, str(port), *map(str, series.paths)],
-            stdout=log, stderr=subprocess.STDOUT, env=nodelay_env(),
+            [
+                DCMTK_STORESCU,
+                "-v",
+                "-aec",
+                "ACQFLOW",
+                "-aet",
+                "STORESCU",
+                "-to",
+                "10",
+                "-ta",
+                "10",
+                "-td",
+                "10",
+                LOOPBACK,
+                str(port),
+                *map(str, series.paths),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=nodelay_env(),
         )
     try:
-        _wait(lambda: log_path.read_text().count("Store Response (Success)") >= 40, 60,
-              "40 acknowledged instances", daemon)
+        _wait(
+            lambda: log_path.read_text().count("Store Response (Success)") >= 40,
+            60,
+            "40 acknowledged instances",
+            daemon,
+        )
         daemon.kill()
         sender.wait(30)
     finally:
@@ -188,34 +217,44 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_instance_and_duplicates_nothi
     restarted = daemon_factory(settings)
     _wait(lambda: [j["state"] for j in _jobs(restarted)] == ["done"], 60, "the partial series job", restarted)
     [summary] = (tmp_path / "outputs" / "test-series").rglob("summary.json")
-    assert '"instances": %d' % len(stored) in summary.read_text()
+    assert f'"instances": {len(stored)}' in summary.read_text()
 
     # the sender retries the whole series: duplicates are idempotent, the rest re-opens it
     resend = storescu(restarted.state["dicom_port"], series.paths)
     assert resend.returncode == 0, resend.stderr
-    _wait(lambda: len(_jobs(restarted)) == 2 and all(j["state"] == "done" for j in _jobs(restarted)),
-          60, "the completed series job", restarted)
+    _wait(
+        lambda: len(_jobs(restarted)) == 2 and all(j["state"] == "done" for j in _jobs(restarted)),
+        60,
+        "the completed series job",
+        restarted,
+    )
     with _journal(restarted) as db:
         assert db.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == len(series.paths)
         assert db.execute("SELECT COUNT(*) FROM outputs WHERE kind='dicom'").fetchone()[0] == 1
     results = list((tmp_path / "outputs" / "test-series").rglob("*.dcm"))
     assert len(results) == 1
-    assert '"instances": %d' % len(series.paths) in summary.read_text()
+    assert f'"instances": {len(series.paths)}' in summary.read_text()
     assert restarted.terminate() == 0
 
 
 def test_export_is_retried_while_orthanc_is_down_and_lands_once(
     tmp_path: Path, peers: PeerSet, daemon_factory: Callable[[dict[str, Any]], DaemonProcess]
 ) -> None:
-    orthanc = OrthancPeer(peers, aet="ORTHANC", modalities={"acqflow": ("ACQFLOW", 0)},
-                          http_port=free_port(), dicom_port=free_port())
+    orthanc = OrthancPeer(
+        peers,
+        aet="ORTHANC",
+        modalities={"acqflow": ("ACQFLOW", 0)},
+        http_port=free_port(),
+        dicom_port=free_port(),
+    )
     daemon = daemon_factory(_settings(tmp_path, orthanc, quiet=1.0))
     series = write_synthetic_ct(tmp_path / "ct", n_slices=5, seed="outage", rows=64, cols=64)
     assert storescu(daemon.state["dicom_port"], series.paths).returncode == 0
 
     def failed_attempts() -> float:
-        return metric_value(daemon.metrics_text(), "acqflow_exports_total",
-                            {"destination": "pacs", "outcome": "failed"})
+        return metric_value(
+            daemon.metrics_text(), "acqflow_exports_total", {"destination": "pacs", "outcome": "failed"}
+        )
 
     _wait(lambda: failed_attempts() >= 2, 60, "failed export attempts", daemon)
     with _journal(daemon) as db:

@@ -66,7 +66,9 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str, daemon: Daem
     raise AssertionError(f"timed out waiting for {what}\n--- daemon log ---\n{daemon.log_tail()}")
 
 
-def test_slow_copy_is_processed_exactly_once_after_it_is_complete(tmp_path: Path, daemon: DaemonProcess) -> None:
+def test_slow_copy_is_processed_exactly_once_after_it_is_complete(
+    tmp_path: Path, daemon: DaemonProcess
+) -> None:
     payload = _tiff_bytes((600, 700), "uint16", seed=1)
     target = tmp_path / "inbox" / "EXP1" / "EXP1_B03_pos1_t000_phase.tif"
     target.parent.mkdir()
@@ -76,7 +78,12 @@ def test_slow_copy_is_processed_exactly_once_after_it_is_complete(tmp_path: Path
             handle.write(chunk)
             handle.flush()
             time.sleep(0.4)
-    _wait(lambda: [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["done"], 60, "the job", daemon)
+    _wait(
+        lambda: [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["done"],
+        60,
+        "the job",
+        daemon,
+    )
     time.sleep(2.0)  # late events or a rescan must not process it a second time
     assert len(_rows(daemon, "SELECT * FROM jobs")) == 1
     [stats] = (tmp_path / "outputs" / "test-image").rglob("stats.json")
@@ -88,14 +95,20 @@ def test_slow_copy_is_processed_exactly_once_after_it_is_complete(tmp_path: Path
     assert (metadata["well"], metadata["timepoint"], metadata["channel"]) == ("B03", 0, "phase")
 
 
-def test_bad_files_are_errors_with_metrics_and_the_daemon_keeps_running(tmp_path: Path, daemon: DaemonProcess) -> None:
+def test_bad_files_are_errors_with_metrics_and_the_daemon_keeps_running(
+    tmp_path: Path, daemon: DaemonProcess
+) -> None:
     inbox = tmp_path / "inbox"
     (inbox / "empty.tif").write_bytes(b"")
     good = _tiff_bytes((256, 256), "uint8", seed=2)
     (inbox / "truncated.tif").write_bytes(good[: len(good) // 2])
     (inbox / "notes.tif").write_bytes(b"these are lab notes, not an image\n" * 20)
-    _wait(lambda: len(_rows(daemon, "SELECT * FROM arrivals WHERE state='rejected'")) == 3, 60,
-          "three rejected inputs", daemon)
+    _wait(
+        lambda: len(_rows(daemon, "SELECT * FROM arrivals WHERE state='rejected'")) == 3,
+        60,
+        "three rejected inputs",
+        daemon,
+    )
     rejected = {Path(r["path"]).name: r["error"] for r in _rows(daemon, "SELECT * FROM arrivals")}
     assert set(rejected) == {"empty.tif", "truncated.tif", "notes.tif"}
     assert all(rejected.values()), rejected
@@ -107,8 +120,12 @@ def test_bad_files_are_errors_with_metrics_and_the_daemon_keeps_running(tmp_path
     assert all((inbox / name).exists() for name in quarantined)  # inputs are never moved
 
     (inbox / "fine.tif").write_bytes(good)
-    _wait(lambda: any(r["state"] == "done" for r in _rows(daemon, "SELECT state FROM jobs")), 60,
-          "a good file after the bad ones", daemon)
+    _wait(
+        lambda: any(r["state"] == "done" for r in _rows(daemon, "SELECT state FROM jobs")),
+        60,
+        "a good file after the bad ones",
+        daemon,
+    )
     assert daemon.alive()
 
 
@@ -125,8 +142,10 @@ def test_sigterm_drains_the_running_job_and_a_failing_job_is_retried_then_dead(t
         "routes": [
             {"name": "slow", "path_glob": "slow/*", "pipelines": ["test-image"]},
         ],
-        "pipelines": {"modules": TEST_PIPELINES,
-                      "options": {"test-image": {"delay_seconds": 3.0, "fail_marker": str(marker)}}},
+        "pipelines": {
+            "modules": TEST_PIPELINES,
+            "options": {"test-image": {"delay_seconds": 3.0, "fail_marker": str(marker)}},
+        },
     }
     daemon = DaemonProcess(tmp_path, settings)
     daemon.start()
@@ -134,8 +153,12 @@ def test_sigterm_drains_the_running_job_and_a_failing_job_is_retried_then_dead(t
         marker.touch()
         (inbox / "slow").mkdir()
         (inbox / "slow" / "a.tif").write_bytes(_tiff_bytes((64, 64), "uint8", seed=3))
-        _wait(lambda: [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["dead"], 60,
-              "the failing job to be parked as dead", daemon)
+        _wait(
+            lambda: [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["dead"],
+            60,
+            "the failing job to be parked as dead",
+            daemon,
+        )
         [dead] = _rows(daemon, "SELECT * FROM jobs")
         assert dead["attempts"] == 2 and "failing on purpose" in dead["error"]
         assert metric_value(daemon.metrics_text(), "acqflow_jobs_total", {"outcome": "retry"}) == 1
@@ -143,8 +166,12 @@ def test_sigterm_drains_the_running_job_and_a_failing_job_is_retried_then_dead(t
         marker.unlink()
         retried = daemon.cli("retry", str(dead["id"]))
         assert retried.returncode == 0, retried.stderr
-        _wait(lambda: [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["running"], 30,
-              "the retried job to start", daemon)
+        _wait(
+            lambda: [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["running"],
+            30,
+            "the retried job to start",
+            daemon,
+        )
         assert daemon.terminate(timeout=60) == 0  # SIGTERM while the job runs: drain, then exit
         assert [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["done"]
         assert "acqflow stopped" in daemon.log_tail()

@@ -93,7 +93,10 @@ class DaemonProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daemon", "serve", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.root,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -150,7 +153,11 @@ class DaemonProcess:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         return subprocess.run(
             [sys.executable, "-m", "daemon", *args, "--config", str(self.config_path)],
-            capture_output=True, text=True, timeout=timeout, env=env, cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=self.root,
         )
 
 
