@@ -13,14 +13,14 @@ from prometheus_client import REGISTRY
 
 from daemon.config import PipelineSettings, RouteRule, WorkerSettings
 from daemon.jobqueue import JobQueue, RouteDecision
-from daemon.journal import Arrival, ArrivalState, Journal, JobState
+from daemon.journal import Arrival, ArrivalState, JobState, Journal
 from daemon.registry import PipelineRegistry
 from daemon.router import Router
 from daemon.sinks.results import ResultSink
 from daemon.workers import JobRunner, WorkerPool
 from plugins.api import (
-    FileOutput,
     Figure,
+    FileOutput,
     ImageItem,
     ImageMetadata,
     InputKind,
