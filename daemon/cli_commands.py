@@ -31,6 +31,7 @@ from daemon.cli import (
     train_app,
 )
 from daemon.config import FolderSettings, Settings
+from daemon.errors import InputRejected
 from daemon.jobqueue import JobQueue, RouteDecision
 from daemon.journal import Arrival, Journal
 
@@ -63,21 +64,19 @@ def _folder_for(settings: Settings, path: Path) -> FolderSettings:
 
 
 def _file_attrs(settings: Settings, path: Path, root: Path) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from daemon.sources.naming import parse_metadata, read_tiff_header
+    from daemon.imageio import metadata_to_json, read_tiff_header
+    from daemon.sources.naming import parse_metadata
 
     folder = _folder_for(settings, path)
     stat = path.stat()
     try:
         header = read_tiff_header(path)
-    except (OSError, ValueError):
-        header = None
-    metadata = parse_metadata(path, folder, header)
+    except (OSError, InputRejected):
+        header = None  # the worker reports unreadable files; here only the metadata is missing
     relative = path.relative_to(folder.path) if path.is_relative_to(folder.path) else path.relative_to(root)
     return {
         "fingerprint": [stat.st_size, stat.st_mtime_ns],
-        "metadata": asdict(metadata),
+        "metadata": metadata_to_json(parse_metadata(path, folder, header)),
         "relative_path": relative.as_posix(),
         "folder": str(folder.path),
     }

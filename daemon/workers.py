@@ -183,7 +183,8 @@ class WorkerPool:
         for arrival in self._runner.journal.arrivals_in_state(ArrivalState.READY):
             decisions = self._router.decide(arrival)
             created += len(self._runner.jobs.route(arrival.id, arrival.generation, decisions))
-            metrics.ARRIVALS.labels(arrival.source, arrival.kind).inc()
+            if arrival.kind == "dicom-series":  # files are counted by the watcher as it takes them
+                metrics.ARRIVALS.labels(arrival.source, arrival.kind).inc()
             if not decisions:
                 metrics.UNROUTED.labels(arrival.source, arrival.kind).inc()
                 log.info("arrival %d (%s) matched no route", arrival.id, arrival.kind)
