@@ -194,6 +194,7 @@ class RouteRule(_Section):
     modality: tuple[str, ...] = ()
     calling_ae: tuple[str, ...] = ()
     channel: tuple[str, ...] = ()
+    channel_not: tuple[str, ...] = ()  # channels this rule never matches (fluorescence)
     path_glob: str | None = None
     pipelines: tuple[str, ...]
     export: tuple[str, ...] = ()
@@ -229,8 +230,17 @@ class RetentionSettings(_Section):
     check_hours: PositiveSeconds = 6.0
 
 
+# Fluorescence channels are labels for training, not inputs for virtual staining.
+FLUORESCENCE_CHANNELS = ("gfp", "fitc", "fluorescence", "rfp", "tritc", "cy3", "cy5", "dapi", "mcherry")
+
 DEFAULT_ROUTES: tuple[RouteRule, ...] = (
-    RouteRule(name="microscopy", source=("folder", "cli"), kind=("image",), pipelines=("virtual-staining",)),
+    RouteRule(
+        name="microscopy",
+        source=("folder", "cli"),
+        kind=("image",),
+        channel_not=FLUORESCENCE_CHANNELS,
+        pipelines=("virtual-staining",),
+    ),
     RouteRule(name="ct", kind=("dicom-series",), modality=("CT",), pipelines=("ct-muscle",)),
     RouteRule(name="mr", kind=("dicom-series",), modality=("MR",), pipelines=("mr-muscle",)),
 )

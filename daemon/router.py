@@ -39,7 +39,10 @@ def _rule_matches(rule: RouteRule, arrival: Arrival) -> bool:
         return False
     if not _matches(rule.calling_ae, attrs.get("calling_ae"), casefold=False):
         return False
-    if not _matches(rule.channel, metadata.get("channel")):
+    channel = metadata.get("channel")
+    if not _matches(rule.channel, channel):
+        return False
+    if rule.channel_not and channel is not None and _matches(rule.channel_not, channel):
         return False
     if rule.path_glob is not None:
         candidate = str(attrs.get("relative_path") or arrival.path)

@@ -56,3 +56,15 @@ def test_unavailable_pipeline_is_skipped_not_fatal() -> None:
     router = Router(RULES, lambda: {"qa"})
     decided = router.decide(_arrival("dicom", "dicom-series", modality="CT", calling_ae="SCANNER1"))
     assert [d.pipeline for d in decided] == ["qa"]
+
+
+def test_channel_not_excludes_fluorescence_but_keeps_unknown_channels() -> None:
+    from daemon.config import DEFAULT_ROUTES
+
+    router = Router(DEFAULT_ROUTES, lambda: {"virtual-staining", "ct-muscle", "mr-muscle"})
+    gfp = _arrival("folder", "image", metadata={"channel": "GFP"})
+    phase = _arrival("folder", "image", metadata={"channel": "phase"})
+    unknown = _arrival("folder", "image", metadata={})
+    assert router.decide(gfp) == []
+    assert [d.pipeline for d in router.decide(phase)] == ["virtual-staining"]
+    assert [d.pipeline for d in router.decide(unknown)] == ["virtual-staining"]
