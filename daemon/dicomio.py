@@ -1,0 +1,209 @@
+"""DICOM file helpers: cheap Part-10 encoding for the SCP, header parsing, series reading.
+
+The SCP never decodes a whole dataset: it wraps the bytes it received in a File Meta
+Information header built here by hand (a handful of fixed elements, far cheaper than a
+pydicom round trip) and parses only the few header attributes it needs.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import data_element_generator
+from pydicom.tag import Tag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from daemon.errors import InputRejected
+from daemon.journal import Arrival, Journal
+from plugins.api import SeriesItem
+
+__all__ = [
+    "HEADER_TAGS",
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION",
+    "InstanceHeader",
+    "encode_file_meta",
+    "parse_header",
+    "read_part10",
+    "read_series",
+]
+
+# acqflow's implementation class UID (a 2.25 UUID-derived root, fixed for the project).
+IMPLEMENTATION_CLASS_UID = "2.25.156488349616440232212263718513540716591"
+IMPLEMENTATION_VERSION = "ACQFLOW_010"
+
+HEADER_TAGS = [
+    Tag("SOPClassUID"),
+    Tag("SOPInstanceUID"),
+    Tag("StudyInstanceUID"),
+    Tag("SeriesInstanceUID"),
+    Tag("Modality"),
+    Tag("InstanceNumber"),
+]
+
+
+def _element(element: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit-VR little-endian group-2 element (values padded to even length)."""
+    if len(value) % 2:
+        value += b"\0" if vr == b"UI" else b" "
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
+    if len(value) > 0xFFFF:
+        raise ValueError(f"file meta value too long for (0002,{element:04X})")
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def encode_file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str | None = None
+) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group for a Part-10 file.
+
+    Raises ValueError when a value cannot be encoded (non-ASCII UID, over-long AE).
+    """
+    body = b"".join(
+        (
+            _element(0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, b"UI", sop_class_uid.encode("ascii")),
+            _element(0x0003, b"UI", sop_instance_uid.encode("ascii")),
+            _element(0x0010, b"UI", transfer_syntax.encode("ascii")),
+            _element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+            _element(0x0013, b"SH", IMPLEMENTATION_VERSION.encode("ascii")),
+            _element(0x0016, b"AE", source_ae.strip().encode("ascii")) if source_ae else b"",
+        )
+    )
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\0" * 128 + b"DICM" + group_length + body
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The few attributes the SCP needs from a received instance."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    instance_number: int | None
+
+
+def parse_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceHeader:
+    """Parse only :data:`HEADER_TAGS` from an encoded dataset (no File Meta, no pixels).
+
+    Walks the raw elements with pydicom's element generator and stops after
+    InstanceNumber (0020,0013), so the cost does not grow with the pixel data. Raises
+    InputRejected when the bytes cannot be parsed or a required UID is missing.
+    """
+    syntax = UID(transfer_syntax)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        dataset = _inflate(dataset)
+    try:
+        found = _scan(dataset, syntax, _HEAD_BYTES)
+        if len(found) < len(_HEADER_KEYS) and len(dataset) > _HEAD_BYTES:
+            found = _scan(dataset, syntax, len(dataset))
+    except (EOFError, ValueError, TypeError, KeyError, NotImplementedError, struct.error) as exc:
+        raise InputRejected(f"cannot parse DICOM header: {type(exc).__name__}: {exc}") from exc
+    header = InstanceHeader(
+        sop_class_uid=found.get(0x00080016, ""),
+        sop_instance_uid=found.get(0x00080018, ""),
+        study_uid=found.get(0x0020000D, ""),
+        series_uid=found.get(0x0020000E, ""),
+        modality=found.get(0x00080060, ""),
+        instance_number=_to_int(found.get(0x00200013, "")),
+    )
+    for name in ("sop_instance_uid", "study_uid", "series_uid"):
+        if not getattr(header, name):
+            raise InputRejected(f"DICOM header lacks {name}")
+    return header
+
+
+_HEAD_BYTES = 64 * 1024  # headers of CT/MR images end long before this
+_HEADER_KEYS = frozenset(int(tag) for tag in HEADER_TAGS)
+_LAST_HEADER_TAG = max(_HEADER_KEYS)
+
+
+def _scan(dataset: bytes | memoryview, syntax: UID, limit: int) -> dict[int, str]:
+    """Raw values of the header tags found in the first ``limit`` bytes."""
+    stream = BytesIO(dataset[:limit])
+    found: dict[int, str] = {}
+    elements = data_element_generator(
+        stream,
+        syntax.is_implicit_VR,
+        syntax.is_little_endian,
+        stop_when=lambda tag, _vr, _length: int(tag) > _LAST_HEADER_TAG,
+        defer_size=None,
+    )
+    for element in elements:
+        if int(element.tag) in _HEADER_KEYS and isinstance(element.value, bytes):
+            found[int(element.tag)] = element.value.decode("ascii", "replace").strip("\0 ")
+    return found
+
+
+def _inflate(data: bytes | memoryview) -> bytes:
+    try:
+        return zlib.decompress(bytes(data), -zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise InputRejected(f"deflated dataset cannot be inflated: {exc}") from exc
+
+
+def _to_int(text: str) -> int | None:
+    try:
+        return int(text.split("\\")[0]) if text else None
+    except ValueError:
+        return None
+
+
+def read_part10(path: Path, stop_before_pixels: bool = False) -> Dataset:
+    """Read one Part-10 file (with its File Meta Information).
+
+    Raises InputRejected when the file is missing, unreadable or not DICOM.
+    """
+    try:
+        return dcmread(path, stop_before_pixels=stop_before_pixels)
+    except FileNotFoundError as exc:
+        raise InputRejected(f"DICOM file missing: {path}") from exc
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError) as exc:
+        raise InputRejected(
+            f"not a readable DICOM file: {path}: {type(exc).__name__}: {exc}"
+        ) from exc
+    except OSError as exc:
+        raise InputRejected(f"cannot read DICOM file {path}: {exc}") from exc
+
+
+def read_series(journal: Journal, arrival: Arrival) -> SeriesItem:
+    """Read every spool file of a DICOM series arrival, in arrival order.
+
+    ``identity`` is ``<series key>:<generation>`` so that a re-opened series gets new
+    output names. Raises InputRejected when the arrival has no instances, a file is
+    missing or not DICOM, or the files do not belong to one series.
+    """
+    instances = journal.instances(arrival.id)
+    if not instances:
+        raise InputRejected(f"series {arrival.key}: no instances recorded")
+    datasets = [read_part10(instance.path) for instance in instances]
+    series_uid = str(arrival.attrs.get("series_uid") or datasets[0].get("SeriesInstanceUID", ""))
+    _check_one_series(arrival.key, series_uid, datasets)
+    first = datasets[0]
+    return SeriesItem(
+        identity=f"{arrival.key}:{arrival.generation}",
+        study_uid=str(arrival.attrs.get("study_uid") or first.get("StudyInstanceUID", "")),
+        series_uid=series_uid,
+        modality=str(arrival.attrs.get("modality") or first.get("Modality", "")),
+        datasets=datasets,
+    )
+
+
+def _check_one_series(key: str, series_uid: str, datasets: Sequence[Dataset]) -> None:
+    for ds in datasets:
+        found = str(ds.get("SeriesInstanceUID", ""))
+        if found != series_uid:
+            sop = ds.get("SOPInstanceUID", "?")
+            raise InputRejected(f"series {key}: instance {sop} belongs to series {found!r}")
