@@ -90,9 +90,10 @@ class FolderWatcher:
     ) -> None:
         check_naming(settings)
         self.settings = settings
-        self.root = Path(os.path.abspath(settings.path))
+        # Resolved like the CLI's reprocess does, so both name a file by the same key.
+        self.root = settings.path.expanduser().resolve()
         self._journal = journal
-        self._quarantine_dir = Path(os.path.abspath(quarantine_dir))
+        self._quarantine_dir = quarantine_dir.expanduser().resolve()
         self._on_ready = on_ready
         self._pending: dict[Path, _Pending] = {}
         self._pending_lock = threading.Lock()
