@@ -1,0 +1,1 @@
+"""Sinks: where results leave the daemon (atomic files, the DICOM export outbox)."""

@@ -1,0 +1,237 @@
+"""The DICOM export outbox: C-STORE SCU to configured destinations, with retries.
+
+The outbox state lives in the journal's ``exports`` table (created by
+``JobQueue.complete`` next to the durable output files), so it survives restarts.
+:meth:`ExportOutbox.send_due` takes the due rows, opens one association per destination,
+stores each object with its own SOP class and transfer syntax (plus explicit and
+implicit little endian), marks successes done, and reschedules failures with
+exponential backoff until ``give_up_after_seconds`` after the export was created, when
+the export is parked as dead with its last error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+
+from daemon import metrics
+from daemon.config import ExportDestination, ExportSettings
+from daemon.dicomio import read_part10
+from daemon.errors import ExportError, InputRejected
+from daemon.journal import Journal, PendingExport
+
+__all__ = ["SUCCESS_STATUSES", "ExportOutbox"]
+
+LOG = logging.getLogger(__name__)
+
+VERIFICATION = "1.2.840.10008.1.1"
+MAX_CONTEXTS = 128  # presentation contexts per association (PS3.8: odd ids 1..255)
+# Success and the storage warnings (coercion, elements discarded, SOP class mismatch).
+SUCCESS_STATUSES = frozenset({0x0000, 0x0001, 0xB000, 0xB006, 0xB007})
+
+
+@dataclass(frozen=True)
+class _Item:
+    export: PendingExport
+    dataset: Dataset
+
+    @property
+    def syntaxes(self) -> tuple[str, str]:
+        return str(self.dataset.SOPClassUID), str(self.dataset.file_meta.TransferSyntaxUID)
+
+
+class ExportOutbox:
+    """Sends due exports; safe to call from several threads (one run at a time)."""
+
+    def __init__(self, settings: ExportSettings, journal: Journal, calling_ae: str) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.calling_ae = calling_ae
+        self._destinations = {d.name: d for d in settings.destinations}
+        self._running = threading.Lock()
+
+    def send_due(self, now: float | None = None) -> int:
+        """Send every due export; returns how many were stored successfully.
+
+        Returns 0 at once when another thread is already sending. Never raises:
+        failures are rescheduled in the journal, logged and counted.
+        """
+        if not self._running.acquire(blocking=False):
+            return 0
+        try:
+            now = time.time() if now is None else now
+            groups: dict[str, list[PendingExport]] = {}
+            for export in self.journal.due_exports(now):
+                groups.setdefault(export.destination, []).append(export)
+            sent = 0
+            for name, exports in groups.items():
+                try:
+                    sent += self._send_destination(name, exports, now)
+                except Exception:
+                    LOG.exception("export to %s failed unexpectedly (%d object(s))", name,
+                                  len(exports))
+                    metrics.CALLBACK_ERRORS.labels("outbox").inc()
+            self._publish_pending()
+            return sent
+        except Exception:
+            LOG.exception("export outbox run failed")
+            metrics.CALLBACK_ERRORS.labels("outbox").inc()
+            return 0
+        finally:
+            self._running.release()
+
+    def pending_count(self) -> dict[str, int]:
+        """Destination name → number of pending exports (due or waiting for a retry)."""
+        return self.journal.pending_exports_by_destination()
+
+    def echo(self, destination: ExportDestination, timeout: float) -> int:
+        """C-ECHO ``destination``; returns the status. Raises ExportError when unreachable."""
+        ae = self._application_entity(destination, timeout)
+        ae.add_requested_context(VERIFICATION)
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        if not assoc.is_established:
+            raise ExportError(f"{destination.name}: {_why_not_established(assoc, destination)}")
+        try:
+            status = assoc.send_c_echo()
+        finally:
+            _release(assoc)
+        if "Status" not in status:
+            raise ExportError(f"{destination.name}: no C-ECHO response within {timeout:.0f} s")
+        return int(status.Status)
+
+    # --- one destination ------------------------------------------------------------
+
+    def _send_destination(self, name: str, exports: Sequence[PendingExport], now: float) -> int:
+        destination = self._destinations.get(name)
+        if destination is None:
+            for export in exports:
+                self._failed(export, name, f"no export destination named {name!r}", now, True)
+            return 0
+        items = self._load(name, exports, now)
+        contexts = _contexts(items)
+        items = [item for item in items if item.syntaxes[0] in contexts]  # rest: next round
+        if not items:
+            return 0
+        ae = self._application_entity(destination, self.settings.timeout_seconds)
+        ae.requested_contexts = list(contexts.values())
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        if not assoc.is_established:
+            reason = _why_not_established(assoc, destination)
+            LOG.warning("export to %s: %s; %d object(s) will be retried", name, reason, len(items))
+            for item in items:
+                self._failed(item.export, name, reason, now)
+            return 0
+        try:
+            return self._store_all(assoc, name, items, now)
+        finally:
+            _release(assoc)
+
+    def _store_all(self, assoc: Association, name: str, items: Sequence[_Item], now: float) -> int:
+        sent = 0
+        for index, item in enumerate(items):
+            if not assoc.is_established:
+                for rest in items[index:]:
+                    self._failed(rest.export, name, "association lost during export", now)
+                break
+            error = _store(assoc, item.dataset)
+            if error is None:
+                self.journal.mark_export_done(item.export.id)
+                metrics.EXPORTS.labels(name, "done").inc()
+                sent += 1
+            else:
+                self._failed(item.export, name, error, now)
+        LOG.info("export to %s: %d of %d object(s) stored", name, sent, len(items))
+        return sent
+
+    def _load(self, name: str, exports: Sequence[PendingExport], now: float) -> list[_Item]:
+        """Read the output files; an unreadable one can never be sent and goes dead."""
+        items: list[_Item] = []
+        for export in exports:
+            try:
+                items.append(_Item(export, read_part10(export.path)))
+            except InputRejected as exc:
+                self._failed(export, name, str(exc), now, permanent=True)
+        return items
+
+    def _failed(
+        self, export: PendingExport, name: str, error: str, now: float, permanent: bool = False
+    ) -> None:
+        """Reschedule with exponential backoff, or park as dead when it is time to give up."""
+        age = now - export.created_at
+        if permanent or age >= self.settings.give_up_after_seconds:
+            LOG.error("export %d to %s dead after %d attempt(s): %s", export.id, name,
+                      export.attempts + 1, error)
+            self.journal.mark_export_failed(export.id, error, None)
+            metrics.EXPORTS.labels(name, "dead").inc()
+            return
+        delay = min(
+            self.settings.retry_max_seconds,
+            self.settings.retry_initial_seconds * 2.0 ** min(export.attempts, 32),
+        )
+        self.journal.mark_export_failed(export.id, error, now + delay)
+        metrics.EXPORTS.labels(name, "retry").inc()
+
+    def _application_entity(self, destination: ExportDestination, timeout: float) -> AE:
+        ae = AE(ae_title=destination.calling_ae_title or self.calling_ae)
+        ae.connection_timeout = timeout
+        ae.acse_timeout = timeout
+        ae.dimse_timeout = timeout
+        ae.network_timeout = timeout
+        return ae
+
+    def _publish_pending(self) -> None:
+        pending = self.pending_count()
+        for name in set(self._destinations) | set(pending):
+            metrics.EXPORT_PENDING.labels(name).set(pending.get(name, 0))
+
+
+def _contexts(items: Sequence[_Item]) -> dict[str, PresentationContext]:
+    """One context per SOP class: its objects' transfer syntaxes plus explicit/implicit LE."""
+    syntaxes: dict[str, list[str]] = {}
+    for item in items:
+        sop_class, syntax = item.syntaxes
+        if sop_class not in syntaxes and len(syntaxes) >= MAX_CONTEXTS:
+            continue
+        listed = syntaxes.setdefault(sop_class, [])
+        for uid in (syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if uid not in listed:
+                listed.append(uid)
+    return {uid: build_context(uid, listed) for uid, listed in syntaxes.items()}
+
+
+def _store(assoc: Association, dataset: Dataset) -> str | None:
+    """C-STORE one dataset; returns None on success, else the error text."""
+    try:
+        status = assoc.send_c_store(dataset)
+    except (ValueError, AttributeError, RuntimeError) as exc:  # no usable context, bad dataset
+        return f"cannot send: {exc}"
+    if "Status" not in status:
+        return "no C-STORE response (timeout or association aborted)"
+    code = int(status.Status)
+    if code in SUCCESS_STATUSES:
+        return None
+    comment = status.get("ErrorComment", "")
+    return f"C-STORE failed with status 0x{code:04X}{': ' + str(comment) if comment else ''}"
+
+
+def _why_not_established(assoc: Association, destination: ExportDestination) -> str:
+    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    if assoc.is_rejected:
+        return f"association rejected by {where}"
+    if assoc.is_aborted:
+        return f"association aborted by {where}"
+    return f"{where} unreachable or not answering"
+
+
+def _release(assoc: Association) -> None:
+    if assoc.is_established:
+        assoc.release()
