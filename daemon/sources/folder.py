@@ -116,21 +116,44 @@ class FolderWatcher:
         if self._observer is not None:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        observer: BaseObserver
-        if self.settings.mode is FolderMode.POLLING:
-            observer = PollingObserver(timeout=self.settings.poll_seconds)
-        else:
-            observer = Observer()
-        observer.schedule(_FolderEvents(self), str(self.root), recursive=self.settings.recursive)
         self._stopping.clear()
-        observer.start()
-        self._observer = observer
+        self._observer = self._new_observer()
         self._timer = threading.Thread(
             target=self._stability_loop, name=f"folder-stability:{self.root.name}", daemon=True
         )
         self._timer.start()
         log.info("watching %s (%s mode, recursive=%s)", self.root, self.settings.mode.value,
                  self.settings.recursive)
+
+    def _new_observer(self) -> BaseObserver:
+        observer: BaseObserver
+        if self.settings.mode is FolderMode.POLLING:
+            observer = PollingObserver(timeout=self.settings.poll_seconds)
+        else:
+            observer = Observer()
+        observer.schedule(_FolderEvents(self), str(self.root), recursive=self.settings.recursive)
+        observer.start()
+        return observer
+
+    def _revive_observer(self) -> None:
+        """Watch again after the folder vanished and came back (a share remounted).
+
+        watchdog's emitter ends when its folder is deleted; without this only rescans
+        would see new files. The folder is not created here: an unmounted share must not
+        be replaced by a local folder.
+        """
+        observer = self._observer
+        if observer is None or self._stopping.is_set():
+            return
+        if observer.is_alive() and all(e.is_alive() for e in observer.emitters):
+            return
+        if not self.root.is_dir():
+            log.warning("watched folder %s is missing; waiting for it to come back", self.root)
+            return
+        log.warning("watcher of %s had stopped; starting it again", self.root)
+        observer.stop()
+        observer.join(timeout=5)
+        self._observer = self._new_observer()
 
     def stop(self) -> None:
         """Stop the observer and the timer thread and wait for them (a few seconds at most)."""
@@ -148,10 +171,14 @@ class FolderWatcher:
         """Walk the folder and take every complete file not recorded yet.
 
         A file whose mtime is at least ``stable_seconds`` old is taken now; a younger one
-        goes to the pending table. Returns the number of new arrivals recorded.
+        goes to the pending table. Also restarts the observer when the folder had
+        vanished and is back. Returns the number of new arrivals recorded.
         """
-        if self._observer is not None and not self._observer.is_alive():
-            log.error("watcher of %s stopped; relying on rescans", self.root)
+        try:
+            self._revive_observer()
+        except OSError as exc:
+            log.error("cannot watch %s again (rescans continue): %s", self.root, exc)
+            SOURCE_ERRORS.labels(source=SOURCE, stage="observer").inc()
         present: set[Path] = set()
         recorded = 0
         for path in self._walk():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -310,3 +311,18 @@ def test_quarantine_inside_the_watched_folder_is_not_watched(
     assert watcher.rescan() == 0
     [arrival] = arrivals(journal)
     assert arrival.state is ArrivalState.REJECTED and len(list((inbox / "quarantine").iterdir())) == 1
+
+
+def test_watching_resumes_after_the_folder_vanished_and_came_back(
+    make_watcher: Callable[..., tuple[FolderWatcher, ReadyCounter]], journal: Journal, inbox: Path
+) -> None:
+    watcher, ready = make_watcher()
+    data, _ = tiff_bytes()
+    shutil.rmtree(inbox)  # e.g. a share unmounted
+    time.sleep(0.3)
+    assert watcher.rescan() == 0 and not inbox.exists()  # never recreated behind the user's back
+    inbox.mkdir()
+    assert watcher.rescan() == 0  # starts watching again
+    (inbox / "after.tif").write_bytes(data)
+    wait_for(lambda: ready.calls == 1)  # seen by events, not by a rescan
+    assert [a.path.name for a in arrivals(journal)] == ["after.tif"]
