@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -52,6 +53,7 @@ __all__ = [
     "SyntheticSeries",
     "echoscu",
     "free_port",
+    "no_thread_leaks",
     "nodelay_env",
     "peers",
     "storescu",
@@ -184,6 +186,21 @@ def peers(tmp_path: Path) -> Iterator[PeerSet]:
     finally:
         lingering = peer_set.stop_all()
     assert not lingering, f"peer processes still running: {lingering}"
+
+
+@pytest.fixture
+def no_thread_leaks() -> Iterator[None]:
+    """Fail the test when threads it started are still alive 5 s after it ended."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5.0
+    leaked: list[threading.Thread] = []
+    while time.monotonic() < deadline:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"threads still running after the test: {[t.name for t in leaked]}")
 
 
 # --- Orthanc ---------------------------------------------------------------------------

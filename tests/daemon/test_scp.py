@@ -1,0 +1,219 @@
+"""DicomReceiver against real dcmtk peers (storescu, echoscu) on loopback."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import UID
+from pynetdicom import AE
+
+from daemon import metrics
+from daemon.config import DicomSettings
+from daemon.journal import ArrivalState, Journal
+from daemon.sources.scp import DicomReceiver
+from tests.support.peers import (
+    LOOPBACK,
+    SyntheticSeries,
+    echoscu,
+    no_thread_leaks,
+    storescu,
+    write_synthetic_ct,
+)
+
+__all__ = ["no_thread_leaks"]
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_thread_leaks")]
+
+
+@dataclass
+class Scp:
+    receiver: DicomReceiver
+    journal: Journal
+    spool: Path
+    closed: list[list[int]] = field(default_factory=list)
+
+
+def _start(tmp_path: Path, **settings: object) -> Scp:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    closed: list[list[int]] = []
+    receiver = DicomReceiver(
+        DicomSettings(port=0, **settings),  # type: ignore[arg-type]
+        journal,
+        tmp_path / "spool",
+        closed.append,
+    )
+    receiver.start()
+    return Scp(receiver, journal, tmp_path / "spool", closed)
+
+
+@pytest.fixture
+def scp(tmp_path: Path) -> Iterator[Scp]:
+    running = _start(tmp_path, allowed_calling_aes=("STORESCU", "ECHOSCU"))
+    yield running
+    running.receiver.stop()
+    running.journal.close()
+
+
+@pytest.fixture(scope="module")
+def small_ct(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
+    return write_synthetic_ct(tmp_path_factory.mktemp("ct"), n_slices=5, seed="scp", rows=64,
+                              cols=64)
+
+
+def _count(name: str) -> float:
+    return float(metrics.DICOM_INSTANCES.labels(name)._value.get())
+
+
+def test_storescu_series_is_spooled_and_journaled(scp: Scp, small_ct: SyntheticSeries) -> None:
+    result = storescu(scp.receiver.port, small_ct.paths)
+    assert result.returncode == 0, result.stderr
+
+    arrival = scp.journal.arrival_by_key("series:" + small_ct.series_uid)
+    assert arrival is not None and arrival.state is ArrivalState.RECEIVING
+    assert arrival.attrs == {
+        "modality": "CT",
+        "study_uid": small_ct.study_uid,
+        "series_uid": small_ct.series_uid,
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+        "calling_ae": "STORESCU",
+        "transfer_syntax": "1.2.840.10008.1.2.1",
+    }
+    instances = scp.journal.instances(arrival.id)
+    assert sorted(i.sop_instance_uid for i in instances) == sorted(small_ct.sop_uids)
+    assert sorted(i.instance_number or 0 for i in instances) == [1, 2, 3, 4, 5]
+    for instance in instances:
+        assert instance.path.parent.parent == scp.spool and instance.path.stat().st_size == instance.size
+        received = dcmread(instance.path)
+        original = dcmread(small_ct.paths[received.InstanceNumber - 1])
+        assert received.file_meta.MediaStorageSOPInstanceUID == original.SOPInstanceUID
+        assert received.file_meta.SourceApplicationEntityTitle == "STORESCU"
+        assert np.array_equal(received.pixel_array, original.pixel_array)
+    assert scp.closed == [[arrival.id]]
+    rows = scp.journal.query("SELECT state, instances FROM associations")
+    assert [(r["state"], r["instances"]) for r in rows] == [("released", 5)]
+
+
+def test_duplicates_are_idempotent(scp: Scp, small_ct: SyntheticSeries) -> None:
+    assert storescu(scp.receiver.port, small_ct.paths).returncode == 0
+    arrival = scp.journal.arrival_by_key("series:" + small_ct.series_uid)
+    assert arrival is not None
+    assert scp.journal.mark_series_ready(arrival.id, arrival.generation)
+    duplicates = _count("duplicate")
+
+    again = storescu(scp.receiver.port, small_ct.paths[:2])
+
+    assert again.returncode == 0, again.stderr
+    after = scp.journal.arrival(arrival.id)
+    assert after.state is ArrivalState.READY and after.generation == arrival.generation
+    assert len(scp.journal.instances(arrival.id)) == 5
+    assert _count("duplicate") == duplicates + 2
+
+
+def test_unknown_calling_ae_is_rejected(scp: Scp, small_ct: SyntheticSeries) -> None:
+    result = storescu(scp.receiver.port, small_ct.paths[:1], calling_ae="INTRUDER")
+    assert result.returncode != 0
+    assert "calling ae title not recognized" in (result.stdout + result.stderr).lower()
+    assert scp.journal.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 0
+    assert echoscu(scp.receiver.port, calling_ae="INTRUDER").returncode != 0
+
+
+def test_echoscu_succeeds(scp: Scp) -> None:
+    result = echoscu(scp.receiver.port)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_address_allow_list_rejects_others(tmp_path: Path) -> None:
+    running = _start(tmp_path, allowed_addresses=("10.0.0.0/8",))
+    try:
+        assert echoscu(running.receiver.port).returncode != 0
+    finally:
+        running.receiver.stop()
+        running.journal.close()
+    allowed = _start(tmp_path / "b", allowed_addresses=("127.0.0.0/8",))
+    try:
+        assert echoscu(allowed.receiver.port).returncode == 0
+    finally:
+        allowed.receiver.stop()
+        allowed.journal.close()
+
+
+def test_other_sop_class_refused_and_server_keeps_running(scp: Scp, small_ct: SyntheticSeries) -> None:
+    secondary_capture = get_testdata_file("JPEG2000.dcm")
+    assert secondary_capture is not None
+    refused = storescu(scp.receiver.port, [Path(secondary_capture)])
+    assert refused.returncode != 0 or "no presentation context" in refused.stderr.lower()
+    assert scp.journal.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 0
+    assert storescu(scp.receiver.port, small_ct.paths[:1]).returncode == 0
+    assert scp.journal.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 1
+
+
+def test_unreadable_dataset_gets_failure_status(scp: Scp, small_ct: SyntheticSeries,
+                                                tmp_path: Path) -> None:
+    broken = dcmread(small_ct.paths[0])
+    del broken.SeriesInstanceUID
+    broken.SOPInstanceUID = broken.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3.4.5.6.7")
+    broken_path = tmp_path / "broken.dcm"
+    broken.save_as(broken_path)
+    unreadable = _count("unreadable")
+
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(broken.SOPClassUID, broken.file_meta.TransferSyntaxUID)
+    assoc = ae.associate(LOOPBACK, scp.receiver.port, ae_title="ACQFLOW")
+    assert assoc.is_established
+    status = assoc.send_c_store(broken_path)
+    good = assoc.send_c_store(small_ct.paths[1])
+    assoc.release()
+
+    assert status.Status == 0xC000 and "series_uid" in status.ErrorComment
+    assert good.Status == 0x0000
+    assert _count("unreadable") == unreadable + 1
+    uids = [r["sop_instance_uid"] for r in scp.journal.query("SELECT * FROM instances")]
+    assert uids == [small_ct.sop_uids[1]]
+
+
+@pytest.mark.parametrize(
+    ("name", "propose"),
+    [("MR_small_jp2klossless.dcm", "-xv"), ("MR_small_RLE.dcm", "-xr"), ("MR_small.dcm", "-xd")],
+)
+def test_compressed_transfer_syntaxes(scp: Scp, tmp_path: Path, name: str, propose: str) -> None:
+    source = get_testdata_file(name)
+    assert source is not None
+    local = tmp_path / name
+    shutil.copy(source, local)
+    original = dcmread(local)
+
+    result = storescu(scp.receiver.port, [local], extra=[propose, "-R"])
+
+    assert result.returncode == 0, result.stderr
+    (instance,) = scp.journal.instances(scp.journal.arrivals_in_state(ArrivalState.RECEIVING)[0].id)
+    received = dcmread(instance.path)
+    expected = "1.2.840.10008.1.2.1.99" if propose == "-xd" else original.file_meta.TransferSyntaxUID
+    assert received.file_meta.TransferSyntaxUID == expected
+    assert instance.path.read_bytes()[128:132] == b"DICM"
+    assert np.array_equal(received.pixel_array, original.pixel_array)
+
+
+def test_spool_failure_returns_out_of_resources(scp: Scp, small_ct: SyntheticSeries) -> None:
+    blocker = scp.spool / _series_folder(small_ct.series_uid)
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the series folder should be")
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    assoc = ae.associate(LOOPBACK, scp.receiver.port, ae_title="ACQFLOW")
+    status = assoc.send_c_store(small_ct.paths[0])
+    assoc.release()
+    assert status.Status == 0xA700
+    assert echoscu(scp.receiver.port).returncode == 0  # still serving
+
+
+def _series_folder(series_uid: str) -> str:
+    from daemon.fileio import safe_name
+
+    return safe_name(series_uid)
