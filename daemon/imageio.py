@@ -141,7 +141,9 @@ def read_image(arrival: Arrival, max_bytes: int = MAX_DECODED_BYTES) -> ImageIte
     except OSError as exc:
         raise TransientError(f"{path.name}: cannot read: {exc}") from exc
     except _DECODE_ERRORS as exc:
-        raise ImageRejected("corrupt", f"{path.name}: cannot decode image: {exc}") from exc
+        # A codec tifffile only has through the optional imagecodecs package (LZW, JPEG…)
+        reason = "unsupported" if "imagecodecs" in str(exc) else "corrupt"
+        raise ImageRejected(reason, f"{path.name}: cannot decode image: {exc}") from exc
     if array.ndim != len(axes):  # tifffile squeezes; keep axes and array in step
         raise ImageRejected(
             "corrupt", f"{path.name}: axes {axes!r} do not match shape {array.shape}"

@@ -21,7 +21,8 @@ Presets (``naming`` setting; ``auto`` tries all of them):
   (``Phase_B3_1_00d04h00m.tif``, ``A172_Phase_A7_1_00d00h00m_1.tif``), dated exports
   ``VID193_A1_1_2017y03m29d_10h51m.tif`` and archive files
   ``YYMM/DD/HHMM/PLATE/A1-1-Ph.tif``;
-* ``gen5`` (BioTek Cytation/Lionheart) — ``A1_01_1_1_Phase Contrast_001.tif``
+* ``cytation`` (alias ``gen5``; BioTek Cytation/Lionheart exported by Gen5) —
+  ``A1_01_1_1_Phase Contrast_001.tif``
   (well, read step, channel index, field, channel, kinetic read), ``A1_1Z0_DAPI_1_001_.tif``
   and ``B2_02_SP10Z10_C1_Bright Field_T001.tif``;
 * ``keyence`` (BZ-X) — ``Image_T0001_XY01_00001_Z001_CH2.tif`` (T, tile and Z optional);
@@ -124,8 +125,8 @@ PRESETS: dict[str, NamingPreset] = {
             rf"(?P<plate>\d+)/(?P<well>{_WELL})-(?P<position>\d+)-(?P<channel>[A-Za-z0-9]+){_TIFF}",
         ),
     ),
-    "gen5": NamingPreset(
-        "gen5",
+    "cytation": NamingPreset(
+        "cytation",
         _compile(
             _START + rf"(?P<well>{_WELL})_-?\d+_\d+_(?P<position>\d+)_(?P<channel>[^/]+?)"
             rf"_(?P<timepoint>\d+){_TIFF}",
@@ -164,8 +165,9 @@ PRESETS: dict[str, NamingPreset] = {
     ),
 }
 
+_ALIASES = {"gen5": "cytation"}
 #: Values of the ``naming`` setting of a folder.
-NAMING_SCHEMES = ("auto", *PRESETS, "patterns", "folder")
+NAMING_SCHEMES = ("auto", *PRESETS, "patterns", "folder", *_ALIASES)
 
 
 def check_naming(folder: FolderSettings) -> None:
@@ -198,7 +200,8 @@ def match_name(relative: str, folder: FolderSettings) -> NameMatch | None:
             return NameMatch("patterns", _groups(found))
     if folder.naming == "patterns":
         return None
-    names = list(PRESETS) if folder.naming == "auto" else [folder.naming]
+    chosen = _ALIASES.get(folder.naming, folder.naming)
+    names = list(PRESETS) if chosen == "auto" else [chosen]
     for name in names:
         preset = PRESETS[name]
         for compiled in preset.patterns:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,32 @@ def test_metadata_json_round_trip() -> None:
     assert metadata_from_json(metadata_to_json(md)) == md
     assert metadata_from_json(None) == ImageMetadata()
     assert metadata_from_json({"timepoint": -1}) == ImageMetadata()
+
+
+def _set_compression(path: Path, value: int) -> None:
+    """Rewrite the Compression tag (259) of the first IFD of a little-endian classic TIFF."""
+    raw = bytearray(path.read_bytes())
+    offset = struct.unpack_from("<I", raw, 4)[0]
+    count = struct.unpack_from("<H", raw, offset)[0]
+    for index in range(count):
+        entry = offset + 2 + 12 * index
+        if struct.unpack_from("<H", raw, entry)[0] == 259:
+            struct.pack_into("<H", raw, entry + 8, value)
+            path.write_bytes(bytes(raw))
+            return
+    raise AssertionError("no Compression tag")
+
+
+def test_unknown_compression_is_rejected_as_unsupported(journal: Journal, tmp_path: Path) -> None:
+    path = tmp_path / "odd.tif"
+    tifffile.imwrite(path, _ramp((16, 16), np.uint8))
+    _set_compression(path, 34892)  # lossy JPEG (DNG): no built-in decoder
+    with pytest.raises(ImageRejected) as info:
+        read_image(_arrival(journal, path))
+    assert "\n" not in str(info.value)
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        assert info.value.reason == "unsupported" and "imagecodecs" in str(info.value)
+    else:  # with the codec the bytes are decoded and found not to be JPEG
+        assert info.value.reason in ("unsupported", "corrupt")

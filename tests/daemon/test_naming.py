@@ -47,16 +47,16 @@ PRESET_CASES = [
      {"plate": "0700", "well": "B02", "position": "1", "channel": "C1",
       "acquired_at": _local(2024, 1, 15, 14, 30)}),
     # BioTek Gen5 (Cytation)
-    ("plate7/A1_01_1_1_Phase Contrast_001.tif", "gen5",
+    ("plate7/A1_01_1_1_Phase Contrast_001.tif", "cytation",
      {"experiment": "plate7", "well": "A01", "position": "1", "channel": "Phase Contrast",
       "timepoint": 1}),
-    ("P24_01_2_9_DAPI_002.tif", "gen5",
+    ("P24_01_2_9_DAPI_002.tif", "cytation",
      {"well": "P24", "position": "9", "channel": "DAPI", "timepoint": 2}),
-    ("A1_1Z4_DAPI_1_003_.tif", "gen5",
+    ("A1_1Z4_DAPI_1_003_.tif", "cytation",
      {"well": "A01", "position": "1", "channel": "DAPI", "timepoint": 3}),
-    ("B2_1_Bright Field_1_001_02.tif", "gen5",
+    ("B2_1_Bright Field_1_001_02.tif", "cytation",
      {"well": "B02", "position": "1", "channel": "Bright Field", "timepoint": 1}),
-    ("B2_02_SP10Z10_C1_Bright Field_T007.tif", "gen5",
+    ("B2_02_SP10Z10_C1_Bright Field_T007.tif", "cytation",
      {"well": "B02", "position": "10", "channel": "Bright Field", "timepoint": 7}),
     # Keyence BZ-X
     ("run3/Image_T0012_XY02_Z001_CH1.tif", "keyence",
@@ -176,3 +176,8 @@ def test_name_fields_win_over_header(tmp_path: Path) -> None:
     tifffile.imwrite(path, np.zeros((16, 16), np.uint16), description=OME_PLATE, metadata=None)
     md = parse_metadata(path, FolderSettings(path=tmp_path), read_tiff_header(path))
     assert (md.well, md.channel, md.plate) == ("D04", "gfp", "PlateA")
+
+
+def test_gen5_is_an_alias_of_cytation() -> None:
+    found = match_name("A1_01_1_1_Phase Contrast_001.tif", _folder(naming="gen5"))
+    assert found is not None and found.scheme == "cytation"
