@@ -227,9 +227,8 @@ def _why_not_established(assoc: Association, destination: ExportDestination) -> 
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     if assoc.is_rejected:
         return f"association rejected by {where}"
-    if assoc.is_aborted:
-        return f"association aborted by {where}"
-    return f"{where} unreachable or not answering"
+    # pynetdicom reports a refused or timed-out connection as an abort as well
+    return f"{where} unreachable, not answering or aborted the association"
 
 
 def _release(assoc: Association) -> None:
