@@ -181,8 +181,8 @@ def read_part10(path: Path, stop_before_pixels: bool = False) -> Dataset:
 def read_series(journal: Journal, arrival: Arrival) -> SeriesItem:
     """Read every spool file of a DICOM series arrival, in arrival order.
 
-    ``identity`` is ``<series key>:<generation>`` so that a re-opened series gets new
-    output names. Raises InputRejected when the arrival has no instances, a file is
+    ``identity`` is the series key: a re-opened series is the same input, so its results
+    keep their names and UIDs and replace the earlier ones. Raises InputRejected when the arrival has no instances, a file is
     missing or not DICOM, or the files do not belong to one series.
     """
     instances = journal.instances(arrival.id)
@@ -193,7 +193,7 @@ def read_series(journal: Journal, arrival: Arrival) -> SeriesItem:
     _check_one_series(arrival.key, series_uid, datasets)
     first = datasets[0]
     return SeriesItem(
-        identity=f"{arrival.key}:{arrival.generation}",
+        identity=arrival.key,
         study_uid=str(arrival.attrs.get("study_uid") or first.get("StudyInstanceUID", "")),
         series_uid=series_uid,
         modality=str(arrival.attrs.get("modality") or first.get("Modality", "")),

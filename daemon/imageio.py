@@ -59,9 +59,10 @@ _MAX_IFDS = 1_000_000
 _UNIT_TO_UM = {"um": 1.0, "micron": 1.0, "microns": 1.0, "\u00b5m": 1.0, "\\u00b5m": 1.0,
                "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 # What tifffile and its codecs raise on malformed input (there is no common base class).
+# RuntimeError: every codec error of imagecodecs (JPEG, LZW, JPEG 2000 …) derives from it.
 _DECODE_ERRORS = (
     tifffile.TiffFileError, ValueError, TypeError, KeyError, IndexError, struct.error,
-    EOFError, OverflowError, zlib.error, NotImplementedError,
+    EOFError, OverflowError, zlib.error, NotImplementedError, RuntimeError,
 )
 
 
@@ -152,7 +153,7 @@ def read_image(arrival: Arrival, max_bytes: int = MAX_DECODED_BYTES) -> ImageIte
     names = _channel_names_for(array, axes, header.channel_names)
     metadata = _complete_metadata(metadata, header)
     return ImageItem(
-        identity=f"{arrival.key}:{arrival.generation}",
+        identity=arrival.key,
         source_path=path,
         array=array,
         axes=axes,

@@ -84,8 +84,8 @@ class ImageItem:
 
     ``array`` keeps the file's own axes (``axes`` in tifffile's notation, e.g. ``"YX"``,
     ``"CYX"``, ``"TCZYX"``); ``channel_names`` lists the C axis where known.
-    ``identity`` is stable for the same input and is the seed for deterministic names
-    and UIDs.
+    ``identity`` is stable for the same input — a re-run or a rewritten file keeps it —
+    and is the seed for deterministic names and UIDs, so results replace earlier ones.
     """
 
     identity: str

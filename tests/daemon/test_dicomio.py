@@ -89,7 +89,7 @@ def test_read_series_gives_identity_and_datasets(tmp_path: Path, series: Synthet
     assert arrival is not None
     item = read_series(journal, arrival)
     journal.close()
-    assert item.identity == f"series:{series.series_uid}:0"
+    assert item.identity == f"series:{series.series_uid}"
     assert (item.study_uid, item.series_uid, item.modality) == (
         series.study_uid, series.series_uid, "CT")
     assert [ds.InstanceNumber for ds in item.datasets] == [1, 2, 3]

@@ -115,7 +115,7 @@ def test_bad_files_are_errors_with_metrics_and_the_daemon_keeps_running(
     text = daemon.metrics_text()
     assert metric_value(text, "acqflow_input_errors_total", {"source": "folder"}) >= 3
     assert metric_value(text, "acqflow_quarantined_total") >= 3
-    quarantined = {p.name for p in (tmp_path / "state" / "quarantine").rglob("*.tif")}
+    quarantined = {p.name for p in (tmp_path / "state" / "quarantine").glob("*/*.tif")}
     assert quarantined == {"empty.tif", "truncated.tif", "notes.tif"}
     assert all((inbox / name).exists() for name in quarantined)  # inputs are never moved
 
