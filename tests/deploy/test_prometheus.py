@@ -1,0 +1,269 @@
+"""Prometheus: the shipped config and alert rules pass promtool, the alert unit tests
+pass, rules select only metrics the daemon exports, every metric is documented, and a
+real Prometheus scrapes a real daemon and evaluates the rules against it."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import tifffile
+import yaml
+
+from daemon.config import MetricsSettings
+from tests.deploy import (
+    COMPOSE,
+    DOCS,
+    PROMETHEUS_DIR,
+    daemon_settings,
+    exported_families,
+    exposed_samples,
+    referenced_metrics,
+    start_daemon,
+)
+from tests.support.daemon_proc import TEST_PIPELINES
+from tests.support.peers import LOOPBACK, PeerSet, free_port
+
+PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt: prometheus)")
+RULES = PROMETHEUS_DIR / "alerts.yml"
+
+
+def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
+    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+# --- promtool ---------------------------------------------------------------------------
+
+
+@needs_promtool
+def test_config_passes_promtool() -> None:
+    result = promtool("check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout
+
+
+@needs_promtool
+def test_compose_config_passes_promtool_with_the_same_rules(tmp_path: Path) -> None:
+    # compose.yaml mounts both files side by side in /etc/prometheus/.
+    shutil.copy(COMPOSE / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copy(RULES, tmp_path / "alerts.yml")
+    result = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_rules_pass_promtool() -> None:
+    result = promtool("check", "rules", RULES.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_alert_unit_tests_pass_and_cover_dead_jobs_and_export_backlog() -> None:
+    tests = yaml.safe_load((PROMETHEUS_DIR / "alerts.test.yml").read_text())["tests"]
+    firing = {
+        case["alertname"]
+        for test in tests
+        for case in test["alert_rule_test"]
+        if case.get("exp_alerts")
+    }
+    assert {"AcqflowJobsDead", "AcqflowExportBacklog", "AcqflowExportsDead", "AcqflowDown"} <= firing
+    result = promtool("test", "rules", "alerts.test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- static checks ----------------------------------------------------------------------
+
+
+def test_scrape_target_is_the_daemons_default_metrics_endpoint() -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "acqflow"]
+    targets = [t for static in job["static_configs"] for t in static["targets"]]
+    defaults = MetricsSettings()
+    assert targets == [f"{defaults.host}:{defaults.port}"] == ["127.0.0.1:9464"]
+    assert config["rule_files"] == ["alerts.yml"]
+
+
+def test_alert_rules_select_only_exported_metrics() -> None:
+    exposed = exposed_samples()
+    for rule in alert_rules():
+        names = referenced_metrics(rule["expr"])
+        unknown = names - set(exposed)
+        assert not unknown, f"{rule['alert']} selects metrics daemon.metrics does not export: {unknown}"
+        for name in re.findall(r"(?:rate|increase)\(\s*(acqflow_[a-z_]+)", rule["expr"]):
+            assert exposed[name] == "counter", f"{rule['alert']}: rate/increase of non-counter {name}"
+
+
+def test_alerts_have_severity_summary_and_a_runbook_entry() -> None:
+    operations = (DOCS / "operations.md").read_text()
+    headings = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in operations.splitlines()
+        if line.startswith("#")
+    }
+    names = [rule["alert"] for rule in alert_rules()]
+    assert len(names) == len(set(names))
+    for rule in alert_rules():
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
+        annotations = rule["annotations"]
+        assert annotations["summary"] and annotations["description"], rule["alert"]
+        path, _, anchor = annotations["runbook"].partition("#")
+        assert path == "docs/operations.md" and anchor == rule["alert"].lower()
+        assert anchor in headings, f"docs/operations.md has no section '{rule['alert']}'"
+    required = {
+        "AcqflowDown", "AcqflowJobsDead", "AcqflowExportBacklog", "AcqflowExportsDead",
+        "AcqflowInputErrors", "AcqflowInputsQuarantined", "AcqflowQueueBacklog",
+        "AcqflowPipelineDown", "AcqflowSlowResults", "AcqflowReviewFlags",
+    }
+    assert required <= set(names)
+
+
+def test_every_metric_is_documented_with_its_type_and_labels() -> None:
+    rows: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for line in (DOCS / "operations.md").read_text().splitlines():
+        match = re.match(r"\|\s*`(acqflow_[a-z_]+)`\s*\|\s*(\w+)\s*\|([^|]*)\|", line)
+        if match:
+            labels = tuple(re.findall(r"`([a-z_]+)`", match.group(3)))
+            rows[match.group(1)] = (match.group(2), labels)
+    for family in exported_families():
+        assert family.name in rows, f"{family.name} is missing from the metrics table of docs/operations.md"
+        assert rows[family.name] == (family.type, family.labels), family.name
+    assert set(rows) == {f.name for f in exported_families()}, "the table lists metrics that do not exist"
+
+
+# --- a real Prometheus scraping a real daemon -------------------------------------------
+
+
+def _api(port: int, path: str, **params: str) -> Any:
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/api/v1/{path}{query}", timeout=5) as answer:
+        body = json.loads(answer.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def _wait_for(what: str, check: Callable[[], bool], deadline: float, logs: Callable[[], str]) -> None:
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError, json.JSONDecodeError):
+            pass  # Prometheus still starting
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}\n{logs()}")
+
+
+def _prometheus_config(tmp_path: Path, metrics_port: int) -> Path:
+    shutil.copy(RULES, tmp_path / "alerts.yml")
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["alerts.yml"],
+        "scrape_configs": [
+            {"job_name": "acqflow", "static_configs": [{"targets": [f"{LOOPBACK}:{metrics_port}"]}]}
+        ],
+    }
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _phase_tiff(seed: int) -> bytes:
+    data = np.random.default_rng(seed).integers(0, 4096, size=(64, 64), dtype=np.uint16)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, data, photometric="minisblack")
+    return buffer.getvalue()
+
+
+def _series(port: int, query: str) -> list[dict[str, Any]]:
+    return list(_api(port, "query", query=query)["result"])
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (apt: prometheus)")
+def test_prometheus_scrapes_the_daemon_and_evaluates_the_alerts(tmp_path: Path, peers: PeerSet) -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    metrics_port, prometheus_port = free_port(), free_port()
+    fail_marker = tmp_path / "fail-while-present"
+    fail_marker.touch()
+    settings = daemon_settings(
+        tmp_path / "acqflow",
+        metrics_port,
+        workers={"device": "cpu", "poll_seconds": 0.2, "max_attempts": 1},
+        pipelines={
+            "modules": TEST_PIPELINES,
+            "options": {"test-image": {"fail_marker": str(fail_marker)}},
+        },
+    )
+    daemon, state = start_daemon(peers, tmp_path / "acqflow", settings)
+    assert state["metrics_port"] == metrics_port
+    # One input whose job fails on its only attempt: a dead job and a quarantined input.
+    (tmp_path / "acqflow" / "inbox" / "EXP1_B03_pos1_t000_phase.tif").write_bytes(_phase_tiff(1))
+
+    config = _prometheus_config(tmp_path, metrics_port)
+    prometheus = peers.spawn("prometheus", [
+        str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address={LOOPBACK}:{prometheus_port}", "--log.level=warn",
+    ])
+
+    def logs() -> str:
+        return f"--- prometheus ---\n{prometheus.log_tail()}\n--- acqflow ---\n{daemon.log_tail()}"
+
+    deadline = time.monotonic() + 90  # Prometheus scrapes a new target ~5 s after start
+    _wait_for("the acqflow target to be up", lambda: any(
+        t["labels"]["job"] == "acqflow" and t["health"] == "up"
+        for t in _api(prometheus_port, "targets")["activeTargets"]
+    ), deadline, logs)
+    _wait_for("acqflow_pipeline_up", lambda: any(
+        s["metric"].get("pipeline") == "test-image" and s["value"][1] == "1"
+        for s in _series(prometheus_port, "acqflow_pipeline_up")
+    ), deadline, logs)
+    _wait_for("a dead job in acqflow_queue_depth_jobs", lambda: any(
+        s["metric"].get("pipeline") == "test-image" and s["value"][1] == "1"
+        for s in _series(prometheus_port, 'acqflow_queue_depth_jobs{state="dead"}')
+    ), deadline, logs)
+
+    def alert_states() -> dict[str, str]:
+        return {a["labels"]["alertname"]: a["state"] for a in _api(prometheus_port, "alerts")["alerts"]}
+
+    # AcqflowJobsDead waits 5 minutes before firing: pending here. The quarantine alert
+    # has no delay and fires at once.
+    _wait_for("AcqflowJobsDead pending and AcqflowInputsQuarantined firing", lambda: (
+        alert_states().get("AcqflowJobsDead") == "pending"
+        and alert_states().get("AcqflowInputsQuarantined") == "firing"
+    ), deadline, logs)
+    assert "AcqflowDown" not in alert_states()
+    rules = [r for g in _api(prometheus_port, "rules")["groups"] for r in g["rules"]]
+    assert len(rules) == len(alert_rules())
+    broken = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
+    assert not broken, f"rules that fail to evaluate: {broken}"
+
+    assert prometheus.stop(timeout=30) == 0, logs()
+    assert daemon.stop(timeout=30) == 0, f"acqflow did not stop cleanly on SIGTERM\n{logs()}"
+    assert "acqflow stopped" in daemon.log_tail()
+    assert not (Path(settings["paths"]["state_dir"]) / "daemon.json").exists()
+    leaked = [
+        f"{p.pid} {p.name()}" for p in psutil.Process().children(recursive=True) if p.pid not in before
+    ]
+    assert not leaked, f"processes left running: {leaked}"
+    assert not psutil.pid_exists(daemon.pid) and not psutil.pid_exists(prometheus.pid)
