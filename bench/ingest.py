@@ -1,0 +1,148 @@
+"""Ingest benchmark: acqflow's DICOM SCP against dcmtk's storescp, in one run.
+
+The same synthetic CT series (default 300 slices of 512x512 16-bit, ~158 MB) is sent by
+the same dcmtk ``storescu`` invocation (same max PDU, ``TCP_NODELAY=1`` in dcmtk's
+environment) to
+
+  (a) acqflow's DicomReceiver: every instance fsynced into the spool and its journal row
+      committed (SQLite WAL, synchronous=FULL) before Success is returned;
+  (b) dcmtk ``storescp`` writing into a temporary folder (no fsync: its default).
+
+Rounds alternate between the two; the median round of each is reported as instances/s
+and MB/s (10^6 bytes of Part-10 files sent), with the ratio acqflow / storescp. Exits
+non-zero only when the benchmark itself fails (a transfer fails or files are missing);
+missing the targets is reported, not an error.
+
+Usage: ``python bench/ingest.py [--slices 300] [--max-pdu 131072] [--rounds 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from daemon.config import DicomSettings
+from daemon.journal import Journal
+from daemon.sources.scp import DicomReceiver
+from tests.support.peers import PeerSet, SyntheticSeries, storescu, write_synthetic_ct
+
+TARGET_MB_S = 100.0
+TARGET_RATIO = 0.5
+
+
+@dataclass(frozen=True)
+class Round:
+    receiver: str
+    seconds: float
+    instances: int
+    megabytes: float
+
+    @property
+    def instances_per_second(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.megabytes / self.seconds
+
+
+class BenchFailure(Exception):
+    """The benchmark itself failed (not a missed target)."""
+
+
+def _send(port: int, series: SyntheticSeries, max_pdu: int, called_ae: str) -> float:
+    started = time.perf_counter()
+    result = storescu(port, series.paths, called_ae=called_ae, max_pdu=max_pdu, timeout=600)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise BenchFailure(f"storescu to {called_ae} failed ({result.returncode}): {result.stderr[-500:]}")
+    return elapsed
+
+
+def run_acqflow(series: SyntheticSeries, workdir: Path, max_pdu: int) -> Round:
+    """One transfer into a fresh journal + spool with durable writes."""
+    journal = Journal(workdir / "journal.sqlite3")
+    receiver = DicomReceiver(DicomSettings(port=0, max_pdu=max_pdu), journal, workdir / "spool",
+                             lambda _ids: None)
+    receiver.start()
+    try:
+        seconds = _send(receiver.port, series, max_pdu, "ACQFLOW")
+        stored = journal.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
+    finally:
+        receiver.stop()
+        journal.close()
+    if stored != len(series.paths):
+        raise BenchFailure(f"acqflow journaled {stored} of {len(series.paths)} instances")
+    return Round("acqflow", seconds, len(series.paths), series.total_bytes / 1e6)
+
+
+def run_storescp(series: SyntheticSeries, workdir: Path, max_pdu: int) -> Round:
+    """One transfer into a fresh dcmtk storescp (TCP_NODELAY=1, same max PDU)."""
+    peers = PeerSet(workdir / "peers")
+    try:
+        _process, port = peers.storescp(workdir / "received", max_pdu=max_pdu)
+        seconds = _send(port, series, max_pdu, "STORESCP")
+    finally:
+        lingering = peers.stop_all()
+    if lingering:
+        raise BenchFailure(f"storescp did not stop: {lingering}")
+    stored = sum(1 for p in (workdir / "received").iterdir() if p.is_file())
+    if stored != len(series.paths):
+        raise BenchFailure(f"storescp wrote {stored} of {len(series.paths)} files")
+    return Round("storescp", seconds, len(series.paths), series.total_bytes / 1e6)
+
+
+def _median(rounds: list[Round]) -> Round:
+    return sorted(rounds, key=lambda r: r.seconds)[len(rounds) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--max-pdu", type=int, default=131072, help="max PDU of both receivers")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None, help="temp folder (same disk)")
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="acqflow-bench-", dir=args.workdir))
+    try:
+        series = write_synthetic_ct(root / "series", n_slices=args.slices, seed="bench")
+        print(f"series: {len(series.paths)} instances, {series.total_bytes / 1e6:.1f} MB, "
+              f"max PDU {args.max_pdu}, {args.rounds} round(s) each, alternating")
+        results: dict[str, list[Round]] = {"acqflow": [], "storescp": []}
+        for index in range(args.rounds):
+            results["storescp"].append(run_storescp(series, root / f"scp{index}", args.max_pdu))
+            results["acqflow"].append(run_acqflow(series, root / f"acq{index}", args.max_pdu))
+            shutil.rmtree(root / f"scp{index}")
+            shutil.rmtree(root / f"acq{index}")
+        report(results)
+    except BenchFailure as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def report(results: dict[str, list[Round]]) -> None:
+    for name, rounds in results.items():
+        every = ", ".join(f"{r.mb_per_second:.0f}" for r in rounds)
+        best = _median(rounds)
+        print(f"{name:9s} median {best.instances_per_second:7.1f} instances/s "
+              f"{best.mb_per_second:7.1f} MB/s  ({best.seconds:.2f} s; rounds MB/s: {every})")
+    acq, scp = _median(results["acqflow"]), _median(results["storescp"])
+    ratio = acq.mb_per_second / scp.mb_per_second
+    print(f"ratio acqflow/storescp: {ratio:.2f}")
+    speed = "met" if acq.mb_per_second >= TARGET_MB_S else "NOT met"
+    relative = "met" if ratio >= TARGET_RATIO else "NOT met"
+    print(f"target >= {TARGET_MB_S:.0f} MB/s durable: {speed}; target ratio >= {TARGET_RATIO}: {relative}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
