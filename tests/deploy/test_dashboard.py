@@ -106,6 +106,19 @@ def test_every_query_uses_the_provisioned_datasource() -> None:
         assert variable["datasource"]["uid"] == uid, variable["name"]
 
 
+def test_series_names_follow_the_exposition_suffix_rules() -> None:
+    exposed = exposed_samples()
+    # counters: only name_total; histograms: _bucket/_sum/_count; gauges: the bare name.
+    assert exposed["acqflow_jobs_total"] == "counter" and "acqflow_jobs" not in exposed
+    assert exposed["acqflow_job_duration_seconds_bucket"] == "counter"
+    assert {"acqflow_job_duration_seconds_sum", "acqflow_job_duration_seconds_count"} <= set(exposed)
+    assert "acqflow_job_duration_seconds" not in exposed
+    assert exposed["acqflow_queue_depth_jobs"] == "gauge"
+    for wrong in ("acqflow_pipeline_up_total", "acqflow_queue_depth_jobs_bucket",
+                  "acqflow_jobs_total_total", "acqflow_export_pending_objects_count"):
+        assert wrong not in exposed, wrong
+
+
 def test_queries_select_only_exported_metrics() -> None:
     exposed = exposed_samples()
     for where, expr in expressions():
