@@ -102,7 +102,12 @@ def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
     context.load_cert_chain(str(tls.certificate), str(tls.private_key))
     if tls.ca_certificates is not None:
         context.load_verify_locations(str(tls.ca_certificates))
-    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
+    if tls.require_client_certificate:
+        context.verify_mode = ssl.CERT_REQUIRED
+    elif tls.ca_certificates is not None:
+        context.verify_mode = ssl.CERT_OPTIONAL
+    else:
+        context.verify_mode = ssl.CERT_NONE
     return context
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import ssl
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from pydicom.uid import UID
 from pynetdicom import AE
 
 from daemon import metrics
-from daemon.config import DicomSettings
+from daemon.config import DicomSettings, TlsSettings
 from daemon.journal import ArrivalState, Journal
 from daemon.sources.scp import DicomReceiver
 from tests.support.peers import (
@@ -217,3 +219,35 @@ def _series_folder(series_uid: str) -> str:
     from daemon.fileio import safe_name
 
     return safe_name(series_uid)
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "scp.crt", folder / "scp.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+def test_tls_echo_and_store(tmp_path: Path, small_ct: SyntheticSeries) -> None:
+    cert, key = _self_signed(tmp_path)
+    running = _start(tmp_path, tls=TlsSettings(certificate=cert, private_key=key))
+    try:
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        ae = AE(ae_title="STORESCU")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+        assoc = ae.associate(LOOPBACK, running.receiver.port, ae_title="ACQFLOW",
+                             tls_args=(client, "127.0.0.1"))
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.send_c_store(small_ct.paths[0]).Status == 0x0000
+        assoc.release()
+        assert echoscu(running.receiver.port).returncode != 0  # plain DICOM is refused
+        assert len(running.journal.query("SELECT * FROM instances")) == 1
+    finally:
+        running.receiver.stop()
+        running.journal.close()
