@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,14 @@ __all__ = [
     "SYSTEMD",
     "MetricFamily",
     "daemon_settings",
+    "dashboard",
     "exported_families",
     "exposed_samples",
+    "expressions",
+    "panels",
     "referenced_metrics",
     "start_daemon",
+    "substitute",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +53,16 @@ DOCS = REPO / "docs"
 ACQFLOW = Path(sys.executable).with_name("acqflow")
 
 METRIC_NAME = re.compile(r"\bacqflow_[a-z_]+\b")
+DASHBOARD = GRAFANA / "dashboards" / "acqflow.json"
+# What Grafana substitutes before a query reaches Prometheus.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "15s",
+    "$__range": "6h",
+    "$instance": ".*",
+    "$pipeline": ".*",
+    "$experiment": ".*",
+}
 
 
 @dataclass(frozen=True)
@@ -72,8 +87,12 @@ def _samples(family: str, kind: str) -> dict[str, str]:
             f"{family}_created": "gauge",
         }
     if kind == "summary":
-        return {family: "gauge", f"{family}_count": "counter", f"{family}_sum": "counter",
-                f"{family}_created": "gauge"}
+        return {
+            family: "gauge",
+            f"{family}_count": "counter",
+            f"{family}_sum": "counter",
+            f"{family}_created": "gauge",
+        }
     return {family: "gauge"}
 
 
@@ -104,6 +123,35 @@ def exposed_samples() -> dict[str, str]:
 def referenced_metrics(expr: str) -> set[str]:
     """The acqflow series names a PromQL expression selects."""
     return set(METRIC_NAME.findall(expr))
+
+
+def dashboard() -> dict[str, Any]:
+    return dict(json.loads(DASHBOARD.read_text()))
+
+
+def panels() -> list[dict[str, Any]]:
+    """The dashboard's panels without the row headers."""
+    return [p for p in dashboard()["panels"] if p["type"] != "row"]
+
+
+def expressions() -> Iterator[tuple[str, str]]:
+    """(where, PromQL) for every panel query and template variable of the dashboard."""
+    for panel in panels():
+        for target in panel["targets"]:
+            yield f"panel '{panel['title']}' {target['refId']}", target["expr"]
+    for variable in dashboard()["templating"]["list"]:
+        query = variable["query"]["query"]
+        match = re.fullmatch(r"label_values\((.+),\s*\w+\)", query)
+        assert match, f"variable {variable['name']}: unexpected query {query}"
+        yield f"variable {variable['name']}", match.group(1)
+
+
+def substitute(expr: str) -> str:
+    """The query as Grafana sends it, with every variable replaced."""
+    for name, value in sorted(GRAFANA_VARIABLES.items(), key=lambda item: -len(item[0])):
+        expr = expr.replace(name, value)
+    assert "$" not in expr, f"unknown Grafana variable in {expr}"
+    return expr
 
 
 def daemon_settings(root: Path, metrics_port: int, **sections: Any) -> dict[str, Any]:

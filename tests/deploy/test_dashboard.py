@@ -8,11 +8,9 @@ test_prometheus)."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,49 +18,23 @@ import pytest
 import yaml
 
 from daemon.config import load_settings
-from tests.deploy import COMPOSE, GRAFANA, REPO, exported_families, exposed_samples, referenced_metrics
+from tests.deploy import (
+    COMPOSE,
+    GRAFANA,
+    REPO,
+    dashboard,
+    exported_families,
+    exposed_samples,
+    expressions,
+    panels,
+    referenced_metrics,
+    substitute,
+)
 
 DASHBOARD = GRAFANA / "dashboards" / "acqflow.json"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "acqflow.yml"
 PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "acqflow.yml"
 PROMTOOL = shutil.which("promtool")
-
-# What Grafana substitutes before a query reaches Prometheus.
-GRAFANA_VARIABLES = {
-    "$__rate_interval": "1m",
-    "$__interval": "15s",
-    "$__range": "6h",
-    "$instance": ".*",
-    "$pipeline": ".*",
-    "$experiment": ".*",
-}
-
-
-def dashboard() -> dict[str, Any]:
-    return dict(json.loads(DASHBOARD.read_text()))
-
-
-def panels() -> list[dict[str, Any]]:
-    return [p for p in dashboard()["panels"] if p["type"] != "row"]
-
-
-def expressions() -> Iterator[tuple[str, str]]:
-    """(where, PromQL) for every panel query and template variable."""
-    for panel in panels():
-        for target in panel["targets"]:
-            yield f"panel '{panel['title']}' {target['refId']}", target["expr"]
-    for variable in dashboard()["templating"]["list"]:
-        query = variable["query"]["query"]
-        match = re.fullmatch(r"label_values\((.+),\s*\w+\)", query)
-        assert match, f"variable {variable['name']}: unexpected query {query}"
-        yield f"variable {variable['name']}", match.group(1)
-
-
-def substitute(expr: str) -> str:
-    for name, value in sorted(GRAFANA_VARIABLES.items(), key=lambda item: -len(item[0])):
-        expr = expr.replace(name, value)
-    assert "$" not in expr, f"unknown Grafana variable in {expr}"
-    return expr
 
 
 def provisioned_uid() -> str:
@@ -87,8 +59,11 @@ def test_dashboard_is_valid_json_with_unique_ids_and_a_tidy_grid() -> None:
     for panel in board["panels"]:
         grid = panel["gridPos"]
         assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
-        cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
-                 for y in range(grid["y"], grid["y"] + grid["h"])}
+        cells = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         assert not cells & occupied, f"panel '{panel['title']}' overlaps another"
         occupied |= cells
     for panel in panels():
@@ -114,8 +89,12 @@ def test_series_names_follow_the_exposition_suffix_rules() -> None:
     assert {"acqflow_job_duration_seconds_sum", "acqflow_job_duration_seconds_count"} <= set(exposed)
     assert "acqflow_job_duration_seconds" not in exposed
     assert exposed["acqflow_queue_depth_jobs"] == "gauge"
-    for wrong in ("acqflow_pipeline_up_total", "acqflow_queue_depth_jobs_bucket",
-                  "acqflow_jobs_total_total", "acqflow_export_pending_objects_count"):
+    for wrong in (
+        "acqflow_pipeline_up_total",
+        "acqflow_queue_depth_jobs_bucket",
+        "acqflow_jobs_total_total",
+        "acqflow_export_pending_objects_count",
+    ):
         assert wrong not in exposed, wrong
 
 
@@ -140,11 +119,18 @@ def test_every_metric_is_on_the_dashboard() -> None:
 def test_the_dashboard_covers_the_operational_views() -> None:
     shown = " ".join(expr for _, expr in expressions())
     for needed in (
-        "acqflow_arrivals_total", "acqflow_jobs_total", "acqflow_queue_depth_jobs",
-        "acqflow_job_duration_seconds_bucket", "acqflow_arrival_to_result_seconds_bucket",
-        "acqflow_exports_total", "acqflow_export_pending_objects", "acqflow_input_errors_total",
-        "acqflow_quarantined_total", "acqflow_dicom_instances_total",
-        "acqflow_dicom_received_bytes_total", "acqflow_differentiation_efficiency",
+        "acqflow_arrivals_total",
+        "acqflow_jobs_total",
+        "acqflow_queue_depth_jobs",
+        "acqflow_job_duration_seconds_bucket",
+        "acqflow_arrival_to_result_seconds_bucket",
+        "acqflow_exports_total",
+        "acqflow_export_pending_objects",
+        "acqflow_input_errors_total",
+        "acqflow_quarantined_total",
+        "acqflow_dicom_instances_total",
+        "acqflow_dicom_received_bytes_total",
+        "acqflow_differentiation_efficiency",
         "acqflow_pipeline_up",
     ):
         assert needed in shown, needed
@@ -162,8 +148,9 @@ def test_queries_parse_as_promql(tmp_path: Path) -> None:
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     assert PROMTOOL is not None
-    result = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(rules)} rules found" in result.stdout
 

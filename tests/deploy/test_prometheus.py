@@ -31,8 +31,10 @@ from tests.deploy import (
     daemon_settings,
     exported_families,
     exposed_samples,
+    expressions,
     referenced_metrics,
     start_daemon,
+    substitute,
 )
 from tests.support.daemon_proc import TEST_PIPELINES
 from tests.support.peers import LOOPBACK, PeerSet, free_port
@@ -45,8 +47,7 @@ RULES = PROMETHEUS_DIR / "alerts.yml"
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess[str]:
     assert PROMTOOL is not None
-    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -83,10 +84,7 @@ def test_rules_pass_promtool() -> None:
 def test_alert_unit_tests_pass_and_cover_dead_jobs_and_export_backlog() -> None:
     tests = yaml.safe_load((PROMETHEUS_DIR / "alerts.test.yml").read_text())["tests"]
     firing = {
-        case["alertname"]
-        for test in tests
-        for case in test["alert_rule_test"]
-        if case.get("exp_alerts")
+        case["alertname"] for test in tests for case in test["alert_rule_test"] if case.get("exp_alerts")
     }
     assert {"AcqflowJobsDead", "AcqflowExportBacklog", "AcqflowExportsDead", "AcqflowDown"} <= firing
     result = promtool("test", "rules", "alerts.test.yml")
@@ -132,9 +130,16 @@ def test_alerts_have_severity_summary_and_a_runbook_entry() -> None:
         assert path == "docs/operations.md" and anchor == rule["alert"].lower()
         assert anchor in headings, f"docs/operations.md has no section '{rule['alert']}'"
     required = {
-        "AcqflowDown", "AcqflowJobsDead", "AcqflowExportBacklog", "AcqflowExportsDead",
-        "AcqflowInputErrors", "AcqflowInputsQuarantined", "AcqflowQueueBacklog",
-        "AcqflowPipelineDown", "AcqflowSlowResults", "AcqflowReviewFlags",
+        "AcqflowDown",
+        "AcqflowJobsDead",
+        "AcqflowExportBacklog",
+        "AcqflowExportsDead",
+        "AcqflowInputErrors",
+        "AcqflowInputsQuarantined",
+        "AcqflowQueueBacklog",
+        "AcqflowPipelineDown",
+        "AcqflowSlowResults",
+        "AcqflowReviewFlags",
     }
     assert required <= set(names)
 
@@ -221,49 +226,79 @@ def test_prometheus_scrapes_the_daemon_and_evaluates_the_alerts(tmp_path: Path, 
     (tmp_path / "acqflow" / "inbox" / "EXP1_B03_pos1_t000_phase.tif").write_bytes(_phase_tiff(1))
 
     config = _prometheus_config(tmp_path, metrics_port)
-    prometheus = peers.spawn("prometheus", [
-        str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        f"--web.listen-address={LOOPBACK}:{prometheus_port}", "--log.level=warn",
-    ])
+    prometheus = peers.spawn(
+        "prometheus",
+        [
+            str(PROMETHEUS),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address={LOOPBACK}:{prometheus_port}",
+            "--log.level=warn",
+        ],
+    )
 
     def logs() -> str:
         return f"--- prometheus ---\n{prometheus.log_tail()}\n--- acqflow ---\n{daemon.log_tail()}"
 
     deadline = time.monotonic() + 90  # Prometheus scrapes a new target ~5 s after start
-    _wait_for("the acqflow target to be up", lambda: any(
-        t["labels"]["job"] == "acqflow" and t["health"] == "up"
-        for t in _api(prometheus_port, "targets")["activeTargets"]
-    ), deadline, logs)
-    _wait_for("acqflow_pipeline_up", lambda: any(
-        s["metric"].get("pipeline") == "test-image" and s["value"][1] == "1"
-        for s in _series(prometheus_port, "acqflow_pipeline_up")
-    ), deadline, logs)
-    _wait_for("a dead job in acqflow_queue_depth_jobs", lambda: any(
-        s["metric"].get("pipeline") == "test-image" and s["value"][1] == "1"
-        for s in _series(prometheus_port, 'acqflow_queue_depth_jobs{state="dead"}')
-    ), deadline, logs)
+    _wait_for(
+        "the acqflow target to be up",
+        lambda: any(
+            t["labels"]["job"] == "acqflow" and t["health"] == "up"
+            for t in _api(prometheus_port, "targets")["activeTargets"]
+        ),
+        deadline,
+        logs,
+    )
+    _wait_for(
+        "acqflow_pipeline_up",
+        lambda: any(
+            s["metric"].get("pipeline") == "test-image" and s["value"][1] == "1"
+            for s in _series(prometheus_port, "acqflow_pipeline_up")
+        ),
+        deadline,
+        logs,
+    )
+    _wait_for(
+        "a dead job in acqflow_queue_depth_jobs",
+        lambda: any(
+            s["metric"].get("pipeline") == "test-image" and s["value"][1] == "1"
+            for s in _series(prometheus_port, 'acqflow_queue_depth_jobs{state="dead"}')
+        ),
+        deadline,
+        logs,
+    )
 
     def alert_states() -> dict[str, str]:
         return {a["labels"]["alertname"]: a["state"] for a in _api(prometheus_port, "alerts")["alerts"]}
 
     # AcqflowJobsDead waits 5 minutes before firing: pending here. The quarantine alert
     # has no delay and fires at once.
-    _wait_for("AcqflowJobsDead pending and AcqflowInputsQuarantined firing", lambda: (
-        alert_states().get("AcqflowJobsDead") == "pending"
-        and alert_states().get("AcqflowInputsQuarantined") == "firing"
-    ), deadline, logs)
+    _wait_for(
+        "AcqflowJobsDead pending and AcqflowInputsQuarantined firing",
+        lambda: (
+            alert_states().get("AcqflowJobsDead") == "pending"
+            and alert_states().get("AcqflowInputsQuarantined") == "firing"
+        ),
+        deadline,
+        logs,
+    )
     assert "AcqflowDown" not in alert_states()
     rules = [r for g in _api(prometheus_port, "rules")["groups"] for r in g["rules"]]
     assert len(rules) == len(alert_rules())
     broken = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
     assert not broken, f"rules that fail to evaluate: {broken}"
+    # Every dashboard query runs on real data as Grafana would send it.
+    for where, expr in expressions():
+        try:
+            _api(prometheus_port, "query", query=substitute(expr))
+        except urllib.error.HTTPError as error:
+            raise AssertionError(f"{where}: {error.read().decode()}") from None
 
     assert prometheus.stop(timeout=30) == 0, logs()
     assert daemon.stop(timeout=30) == 0, f"acqflow did not stop cleanly on SIGTERM\n{logs()}"
     assert "acqflow stopped" in daemon.log_tail()
     assert not (Path(settings["paths"]["state_dir"]) / "daemon.json").exists()
-    leaked = [
-        f"{p.pid} {p.name()}" for p in psutil.Process().children(recursive=True) if p.pid not in before
-    ]
+    leaked = [f"{p.pid} {p.name()}" for p in psutil.Process().children(recursive=True) if p.pid not in before]
     assert not leaked, f"processes left running: {leaked}"
     assert not psutil.pid_exists(daemon.pid) and not psutil.pid_exists(prometheus.pid)

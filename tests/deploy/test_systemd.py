@@ -32,8 +32,13 @@ INSTALLED_ACQFLOW = "/opt/acqflow/venv/bin/acqflow"
 
 
 def unit() -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",),
-                                       comment_prefixes=("#", ";"), empty_lines_in_values=False)
+    parser = configparser.ConfigParser(
+        strict=False,
+        interpolation=None,
+        delimiters=("=",),
+        comment_prefixes=("#", ";"),
+        empty_lines_in_values=False,
+    )
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
     parser.read_string(UNIT.read_text())
     return parser
@@ -76,11 +81,15 @@ def testable_unit(tmp_path: Path) -> Path:
 @needs_systemd_analyze
 def test_systemd_analyze_verify_accepts_the_unit(testable_unit: Path) -> None:
     assert SYSTEMD_ANALYZE is not None
-    result = subprocess.run([SYSTEMD_ANALYZE, "verify", str(testable_unit)], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", str(testable_unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     # Unknown keys and bad values are only warnings for systemd: any line about our unit fails.
-    complaints = [line for line in (result.stdout + result.stderr).splitlines()
-                  if "acqflow" in line]
+    complaints = [line for line in (result.stdout + result.stderr).splitlines() if "acqflow" in line]
     assert result.returncode == 0 and not complaints, result.stdout + result.stderr
 
 
@@ -89,7 +98,10 @@ def test_hardening_exposure_is_low(testable_unit: Path) -> None:
     assert SYSTEMD_ANALYZE is not None
     result = subprocess.run(
         [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(testable_unit)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     match = re.search(r"Overall exposure level for acqflow\.service: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
@@ -167,8 +179,9 @@ def test_daemon_notifies_ready_then_stopping_and_exits_0_on_sigterm(
 ) -> None:
     sock, address = notify_socket
     metrics_port = free_port()
-    daemon, _state = start_daemon(peers, tmp_path, daemon_settings(tmp_path, metrics_port),
-                                  extra_env={"NOTIFY_SOCKET": address})
+    daemon, _state = start_daemon(
+        peers, tmp_path, daemon_settings(tmp_path, metrics_port), extra_env={"NOTIFY_SOCKET": address}
+    )
     assert _receive(sock, 30) == "READY=1"
     # Ready means ready: the metrics endpoint answers.
     with urllib.request.urlopen(f"http://{LOOPBACK}:{metrics_port}/metrics", timeout=5) as answer:
