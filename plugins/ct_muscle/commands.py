@@ -1,0 +1,149 @@
+"""``train`` and ``evaluate`` commands of the CT muscle pipeline.
+
+Plain functions with typer annotations, so the daemon CLI registers them with
+``train_app.command("ct-muscle")(train)``; ``python -m plugins.ct_muscle.commands`` runs
+them stand-alone.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["evaluate", "train"]
+
+TRAIN_SEED_STRIDE = 100_000
+VALIDATION_OFFSET = 50_000
+HELD_OUT_FIRST_SEED = 900_000_000  # far from every training/validation seed
+
+
+def _phantom_seeds(seed: int, count: int, offset: int = 0) -> range:
+    start = seed * TRAIN_SEED_STRIDE + offset
+    return range(start, start + count)
+
+
+def _command_line() -> str:
+    """How this process was started, for the model card."""
+    if sys.argv and sys.argv[0].endswith("commands.py"):
+        return shlex.join(["python", "-m", "plugins.ct_muscle.commands", *sys.argv[1:]])
+    return shlex.join([Path(sys.argv[0]).name if sys.argv else "acqflow", *sys.argv[1:]])
+
+
+def train(
+    output: Annotated[Path, typer.Option(help="Folder for ct_muscle.safetensors + .json")] = Path(
+        "models/weights"),
+    data_dir: Annotated[Path | None, typer.Option(
+        help="DICOM cases (series + SEG per folder); phantoms when absent")] = None,
+    phantoms: Annotated[int, typer.Option(help="Training phantoms when no data dir")] = 40,
+    validation: Annotated[int, typer.Option(help="Validation phantoms (or cases)")] = 6,
+    epochs: Annotated[int, typer.Option(min=1)] = 12,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    learning_rate: Annotated[float, typer.Option()] = 2e-3,
+    seed: Annotated[int, typer.Option(help="Seed of phantoms, init and augmentation")] = 0,
+    checkpoint_dir: Annotated[Path | None, typer.Option(
+        help="Resumable checkpoint folder (resumes when a checkpoint exists)")] = None,
+    version: Annotated[str, typer.Option(help="Model version in the card")] = "1.0.0",
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch")] = 1,
+) -> None:
+    """Train the hip/thigh Bayesian U-net and write its weights and model card."""
+    import torch
+
+    from models.store import ModelCard, save_weights
+    from plugins.ct_muscle.datasets import load_dicom_cases, phantom_volumes
+    from plugins.ct_muscle.structures import default_label_table
+    from plugins.ct_muscle.training import TrainingOptions, train_network
+
+    torch.set_num_threads(threads)
+    table = default_label_table()
+    if data_dir is not None:
+        cases = load_dicom_cases(data_dir, table)
+        if len(cases) <= validation:
+            raise typer.BadParameter(f"{len(cases)} cases cannot leave {validation} for validation")
+        train_set, val_set = cases[validation:], cases[:validation]
+        data = {"source": "dicom", "directory": str(data_dir), "cases": len(cases)}
+    else:
+        train_set = phantom_volumes(_phantom_seeds(seed, phantoms))
+        val_set = phantom_volumes(_phantom_seeds(seed, validation, VALIDATION_OFFSET))
+        data = {"source": "phantoms", "train_phantoms": phantoms,
+                "validation_phantoms": validation,
+                "train_seeds": f"{seed * TRAIN_SEED_STRIDE}+[0,{phantoms})"}
+    options = TrainingOptions(epochs=epochs, batch_size=batch_size,
+                              learning_rate=learning_rate, seed=seed)
+    result = train_network(train_set, val_set, table, options, checkpoint_dir)
+    card = ModelCard(
+        name="ct_muscle", version=version, architecture="BayesianUNet",
+        arguments={"in_channels": 1, "num_classes": table.num_classes,
+                   "base_channels": options.network.base_channels,
+                   "depth": options.network.depth, "dropout": options.network.dropout},
+        training={"command": _command_line(),
+                  "seed": seed, "data": data, "epochs": epochs, "batch_size": batch_size,
+                  "learning_rate": learning_rate, "input": options.geometry.to_dict(),
+                  "labels": [s.key for s in table], "threads": threads,
+                  "history": [{k: v for k, v in h.items() if k != "validation_dice"}
+                              for h in result.history]},
+        metrics={"validation_dice": result.validation_dice},
+        notes="Demo weights trained on synthetic phantoms only; not for clinical use.",
+    )
+    path = save_weights(result.model, card, output)
+    typer.echo(f"wrote {path}")
+
+
+def evaluate(
+    weights_dir: Annotated[Path, typer.Option(help="Folder holding ct_muscle.json")] = Path(
+        "models/weights"),
+    data_dir: Annotated[Path | None, typer.Option(
+        help="DICOM cases (series + SEG per folder); held-out phantoms when absent")] = None,
+    phantoms: Annotated[int, typer.Option(help="Held-out phantoms when no data dir")] = 6,
+    first_seed: Annotated[int, typer.Option(help="Seed of the first held-out phantom")] = (
+        HELD_OUT_FIRST_SEED),
+    samples: Annotated[int, typer.Option(min=1, help="Monte-Carlo samples T")] = 10,
+    measure: Annotated[str, typer.Option(
+        help="variance | entropy | mutual_information")] = "entropy",
+    write_card: Annotated[bool, typer.Option(help="Store the metrics in the card")] = False,
+    threads: Annotated[int, typer.Option(min=1)] = 1,
+) -> None:
+    """Dice and ASSD per structure, uncertainty of wrong vs correct voxels, and the
+    correlation of per-structure uncertainty with Dice, printed as JSON."""
+    import torch
+
+    from plugins.ct_muscle.datasets import load_dicom_cases, phantom_volumes
+    from plugins.ct_muscle.evaluation import evaluate_model
+    from plugins.ct_muscle.inference import McOptions, UncertaintyMeasure, load_model
+    from plugins.ct_muscle.phantoms import PhantomOptions
+    from plugins.ct_muscle.structures import default_label_table
+
+    torch.set_num_threads(threads)
+    table = default_label_table()
+    model, card, geo = load_model(weights_dir, expected=[s.key for s in table])
+    if data_dir is not None:
+        volumes, slice_mm = load_dicom_cases(data_dir, table), 1.0
+    else:
+        volumes = phantom_volumes(range(first_seed, first_seed + phantoms))
+        slice_mm = PhantomOptions().slice_spacing_mm
+    report = evaluate_model(model, geo, volumes, table,
+                            McOptions(samples=samples, measure=UncertaintyMeasure(measure)),
+                            slice_spacing_mm=slice_mm)
+    result = {"model": card.name, "version": card.version, "samples": samples,
+              "measure": measure, "held_out_first_seed": first_seed, **report.as_dict()}
+    typer.echo(json.dumps(result, indent=2, sort_keys=True))
+    if write_card:
+        from dataclasses import replace
+
+        updated = replace(card, metrics={**card.metrics, "held_out": result})
+        (weights_dir / f"{card.name}.json").write_text(updated.to_json())
+
+
+def _main() -> None:
+    app = typer.Typer(add_completion=False, no_args_is_help=True)
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+    app()
+
+
+if __name__ == "__main__":
+    _main()

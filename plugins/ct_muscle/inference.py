@@ -1,0 +1,293 @@
+"""Monte-Carlo-dropout inference of the Bayesian U-net on a CT volume.
+
+Slices are windowed, resampled to the model's pixel spacing, padded to the network's
+size divisor and pushed through the network T times with dropout on. The T samples of a
+group of slices go through as one batch (``samples x slices`` images), never one pass per
+sample and slice. The mean softmax and the uncertainty are resampled back to the
+original matrix, so any field of view and matrix size works.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from plugins.ct_muscle.structures import LabelTable
+
+if TYPE_CHECKING:
+    import torch
+
+    from models.store import ModelCard
+    from models.unet import BayesianUNet
+
+__all__ = [
+    "HuWindow",
+    "InputGeometry",
+    "McOptions",
+    "Prediction",
+    "StructureMeasurement",
+    "UncertaintyMeasure",
+    "load_model",
+    "measure_structures",
+    "predict_volume",
+    "preprocess_slices",
+]
+
+MODEL_NAME = "ct_muscle"
+
+
+class UncertaintyMeasure(str, Enum):
+    """Per-voxel uncertainty from the T softmax samples."""
+
+    VARIANCE = "variance"  # sum over classes of the variance of the class probability
+    ENTROPY = "entropy"  # entropy of the mean softmax (predictive entropy), in nats
+    MUTUAL_INFORMATION = "mutual_information"  # entropy minus mean sample entropy
+
+
+@dataclass(frozen=True)
+class HuWindow:
+    """HU range mapped to [0, 1] before the network; values outside are clipped."""
+
+    center: float = 200.0
+    width: float = 1200.0
+
+    def __post_init__(self) -> None:
+        if not self.width > 0:
+            raise ValueError(f"window width must be positive, got {self.width}")
+
+    @property
+    def lower(self) -> float:
+        return self.center - self.width / 2
+
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """What the network was trained on: pixel spacing (mm), HU window, size divisor."""
+
+    pixel_spacing_mm: float = 3.0
+    window: HuWindow = HuWindow()
+    divisor: int = 8
+
+    def __post_init__(self) -> None:
+        if self.pixel_spacing_mm <= 0 or self.divisor < 1:
+            raise ValueError("pixel spacing must be positive and divisor >= 1")
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "pixel_spacing_mm": self.pixel_spacing_mm,
+            "window_center": self.window.center,
+            "window_width": self.window.width,
+            "divisor": self.divisor,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputGeometry:
+        return cls(
+            pixel_spacing_mm=float(data["pixel_spacing_mm"]),
+            window=HuWindow(float(data["window_center"]), float(data["window_width"])),
+            divisor=int(data["divisor"]),
+        )
+
+
+@dataclass(frozen=True)
+class McOptions:
+    """Monte-Carlo sampling: T samples, the measure, and images per forward batch."""
+
+    samples: int = 10
+    measure: UncertaintyMeasure = UncertaintyMeasure.ENTROPY
+    batch_images: int = 40
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.batch_images < 1:
+            raise ValueError("samples and batch_images must be >= 1")
+        object.__setattr__(self, "measure", UncertaintyMeasure(self.measure))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Label map (uint8) and per-voxel uncertainty (float32), both (slices, rows, cols)."""
+
+    labels: np.ndarray
+    uncertainty: np.ndarray
+    measure: UncertaintyMeasure
+
+
+@dataclass(frozen=True)
+class StructureMeasurement:
+    """Volume and mean uncertainty of one predicted structure."""
+
+    key: str
+    name: str
+    label: int
+    voxels: int
+    volume_ml: float
+    mean_uncertainty: float
+    review_required: bool
+
+
+def _model_grid(rows: int, cols: int, spacing: tuple[float, float], geo: InputGeometry) -> tuple[
+    tuple[int, int], tuple[int, int]
+]:
+    """Size on the model's pixel grid and that size padded to the divisor."""
+    size = (
+        max(1, round(rows * spacing[0] / geo.pixel_spacing_mm)),
+        max(1, round(cols * spacing[1] / geo.pixel_spacing_mm)),
+    )
+    padded = (
+        math.ceil(size[0] / geo.divisor) * geo.divisor,
+        math.ceil(size[1] / geo.divisor) * geo.divisor,
+    )
+    return size, padded
+
+
+def preprocess_slices(
+    hu: torch.Tensor, spacing: tuple[float, float], geo: InputGeometry
+) -> torch.Tensor:
+    """Window ``(n, rows, cols)`` HU slices and resample them onto the padded model grid.
+
+    Returns ``(n, 1, H, W)``; padding is 0, the value of air after windowing.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    x = ((hu - geo.window.lower) / geo.window.width).clamp_(0.0, 1.0).unsqueeze(1)
+    size, padded = _model_grid(hu.shape[-2], hu.shape[-1], spacing, geo)
+    if size != tuple(hu.shape[-2:]):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    out = torch.zeros((x.shape[0], 1, *padded), dtype=x.dtype, device=x.device)
+    out[:, :, : size[0], : size[1]] = x
+    return out
+
+
+def _uncertainty(probs: torch.Tensor, measure: UncertaintyMeasure) -> torch.Tensor:
+    """``probs`` is (T, n, C, H, W); returns (n, H, W)."""
+    import torch
+
+    mean = probs.mean(dim=0)
+    if measure is UncertaintyMeasure.VARIANCE:
+        return probs.var(dim=0, unbiased=False).sum(dim=1)
+    entropy = -(mean * torch.log(mean.clamp_min(1e-12))).sum(dim=1)
+    if measure is UncertaintyMeasure.ENTROPY:
+        return entropy
+    sample_entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=2).mean(dim=0)
+    return (entropy - sample_entropy).clamp_min(0.0)
+
+
+def _predict_chunk(
+    model: BayesianUNet, hu: torch.Tensor, spacing: tuple[float, float], geo: InputGeometry,
+    options: McOptions,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and uncertainty for ``(n, rows, cols)`` slices, all T samples in one batch."""
+    import torch
+    from torch.nn import functional as F
+
+    n, rows, cols = hu.shape
+    x = preprocess_slices(hu, spacing, geo)
+    batch = x.repeat(options.samples, 1, 1, 1)  # sample-major: (T * n, 1, H, W)
+    probs = torch.softmax(model(batch), dim=1)
+    probs = probs.view(options.samples, n, *probs.shape[1:])
+    size, _ = _model_grid(rows, cols, spacing, geo)
+    mean = probs.mean(dim=0)[:, :, : size[0], : size[1]]
+    unc = _uncertainty(probs, options.measure)[:, None, : size[0], : size[1]]
+    if size != (rows, cols):
+        mean = F.interpolate(mean, size=(rows, cols), mode="bilinear", align_corners=False)
+        unc = F.interpolate(unc, size=(rows, cols), mode="bilinear", align_corners=False)
+    return mean.argmax(dim=1), unc[:, 0]
+
+
+def predict_volume(
+    model: BayesianUNet,
+    hu: np.ndarray,
+    spacing: tuple[float, float],
+    geo: InputGeometry,
+    options: McOptions | None = None,
+) -> Prediction:
+    """MC-dropout label map and uncertainty of a ``(slices, rows, cols)`` HU volume.
+
+    ``spacing`` is the in-plane (row, column) spacing in mm. Raises ValueError for a
+    volume that is not 3-D.
+    """
+    import torch
+
+    opts = options or McOptions()
+    if hu.ndim != 3:
+        raise ValueError(f"expected a (slices, rows, cols) volume, got shape {hu.shape}")
+    device = next(model.parameters()).device
+    model.eval()
+    model.set_mc_dropout(True)
+    labels = np.empty(hu.shape, dtype=np.uint8)
+    uncertainty = np.empty(hu.shape, dtype=np.float32)
+    per_batch = max(1, opts.batch_images // opts.samples)
+    with torch.inference_mode():
+        for start in range(0, hu.shape[0], per_batch):
+            chunk = torch.from_numpy(np.ascontiguousarray(hu[start : start + per_batch]))
+            lab, unc = _predict_chunk(model, chunk.float().to(device), spacing, geo, opts)
+            labels[start : start + per_batch] = lab.cpu().numpy()
+            uncertainty[start : start + per_batch] = unc.cpu().numpy()
+    model.set_mc_dropout(False)
+    return Prediction(labels=labels, uncertainty=uncertainty, measure=opts.measure)
+
+
+def measure_structures(
+    prediction: Prediction, table: LabelTable, voxel_volume_mm3: float, threshold: float
+) -> list[StructureMeasurement]:
+    """Volume (mL) and mean uncertainty inside each predicted structure, label order.
+
+    A structure is flagged for review when its mean uncertainty exceeds ``threshold``.
+    Structures absent from the prediction are left out.
+    """
+    flat_labels = prediction.labels.ravel()
+    counts = np.bincount(flat_labels, minlength=table.num_classes)
+    sums = np.bincount(flat_labels, weights=prediction.uncertainty.ravel().astype(np.float64),
+                       minlength=table.num_classes)
+    out: list[StructureMeasurement] = []
+    for structure in table:
+        voxels = int(counts[structure.label])
+        if voxels == 0:
+            continue
+        mean_unc = float(sums[structure.label] / voxels)
+        out.append(
+            StructureMeasurement(
+                key=structure.key,
+                name=structure.name,
+                label=structure.label,
+                voxels=voxels,
+                volume_ml=voxels * voxel_volume_mm3 / 1000.0,
+                mean_uncertainty=mean_unc,
+                review_required=mean_unc > threshold,
+            )
+        )
+    return out
+
+
+def load_model(
+    weights_dir: Path, device: str = "cpu", expected: Sequence[str] | None = None
+) -> tuple[BayesianUNet, ModelCard, InputGeometry]:
+    """Build the network from its card, load and verify its weights.
+
+    ``expected`` are the structure keys of the label table in label order; raises
+    models.store.WeightsError when the weights are missing, corrupt or were trained for
+    other structures.
+    """
+    from models.store import WeightsError, load_weights, read_card
+    from models.unet import BayesianUNet
+
+    card = read_card(weights_dir, MODEL_NAME)
+    if card.architecture != "BayesianUNet":
+        raise WeightsError(f"{MODEL_NAME} card names architecture {card.architecture!r}")
+    model = BayesianUNet(**card.arguments)
+    load_weights(model, weights_dir, MODEL_NAME, device=device)
+    trained = card.training.get("labels")
+    if expected is not None and trained is not None and list(trained) != list(expected):
+        raise WeightsError("weights were trained for a different label table")
+    try:
+        geo = InputGeometry.from_dict(card.training["input"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"card of {MODEL_NAME} lacks a valid training.input: {exc}") from exc
+    return model.to(device).eval(), card, geo
