@@ -76,13 +76,20 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
     return load_settings(config, overrides={k: v for k, v in overrides.items() if v is not None})
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         console.print(f"acqflow {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+    ] = False,
+) -> None:
+    """Acquisition-time AI for microscopy and CT/MR."""
 
 
 @app.command()

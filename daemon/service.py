@@ -27,7 +27,11 @@ from daemon.journal import Arrival, JobState, Journal
 from daemon.registry import PipelineRegistry
 from daemon.router import Router
 from daemon.scheduler import Housekeeping
+from daemon.series import SeriesAssembler
+from daemon.sinks.outbox import ExportOutbox
 from daemon.sinks.results import ResultSink
+from daemon.sources.folder import FolderWatcher
+from daemon.sources.scp import DicomReceiver
 from daemon.workers import JobRunner, WorkerPool
 from plugins.api import ImageItem, SeriesItem
 
@@ -93,9 +97,6 @@ class Daemon:
         if s.metrics.enabled:
             self.metrics_port = metrics.serve_metrics(s.metrics.host, s.metrics.port)
 
-        from daemon.series import SeriesAssembler
-        from daemon.sinks.outbox import ExportOutbox
-
         outbox = ExportOutbox(s.export, journal, s.dicom.ae_title)
         self._outbox = outbox
         runner = JobRunner(
@@ -118,19 +119,15 @@ class Daemon:
         _sd_notify("READY=1")
         log.info("acqflow ready: %s", self.describe())
 
-    def _start_sources(self, assembler: object) -> None:
-        from daemon.series import SeriesAssembler
-        from daemon.sources.folder import FolderWatcher
-        from daemon.sources.scp import DicomReceiver
-
-        assert self.journal is not None and isinstance(assembler, SeriesAssembler)
+    def _start_sources(self, assembler: SeriesAssembler) -> None:
+        assert self.journal is not None
         s = self.settings
         if s.dicom.enabled:
             receiver = DicomReceiver(s.dicom, self.journal, s.paths.spool, assembler.association_closed)
             receiver.start()
             self.dicom_port = receiver.port
             self._components.append(("dicom", receiver))
-        self._folders = []
+        self._folders: list[FolderWatcher] = []
         for folder in s.folders:
             folder.path.mkdir(parents=True, exist_ok=True)
             watcher = FolderWatcher(folder, self.journal, s.paths.quarantine, self.pool.wake)
@@ -139,11 +136,7 @@ class Daemon:
             self._folders.append(watcher)
             self._components.append((f"folder {folder.path}", watcher))
 
-    def _start_housekeeping(self, assembler: object, outbox: object, jobs: JobQueue) -> None:
-        from daemon.series import SeriesAssembler
-        from daemon.sinks.outbox import ExportOutbox
-
-        assert isinstance(assembler, SeriesAssembler) and isinstance(outbox, ExportOutbox)
+    def _start_housekeeping(self, assembler: SeriesAssembler, outbox: ExportOutbox, jobs: JobQueue) -> None:
         s = self.settings
         house = self._housekeeping = Housekeeping()
         house.every("series-quiet", 1.0, assembler.check)

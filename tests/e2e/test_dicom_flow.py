@@ -34,7 +34,9 @@ from tests.support.peers import (
 pytestmark = pytest.mark.integration
 
 
-def _settings(tmp_path: Path, orthanc: OrthancPeer | None, quiet: float = 2.0) -> dict[str, Any]:
+def _settings(
+    tmp_path: Path, orthanc: OrthancPeer | None, quiet: float = 2.0, dicom_port: int = 0
+) -> dict[str, Any]:
     destinations = []
     routes: dict[str, Any] = {"name": "ct", "kind": ["dicom-series"], "pipelines": ["test-series"]}
     if orthanc is not None:
@@ -48,7 +50,7 @@ def _settings(tmp_path: Path, orthanc: OrthancPeer | None, quiet: float = 2.0) -
         "workers": {"device": "cpu", "retry_initial_seconds": 0.5, "poll_seconds": 0.2},
         "metrics": {"port": free_port()},
         "dicom": {
-            "port": free_port(),
+            "port": dicom_port or free_port(),
             "ae_title": "ACQFLOW",
             "series_quiet_seconds": quiet,
             "allowed_calling_aes": ["STORESCU", "ECHOSCU", "ORTHANC"],
@@ -106,8 +108,9 @@ def test_300_slice_series_assembled_once_processed_and_exported_to_orthanc(
     tmp_path: Path, peers: PeerSet, daemon_factory: Callable[[dict[str, Any]], DaemonProcess]
 ) -> None:
     series = write_synthetic_ct(tmp_path / "ct", n_slices=300, seed="e2e-300")
-    orthanc = peers.orthanc(modalities={"acqflow": ("ACQFLOW", 0)})
-    daemon = daemon_factory(_settings(tmp_path, orthanc, quiet=30.0))
+    dicom_port = free_port()
+    orthanc = peers.orthanc(modalities={"acqflow": ("ACQFLOW", dicom_port)})
+    daemon = daemon_factory(_settings(tmp_path, orthanc, quiet=30.0, dicom_port=dicom_port))
     port = daemon.state["dicom_port"]
 
     sent = storescu(port, series.paths, max_pdu=65536)
@@ -240,20 +243,21 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_instance_and_duplicates_nothi
 def test_export_is_retried_while_orthanc_is_down_and_lands_once(
     tmp_path: Path, peers: PeerSet, daemon_factory: Callable[[dict[str, Any]], DaemonProcess]
 ) -> None:
+    dicom_port = free_port()
     orthanc = OrthancPeer(
         peers,
         aet="ORTHANC",
-        modalities={"acqflow": ("ACQFLOW", 0)},
+        modalities={"acqflow": ("ACQFLOW", dicom_port)},
         http_port=free_port(),
         dicom_port=free_port(),
     )
-    daemon = daemon_factory(_settings(tmp_path, orthanc, quiet=1.0))
+    daemon = daemon_factory(_settings(tmp_path, orthanc, quiet=1.0, dicom_port=dicom_port))
     series = write_synthetic_ct(tmp_path / "ct", n_slices=5, seed="outage", rows=64, cols=64)
     assert storescu(daemon.state["dicom_port"], series.paths).returncode == 0
 
     def failed_attempts() -> float:
         return metric_value(
-            daemon.metrics_text(), "acqflow_exports_total", {"destination": "pacs", "outcome": "failed"}
+            daemon.metrics_text(), "acqflow_exports_total", {"destination": "pacs", "outcome": "retry"}
         )
 
     _wait(lambda: failed_attempts() >= 2, 60, "failed export attempts", daemon)
