@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def small_ct(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
                               cols=64)
 
 
+def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
 def _count(name: str) -> float:
     return float(metrics.DICOM_INSTANCES.labels(name)._value.get())
 
@@ -97,6 +105,7 @@ def test_storescu_series_is_spooled_and_journaled(scp: Scp, small_ct: SyntheticS
         assert received.file_meta.MediaStorageSOPInstanceUID == original.SOPInstanceUID
         assert received.file_meta.SourceApplicationEntityTitle == "STORESCU"
         assert np.array_equal(received.pixel_array, original.pixel_array)
+    _wait_for(lambda: bool(scp.closed))  # the release event runs after storescu is told
     assert scp.closed == [[arrival.id]]
     rows = scp.journal.query("SELECT state, instances FROM associations")
     assert [(r["state"], r["instances"]) for r in rows] == [("released", 5)]

@@ -160,9 +160,9 @@ def test_storescu_release_completes_series_without_waiting(journal: Journal,
         assert storescu(receiver.port, series.paths).returncode == 0
         arrival = journal.arrival_by_key("series:" + series.series_uid)
         assert arrival is not None
-        for _ in range(100):  # the close callback runs on the association thread
-            if journal.arrival(arrival.id).state is ArrivalState.READY:
-                break
+        deadline = time.monotonic() + 10.0  # the close callback runs on the association thread
+        while wakes.count == 0:
+            assert time.monotonic() < deadline, "series not completed on release"
             time.sleep(0.02)
         assert journal.arrival(arrival.id).state is ArrivalState.READY and wakes.count == 1
     finally:
