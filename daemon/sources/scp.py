@@ -227,6 +227,12 @@ class DicomReceiver:
         with self._lock:
             self._peers[event.assoc] = peer
         metrics.ASSOCIATIONS.labels("accepted").inc()
+        refused = event.assoc.rejected_contexts
+        if refused and LOG.isEnabledFor(logging.DEBUG):
+            # not counted: storescu & co propose every storage class they know by default
+            names = sorted({UID(str(cx.abstract_syntax)).name for cx in refused})
+            LOG.debug("association %s from %s: %d presentation context(s) refused: %s",
+                      peer.association, peer.calling_ae, len(refused), ", ".join(names))
         try:
             self.journal.open_association(peer.association, peer.calling_ae)
         except Exception:
@@ -279,6 +285,8 @@ class DicomReceiver:
             LOG.warning("C-STORE from %s refused (0x%04X %s): %s", peer.calling_ae,
                         refused.status, refused.reason, refused)
             metrics.DICOM_INSTANCES.labels(refused.reason).inc()
+            if refused.status in (StoreStatus.CANNOT_UNDERSTAND, StoreStatus.DATASET_MISMATCH):
+                metrics.INPUT_ERRORS.labels("dicom", refused.reason).inc()
             return _failure(refused.status, str(refused))
         except Exception as exc:
             LOG.exception("C-STORE from %s failed unexpectedly (association %s)",
