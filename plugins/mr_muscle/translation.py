@@ -1,0 +1,189 @@
+"""MR-to-CT translation of a volume with the CycleGAN generator, and the intensity scales.
+
+Both domains are mapped to [-1, 1] for the networks: MR by dividing by a high
+percentile of the volume (robust to the few hot voxels of Rician noise), CT linearly
+from a fixed HU range. Slices are resampled to the generator's pixel spacing, padded
+with the value of air to its size divisor, translated in batches and resampled back,
+so any field of view and matrix size works. The synthetic CT comes back in HU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from models.cyclegan import ResnetGenerator
+    from models.store import ModelCard
+
+__all__ = [
+    "MODEL_NAME",
+    "IntensityScale",
+    "ct_to_unit",
+    "load_generator",
+    "normalise_mr",
+    "translate_volume",
+    "unit_to_ct",
+]
+
+MODEL_NAME = "mr_to_ct"
+
+
+@dataclass(frozen=True)
+class IntensityScale:
+    """How images are scaled for the generator and on which pixel grid it works."""
+
+    pixel_spacing_mm: float = 3.0
+    mr_percentile: float = 99.5
+    ct_lower_hu: float = -1000.0
+    ct_upper_hu: float = 1500.0
+    divisor: int = 4
+
+    def __post_init__(self) -> None:
+        if self.pixel_spacing_mm <= 0 or self.divisor < 1:
+            raise ValueError("pixel spacing must be positive and divisor >= 1")
+        if not 50.0 <= self.mr_percentile <= 100.0 or self.ct_upper_hu <= self.ct_lower_hu:
+            raise ValueError("MR percentile must be in [50, 100] and the CT range non-empty")
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "pixel_spacing_mm": self.pixel_spacing_mm,
+            "mr_percentile": self.mr_percentile,
+            "ct_lower_hu": self.ct_lower_hu,
+            "ct_upper_hu": self.ct_upper_hu,
+            "divisor": self.divisor,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IntensityScale:
+        return cls(
+            pixel_spacing_mm=float(data["pixel_spacing_mm"]),
+            mr_percentile=float(data["mr_percentile"]),
+            ct_lower_hu=float(data["ct_lower_hu"]),
+            ct_upper_hu=float(data["ct_upper_hu"]),
+            divisor=int(data["divisor"]),
+        )
+
+
+def normalise_mr(volume: np.ndarray, scale: IntensityScale) -> np.ndarray:
+    """MR signal to [-1, 1]: 0 stays -1, the ``mr_percentile`` of the volume becomes 1.
+
+    Raises ValueError for an empty or all-zero volume.
+    """
+    if volume.size == 0:
+        raise ValueError("empty MR volume")
+    top = float(np.percentile(volume, scale.mr_percentile))
+    if not math.isfinite(top) or top <= 0:
+        raise ValueError("MR volume has no positive signal to normalise")
+    unit = np.clip(volume.astype(np.float32) / np.float32(top), 0.0, 1.0)
+    out: np.ndarray = unit * 2.0 - 1.0
+    return out
+
+
+def ct_to_unit(hu: np.ndarray, scale: IntensityScale) -> np.ndarray:
+    """HU to [-1, 1] over the scale's HU range (values outside are clipped)."""
+    width = scale.ct_upper_hu - scale.ct_lower_hu
+    out: np.ndarray = np.clip((hu.astype(np.float32) - scale.ct_lower_hu) / width, 0.0, 1.0) * 2.0 - 1.0
+    return out
+
+
+def unit_to_ct(unit: np.ndarray, scale: IntensityScale) -> np.ndarray:
+    """[-1, 1] back to HU (inverse of :func:`ct_to_unit`)."""
+    width = scale.ct_upper_hu - scale.ct_lower_hu
+    out: np.ndarray = ((unit.astype(np.float32) + 1.0) / 2.0 * width + scale.ct_lower_hu).astype(np.float32)
+    return out
+
+
+def _grid(
+    rows: int, cols: int, spacing: tuple[float, float], scale: IntensityScale
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    size = (
+        max(1, round(rows * spacing[0] / scale.pixel_spacing_mm)),
+        max(1, round(cols * spacing[1] / scale.pixel_spacing_mm)),
+    )
+    padded = (
+        math.ceil(size[0] / scale.divisor) * scale.divisor,
+        math.ceil(size[1] / scale.divisor) * scale.divisor,
+    )
+    return size, padded
+
+
+def _translate_chunk(
+    generator: ResnetGenerator, unit: torch.Tensor, spacing: tuple[float, float], scale: IntensityScale
+) -> torch.Tensor:
+    """``(n, rows, cols)`` normalised MR to ``(n, rows, cols)`` CT in [-1, 1]."""
+    import torch
+    from torch.nn import functional as F
+
+    rows, cols = unit.shape[-2:]
+    size, padded = _grid(rows, cols, spacing, scale)
+    x = unit.unsqueeze(1)
+    if size != (rows, cols):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    batch = torch.full((x.shape[0], 1, *padded), -1.0, dtype=x.dtype, device=x.device)
+    batch[:, :, : size[0], : size[1]] = x
+    y = generator(batch)[:, :, : size[0], : size[1]]
+    if size != (rows, cols):
+        y = F.interpolate(y, size=(rows, cols), mode="bilinear", align_corners=False)
+    out: torch.Tensor = y[:, 0]
+    return out
+
+
+def translate_volume(
+    generator: ResnetGenerator,
+    mr: np.ndarray,
+    spacing: tuple[float, float],
+    scale: IntensityScale,
+    batch_slices: int = 8,
+) -> np.ndarray:
+    """Synthetic CT in HU (float32) of a ``(slices, rows, cols)`` MR volume.
+
+    ``spacing`` is the in-plane (row, column) spacing in mm. Raises ValueError for a
+    volume that is not 3-D or has no signal.
+    """
+    import torch
+
+    if mr.ndim != 3:
+        raise ValueError(f"expected a (slices, rows, cols) volume, got shape {mr.shape}")
+    if batch_slices < 1:
+        raise ValueError("batch_slices must be >= 1")
+    unit = normalise_mr(mr, scale)
+    device = next(generator.parameters()).device
+    generator.eval()
+    out = np.empty(mr.shape, dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, mr.shape[0], batch_slices):
+            chunk = torch.from_numpy(np.ascontiguousarray(unit[start : start + batch_slices])).to(device)
+            out[start : start + batch_slices] = (
+                _translate_chunk(generator, chunk, spacing, scale).cpu().numpy()
+            )
+    return unit_to_ct(out, scale)
+
+
+def load_generator(
+    weights_dir: Path, device: str = "cpu"
+) -> tuple[ResnetGenerator, ModelCard, IntensityScale]:
+    """Build the MR-to-CT generator from its card and load its verified weights.
+
+    Raises models.store.WeightsError when the weights are missing, corrupt, of another
+    architecture or lack the intensity scale they were trained with.
+    """
+    from models.cyclegan import ResnetGenerator
+    from models.store import WeightsError, load_weights, read_card
+
+    card = read_card(weights_dir, MODEL_NAME)
+    if card.architecture != "ResnetGenerator":
+        raise WeightsError(f"{MODEL_NAME} card names architecture {card.architecture!r}")
+    try:
+        scale = IntensityScale.from_dict(card.training["input"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"card of {MODEL_NAME} lacks a valid training.input: {exc}") from exc
+    generator = ResnetGenerator(**card.arguments)
+    load_weights(generator, weights_dir, MODEL_NAME, device=device)
+    return generator.to(device).eval(), card, scale
