@@ -19,7 +19,9 @@ Usage: ``python bench/ingest.py [--slices 300] [--max-pdu 131072] [--rounds 3]``
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from daemon import metrics
 from daemon.config import DicomSettings
+from daemon.fileio import write_atomic
 from daemon.journal import Journal
 from daemon.sources.scp import DicomReceiver
 from tests.support.peers import PeerSet, SyntheticSeries, storescu, write_synthetic_ct
@@ -43,6 +47,7 @@ class Round:
     seconds: float
     instances: int
     megabytes: float
+    store_seconds: float = 0.0  # acqflow only: time inside the C-STORE handler
 
     @property
     def instances_per_second(self) -> float:
@@ -72,6 +77,7 @@ def run_acqflow(series: SyntheticSeries, workdir: Path, max_pdu: int) -> Round:
     receiver = DicomReceiver(DicomSettings(port=0, max_pdu=max_pdu), journal, workdir / "spool",
                              lambda _ids: None)
     receiver.start()
+    handler_before = _store_seconds()
     try:
         seconds = _send(receiver.port, series, max_pdu, "ACQFLOW")
         stored = journal.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
@@ -80,7 +86,28 @@ def run_acqflow(series: SyntheticSeries, workdir: Path, max_pdu: int) -> Round:
         journal.close()
     if stored != len(series.paths):
         raise BenchFailure(f"acqflow journaled {stored} of {len(series.paths)} instances")
-    return Round("acqflow", seconds, len(series.paths), series.total_bytes / 1e6)
+    return Round("acqflow", seconds, len(series.paths), series.total_bytes / 1e6,
+                 _store_seconds() - handler_before)
+
+
+def _store_seconds() -> float:
+    """Total time spent in acqflow's C-STORE handler so far (from its histogram)."""
+    for family in metrics.DICOM_STORE_DURATION.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                return float(sample.value)
+    return 0.0
+
+
+def disk_probe(folder: Path, size: int = 525_000, count: int = 20) -> float:
+    """Median milliseconds of one durable ``write_atomic`` of ``size`` bytes here."""
+    data = os.urandom(size)
+    times = []
+    for index in range(count):
+        started = time.perf_counter()
+        write_atomic(folder / f"probe{index}.bin", data)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
 
 
 def run_storescp(series: SyntheticSeries, workdir: Path, max_pdu: int) -> Round:
@@ -115,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         series = write_synthetic_ct(root / "series", n_slices=args.slices, seed="bench")
         print(f"series: {len(series.paths)} instances, {series.total_bytes / 1e6:.1f} MB, "
               f"max PDU {args.max_pdu}, {args.rounds} round(s) each, alternating")
+        print(f"disk: one durable 512 kB write_atomic takes {disk_probe(root):.2f} ms (median); "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPU(s)")
         results: dict[str, list[Round]] = {"acqflow": [], "storescp": []}
         for index in range(args.rounds):
             results["storescp"].append(run_storescp(series, root / f"scp{index}", args.max_pdu))
@@ -137,6 +166,10 @@ def report(results: dict[str, list[Round]]) -> None:
         print(f"{name:9s} median {best.instances_per_second:7.1f} instances/s "
               f"{best.mb_per_second:7.1f} MB/s  ({best.seconds:.2f} s; rounds MB/s: {every})")
     acq, scp = _median(results["acqflow"]), _median(results["storescp"])
+    per_instance = 1000 * acq.seconds / acq.instances
+    in_handler = 1000 * acq.store_seconds / acq.instances
+    print(f"acqflow per instance: {per_instance:.2f} ms, of which {in_handler:.2f} ms in the C-STORE "
+          "handler (header parse, spool write + fsync, journal commit)")
     ratio = acq.mb_per_second / scp.mb_per_second
     print(f"ratio acqflow/storescp: {ratio:.2f}")
     speed = "met" if acq.mb_per_second >= TARGET_MB_S else "NOT met"
