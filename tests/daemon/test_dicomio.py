@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import zlib
 from io import BytesIO
 from pathlib import Path
@@ -106,3 +108,20 @@ def test_read_series_rejects_missing_and_non_dicom(tmp_path: Path, series: Synth
     journal.close()
     with pytest.raises(InputRejected, match="not a readable DICOM"):
         read_part10(not_dicom)
+
+
+def test_synthetic_ct_is_deterministic_and_valid(tmp_path: Path) -> None:
+    first = write_synthetic_ct(tmp_path / "a", n_slices=2, seed="same", rows=32, cols=32)
+    second = write_synthetic_ct(tmp_path / "b", n_slices=2, seed="same", rows=32, cols=32)
+    other = write_synthetic_ct(tmp_path / "c", n_slices=2, seed="other", rows=32, cols=32)
+    assert first.sop_uids == second.sop_uids and first.series_uid == second.series_uid
+    assert first.paths[1].read_bytes() == second.paths[1].read_bytes()
+    assert set(first.sop_uids).isdisjoint(other.sop_uids)
+    ds = dcmread(first.paths[1])
+    assert (ds.InstanceNumber, ds.ImagePositionPatient[2], ds.PixelSpacing) == (2, -1.0, [0.78125, 0.78125])
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dicom3tools dciodvfy not installed")
+    report = subprocess.run(["dciodvfy", str(first.paths[0])], capture_output=True, text=True,
+                            check=False, timeout=60)
+    errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, errors
