@@ -23,6 +23,7 @@ from daemon.journal import ArrivalState, Journal
 from daemon.sources.scp import DicomReceiver
 from tests.support.peers import (
     LOOPBACK,
+    PeerSet,
     SyntheticSeries,
     echoscu,
     no_thread_leaks,
@@ -257,6 +258,24 @@ def test_tls_echo_and_store(tmp_path: Path, small_ct: SyntheticSeries) -> None:
         assoc.release()
         assert echoscu(running.receiver.port).returncode != 0  # plain DICOM is refused
         assert len(running.journal.query("SELECT * FROM instances")) == 1
+    finally:
+        running.receiver.stop()
+        running.journal.close()
+
+
+def test_orthanc_pushes_a_series(tmp_path: Path, peers: PeerSet, small_ct: SyntheticSeries) -> None:
+    running = _start(tmp_path)
+    try:
+        orthanc = peers.orthanc(modalities={"acqflow": ("ACQFLOW", running.receiver.port)})
+        for path in small_ct.paths:
+            orthanc.upload(path)
+        answer = orthanc.store_to_modality("acqflow", orthanc.series())
+        assert answer.get("InstancesCount", len(small_ct.paths)) == len(small_ct.paths)
+        arrival = running.journal.arrival_by_key("series:" + small_ct.series_uid)
+        assert arrival is not None
+        stored = {i.sop_instance_uid for i in running.journal.instances(arrival.id)}
+        assert stored == set(small_ct.sop_uids)
+        assert arrival.attrs["calling_ae"] == orthanc.aet
     finally:
         running.receiver.stop()
         running.journal.close()

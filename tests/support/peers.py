@@ -4,6 +4,16 @@ Everything here starts real programs bound to 127.0.0.1 on free ports and stops 
 PID. Use :class:`PeerSet` (or the ``peers`` pytest fixture) to own the processes of one
 test: on exit it stops them all and fails when one is still alive.
 
+Typical use in a test (``peers`` is also exported by ``tests/conftest.py``)::
+
+    def test_export(peers: PeerSet, tmp_path: Path) -> None:
+        series = write_synthetic_ct(tmp_path / "ct", n_slices=5, rows=64, cols=64)
+        orthanc = peers.orthanc(modalities={"acqflow": ("ACQFLOW", acqflow_port)})
+        assert storescu(orthanc.dicom_port, series.paths, called_ae=orthanc.aet,
+                        calling_ae="ACQFLOW").returncode == 0
+        assert orthanc.sop_instance_uids() == set(series.sop_uids)
+        orthanc.store_to_modality("acqflow", orthanc.series())  # Orthanc → acqflow
+
 Notes for users:
 - dcmtk and Orthanc delay every C-STORE reply by ~45 ms on loopback (Nagle) unless
   ``TCP_NODELAY=1`` is in their environment; every helper here sets it.
