@@ -50,9 +50,7 @@ class TileCNNConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.block_size % (2**self.depth):
-            raise ValueError(
-                f"block size {self.block_size} is not a multiple of 2**depth = {2**self.depth}"
-            )
+            raise ValueError(f"block size {self.block_size} is not a multiple of 2**depth = {2**self.depth}")
         if head_size(self.block_size, self.depth) < 1:
             raise ValueError(f"block size {self.block_size} is too small for depth {self.depth}")
 

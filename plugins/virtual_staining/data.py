@@ -59,7 +59,9 @@ class LabelledImage:
 
     def __post_init__(self) -> None:
         if self.phase.shape != self.mask.shape:
-            raise ValueError(f"{self.name}: phase {self.phase.shape} and fluorescence {self.mask.shape} differ")
+            raise ValueError(
+                f"{self.name}: phase {self.phase.shape} and fluorescence {self.mask.shape} differ"
+            )
 
     @property
     def measured_efficiency(self) -> float:
@@ -135,8 +137,9 @@ def pairs_from_manifest(manifest: Path) -> list[ImagePair]:
         experiment = row.get("experiment") or "experiment"
         field = "/".join([experiment, row.get("well") or "", row.get("position") or phase.stem])
         timepoint = row.get("timepoint") or ""
-        pairs.append(ImagePair(phase, fluorescence, experiment, field,
-                               int(timepoint) if timepoint.isdigit() else None))
+        pairs.append(
+            ImagePair(phase, fluorescence, experiment, field, int(timepoint) if timepoint.isdigit() else None)
+        )
     return pairs
 
 
@@ -160,8 +163,15 @@ def synthetic_images(
     experiments: int, label_options: LabelOptions, seed: int, size: int = 256
 ) -> list[LabelledImage]:
     """Generated experiments (4 wells x 2 positions x 3 time points each), binarised."""
-    spec = SyntheticSpec(experiments=experiments, wells=4, positions=2, timepoints=3,
-                         shape=(size, size), bit_depth=16, seed=seed)
+    spec = SyntheticSpec(
+        experiments=experiments,
+        wells=4,
+        positions=2,
+        timepoints=3,
+        shape=(size, size),
+        bit_depth=16,
+        seed=seed,
+    )
     images = []
     for item in generate_series(spec):
         md = item.metadata
@@ -172,7 +182,9 @@ def synthetic_images(
 
 
 def split_images(
-    images: Sequence[LabelledImage], seed: int, test_fraction: float = 0.25,
+    images: Sequence[LabelledImage],
+    seed: int,
+    test_fraction: float = 0.25,
     validation_fraction: float = 0.2,
 ) -> Split:
     """Split by experiment when there are >= 3, otherwise by field; never by block.
@@ -195,4 +207,3 @@ def split_images(
         test=[i for i in images if getattr(i, by) in test_keys],
         grouped_by=by,
     )
-

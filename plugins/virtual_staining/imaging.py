@@ -30,9 +30,7 @@ MIN_SIDE = 8
 _CHANNEL_AXES = ("C", "I", "Q")
 
 
-def _channel_index(
-    size: int, names: Sequence[str], wanted: str | int | None, defaults: Sequence[str]
-) -> int:
+def _channel_index(size: int, names: Sequence[str], wanted: str | int | None, defaults: Sequence[str]) -> int:
     """Index of the wanted channel; raises InvalidInputError when it cannot be decided."""
     if isinstance(wanted, int) or (isinstance(wanted, str) and wanted.isdigit()):
         index = int(wanted)

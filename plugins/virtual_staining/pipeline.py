@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plugins.api import (
-    FileOutput,
     Figure,
+    FileOutput,
     ImageItem,
     InputKind,
     InvalidInputError,
@@ -131,20 +131,27 @@ class VirtualStainingPipeline:
             raise InvalidInputError("virtual staining needs a microscope image, not a DICOM series")
         if self._predictor is None:
             raise RuntimeError("virtual-staining pipeline used before load()")
-        plane = select_plane(item.array, item.axes, item.channel_names,
-                             self._options.phase_channel, PHASE_NAMES)
+        plane = select_plane(
+            item.array, item.axes, item.channel_names, self._options.phase_channel, PHASE_NAMES
+        )
         prediction = self._predictor.predict(plane)
         files = [
-            FileOutput("virtual_stain.tif",
-                       virtual_stain_tiff(plane, prediction.probability, item.metadata.pixel_size_um),
-                       "image/tiff"),
-            FileOutput("overlay.png",
-                       overlay_png(plane, prediction.probability, self._options.overlay_alpha),
-                       "image/png"),
+            FileOutput(
+                "virtual_stain.tif",
+                virtual_stain_tiff(plane, prediction.probability, item.metadata.pixel_size_um),
+                "image/tiff",
+            ),
+            FileOutput(
+                "overlay.png",
+                overlay_png(plane, prediction.probability, self._options.overlay_alpha),
+                "image/png",
+            ),
         ]
         record = self._record(item, prediction)
-        summary = (f"{prediction.blocks_positive}/{prediction.blocks_total} blocks positive "
-                   f"({100 * prediction.positive_fraction:.1f}%)")
+        summary = (
+            f"{prediction.blocks_positive}/{prediction.blocks_total} blocks positive "
+            f"({100 * prediction.positive_fraction:.1f}%)"
+        )
         return PipelineResult(files=files, records=[record], summary=summary)
 
     def _record(self, item: ImageItem, prediction: Prediction) -> Record:
@@ -155,8 +162,12 @@ class VirtualStainingPipeline:
             "source_name": source.name,
             # Relative to the watched folder when the daemon passes a relative path.
             "relative_path": source.as_posix() if not source.is_absolute() else source.name,
-            "experiment": md.experiment, "plate": md.plate, "well": md.well,
-            "position": md.position, "timepoint": md.timepoint, "acquired_at": md.acquired_at,
+            "experiment": md.experiment,
+            "plate": md.plate,
+            "well": md.well,
+            "position": md.position,
+            "timepoint": md.timepoint,
+            "acquired_at": md.acquired_at,
             "positive_fraction": prediction.positive_fraction,
             "blocks_total": prediction.blocks_total,
             "blocks_positive": prediction.blocks_positive,
@@ -193,5 +204,6 @@ class VirtualStainingPipeline:
             Figure("differentiation_efficiency", point.efficiency, {"experiment": group, "well": well})
             for well, point in sorted(latest_per_well(points).items())
         ]
-        return PipelineResult(files=files, figures=figures,
-                              summary=f"{len(figures)} wells, {len(points)} time points")
+        return PipelineResult(
+            files=files, figures=figures, summary=f"{len(figures)} wells, {len(points)} time points"
+        )

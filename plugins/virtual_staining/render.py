@@ -42,7 +42,9 @@ def virtual_stain_tiff(
     if plane.shape != probability.shape:
         raise ValueError(f"phase {plane.shape} and probability {probability.shape} differ")
     stack, full = _stack(plane, probability)
-    low, high = np.percentile(plane[:: max(1, plane.shape[0] // 512), :: max(1, plane.shape[1] // 512)], [0.5, 99.5])
+    low, high = np.percentile(
+        plane[:: max(1, plane.shape[0] // 512), :: max(1, plane.shape[1] // 512)], [0.5, 99.5]
+    )
     metadata: dict[str, object] = {
         "axes": "CYX",
         "mode": "composite",

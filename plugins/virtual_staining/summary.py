@@ -28,8 +28,17 @@ from plugins.api import RecordValue
 __all__ = ["TimePoint", "efficiency_time_course", "report_html", "time_course_csv", "time_course_plot"]
 
 CSV_COLUMNS = (
-    "experiment", "well", "timepoint", "elapsed_s", "elapsed_h", "efficiency",
-    "mean_position_fraction", "positions", "blocks_positive", "blocks_total", "acquired_at",
+    "experiment",
+    "well",
+    "timepoint",
+    "elapsed_s",
+    "elapsed_h",
+    "efficiency",
+    "mean_position_fraction",
+    "positions",
+    "blocks_positive",
+    "blocks_total",
+    "acquired_at",
 )
 
 
@@ -102,11 +111,21 @@ def time_course_csv(group: str, points: Sequence[TimePoint]) -> bytes:
     writer.writerow(CSV_COLUMNS)
     for p in points:
         mean = sum(p.fractions) / len(p.fractions) if p.fractions else 0.0
-        writer.writerow([
-            group, p.well, "" if p.timepoint is None else p.timepoint, f"{p.elapsed_s:.1f}",
-            f"{p.elapsed_s / 3600:.3f}", f"{p.efficiency:.6f}", f"{mean:.6f}", p.positions,
-            p.blocks_positive, p.blocks_total, f"{p.acquired_at:.3f}",
-        ])
+        writer.writerow(
+            [
+                group,
+                p.well,
+                "" if p.timepoint is None else p.timepoint,
+                f"{p.elapsed_s:.1f}",
+                f"{p.elapsed_s / 3600:.3f}",
+                f"{p.efficiency:.6f}",
+                f"{mean:.6f}",
+                p.positions,
+                p.blocks_positive,
+                p.blocks_total,
+                f"{p.acquired_at:.3f}",
+            ]
+        )
     return buffer.getvalue().encode()
 
 
@@ -118,8 +137,9 @@ def time_course_plot(group: str, points: Sequence[TimePoint]) -> bytes:
     axes = figure.add_subplot()
     for well in sorted({p.well for p in points}):
         mine = [p for p in points if p.well == well]
-        axes.plot([p.elapsed_s / 3600 for p in mine], [100 * p.efficiency for p in mine],
-                  marker="o", label=well)
+        axes.plot(
+            [p.elapsed_s / 3600 for p in mine], [100 * p.efficiency for p in mine], marker="o", label=well
+        )
     axes.set_xlabel("time since first image (h)")
     axes.set_ylabel("virtual-stain positive blocks (%)")
     axes.set_ylim(0, 100)
@@ -152,8 +172,10 @@ def report_html(group: str, points: Sequence[TimePoint], plot_png: bytes) -> byt
             f"<td>{point.positions}</td></tr>"
         )
         for link in point.overlays:
-            images.append(f'<figure><a href="{esc(link)}"><img src="{esc(link)}" alt="overlay {esc(well)}">'
-                          f"</a><figcaption>{esc(well)}</figcaption></figure>")
+            images.append(
+                f'<figure><a href="{esc(link)}"><img src="{esc(link)}" alt="overlay {esc(well)}">'
+                f"</a><figcaption>{esc(well)}</figcaption></figure>"
+            )
     plot = base64.b64encode(plot_png).decode()
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Virtual staining - {esc(group)}</title>

@@ -161,7 +161,7 @@ def synthetic_field(
         + 0.25 * fresh
     )
     gfp = (
-        0.15 * textures.illumination
+        0.1 * textures.illumination
         + soft * (2.0 + 0.5 * textures.gfp_texture)
         + 0.35 * rng.standard_normal(shape).astype(np.float32)
     )
@@ -175,21 +175,21 @@ def _well_name(index: int) -> str:
 def generate_series(spec: SyntheticSpec) -> Iterator[SyntheticImage]:
     """Yield every image of the spec in acquisition order (time point, then well, position).
 
-    Each well gets a final efficiency drawn from 0.05..0.8; efficiency rises over the time
-    points from about 15 % of the final value. Deterministic for a given spec.
+    Each well gets a final efficiency drawn from 0.1..0.8; efficiency rises over the time
+    points from 30 % of the final value. Deterministic for a given spec.
     """
     rng = np.random.default_rng(spec.seed)
     fields = []
     for e in range(spec.experiments):
         for w in range(spec.wells):
-            final = float(rng.uniform(0.05, 0.8))
+            final = float(rng.uniform(0.1, 0.8))
             for p in range(spec.positions):
                 child = np.random.default_rng(rng.integers(2**63))
                 fields.append((e, w, p, final, child, _field_textures(child, spec.shape)))
     for t in range(spec.timepoints):
         progress = 1.0 if spec.timepoints == 1 else t / (spec.timepoints - 1)
         for e, w, p, final, child, textures in fields:
-            efficiency = final * (0.15 + 0.85 * progress)
+            efficiency = final * (0.3 + 0.7 * progress)
             phase, gfp, mask = synthetic_field(child, textures, efficiency, spec.bit_depth)
             metadata = ImageMetadata(
                 experiment=f"EXP{e + 1}",

@@ -1,0 +1,412 @@
+"""``train`` and ``evaluate`` commands for the virtual-staining model.
+
+Both are plain functions whose parameters carry ``typer.Option`` annotations, so the
+daemon CLI registers them as ``train_app.command("virtual-staining")(train)`` and
+``evaluate_app.command("virtual-staining")(evaluate)``; ``python -m
+plugins.virtual_staining`` runs them stand-alone. Data come from a folder (pairs matched
+by ``--pattern``), a CSV manifest (``--manifest``) or the synthetic generator
+(``--synthetic N``: N experiments of 4 wells x 2 positions x 3 time points).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shlex
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from plugins.virtual_staining.labels import BinarizeMethod
+from plugins.virtual_staining.synthetic import FILE_NAME_PATTERN
+
+__all__ = ["demo_data", "evaluate", "train"]
+
+DEFAULT_OUTPUT = Path("virtual_staining_model")
+Data = Annotated[Path | None, typer.Option("--data", help="Folder of phase/fluorescence TIFF pairs.")]
+Manifest = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest", help="CSV with columns phase,fluorescence[,experiment,well,position,timepoint]."
+    ),
+]
+Pattern = Annotated[
+    str, typer.Option("--pattern", help="Regex on paths below --data with a (?P<channel>) group.")
+]
+PhaseToken = Annotated[
+    str, typer.Option("--phase-token", help="Value of the channel group for phase images.")
+]
+GfpToken = Annotated[
+    str, typer.Option("--fluorescence-token", help="Value of the channel group for fluorescence.")
+]
+PhaseChannel = Annotated[
+    str | None, typer.Option("--phase-channel", help="Channel index/name in multi-channel files.")
+]
+GfpChannel = Annotated[
+    str | None, typer.Option("--fluorescence-channel", help="Fluorescence channel index/name.")
+]
+Synthetic = Annotated[
+    int, typer.Option("--synthetic", min=0, help="Use N generated experiments instead of files.")
+]
+SyntheticSize = Annotated[
+    int, typer.Option("--synthetic-size", min=64, help="Side of generated images (px).")
+]
+Method = Annotated[BinarizeMethod, typer.Option("--binarize", help="Fluorescence binarisation method.")]
+GfpThreshold = Annotated[
+    float | None, typer.Option("--fluorescence-threshold", help="Intensity threshold for --binarize fixed.")
+]
+PositiveFraction = Annotated[
+    float,
+    typer.Option(
+        "--positive-fraction", min=0.01, max=1.0, help="GFP area fraction from which a block is positive."
+    ),
+]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for data generation, splits, search and training.")]
+Threads = Annotated[
+    int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's choice).")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def _dataset(
+    data: Path | None,
+    manifest: Path | None,
+    synthetic: int,
+    synthetic_size: int,
+    pattern: str,
+    tokens: tuple[str, str],
+    channels: tuple[str | None, str | None],
+    labels: Any,
+    seed: int,
+) -> tuple[list[Any], dict[str, Any]]:
+    """Labelled images and a description of where they came from; raises typer.BadParameter."""
+    from plugins.virtual_staining import data as vsdata
+
+    if sum([data is not None, manifest is not None, synthetic > 0]) != 1:
+        raise typer.BadParameter("give exactly one of --data, --manifest or --synthetic")
+    if synthetic:
+        images = vsdata.synthetic_images(synthetic, labels, seed, synthetic_size)
+        return images, {"source": "synthetic", "experiments": synthetic, "size": synthetic_size, "seed": seed}
+    try:
+        pairs = (
+            vsdata.pairs_from_manifest(manifest)
+            if manifest is not None
+            else vsdata.pairs_from_pattern(data or Path("."), pattern, *tokens)
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    images = vsdata.load_pairs(pairs, labels, *channels)
+    return images, {"source": str(manifest or data), "pairs": len(pairs)}
+
+
+def _command_line(name: str, function: Any, values: dict[str, Any]) -> str:
+    """The CLI invocation that reproduces a run: options that differ from their default.
+
+    Flags are the parameter names with dashes; ``--work-dir`` and ``--quiet`` do not
+    change the result and are left out.
+    """
+    parts = ["acqflow", name, "virtual-staining"]
+    for parameter in inspect.signature(function).parameters.values():
+        value = values[parameter.name]
+        if parameter.name in ("work_dir", "quiet") or value in (None, False) or value == parameter.default:
+            continue
+        flag = "--" + parameter.name.replace("_", "-")
+        parts += [flag] if value is True else [flag, str(getattr(value, "value", value))]
+    return shlex.join(parts)
+
+
+def _split_summary(split: Any) -> dict[str, Any]:
+    def part(images: list[Any]) -> dict[str, Any]:
+        return {
+            "images": len(images),
+            "experiments": sorted({i.experiment for i in images}),
+            "fields": len({i.field for i in images}),
+        }
+
+    return {
+        "grouped_by": split.grouped_by,
+        "train": part(split.train),
+        "validation": part(split.validation),
+        "test": part(split.test),
+    }
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def train(
+    data: Data = None,
+    manifest: Manifest = None,
+    synthetic: Synthetic = 0,
+    synthetic_size: SyntheticSize = 256,
+    pattern: Pattern = FILE_NAME_PATTERN,
+    phase_token: PhaseToken = "phase",
+    fluorescence_token: GfpToken = "gfp",
+    phase_channel: PhaseChannel = None,
+    fluorescence_channel: GfpChannel = None,
+    binarize: Method = BinarizeMethod.OTSU,
+    fluorescence_threshold: GfpThreshold = None,
+    positive_fraction: PositiveFraction = 0.5,
+    block_sizes: Annotated[
+        str, typer.Option("--block-sizes", help="Block sizes to search, comma-separated (multiples of 8).")
+    ] = "24,32,48",
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Optuna trial budget.")] = 8,
+    max_epochs: Annotated[int, typer.Option("--max-epochs", min=1)] = 12,
+    patience: Annotated[int, typer.Option("--patience", min=1, help="Early-stopping patience (epochs).")] = 3,
+    blocks_per_epoch: Annotated[int, typer.Option("--blocks-per-epoch", min=64)] = 8192,
+    seed: Seed = 0,
+    output: Annotated[
+        Path, typer.Option("--output", help="Folder for <name>.safetensors and <name>.json.")
+    ] = DEFAULT_OUTPUT,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--work-dir", help="Study database + checkpoints; reuse to resume (default: a temporary folder)."
+        ),
+    ] = None,
+    version: Annotated[str, typer.Option("--version", help="Model version written to the card.")] = "1.0.0",
+    threads: Threads = None,
+    quiet: Quiet = False,
+) -> Path:
+    """Tune and train the block classifier, evaluate it on held-out images, save weights + card.
+
+    Returns the model card path. Raises typer.BadParameter on inconsistent options and
+    ValueError when the data cannot be split or no trial completes.
+    """
+    import torch
+
+    from plugins.virtual_staining.labels import LabelOptions
+    from plugins.virtual_staining.training import SearchSpace, TrainingSettings
+
+    command = _command_line("train", train, dict(locals()))
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        space = SearchSpace(block_size=tuple(int(size) for size in block_sizes.split(",")))
+    except ValueError as exc:
+        raise typer.BadParameter(f"--block-sizes must be integers: {block_sizes}") from exc
+    labels = LabelOptions(binarize, fluorescence_threshold, positive_fraction=positive_fraction)
+    channels = (phase_channel, fluorescence_channel)
+    tokens = (phase_token, fluorescence_token)
+    images, source = _dataset(
+        data, manifest, synthetic, synthetic_size, pattern, tokens, channels, labels, seed
+    )
+    settings = TrainingSettings(trials, max_epochs, patience, blocks_per_epoch, positive_fraction, seed)
+    return _train_and_save(images, source, labels, settings, space, output, work_dir, version, command, quiet)
+
+
+def _train_and_save(
+    images: list[Any],
+    source: dict[str, Any],
+    labels: Any,
+    settings: Any,
+    space: Any,
+    output: Path,
+    work_dir: Path | None,
+    version: str,
+    command: str,
+    quiet: bool,
+) -> Path:
+    """Split, search, evaluate on the test images and write the weights and card."""
+    from rich.progress import Progress
+
+    from plugins.virtual_staining.data import split_images
+    from plugins.virtual_staining.training import run_study
+
+    split = split_images(images, settings.seed)
+    with tempfile.TemporaryDirectory(prefix="vs-study-") as scratch, Progress(disable=quiet) as progress:
+        result = run_study(split, settings, work_dir or Path(scratch), space, progress)
+    best = result.best
+    model = best.params.network()
+    model.load_state_dict(best.state)
+    metrics = _held_out_metrics(model, split.test, best.threshold, labels.positive_fraction)
+    if not quiet:
+        _print_metrics("held-out test images", metrics)
+    training = _training_record(best, result, labels, source, split, settings, command)
+    card = _card(model, training, metrics, version)
+    from models.store import save_weights
+
+    return save_weights(model, card, output)
+
+
+def _held_out_metrics(
+    model: Any, test: list[Any], threshold: float, positive_fraction: float
+) -> dict[str, float]:
+    from plugins.virtual_staining.evaluation import evaluate_images
+    from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+
+    predictor = BlockPredictor(model, "cpu", InferenceOptions(threshold=threshold))
+    return evaluate_images(predictor, test, positive_fraction)
+
+
+def _training_record(
+    best: Any, result: Any, labels: Any, source: dict[str, Any], split: Any, settings: Any, command: str
+) -> dict[str, Any]:
+    """The card's ``training`` section: how to rebuild the weights and what the search found."""
+    import optuna
+    import torch
+
+    search = {
+        "sampler": "optuna TPE",
+        "objective": "mean of validation block F1, pixel Dice and efficiency Pearson r",
+        "trials": settings.trials,
+        "completed": result.trials_completed,
+        "pruned": result.trials_pruned,
+        "best_params": asdict(best.params),
+        "validation": result.validation,
+        "best_epoch": best.best_epoch,
+        "max_epochs": settings.max_epochs,
+        "patience": settings.patience,
+        "blocks_per_epoch": settings.blocks_per_epoch,
+    }
+    label_settings = {
+        "method": labels.method.value,
+        "threshold": labels.threshold,
+        "smooth_sigma": labels.smooth_sigma,
+        "positive_fraction": labels.positive_fraction,
+        "block_size": best.params.block_size,
+    }
+    return {
+        "command": command,
+        "seed": settings.seed,
+        "data": source,
+        "split": _split_summary(split),
+        "labels": label_settings,
+        "normalization": "per image: (x - median) / (p99 - p1)",
+        "search": search,
+        "inference": {"threshold": best.threshold, "stride": None},
+        "software": {"torch": torch.__version__, "optuna": optuna.__version__},
+    }
+
+
+def _card(model: Any, training: dict[str, Any], metrics: dict[str, float], version: str) -> Any:
+    from models.store import ModelCard
+    from plugins.virtual_staining.pipeline import MODEL_NAME
+
+    return ModelCard(
+        name=MODEL_NAME,
+        version=version,
+        architecture="models.tile_cnn.TileCNN",
+        arguments=model.config.to_dict(),
+        training=training,
+        metrics=metrics,
+        notes="Block classifier for virtual NKX2.5-GFP staining of phase-contrast images; metrics are "
+        "on held-out test images (split by experiment or field, never by block).",
+    )
+
+
+def evaluate(
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", help="Folder with the weights + card (default: bundled demo weights)."),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="Weights name inside the folder.")
+    ] = "virtual_staining",
+    data: Data = None,
+    manifest: Manifest = None,
+    synthetic: Synthetic = 0,
+    synthetic_size: SyntheticSize = 256,
+    pattern: Pattern = FILE_NAME_PATTERN,
+    phase_token: PhaseToken = "phase",
+    fluorescence_token: GfpToken = "gfp",
+    phase_channel: PhaseChannel = None,
+    fluorescence_channel: GfpChannel = None,
+    binarize: Method = BinarizeMethod.OTSU,
+    fluorescence_threshold: GfpThreshold = None,
+    positive_fraction: Annotated[
+        float | None, typer.Option("--positive-fraction", help="Default: the card's.")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Block decision threshold (default: the card's).")
+    ] = None,
+    stride: Annotated[
+        int | None, typer.Option("--stride", min=1, help="Stride of overlapping blocks (px).")
+    ] = None,
+    seed: Seed = 1,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the metrics as JSON here.")
+    ] = None,
+    threads: Threads = None,
+    quiet: Quiet = False,
+) -> dict[str, float]:
+    """Evaluate weights on every given image (all of them are treated as held out).
+
+    Returns the metrics. Raises typer.BadParameter on inconsistent options and
+    models.store.WeightsError on missing or corrupt weights.
+    """
+    import torch
+
+    from plugins.virtual_staining.evaluation import evaluate_images
+    from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+    from plugins.virtual_staining.labels import LabelOptions
+
+    if threads:
+        torch.set_num_threads(threads)
+    network, card = _load_model(weights, model)
+    fraction = positive_fraction or float(card.training.get("labels", {}).get("positive_fraction", 0.5))
+    labels = LabelOptions(binarize, fluorescence_threshold, positive_fraction=fraction)
+    channels = (phase_channel, fluorescence_channel)
+    tokens = (phase_token, fluorescence_token)
+    images, _ = _dataset(data, manifest, synthetic, synthetic_size, pattern, tokens, channels, labels, seed)
+    decision = threshold or float(card.training.get("inference", {}).get("threshold", 0.5))
+    predictor = BlockPredictor(network, "cpu", InferenceOptions(stride=stride, threshold=decision))
+    metrics = evaluate_images(predictor, images, fraction)
+    if not quiet:
+        _print_metrics(f"{model} {card.version} on {len(images)} images", metrics)
+    if json_out is not None:
+        json_out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
+def _load_model(weights: Path | None, name: str) -> tuple[Any, Any]:
+    """The TileCNN and card ``name`` from ``weights`` (default: bundled); raises WeightsError."""
+    from models.store import bundled_weights_dir, load_weights, read_card
+    from models.tile_cnn import TileCNN
+
+    directory = weights or bundled_weights_dir()
+    card = read_card(directory, name)
+    network = TileCNN(**card.arguments)
+    load_weights(network, directory, name)
+    return network, card
+
+
+def demo_data(
+    output: Annotated[Path, typer.Option("--output", help="Folder to write the TIFFs into.")],
+    experiments: Annotated[int, typer.Option("--experiments", min=1)] = 1,
+    wells: Annotated[int, typer.Option("--wells", min=1, max=96)] = 3,
+    positions: Annotated[int, typer.Option("--positions", min=1)] = 2,
+    timepoints: Annotated[int, typer.Option("--timepoints", min=1)] = 4,
+    size: Annotated[int, typer.Option("--size", min=16, help="Image side (px).")] = 512,
+    bit_depth: Annotated[int, typer.Option("--bit-depth", help="8 or 16.")] = 16,
+    seed: Seed = 0,
+) -> list[Path]:
+    """Write a synthetic time series (phase + GFP TIFFs) in acquisition order.
+
+    Names follow ``EXP1_B03_pos1_t005_phase.tif`` / ``..._gfp.tif``. Returns the paths;
+    raises ValueError on an invalid spec and OSError when the folder cannot be written.
+    """
+    from plugins.virtual_staining.synthetic import SyntheticSpec, write_series
+
+    spec = SyntheticSpec(
+        experiments=experiments,
+        wells=wells,
+        positions=positions,
+        timepoints=timepoints,
+        shape=(size, size),
+        bit_depth=bit_depth,
+        seed=seed,
+    )
+    return write_series(output, spec)

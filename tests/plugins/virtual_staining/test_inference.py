@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.tile_cnn import TileCNN
+from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions, loop_block_probabilities
+
+
+def _model(block: int = 32, depth: int = 3) -> TileCNN:
+    torch.manual_seed(0)
+    model = TileCNN(block, depth, width=4, dropout=0.2)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.fill_(0.3)
+    return model.eval()
+
+
+def _phase(shape: tuple[int, int], dtype: type = np.uint16) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 200 if dtype == np.uint8 else 4000, size=shape).astype(dtype)
+
+
+@pytest.mark.parametrize(("block", "depth", "stride"), [(32, 3, 16), (24, 3, 8), (16, 2, 4)])
+def test_whole_image_matches_block_loop(block: int, depth: int, stride: int) -> None:
+    model = _model(block, depth)
+    predictor = BlockPredictor(model, options=InferenceOptions(stride=stride))
+    padded, _ = predictor.pad(_phase((70, 90)))
+    whole = torch.sigmoid(predictor.logit_grid(padded)).numpy()[
+        :: stride // model.step, :: stride // model.step
+    ]
+    np.testing.assert_allclose(whole, loop_block_probabilities(model, padded, stride), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1000, 1300), (40, 37), (8, 8), (256, 256)])
+def test_any_size_gives_full_resolution_map(shape: tuple[int, int]) -> None:
+    prediction = BlockPredictor(_model()).predict(_phase(shape, np.uint8))
+    assert prediction.probability.shape == shape
+    assert prediction.probability.dtype == np.float32
+    assert prediction.probability.min() >= 0.0 and prediction.probability.max() <= 1.0
+    assert prediction.block_probability.shape == (math.ceil(shape[0] / 32), math.ceil(shape[1] / 32))
+    assert prediction.full_blocks().shape == (shape[0] // 32, shape[1] // 32)
+    assert 0 <= prediction.blocks_positive <= prediction.blocks_total
+
+
+def test_counted_blocks_are_the_blocks_at_the_image_origin() -> None:
+    model = _model()
+    predictor = BlockPredictor(model)
+    phase = _phase((96, 128))
+    prediction = predictor.predict(phase)
+    padded, margin = predictor.pad(phase)
+    block = padded[margin + 32 : margin + 64, margin + 64 : margin + 96]
+    with torch.no_grad():
+        single = torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(block))[None, None]))
+    assert prediction.block_probability[1, 2] == pytest.approx(float(single), abs=1e-5)
+
+
+def test_tiling_does_not_change_the_result() -> None:
+    model = _model()
+    phase = _phase((300, 410))
+    big = BlockPredictor(model, options=InferenceOptions(tile_size=4096)).predict(phase)
+    small = BlockPredictor(model, options=InferenceOptions(tile_size=64)).predict(phase)
+    np.testing.assert_allclose(big.probability, small.probability, atol=1e-5)
+    np.testing.assert_allclose(big.block_probability, small.block_probability, atol=1e-5)
+
+
+def test_map_is_smooth_blend_of_overlapping_blocks() -> None:
+    prediction = BlockPredictor(_model(), options=InferenceOptions(stride=8)).predict(_phase((128, 128)))
+    steps = np.abs(np.diff(prediction.probability, axis=1))
+    assert steps.max() < 0.2  # no block-edge jumps as with non-overlapping tiles
+
+
+def test_invalid_inference_options() -> None:
+    with pytest.raises(ValueError, match="multiple"):
+        BlockPredictor(_model(), options=InferenceOptions(stride=12))
+    with pytest.raises(ValueError, match="multiple"):
+        BlockPredictor(_model(), options=InferenceOptions(stride=64))
+    with pytest.raises(ValueError, match="threshold"):
+        InferenceOptions(threshold=1.0)

@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from models.store import WeightsError, bundled_weights_dir
+from plugins.api import (
+    ImageItem,
+    ImageMetadata,
+    InputKind,
+    InvalidInputError,
+    Pipeline,
+    PipelineContext,
+    RecordValue,
+    Summarizer,
+)
+from plugins.virtual_staining.pipeline import VirtualStainingPipeline
+from plugins.virtual_staining.synthetic import SyntheticImage, SyntheticSpec, generate_series
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> VirtualStainingPipeline:
+    loaded = VirtualStainingPipeline()
+    loaded.load(PipelineContext(device="cpu"))
+    return loaded
+
+
+def _generated(shape: tuple[int, int], bits: int, seed: int) -> SyntheticImage:
+    spec = SyntheticSpec(
+        experiments=1,
+        wells=1,
+        positions=1,
+        timepoints=1,
+        shape=shape,
+        bit_depth=bits,
+        seed=seed,
+        pixel_size_um=0.325,
+    )
+    return next(generate_series(spec))
+
+
+def _item(
+    image: SyntheticImage, array: np.ndarray | None = None, axes: str = "YX", names: tuple[str, ...] = ()
+) -> ImageItem:
+    data = image.phase if array is None else array
+    return ImageItem(f"id-{image.stem}", Path(f"{image.stem}_phase.tif"), data, axes, image.metadata, names)
+
+
+def test_declares_the_contract() -> None:
+    instance = VirtualStainingPipeline()
+    assert isinstance(instance, Pipeline) and isinstance(instance, Summarizer)
+    assert instance.name == "virtual-staining" and instance.input_kind is InputKind.IMAGE
+
+
+def _check_tiff(data: bytes, phase: np.ndarray, pixel_size: float) -> np.ndarray:
+    """The virtual stain opens as an ImageJ CYX hyperstack with phase + probability."""
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        assert tif.is_imagej
+        series = tif.series[0]
+        assert series.axes == "CYX" and series.shape == (2, *phase.shape)
+        metadata = tif.imagej_metadata or {}
+        assert metadata["unit"] == "um" and metadata["channels"] == 2
+        x_num, x_den = tif.pages.first.tags["XResolution"].value
+        y_num, y_den = tif.pages.first.tags["YResolution"].value
+        assert x_den / x_num == pytest.approx(pixel_size, rel=1e-4)
+        assert y_den / y_num == pytest.approx(pixel_size, rel=1e-4)
+        stack = series.asarray()
+    assert stack.dtype == phase.dtype
+    np.testing.assert_array_equal(stack[0], phase)
+    return stack[1]
+
+
+@pytest.mark.parametrize(("shape", "bits"), [((2048, 2048), 16), ((1000, 1300), 8)])
+def test_large_and_odd_sized_images(
+    pipeline: VirtualStainingPipeline, shape: tuple[int, int], bits: int
+) -> None:
+    image = _generated(shape, bits, seed=31)
+    result = pipeline.run(_item(image))
+    files = {f.name: f for f in result.files}
+    assert set(files) == {"virtual_stain.tif", "overlay.png"}
+    probability = _check_tiff(files["virtual_stain.tif"].data, image.phase, 0.325)
+    full = 255 if bits == 8 else 65535
+    stained = probability.astype(np.float64) / full >= pipeline.card.training["inference"]["threshold"]
+    assert 2 * (stained & image.mask).sum() / (stained.sum() + image.mask.sum()) > 0.7
+    overlay = Image.open(io.BytesIO(files["overlay.png"].data))
+    assert overlay.mode == "RGB" and overlay.size == (shape[1], shape[0])
+    (record,) = result.records
+    assert record.kind == "efficiency" and record.group == "EXP1"
+    fields = record.fields
+    block = pipeline.card.arguments["block_size"]
+    assert fields["blocks_total"] == -(-shape[0] // block) * -(-shape[1] // block)
+    assert fields["positive_fraction"] == pytest.approx(fields["blocks_positive"] / fields["blocks_total"])
+    assert fields["well"] == "A01" and fields["timepoint"] == 0 and fields["position"] == "pos1"
+    assert fields["identity"] == f"id-{image.stem}" and fields["acquired_at"] == image.metadata.acquired_at
+    assert isinstance(fields["positive_fraction"], float)
+    assert abs(fields["positive_fraction"] - image.efficiency) < 0.1
+    assert result.figures == ()
+
+
+def test_phase_channel_from_metadata_names_or_option(pipeline: VirtualStainingPipeline) -> None:
+    image = _generated((128, 160), 16, seed=3)
+    stack = np.stack([image.gfp, image.phase])
+    by_name = pipeline.run(_item(image, stack, "CYX", ("NKX2.5-GFP", "Phase")))
+    assert _check_tiff(by_name.files[0].data, image.phase, 0.325).shape == (128, 160)
+    by_index = VirtualStainingPipeline()
+    by_index.load(PipelineContext(device="cpu", options={"phase_channel": 1, "stride": 8}))
+    result = by_index.run(_item(image, stack[:, None], "CZYX"))
+    _check_tiff(result.files[0].data, image.phase, 0.325)
+
+
+@pytest.mark.parametrize(
+    ("array", "axes", "names"),
+    [
+        (np.zeros((3, 64, 64), dtype=np.uint16), "TYX", ()),
+        (np.zeros((2, 64, 64), dtype=np.uint16), "CYX", ("GFP", "DAPI")),
+        (np.zeros((2, 64, 64), dtype=np.uint16), "CYX", ()),
+        (np.zeros((64,), dtype=np.uint16), "X", ()),
+        (np.zeros((4, 64), dtype=np.uint16), "YX", ()),
+    ],
+)
+def test_invalid_input(
+    pipeline: VirtualStainingPipeline, array: np.ndarray, axes: str, names: tuple[str, ...]
+) -> None:
+    item = ImageItem("bad", Path("bad.tif"), array, axes, ImageMetadata(), names)
+    with pytest.raises(InvalidInputError):
+        pipeline.run(item)
+
+
+def test_without_pixel_size_or_metadata(pipeline: VirtualStainingPipeline) -> None:
+    image = _generated((96, 96), 8, seed=4)
+    result = pipeline.run(ImageItem("x", Path("/data/in/x.tif"), image.phase, "YX", ImageMetadata()))
+    with tifffile.TiffFile(io.BytesIO(result.files[0].data)) as tif:
+        assert tif.is_imagej and tif.series[0].axes == "CYX"
+    assert result.records[0].group == "unassigned"
+    assert result.records[0].fields["relative_path"] == "x.tif"
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    pipeline = VirtualStainingPipeline()
+    with pytest.raises(RuntimeError, match="load"):
+        pipeline.run(ImageItem("x", Path("x.tif"), np.zeros((64, 64)), "YX", ImageMetadata()))
+    with pytest.raises(ValueError, match="unknown virtual-staining options"):
+        pipeline.load(PipelineContext(device="cpu", options={"strid": 8}))
+    with pytest.raises(WeightsError):
+        pipeline.load(PipelineContext(device="cpu", weights_dir=tmp_path))
+    for name in ("virtual_staining.json", "virtual_staining.safetensors"):
+        shutil.copy(bundled_weights_dir() / name, tmp_path / name)
+    pipeline.load(PipelineContext(device="cpu", weights_dir=tmp_path))
+    weights = tmp_path / "virtual_staining.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(WeightsError, match="sha256"):
+        VirtualStainingPipeline().load(PipelineContext(device="cpu", weights_dir=tmp_path))
+
+
+def _records(pipeline: VirtualStainingPipeline) -> list[Mapping[str, RecordValue]]:
+    """Efficiency records of a small generated series, in arrival order, as the journal keeps them."""
+    spec = SyntheticSpec(experiments=1, wells=2, positions=2, timepoints=3, shape=(128, 128), seed=8)
+    rows: list[Mapping[str, RecordValue]] = []
+    for number, image in enumerate(generate_series(spec)):
+        (record,) = pipeline.run(_item(image)).records
+        rows.append({**record.fields, "recorded_at": 1e9 + number})
+    return rows
+
+
+def test_summary_time_course(pipeline: VirtualStainingPipeline) -> None:
+    records = _records(pipeline)
+    rerun = {**records[0], "blocks_positive": 0, "positive_fraction": 0.0}  # re-processed image replaces
+    result = pipeline.summarize("EXP1", [*records, rerun])
+    files = {f.name: f.data for f in result.files}
+    assert set(files) == {"efficiency.csv", "efficiency.png", "report.html"}
+    lines = files["efficiency.csv"].decode().splitlines()
+    header, rows = (
+        lines[0].split(","),
+        [dict(zip(lines[0].split(","), r.split(","), strict=True)) for r in lines[1:]],
+    )
+    assert header[:3] == ["experiment", "well", "timepoint"] and len(rows) == 6
+    a01 = [r for r in rows if r["well"] == "A01"]
+    assert [r["timepoint"] for r in a01] == ["0", "1", "2"] and all(r["positions"] == "2" for r in a01)
+    assert float(a01[0]["elapsed_s"]) == 0.0 and float(a01[2]["elapsed_h"]) == pytest.approx(12.0, abs=0.1)
+    first = [r for r in records[1:] if r["well"] == "A01" and r["timepoint"] == 0]
+    expected = sum(int(r["blocks_positive"]) for r in first) / sum(
+        int(r["blocks_total"]) for r in [*first, rerun]
+    )
+    assert float(a01[0]["efficiency"]) == pytest.approx(expected, abs=1e-6)
+    assert files["efficiency.png"].startswith(b"\x89PNG")
+    html = files["report.html"].decode()
+    assert "../../EXP1_A01_pos1_t002_phase/overlay.png" in html and "EXP1_A01_pos1_t000" not in html
+    gauges = {f.labels["well"]: f for f in result.figures}
+    assert set(gauges) == {"A01", "A02"}
+    assert all(
+        f.name == "differentiation_efficiency" and f.labels["experiment"] == "EXP1" for f in gauges.values()
+    )
+    assert gauges["A01"].value == pytest.approx(float(a01[2]["efficiency"]), abs=1e-6)
+
+
+def test_summary_needs_records(pipeline: VirtualStainingPipeline) -> None:
+    with pytest.raises(ValueError, match="no efficiency records"):
+        pipeline.summarize("EXP1", [])
