@@ -13,6 +13,7 @@ Realistic HU: air -1000, fat about -100, muscle 35-55, bone 700 (cancellous) to 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -211,3 +212,23 @@ def generate_phantom(
     hu += rng.normal(0.0, opts.noise_hu, size=hu.shape).astype(np.float32)
     return Phantom(hu=hu, labels=labels, pixel_spacing_mm=opts.pixel_spacing_mm,
                    slice_spacing_mm=opts.slice_spacing_mm)
+
+
+def demo_ct_series(seed: int = 0, options: PhantomOptions | None = None) -> list[Any]:
+    """A phantom as a CT Image Storage series (pydicom Datasets, cranial slice first).
+
+    Axial, feet-first-supine geometry: slices step towards the feet (descending z).
+    The same seed gives the same pixels and UIDs.
+    """
+    from plugins.common.series_builder import SeriesGeometry, SeriesSpec, build_series
+
+    opts = options or PhantomOptions()
+    phantom = generate_phantom(seed, opts)
+    rows, cols = opts.shape[1:]
+    geometry = SeriesGeometry(
+        origin=(-cols * opts.pixel_spacing_mm / 2, -rows * opts.pixel_spacing_mm / 2, 0.0),
+        pixel_spacing=(opts.pixel_spacing_mm, opts.pixel_spacing_mm),
+        slice_spacing=-opts.slice_spacing_mm,
+    )
+    spec = SeriesSpec(seed=f"ct-muscle-phantom-{seed}", patient_id=f"PHANTOM-{seed:04d}")
+    return build_series(phantom.hu, geometry, spec)

@@ -1,0 +1,326 @@
+"""DICOM derived objects built with highdicom: SEG, Parametric Map and a TID 1500 SR.
+
+The builders take a :class:`plugins.common.volume.Volume` (sorted slices, geometry and the
+source frame of every slice) and arrays in the same ``(slices, rows, cols)`` order. Frames
+are handed to highdicom in the order of their source images (instances for single-frame
+series, frame numbers for multi-frame), so every derived frame references exactly the
+source frame it was computed from, whatever order the series arrived in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from plugins.common.volume import Volume
+
+if TYPE_CHECKING:
+    import highdicom as hd
+    from pydicom import Dataset
+
+__all__ = [
+    "AlgorithmInfo",
+    "CodeSpec",
+    "DeviceInfo",
+    "InstanceIds",
+    "MapSpec",
+    "RoiReport",
+    "SegmentSpec",
+    "build_measurement_report",
+    "build_parametric_map",
+    "build_segmentation",
+]
+
+
+@dataclass(frozen=True)
+class CodeSpec:
+    """A coded concept (value, scheme, meaning), independent of highdicom."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+    def concept(self) -> hd.sr.CodedConcept:
+        import highdicom as hd
+
+        return hd.sr.CodedConcept(value=self.value, scheme_designator=self.scheme,
+                                  meaning=self.meaning)
+
+
+@dataclass(frozen=True)
+class InstanceIds:
+    """UIDs and numbers of one derived instance (in its own series)."""
+
+    series_instance_uid: str
+    sop_instance_uid: str
+    series_number: int
+    instance_number: int = 1
+    series_description: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Equipment attributes written into every derived object."""
+
+    manufacturer: str = "acqflow"
+    model_name: str = "acqflow"
+    software_version: str = "0"
+    device_serial_number: str = "0"
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """The algorithm that produced the content (name and version from the model card)."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One segment: its number in the SEG, its value in the label map, and its codes."""
+
+    number: int
+    label: int
+    name: str
+    category: CodeSpec
+    type: CodeSpec
+    tracking_uid: str
+    color: tuple[int, int, int] = (128, 128, 128)
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """What a parametric map holds; stored as uint16 ``round(value / scale)``."""
+
+    label: str
+    explanation: str
+    quantity: CodeSpec
+    unit: CodeSpec = CodeSpec("1", "UCUM", "no units")
+    scale: float = 1e-4
+
+
+@dataclass(frozen=True)
+class RoiReport:
+    """TID 1411 content for one segment: numeric measurements and qualitative findings."""
+
+    segment: SegmentSpec
+    measurements: Sequence[tuple[CodeSpec, float, CodeSpec]] = field(default_factory=tuple)
+    evaluations: Sequence[tuple[CodeSpec, CodeSpec]] = field(default_factory=tuple)
+
+
+def _source_order(volume: Volume) -> tuple[list[Dataset], np.ndarray]:
+    """Source images for highdicom and the permutation from volume to source order."""
+    if volume.is_multiframe:
+        numbers = np.asarray([s.frame_number or 0 for s in volume.sources])
+        if len(volume.datasets) != 1:
+            raise ValueError("a multi-frame volume must come from one instance")
+        return [volume.datasets[0]], np.argsort(numbers, kind="stable")
+    return list(volume.datasets), np.arange(len(volume.sources))
+
+
+def _check_shape(volume: Volume, array: np.ndarray) -> None:
+    if array.shape != volume.array.shape:
+        raise ValueError(f"array shape {array.shape} differs from volume {volume.array.shape}")
+
+
+def _plane_positions(volume: Volume, order: np.ndarray) -> list[hd.PlanePositionSequence]:
+    import highdicom as hd
+
+    return [
+        hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT,
+                                 volume.geometry.slice_position(int(k)))
+        for k in order
+    ]
+
+
+def build_segmentation(
+    volume: Volume,
+    label_map: np.ndarray,
+    segments: Sequence[SegmentSpec],
+    ids: InstanceIds,
+    device: DeviceInfo,
+    algorithm: AlgorithmInfo,
+    labelmap: bool = False,
+) -> hd.seg.Segmentation:
+    """A SEG (BINARY, or LABELMAP when ``labelmap``) of ``label_map`` on ``volume``.
+
+    Segment numbers must be 1..N in order; voxels whose label has no segment are left
+    empty. Raises ValueError for a shape mismatch or an empty or mis-numbered segment list.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    _check_shape(volume, label_map)
+    if not segments or [s.number for s in segments] != list(range(1, len(segments) + 1)):
+        raise ValueError("segments must be numbered 1..N and not be empty")
+    lut = np.zeros(max(int(label_map.max()), max(s.label for s in segments)) + 1, np.uint8)
+    for segment in segments:
+        lut[segment.label] = segment.number
+    sources, order = _source_order(volume)
+    pixels = lut[label_map[order]]
+    algorithm_id = hd.AlgorithmIdentificationSequence(
+        name=algorithm.name, version=algorithm.version, family=codes.cid7162.ArtificialIntelligence)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=s.number, segment_label=s.name[:64],
+            segmented_property_category=s.category.concept(),
+            segmented_property_type=s.type.concept(),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm_id,
+            tracking_uid=s.tracking_uid, tracking_id=s.name[:64],
+            display_color=hd.color.CIELabColor.from_rgb(*s.color),
+        )
+        for s in segments
+    ]
+    return hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixels,
+        segmentation_type="LABELMAP" if labelmap else "BINARY",
+        segment_descriptions=descriptions,
+        series_instance_uid=ids.series_instance_uid, series_number=ids.series_number,
+        sop_instance_uid=ids.sop_instance_uid, instance_number=ids.instance_number,
+        manufacturer=device.manufacturer, manufacturer_model_name=device.model_name,
+        software_versions=device.software_version,
+        device_serial_number=device.device_serial_number,
+        series_description=ids.series_description or None,
+        omit_empty_frames=False,
+    )
+
+
+def build_parametric_map(
+    volume: Volume, values: np.ndarray, spec: MapSpec, ids: InstanceIds, device: DeviceInfo
+) -> hd.pm.ParametricMap:
+    """A Parametric Map of non-negative ``values`` on ``volume``, uint16 with a
+    real-world value mapping (value = stored * scale) that viewers can window and read.
+
+    Raises ValueError for a shape mismatch or negative/non-finite values.
+    """
+    import highdicom as hd
+
+    _check_shape(volume, values)
+    if not np.all(np.isfinite(values)) or values.min() < 0:
+        raise ValueError("parametric map values must be finite and non-negative")
+    sources, order = _source_order(volume)
+    stored = np.clip(np.rint(values[order] / spec.scale), 0, 65535).astype(np.uint16)
+    top = max(int(stored.max()), 1)
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label=spec.label[:16], lut_explanation=spec.explanation[:64],
+        unit=spec.unit.concept(), value_range=(0, 65535), slope=spec.scale, intercept=0.0,
+        quantity_definition=spec.quantity.concept(),
+    )
+    pm = hd.pm.ParametricMap(
+        source_images=sources, pixel_array=stored,
+        series_instance_uid=ids.series_instance_uid, series_number=ids.series_number,
+        sop_instance_uid=ids.sop_instance_uid, instance_number=ids.instance_number,
+        manufacturer=device.manufacturer, manufacturer_model_name=device.model_name,
+        software_versions=device.software_version,
+        device_serial_number=device.device_serial_number,
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=top / 2,
+                                                          window_width=top)],
+        series_description=ids.series_description or None,
+        content_label=spec.label.upper().replace(" ", "_")[:16],
+    )
+    if "Laterality" not in pm:
+        # Type 2C (paired body parts, no frame laterality): validators cannot tell that a
+        # map of both hips has no single side, so it is present and empty (unknown).
+        pm.Laterality = None
+    return pm
+
+
+def _roi_group(
+    report: RoiReport, seg: Dataset, source_series_uid: str, algorithm: AlgorithmInfo
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    import highdicom as hd
+
+    algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version)
+    segment = report.segment
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.tracking_uid,
+                                                     identifier=segment.name[:64]),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=segment.number,
+            source_series=hd.sr.SourceSeriesForSegmentation(source_series_uid)),
+        finding_type=segment.type.concept(), finding_category=segment.category.concept(),
+        algorithm_id=algorithm_id,
+        measurements=[
+            hd.sr.Measurement(name=name.concept(), value=value, unit=unit.concept(),
+                              algorithm_id=algorithm_id)
+            for name, value, unit in report.measurements
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=name.concept(), value=value.concept())
+            for name, value in report.evaluations
+        ],
+    )
+
+
+def build_measurement_report(
+    volume: Volume,
+    seg: Dataset,
+    reports: Sequence[RoiReport],
+    ids: InstanceIds,
+    device: DeviceInfo,
+    algorithm: AlgorithmInfo,
+    procedure: CodeSpec = CodeSpec("25045-6", "LN", "CT unspecified body region"),
+) -> hd.sr.Comprehensive3DSR:
+    """A TID 1500 measurement report with one volumetric ROI group per segment report,
+    referencing the segments of ``seg`` (its evidence: the SEG and the source images).
+
+    Raises ValueError when ``reports`` is empty.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    if not reports:
+        raise ValueError("a measurement report needs at least one ROI")
+    source_series = str(volume.datasets[0].SeriesInstanceUID)
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=[algorithm.name, algorithm.version]),
+            name=algorithm.name, manufacturer_name=device.manufacturer,
+            model_name=device.model_name),
+    )
+    content = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=procedure.concept(),
+        imaging_measurements=[_roi_group(r, seg, source_series, algorithm) for r in reports],
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*volume.datasets, seg], content=content,
+        series_instance_uid=ids.series_instance_uid, series_number=ids.series_number,
+        sop_instance_uid=ids.sop_instance_uid, instance_number=ids.instance_number,
+        manufacturer=device.manufacturer, series_description=ids.series_description or None,
+    )
+    _declare_private_schemes(sr, [c for r in reports for c in _codes_of(r)])
+    return sr
+
+
+def _codes_of(report: RoiReport) -> list[CodeSpec]:
+    return [*(m[0] for m in report.measurements), *(e[0] for e in report.evaluations),
+            report.segment.type, report.segment.category]
+
+
+def _declare_private_schemes(ds: Dataset, used: Sequence[CodeSpec]) -> None:
+    """List private ("99...") coding schemes in the Coding Scheme Identification Sequence."""
+    from pydicom import Dataset as PydicomDataset
+    from pydicom.sequence import Sequence as PydicomSequence
+
+    schemes = sorted({c.scheme for c in used if c.scheme.startswith("99")})
+    if not schemes:
+        return
+    items = []
+    for scheme in schemes:
+        item = PydicomDataset()
+        item.CodingSchemeDesignator = scheme
+        item.CodingSchemeName = f"{scheme[2:]} private concepts"
+        item.CodingSchemeResponsibleOrganization = "acqflow"
+        items.append(item)
+    ds.CodingSchemeIdentificationSequence = PydicomSequence(items)

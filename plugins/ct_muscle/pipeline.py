@@ -1,0 +1,178 @@
+"""The ``ct-muscle`` pipeline: CT series in, SEG + uncertainty map + SR out.
+
+Steps, each a separate function: series to volume (:mod:`plugins.common.volume`),
+MC-dropout inference (:mod:`plugins.ct_muscle.inference`), per-structure measurements,
+DICOM objects (:mod:`plugins.common.dicom_outputs`), journal records and figures.
+Construction is cheap; torch and highdicom are imported in :meth:`CtMusclePipeline.load`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from plugins.api import (
+    DicomOutput,
+    Figure,
+    ImageItem,
+    InputKind,
+    InvalidInputError,
+    PipelineContext,
+    PipelineResult,
+    Record,
+    SeriesItem,
+)
+from plugins.ct_muscle.inference import (
+    HuWindow,
+    InputGeometry,
+    McOptions,
+    StructureMeasurement,
+    UncertaintyMeasure,
+)
+
+if TYPE_CHECKING:
+    from models.store import ModelCard
+    from models.unet import BayesianUNet
+    from plugins.common.volume import Volume
+    from plugins.ct_muscle.structures import LabelTable
+
+__all__ = ["CtMuscleOptions", "CtMusclePipeline"]
+
+PIPELINE_NAME = "ct-muscle"
+PIPELINE_VERSION = "1.0.0"
+
+
+@dataclass(frozen=True)
+class CtMuscleOptions:
+    """Pipeline options (``context.options``); unknown keys are an error.
+
+    ``review_threshold`` is in the unit of ``measure`` (nats for entropy and mutual
+    information). ``window_center``/``window_width`` override the model card's HU window.
+    """
+
+    samples: int = 10
+    measure: UncertaintyMeasure = UncertaintyMeasure.ENTROPY
+    review_threshold: float = 0.25
+    batch_images: int = 40
+    labelmap: bool = False
+    window_center: float | None = None
+    window_width: float | None = None
+    label_table: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "measure", UncertaintyMeasure(self.measure))
+        if self.review_threshold < 0:
+            raise ValueError("review_threshold must be >= 0")
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> CtMuscleOptions:
+        """Options from the daemon's settings; raises ValueError for unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(options) - known
+        if unknown:
+            raise ValueError(f"unknown ct-muscle options: {', '.join(sorted(unknown))}")
+        return cls(**dict(options))
+
+    def mc(self) -> McOptions:
+        return McOptions(samples=self.samples, measure=self.measure,
+                         batch_images=self.batch_images)
+
+
+class CtMusclePipeline:
+    """Hip/thigh muscle and bone segmentation of CT series with MC-dropout uncertainty."""
+
+    name = PIPELINE_NAME
+    version = PIPELINE_VERSION
+    input_kind = InputKind.DICOM_SERIES
+
+    def __init__(self) -> None:
+        self._model: BayesianUNet | None = None
+        self._card: ModelCard | None = None
+        self._geometry = InputGeometry()
+        self._options = CtMuscleOptions()
+        self._table: LabelTable | None = None
+
+    def load(self, context: PipelineContext) -> None:
+        """Read options and load the weights once; raises ValueError for bad options and
+        models.store.WeightsError for missing or corrupt weights."""
+        from models.store import bundled_weights_dir
+        from plugins.ct_muscle.inference import load_model
+        from plugins.ct_muscle.structures import default_label_table, load_label_table
+
+        options = CtMuscleOptions.from_mapping(context.options)
+        table = (load_label_table(Path(options.label_table)) if options.label_table
+                 else default_label_table())
+        weights = context.weights_dir or bundled_weights_dir()
+        model, card, geometry = load_model(weights, context.device, [s.key for s in table])
+        if options.window_center is not None or options.window_width is not None:
+            window = HuWindow(
+                options.window_center if options.window_center is not None
+                else geometry.window.center,
+                options.window_width if options.window_width is not None
+                else geometry.window.width)
+            geometry = InputGeometry(geometry.pixel_spacing_mm, window, geometry.divisor)
+        self._model, self._card, self._geometry = model, card, geometry
+        self._options, self._table = options, table
+
+    def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
+        """Segment one CT series; raises InvalidInputError for input that cannot work and
+        RuntimeError when :meth:`load` has not run."""
+        from plugins.common.volume import VolumeOptions, series_to_volume
+        from plugins.ct_muscle.inference import measure_structures, predict_volume
+
+        if self._model is None or self._card is None or self._table is None:
+            raise RuntimeError("ct-muscle pipeline used before load()")
+        if not isinstance(item, SeriesItem):
+            raise InvalidInputError("ct-muscle takes a DICOM series, not an image")
+        volume = series_to_volume(item.datasets, VolumeOptions(modalities=("CT",)))
+        prediction = predict_volume(self._model, volume.array, volume.geometry.spacing[1:],
+                                    self._geometry, self._options.mc())
+        measured = measure_structures(prediction, self._table,
+                                      volume.geometry.voxel_volume_mm3,
+                                      self._options.review_threshold)
+        dicom = self._dicom_outputs(item, volume, prediction.labels, prediction.uncertainty,
+                                    measured)
+        flagged = [m.name for m in measured if m.review_required]
+        summary = (f"{len(measured)} structures segmented, "
+                   f"{len(flagged)} flagged for review" + (f": {', '.join(flagged)}"
+                                                           if flagged else ""))
+        return PipelineResult(
+            dicom=dicom, records=self._records(item, measured),
+            figures=self._figures(measured), review_required=bool(flagged), summary=summary)
+
+    def _dicom_outputs(
+        self, item: SeriesItem, volume: Volume, labels: Any, uncertainty: Any,
+        measured: list[StructureMeasurement],
+    ) -> list[DicomOutput]:
+        from plugins.ct_muscle.reporting import OutputContext, dicom_outputs
+
+        assert self._card is not None and self._table is not None
+        context = OutputContext(
+            identity=item.identity, pipeline_version=self.version, card=self._card,
+            table=self._table, measure=self._options.measure,
+            review_threshold=self._options.review_threshold)
+        return dicom_outputs(context, volume, labels, uncertainty, measured,
+                             labelmap=self._options.labelmap)
+
+    def _records(self, item: SeriesItem, measured: list[StructureMeasurement]) -> list[Record]:
+        assert self._card is not None
+        return [
+            Record(kind="ct-structure", group=item.series_uid, fields={
+                "structure": m.key, "label": m.label, "volume_ml": round(m.volume_ml, 3),
+                "mean_uncertainty": m.mean_uncertainty,
+                "uncertainty_measure": self._options.measure.value,
+                "review_required": m.review_required,
+                "model_version": self._card.version, "pipeline_version": self.version,
+            })
+            for m in measured
+        ]
+
+    def _figures(self, measured: list[StructureMeasurement]) -> list[Figure]:
+        out: list[Figure] = []
+        for m in measured:
+            labels = {"pipeline": self.name, "structure": m.key}
+            out.append(Figure("structure_uncertainty", m.mean_uncertainty, labels))
+            out.append(Figure("review_required", 1.0 if m.review_required else 0.0, labels))
+        return out
