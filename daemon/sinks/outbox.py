@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
@@ -41,12 +41,15 @@ SUCCESS_STATUSES = frozenset({0x0000, 0x0001, 0xB000, 0xB006, 0xB007})
 
 @dataclass(frozen=True)
 class _Item:
+    """A due export with its object's SOP class and transfer syntax (header read only)."""
+
     export: PendingExport
-    dataset: Dataset
+    sop_class: str
+    transfer_syntax: str
 
     @property
     def syntaxes(self) -> tuple[str, str]:
-        return str(self.dataset.SOPClassUID), str(self.dataset.file_meta.TransferSyntaxUID)
+        return self.sop_class, self.transfer_syntax
 
 
 class ExportOutbox:
@@ -122,7 +125,7 @@ class ExportOutbox:
         if not items:
             return 0
         ae = self._application_entity(destination, self.settings.timeout_seconds)
-        ae.requested_contexts = list(contexts.values())
+        ae.requested_contexts = [cx for listed in contexts.values() for cx in listed]
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
         if not assoc.is_established:
             reason = _why_not_established(assoc, destination)
@@ -142,7 +145,7 @@ class ExportOutbox:
                 for rest in items[index:]:
                     self._failed(rest.export, name, "association lost during export", now)
                 break
-            error = _store(assoc, item.dataset)
+            error = _store(assoc, item.export.path)
             if error is None:
                 self.journal.mark_export_done(item.export.id)
                 metrics.EXPORTS.labels(name, "done").inc()
@@ -153,11 +156,16 @@ class ExportOutbox:
         return sent
 
     def _load(self, name: str, exports: Sequence[PendingExport], now: float) -> list[_Item]:
-        """Read the output files; an unreadable one can never be sent and goes dead."""
+        """Read the output files' headers; an unreadable one can never be sent: dead."""
         items: list[_Item] = []
         for export in exports:
             try:
-                items.append(_Item(export, read_part10(export.path)))
+                header = read_part10(export.path, stop_before_pixels=True)
+                syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
+                sop_class = str(header.get("SOPClassUID", ""))
+                if not syntax or not sop_class:
+                    raise InputRejected(f"{export.path}: no SOP class or transfer syntax")
+                items.append(_Item(export, sop_class, syntax))
             except InputRejected as exc:
                 self._failed(export, name, str(exc), now, permanent=True)
         return items
@@ -194,25 +202,41 @@ class ExportOutbox:
             metrics.EXPORT_PENDING.labels(name).set(pending.get(name, 0))
 
 
-def _contexts(items: Sequence[_Item]) -> dict[str, PresentationContext]:
-    """One context per SOP class: its objects' transfer syntaxes plus explicit/implicit LE."""
-    syntaxes: dict[str, list[str]] = {}
+def _contexts(items: Sequence[_Item]) -> dict[str, list[PresentationContext]]:
+    """Presentation contexts per SOP class, at most :data:`MAX_CONTEXTS` in all.
+
+    Each SOP class gets one context offering Explicit and Implicit VR Little Endian and,
+    for every other transfer syntax its objects use (compressed ones), a context of its
+    own: an acceptor that prefers uncompressed data could otherwise accept the shared
+    context with a syntax the encoded object cannot be sent in.
+    """
+    uncompressed: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    wanted: dict[str, list[str]] = {}
     for item in items:
         sop_class, syntax = item.syntaxes
-        if sop_class not in syntaxes and len(syntaxes) >= MAX_CONTEXTS:
-            continue
-        listed = syntaxes.setdefault(sop_class, [])
-        for uid in (syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if uid not in listed:
-                listed.append(uid)
-    return {uid: build_context(uid, listed) for uid, listed in syntaxes.items()}
+        listed = wanted.setdefault(sop_class, [])
+        if syntax not in uncompressed and syntax not in listed:
+            listed.append(syntax)
+    contexts: dict[str, list[PresentationContext]] = {}
+    used = 0
+    for sop_class, own in wanted.items():
+        needed = 1 + len(own)
+        if used + needed > MAX_CONTEXTS:
+            continue  # the rest wait for the next run
+        contexts[sop_class] = [build_context(sop_class, [syntax]) for syntax in own]
+        contexts[sop_class].append(build_context(sop_class, uncompressed))
+        used += needed
+    return contexts
 
 
-def _store(assoc: Association, dataset: Dataset) -> str | None:
-    """C-STORE one dataset; returns None on success, else the error text."""
+def _store(assoc: Association, path: Path) -> str | None:
+    """C-STORE one Part-10 file (read only now: one object in memory at a time).
+
+    Returns None on success, else the error text.
+    """
     try:
-        status = assoc.send_c_store(dataset)
-    except (ValueError, AttributeError, RuntimeError) as exc:  # no usable context, bad dataset
+        status = assoc.send_c_store(path)
+    except (ValueError, AttributeError, RuntimeError, OSError) as exc:  # no context, bad file
         return f"cannot send: {exc}"
     if "Status" not in status:
         return "no C-STORE response (timeout or association aborted)"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydicom.data import get_testdata_file
 
 from daemon import metrics
 from daemon.config import ExportDestination, ExportSettings
@@ -152,3 +153,14 @@ def test_missing_output_file_is_dead_at_once(setup: Setup, tmp_path: Path) -> No
     assert setup.outbox.send_due() == 0
     state, _, _, error = _export_rows(setup.journal)[0]
     assert state == "dead" and error is not None and "missing" in error
+
+
+def test_object_sent_with_its_own_class_and_syntax(setup: Setup, tmp_path: Path) -> None:
+    source = get_testdata_file("JPEG2000.dcm")  # Secondary Capture, JPEG 2000 compressed
+    assert source is not None
+    _queue_exports(setup.journal, [Path(source)], tmp_path / "outputs")
+    assert setup.outbox.send_due() == 1
+    (orthanc_id,) = setup.orthanc.instances()
+    metadata = setup.orthanc.get(f"/instances/{orthanc_id}/metadata?expand")
+    assert metadata["TransferSyntax"] == "1.2.840.10008.1.2.4.91"
+    assert metadata["SopClassUid"] == "1.2.840.10008.5.1.4.1.1.7"
