@@ -182,8 +182,9 @@ def read_series(journal: Journal, arrival: Arrival) -> SeriesItem:
     """Read every spool file of a DICOM series arrival, in arrival order.
 
     ``identity`` is the series key: a re-opened series is the same input, so its results
-    keep their names and UIDs and replace the earlier ones. Raises InputRejected when the arrival has no instances, a file is
-    missing or not DICOM, or the files do not belong to one series.
+    keep their names and UIDs and replace the earlier ones. Raises InputRejected when the
+    arrival has no instances, a file is missing or not DICOM, or the files do not belong
+    to one series.
     """
     instances = journal.instances(arrival.id)
     if not instances:
