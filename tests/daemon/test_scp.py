@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import sqlite3
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,12 +26,16 @@ from daemon.config import DicomSettings, TlsSettings
 from daemon.journal import ArrivalState, Journal
 from daemon.sources.scp import DicomReceiver
 from tests.support.peers import (
+    DCMTK_STORESCU,
     LOOPBACK,
     PeerSet,
     SyntheticSeries,
     echoscu,
+    free_port,
     no_thread_leaks,
+    nodelay_env,
     storescu,
+    wait_for_port,
     write_synthetic_ct,
 )
 
@@ -279,3 +287,55 @@ def test_orthanc_pushes_a_series(tmp_path: Path, peers: PeerSet, small_ct: Synth
     finally:
         running.receiver.stop()
         running.journal.close()
+
+
+_RECEIVER_PROCESS = """
+import sys, time
+from pathlib import Path
+from daemon.config import DicomSettings
+from daemon.journal import Journal
+from daemon.sources.scp import DicomReceiver
+root = Path(sys.argv[1])
+journal = Journal(root / "journal.sqlite3")
+DicomReceiver(DicomSettings(port=int(sys.argv[2])), journal, root / "spool", lambda ids: None).start()
+time.sleep(600)
+"""
+
+
+def test_kill_9_keeps_every_acknowledged_instance(tmp_path: Path, peers: PeerSet) -> None:
+    series = write_synthetic_ct(tmp_path / "ct", n_slices=120, seed="kill", rows=256, cols=256)
+    port = free_port()
+    state = tmp_path / "state"
+    receiver = peers.spawn("receiver", [sys.executable, "-c", _RECEIVER_PROCESS, str(state), str(port)],
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    wait_for_port(port, timeout=30)
+    sender = subprocess.Popen(
+        [DCMTK_STORESCU, "-v", "-aec", "ACQFLOW", "-aet", "STORESCU", LOOPBACK, str(port),
+         *map(str, series.paths)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=nodelay_env(),
+    )
+    _wait_for(lambda: _journaled(state) >= 10, timeout=60)
+    os.kill(receiver.pid, signal.SIGKILL)
+    output, _ = sender.communicate(timeout=60)
+
+    acknowledged = output.count("Received Store Response (Success)")
+    assert 10 <= acknowledged < len(series.paths), output[-2000:]
+    journal = Journal(state / "journal.sqlite3")
+    try:
+        rows = {r["sop_instance_uid"]: Path(r["path"]) for r in journal.query("SELECT * FROM instances")}
+    finally:
+        journal.close()
+    for index in range(acknowledged):  # storescu sends the files in order, one at a time
+        path = rows[series.sop_uids[index]]
+        assert dcmread(path).SOPInstanceUID == series.sop_uids[index]
+
+
+def _journaled(state: Path) -> int:
+    path = state / "journal.sqlite3"
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path, timeout=5) as db:
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
