@@ -279,7 +279,9 @@ def echo(
 
 
 def main() -> None:
-    from daemon import cli_commands  # registers reprocess, models, train, evaluate, demo
+    from daemon import cli_commands, cli_demo  # register reprocess, models, demo, report
 
-    del cli_commands
+    if len(sys.argv) > 1 and sys.argv[1] in ("train", "evaluate"):
+        cli_commands.register_pipeline_commands()
+    del cli_demo
     app()

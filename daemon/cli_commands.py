@@ -235,23 +235,23 @@ def models(config: ConfigOption = None) -> None:
 
 
 # Pipelines contribute train/evaluate commands; an uninstalled one simply has none.
-PIPELINE_COMMANDS = {
-    "virtual-staining": "plugins.virtual_staining.commands",
-    "ct-muscle": "plugins.ct_muscle.commands",
-    "mr-muscle": "plugins.mr_muscle.commands",
-}
+# (train command name, evaluate command name, module)
+PIPELINE_COMMANDS = (
+    ("virtual-staining", "virtual-staining", "plugins.virtual_staining.commands"),
+    ("ct-muscle", "ct-muscle", "plugins.ct_muscle.commands"),
+    ("mr-to-ct", "mr-muscle", "plugins.mr_muscle.commands"),
+)
 
 
 def register_pipeline_commands() -> None:
-    for name, module_name in PIPELINE_COMMANDS.items():
+    """Add the pipelines' train/evaluate commands; imported only when those groups run,
+    because the pipelines' modules pull in numerical libraries the other commands do not need."""
+    for train_name, evaluate_name, module_name in PIPELINE_COMMANDS:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError:
             continue
         if hasattr(module, "train"):
-            train_app.command(name)(handles_errors(module.train))
+            train_app.command(train_name)(handles_errors(module.train))
         if hasattr(module, "evaluate"):
-            evaluate_app.command(name)(handles_errors(module.evaluate))
-
-
-register_pipeline_commands()
+            evaluate_app.command(evaluate_name)(handles_errors(module.evaluate))

@@ -1,0 +1,170 @@
+"""``acqflow demo …`` feeds the running daemon generated data the way instruments do,
+and ``acqflow report efficiency`` prints a microscopy experiment's time course.
+
+The microscopy demo writes phase-contrast images into the watched folder one by one in
+acquisition order (each written under a temporary name and renamed, as acquisition
+software does); the CT and MR demos send a phantom series to the daemon's DICOM port by
+C-STORE, exactly as a modality would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from daemon.cli import ConfigOption, _fail, _open_journal, _settings, app, console, handles_errors, report_app
+from daemon.config import Settings
+from daemon.fileio import safe_name
+
+__all__ = ["demo_app"]
+
+demo_app = typer.Typer(help="Feed the daemon generated demo data.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+
+Seed = Annotated[int, typer.Option(help="Seed of the generated data.")]
+
+
+@demo_app.command("microscopy")
+@handles_errors
+def demo_microscopy(
+    config: ConfigOption = None,
+    into: Annotated[Path | None, typer.Option(help="Folder to write into (default: the first watched folder).")] = None,
+    wells: Annotated[int, typer.Option(min=1, max=96)] = 3,
+    positions: Annotated[int, typer.Option(min=1)] = 2,
+    timepoints: Annotated[int, typer.Option(min=1)] = 4,
+    size: Annotated[int, typer.Option(min=64, help="Image side in pixels.")] = 512,
+    interval: Annotated[float, typer.Option(min=0, help="Seconds between images.")] = 0.5,
+    seed: Seed = 0,
+) -> None:
+    """Write a phase-contrast time series into the watched folder, image by image."""
+    from plugins.virtual_staining.synthetic import SyntheticSpec, write_series
+
+    settings = _settings(config)
+    target = into or (settings.folders[0].path if settings.folders else None)
+    if target is None:
+        raise _fail("no watched folder configured; pass --into")
+    spec = SyntheticSpec(
+        experiments=1, wells=wells, positions=positions, timepoints=timepoints, shape=(size, size), seed=seed
+    )
+    keep = settings.paths.state_dir / "demo" / "fluorescence"
+    with tempfile.TemporaryDirectory(prefix="acqflow-demo-") as staging:
+        written = write_series(Path(staging), spec)
+        phase = [p for p in written if p.name.endswith("_phase.tif")]
+        for path in written:
+            if path.name.endswith("_gfp.tif"):  # the stain is for training, not for the daemon
+                keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, keep / path.name)
+        experiment = target / "DEMO"
+        experiment.mkdir(parents=True, exist_ok=True)
+        for index, path in enumerate(phase, start=1):
+            temporary = experiment / f".{path.name}.part"
+            shutil.copy2(path, temporary)
+            temporary.rename(experiment / path.name)
+            console.print(f"[{index}/{len(phase)}] {experiment / path.name}")
+            if index < len(phase):
+                time.sleep(interval)
+    console.print(f"fluorescence images (for training and evaluation) kept in {keep}")
+
+
+def _daemon_address(settings: Settings) -> tuple[str, int]:
+    state_file = settings.paths.state_dir / "daemon.json"
+    try:
+        state = json.loads(state_file.read_text())
+        port = int(state["dicom_port"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        port = settings.dicom.port
+    host = "127.0.0.1" if settings.dicom.host in ("0.0.0.0", "::") else settings.dicom.host
+    return host, port
+
+
+def _send(settings: Settings, datasets: Sequence[Any], calling_ae: str) -> None:
+    from pynetdicom import AE
+    from pynetdicom.presentation import build_context
+
+    host, port = _daemon_address(settings)
+    ae = AE(ae_title=calling_ae)
+    ae.requested_contexts = [build_context(datasets[0].SOPClassUID)]
+    assoc = ae.associate(host, port, ae_title=settings.dicom.ae_title)
+    if not assoc.is_established:
+        raise _fail(f"the daemon at {settings.dicom.ae_title}@{host}:{port} refused or is not running", 1)
+    failed = 0
+    try:
+        for index, dataset in enumerate(datasets, start=1):
+            status = assoc.send_c_store(dataset)
+            if getattr(status, "Status", 0xFFFF) != 0:
+                failed += 1
+            if index % 10 == 0 or index == len(datasets):
+                console.print(f"sent {index}/{len(datasets)}")
+    finally:
+        assoc.release()
+    if failed:
+        raise _fail(f"{failed} of {len(datasets)} instances were refused", 1)
+    console.print(f"series sent to {settings.dicom.ae_title}@{host}:{port}; results follow after the quiet time")
+
+
+@demo_app.command("ct")
+@handles_errors
+def demo_ct(config: ConfigOption = None, seed: Seed = 0, calling_ae: str = "ACQFLOW_DEMO") -> None:
+    """Send a synthetic CT phantom series to the daemon over DICOM."""
+    from plugins.ct_muscle.phantoms import demo_ct_series
+
+    _send(_settings(config), demo_ct_series(seed=seed), calling_ae)
+
+
+@demo_app.command("mr")
+@handles_errors
+def demo_mr(config: ConfigOption = None, seed: Seed = 0, calling_ae: str = "ACQFLOW_DEMO") -> None:
+    """Send a synthetic MR phantom series to the daemon over DICOM."""
+    from plugins.mr_muscle.mr_series import demo_mr_series
+
+    _send(_settings(config), demo_mr_series(seed=seed), calling_ae)
+
+
+@report_app.command("efficiency")
+@handles_errors
+def report_efficiency(
+    experiment: Annotated[str, typer.Argument(help="Experiment name (as in the file names or metadata).")],
+    config: ConfigOption = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print the CSV instead of a table.")] = False,
+) -> None:
+    """Differentiation efficiency per well and time point, from the daemon's summary."""
+    settings = _settings(config)
+    journal = _open_journal(settings)
+    rows = journal.query(
+        "SELECT o.path FROM outputs o WHERE o.pipeline='virtual-staining' AND o.kind='file'"
+        " ORDER BY o.written_at DESC LIMIT 1"
+    )
+    journal.close()
+    if not rows:
+        raise _fail("no virtual-staining results in the journal yet")
+    version_root = _version_root(Path(rows[0]["path"]), settings)
+    summary = version_root / "_summary" / safe_name(experiment)
+    table_path = summary / "efficiency.csv"
+    if not table_path.is_file():
+        raise _fail(f"no efficiency time course for experiment {experiment!r} (looked in {summary})")
+    text = table_path.read_text()
+    if as_csv:
+        console.print(text, end="", highlight=False)
+        return
+    reader = list(csv.reader(io.StringIO(text)))
+    table = Table(*reader[0], title=f"differentiation efficiency — {experiment}")
+    for row in reader[1:]:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"plot: {summary / 'efficiency.png'}\nreport: {summary / 'report.html'}")
+
+
+def _version_root(output: Path, settings: Settings) -> Path:
+    """``<outputs>/virtual-staining/<version>`` from one of its output files."""
+    relative = output.relative_to(settings.paths.outputs_dir)
+    return settings.paths.outputs_dir / relative.parts[0] / relative.parts[1]
