@@ -215,26 +215,47 @@ def _wait_for(journal: Journal, job_ids: list[int], arrival_ids: list[int], time
 @app.command()
 @handles_errors
 def models(config: ConfigOption = None) -> None:
-    """List the pipelines this installation knows and their model cards."""
+    """List the installed pipelines and the model cards of the weights in use."""
+    import json
+
+    from rich.table import Table
+
     from daemon.registry import PipelineRegistry
+    from models.store import bundled_weights_dir
 
     settings = _settings(config)
     registry = PipelineRegistry(settings.pipelines, settings.workers.device)
     names = registry.discover()
-    if not names:
-        console.print("no pipelines installed")
-        return
-    from models.store import bundled_weights_dir
-
-    weights = settings.pipelines.weights_dir or bundled_weights_dir()
+    table = Table("pipeline", "found through", title="pipelines")
     for name in names:
-        card = weights / f"{name.replace('-', '_')}.json"
-        summary = card.read_text() if card.is_file() else "(no model card)"
-        console.print(f"[bold]{name}[/bold] — weights {card.with_suffix('.safetensors')}")
-        console.print(summary, highlight=False)
+        table.add_row(name, registry.origin(name))
+    console.print(table if names else "no pipelines installed")
+    weights = settings.pipelines.weights_dir or bundled_weights_dir()
+    cards = Table(
+        "model", "version", "architecture", "held-out metrics", "sha256", title=f"model cards in {weights}"
+    )
+    for card_path in sorted(weights.glob("*.json")):
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, ValueError) as exc:
+            cards.add_row(card_path.stem, "-", f"unreadable: {exc}", "", "")
+            continue
+        metrics = card.get("metrics") or {}
+        shown = ", ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in list(metrics.items())[:6]
+            if not isinstance(v, (dict, list))
+        )
+        cards.add_row(
+            str(card.get("name")),
+            str(card.get("version")),
+            str(card.get("architecture")),
+            shown,
+            str(card.get("sha256", ""))[:12],
+        )
+    console.print(cards)
 
 
-# Pipelines contribute train/evaluate commands; an uninstalled one simply has none.
 # (train command name, evaluate command name, module)
 PIPELINE_COMMANDS = (
     ("virtual-staining", "virtual-staining", "plugins.virtual_staining.commands"),

@@ -38,7 +38,9 @@ Seed = Annotated[int, typer.Option(help="Seed of the generated data.")]
 @handles_errors
 def demo_microscopy(
     config: ConfigOption = None,
-    into: Annotated[Path | None, typer.Option(help="Folder to write into (default: the first watched folder).")] = None,
+    into: Annotated[
+        Path | None, typer.Option(help="Folder to write into (default: the first watched folder).")
+    ] = None,
     wells: Annotated[int, typer.Option(min=1, max=96)] = 3,
     positions: Annotated[int, typer.Option(min=1)] = 2,
     timepoints: Annotated[int, typer.Option(min=1)] = 4,
@@ -109,7 +111,9 @@ def _send(settings: Settings, datasets: Sequence[Any], calling_ae: str) -> None:
         assoc.release()
     if failed:
         raise _fail(f"{failed} of {len(datasets)} instances were refused", 1)
-    console.print(f"series sent to {settings.dicom.ae_title}@{host}:{port}; results follow after the quiet time")
+    console.print(
+        f"series sent to {settings.dicom.ae_title}@{host}:{port}; results follow after the quiet time"
+    )
 
 
 @demo_app.command("ct")

@@ -97,6 +97,10 @@ class PipelineRegistry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def origin(self, name: str) -> str:
+        """Where the pipeline was found (entry point, settings module, or in memory)."""
+        return self._entries[name].origin
+
     def available(self) -> list[str]:
         """Pipelines that are known and have not disabled themselves."""
         return sorted(n for n, e in self._entries.items() if e.error is None)
