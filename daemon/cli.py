@@ -41,7 +41,7 @@ app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(report_app, name="report")
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error stays one line, however long
 
 ConfigOption = Annotated[
     Path | None,
@@ -258,7 +258,7 @@ def echo(
 ) -> None:
     """C-ECHO a DICOM destination."""
     from daemon.config import ExportDestination
-    from daemon.sinks.outbox import ExportOutbox
+    from daemon.sinks.outbox import echo as c_echo
 
     settings = _settings(config)
     if "@" in destination:
@@ -269,8 +269,7 @@ def echo(
         target = ExportDestination(name="adhoc", ae_title=ae, host=host, port=int(port))
     else:
         target = settings.destination(destination)
-    outbox = ExportOutbox(settings.export, None, settings.dicom.ae_title)  # type: ignore[arg-type]
-    status_code = outbox.echo(target, timeout)
+    status_code = c_echo(target, settings.dicom.ae_title, timeout)
     if status_code != 0:
         raise _fail(
             f"C-ECHO to {target.ae_title}@{target.host}:{target.port} returned status 0x{status_code:04X}", 1

@@ -189,7 +189,8 @@ class JobQueue:
                     db.execute(
                         "INSERT INTO exports(output_id, destination, state, created_at)"
                         " VALUES(?, ?, 'pending', ?) ON CONFLICT(output_id, destination) DO UPDATE"
-                        " SET state='pending', attempts=0, not_before=0, error=NULL, finished_at=NULL",
+                        " SET state='pending', attempts=0, not_before=0, error=NULL, finished_at=NULL,"
+                        " created_at=excluded.created_at",
                         (output_id, destination, now),
                     )
                     export_ids.append(

@@ -178,13 +178,14 @@ class WorkerPool:
             log.warning("workers still busy at shutdown: %s (their jobs re-run at next start)", alive)
 
     def route_ready(self) -> int:
-        """Route every READY arrival; returns how many jobs were created."""
+        """Route every READY arrival; returns how many jobs were created.
+
+        Arrivals are counted where they become complete (watcher, series assembler).
+        """
         created = 0
         for arrival in self._runner.journal.arrivals_in_state(ArrivalState.READY):
             decisions = self._router.decide(arrival)
             created += len(self._runner.jobs.route(arrival.id, arrival.generation, decisions))
-            if arrival.kind == "dicom-series":  # files are counted by the watcher as it takes them
-                metrics.ARRIVALS.labels(arrival.source, arrival.kind).inc()
             if not decisions:
                 metrics.UNROUTED.labels(arrival.source, arrival.kind).inc()
                 log.info("arrival %d (%s) matched no route", arrival.id, arrival.kind)

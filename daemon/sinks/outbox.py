@@ -80,8 +80,7 @@ class ExportOutbox:
                 try:
                     sent += self._send_destination(name, exports, now)
                 except Exception:
-                    LOG.exception("export to %s failed unexpectedly (%d object(s))", name,
-                                  len(exports))
+                    LOG.exception("export to %s failed unexpectedly (%d object(s))", name, len(exports))
                     metrics.CALLBACK_ERRORS.labels("outbox").inc()
             self._publish_pending()
             return sent
@@ -98,18 +97,7 @@ class ExportOutbox:
 
     def echo(self, destination: ExportDestination, timeout: float) -> int:
         """C-ECHO ``destination``; returns the status. Raises ExportError when unreachable."""
-        ae = self._application_entity(destination, timeout)
-        ae.add_requested_context(VERIFICATION)
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-        if not assoc.is_established:
-            raise ExportError(f"{destination.name}: {_why_not_established(assoc, destination)}")
-        try:
-            status = assoc.send_c_echo()
-        finally:
-            _release(assoc)
-        if "Status" not in status:
-            raise ExportError(f"{destination.name}: no C-ECHO response within {timeout:.0f} s")
-        return int(status.Status)
+        return echo(destination, self.calling_ae, timeout)
 
     # --- one destination ------------------------------------------------------------
 
@@ -176,8 +164,9 @@ class ExportOutbox:
         """Reschedule with exponential backoff, or park as dead when it is time to give up."""
         age = now - export.created_at
         if permanent or age >= self.settings.give_up_after_seconds:
-            LOG.error("export %d to %s dead after %d attempt(s): %s", export.id, name,
-                      export.attempts + 1, error)
+            LOG.error(
+                "export %d to %s dead after %d attempt(s): %s", export.id, name, export.attempts + 1, error
+            )
             self.journal.mark_export_failed(export.id, error, None)
             metrics.EXPORTS.labels(name, "dead").inc()
             return
@@ -189,12 +178,7 @@ class ExportOutbox:
         metrics.EXPORTS.labels(name, "retry").inc()
 
     def _application_entity(self, destination: ExportDestination, timeout: float) -> AE:
-        ae = AE(ae_title=destination.calling_ae_title or self.calling_ae)
-        ae.connection_timeout = timeout
-        ae.acse_timeout = timeout
-        ae.dimse_timeout = timeout
-        ae.network_timeout = timeout
-        return ae
+        return _application_entity(destination, self.calling_ae, timeout)
 
     def _publish_pending(self) -> None:
         pending = self.pending_count()
@@ -258,3 +242,31 @@ def _why_not_established(assoc: Association, destination: ExportDestination) -> 
 def _release(assoc: Association) -> None:
     if assoc.is_established:
         assoc.release()
+
+
+def _application_entity(destination: ExportDestination, calling_ae: str, timeout: float) -> AE:
+    ae = AE(ae_title=destination.calling_ae_title or calling_ae)
+    ae.connection_timeout = timeout
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    return ae
+
+
+def echo(destination: ExportDestination, calling_ae: str, timeout: float) -> int:
+    """C-ECHO ``destination`` as ``calling_ae``; returns the status.
+
+    Raises ExportError when the destination is unreachable or does not answer.
+    """
+    ae = _application_entity(destination, calling_ae, timeout)
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        raise ExportError(f"{destination.name}: {_why_not_established(assoc, destination)}")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        _release(assoc)
+    if "Status" not in status:
+        raise ExportError(f"{destination.name}: no C-ECHO response within {timeout:.0f} s")
+    return int(status.Status)

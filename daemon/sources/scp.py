@@ -111,6 +111,9 @@ def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
+DUL_LOOP_DELAY_SECONDS = 0.0001
+
+
 class DicomReceiver:
     """C-ECHO/C-STORE SCP writing instances durably to the spool and the journal.
 
@@ -153,8 +156,11 @@ class DicomReceiver:
         assert server is not None  # non-blocking start always returns the server
         self._ae, self._server = ae, server
         LOG.info(
-            "DICOM SCP %s listening on %s:%d%s", self.settings.ae_title, self.settings.host,
-            self.port, " (TLS)" if tls else "",
+            "DICOM SCP %s listening on %s:%d%s",
+            self.settings.ae_title,
+            self.settings.host,
+            self.port,
+            " (TLS)" if tls else "",
         )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -223,6 +229,12 @@ class DicomReceiver:
             event.assoc.acse.send_reject(0x02, 0x01, 0x01)
 
     def _on_accepted(self, event: Event) -> None:
+        # pynetdicom's DUL reactor sleeps 1 ms each time it finds nothing to do, also
+        # while our C-STORE response waits to be sent: a shorter pause for the life of
+        # the association takes ~0.5 ms off every instance for a little CPU while it is open.
+        dul = getattr(event.assoc, "dul", None)
+        if dul is not None and hasattr(dul, "_run_loop_delay"):
+            dul._run_loop_delay = DUL_LOOP_DELAY_SECONDS
         peer = _Peer(uuid.uuid4().hex, event.assoc.requestor.ae_title.strip())
         with self._lock:
             self._peers[event.assoc] = peer
@@ -231,18 +243,25 @@ class DicomReceiver:
         if refused and LOG.isEnabledFor(logging.DEBUG):
             # not counted: storescu & co propose every storage class they know by default
             names = sorted({UID(str(cx.abstract_syntax)).name for cx in refused})
-            LOG.debug("association %s from %s: %d presentation context(s) refused: %s",
-                      peer.association, peer.calling_ae, len(refused), ", ".join(names))
+            LOG.debug(
+                "association %s from %s: %d presentation context(s) refused: %s",
+                peer.association,
+                peer.calling_ae,
+                len(refused),
+                ", ".join(names),
+            )
         try:
             self.journal.open_association(peer.association, peer.calling_ae)
         except Exception:
-            LOG.exception("association %s from %s: journal open failed", peer.association,
-                          peer.calling_ae)
+            LOG.exception("association %s from %s: journal open failed", peer.association, peer.calling_ae)
             metrics.CALLBACK_ERRORS.labels("scp").inc()
 
     def _on_rejected(self, event: Event) -> None:
-        LOG.warning("association from AE %r at %s rejected (AE not allowed or limit reached)",
-                    event.assoc.requestor.ae_title, event.assoc.requestor.address)
+        LOG.warning(
+            "association from AE %r at %s rejected (AE not allowed or limit reached)",
+            event.assoc.requestor.ae_title,
+            event.assoc.requestor.address,
+        )
         metrics.ASSOCIATIONS.labels("rejected").inc()
 
     def _on_released(self, event: Event) -> None:
@@ -265,8 +284,9 @@ class DicomReceiver:
             arrival_ids = self.journal.close_association(peer.association, state)
             self.on_association_closed(arrival_ids)
         except Exception:
-            LOG.exception("association %s from %s: closing (%s) failed", peer.association,
-                          peer.calling_ae, state)
+            LOG.exception(
+                "association %s from %s: closing (%s) failed", peer.association, peer.calling_ae, state
+            )
             metrics.CALLBACK_ERRORS.labels("scp").inc()
 
     def _on_echo(self, event: Event) -> int:
@@ -282,15 +302,21 @@ class DicomReceiver:
         try:
             outcome = self._store(event, peer)
         except _StoreRefused as refused:
-            LOG.warning("C-STORE from %s refused (0x%04X %s): %s", peer.calling_ae,
-                        refused.status, refused.reason, refused)
+            LOG.warning(
+                "C-STORE from %s refused (0x%04X %s): %s",
+                peer.calling_ae,
+                refused.status,
+                refused.reason,
+                refused,
+            )
             metrics.DICOM_INSTANCES.labels(refused.reason).inc()
             if refused.status in (StoreStatus.CANNOT_UNDERSTAND, StoreStatus.DATASET_MISMATCH):
                 metrics.INPUT_ERRORS.labels("dicom", refused.reason).inc()
             return _failure(refused.status, str(refused))
         except Exception as exc:
-            LOG.exception("C-STORE from %s failed unexpectedly (association %s)",
-                          peer.calling_ae, peer.association)
+            LOG.exception(
+                "C-STORE from %s failed unexpectedly (association %s)", peer.calling_ae, peer.association
+            )
             metrics.DICOM_INSTANCES.labels("error").inc()
             return _failure(StoreStatus.PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
         metrics.DICOM_INSTANCES.labels(outcome).inc()
@@ -327,8 +353,16 @@ class DicomReceiver:
             write_atomic(path, part10)
         except OSError as exc:
             raise _StoreRefused(StoreStatus.OUT_OF_RESOURCES, "spool", f"spool: {exc}") from exc
-        instance = Instance(sop_uid, 0, path, len(part10), peer.calling_ae, peer.association,
-                            time.time(), header.instance_number)
+        instance = Instance(
+            sop_uid,
+            0,
+            path,
+            len(part10),
+            peer.calling_ae,
+            peer.association,
+            time.time(),
+            header.instance_number,
+        )
         attrs = {
             "modality": header.modality,
             "study_uid": header.study_uid,
@@ -338,9 +372,7 @@ class DicomReceiver:
             "transfer_syntax": syntax,
         }
         try:
-            _, is_new = self.journal.record_instance(
-                "series:" + header.series_uid, folder, attrs, instance
-            )
+            _, is_new = self.journal.record_instance("series:" + header.series_uid, folder, attrs, instance)
         except Exception as exc:  # sqlite3 errors, disk full, locked database
             raise _StoreRefused(StoreStatus.OUT_OF_RESOURCES, "journal", f"journal: {exc}") from exc
         metrics.DICOM_BYTES.inc(len(part10))
@@ -350,11 +382,15 @@ class DicomReceiver:
 def _check_matches(found_class: str, sop_class: str, found_uid: str, sop_uid: str) -> None:
     """The dataset must carry the SOP class and instance named in the C-STORE command."""
     if found_class and UID(found_class) != UID(sop_class):
-        raise _StoreRefused(StoreStatus.DATASET_MISMATCH, "mismatch",
-                            f"dataset SOP class {found_class} differs from command {sop_class}")
+        raise _StoreRefused(
+            StoreStatus.DATASET_MISMATCH,
+            "mismatch",
+            f"dataset SOP class {found_class} differs from command {sop_class}",
+        )
     if found_uid != sop_uid:
-        raise _StoreRefused(StoreStatus.DATASET_MISMATCH, "mismatch",
-                            "dataset SOP Instance UID differs from the command")
+        raise _StoreRefused(
+            StoreStatus.DATASET_MISMATCH, "mismatch", "dataset SOP Instance UID differs from the command"
+        )
 
 
 def _failure(status: StoreStatus, comment: str) -> Dataset:
