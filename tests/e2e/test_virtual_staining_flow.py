@@ -1,0 +1,94 @@
+"""Virtual staining end to end: a generated time series copied into a watched folder in
+acquisition order gives overlays, the per-well time course and the efficiency gauge."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import tifffile
+
+from plugins.virtual_staining.synthetic import SyntheticSpec, write_series
+from tests.support.daemon_proc import DaemonProcess, metric_value
+from tests.support.peers import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str, daemon: DaemonProcess) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}\n{daemon.log_tail()}")
+
+
+def _done(daemon: DaemonProcess) -> int:
+    db = sqlite3.connect(daemon.state_dir / "journal.sqlite3", timeout=10)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM jobs WHERE state='done'").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_time_series_in_acquisition_order_gives_overlays_time_course_and_gauge(tmp_path: Path) -> None:
+    spec = SyntheticSpec(experiments=1, wells=2, positions=2, timepoints=3, shape=(256, 256), seed=11)
+    staging = tmp_path / "staging"
+    phase = [p for p in write_series(staging, spec) if p.name.endswith("_phase.tif")]
+    inbox = tmp_path / "inbox"
+    daemon = DaemonProcess(
+        tmp_path,
+        {
+            "paths": {"state_dir": str(tmp_path / "state"), "outputs_dir": str(tmp_path / "outputs")},
+            "workers": {"device": "cpu", "poll_seconds": 0.2},
+            "metrics": {"port": free_port()},
+            "dicom": {"enabled": False},
+            "folders": [{"path": str(inbox), "stable_seconds": 0.5}],
+        },
+    )
+    daemon.start()
+    try:
+        experiment = inbox / "EXP1"
+        experiment.mkdir(parents=True)
+        for path in phase:  # as acquisition software writes: temporary name, then rename
+            shutil.copy2(path, experiment / f".{path.name}.part")
+            (experiment / f".{path.name}.part").rename(experiment / path.name)
+            time.sleep(0.2)
+        _wait(lambda: _done(daemon) == len(phase), 300, f"{len(phase)} virtual-staining jobs", daemon)
+
+        root = next((tmp_path / "outputs" / "virtual-staining").iterdir())  # the model version
+        overlays = sorted(root.rglob("overlay.png"))
+        stains = sorted(root.rglob("virtual_stain.tif"))
+        assert len(overlays) == len(stains) == len(phase)
+        with tifffile.TiffFile(stains[0]) as tif:
+            assert tif.is_imagej
+            assert tif.series[0].axes == "CYX" and tif.series[0].shape == (2, 256, 256)
+            x_resolution = tif.pages[0].tags["XResolution"].value
+            assert x_resolution[0] / x_resolution[1] == pytest.approx(1 / spec.pixel_size_um, rel=1e-3)
+
+        summary = root / "_summary" / "EXP1"
+        rows = list(csv.DictReader((summary / "efficiency.csv").read_text().splitlines()))
+        assert {(r["well"], r["timepoint"]) for r in rows} == {
+            (w, str(t)) for w in {r["well"] for r in rows} for t in range(spec.timepoints)
+        }
+        assert len({r["well"] for r in rows}) == spec.wells
+        assert all(r["positions"] == str(spec.positions) for r in rows)
+        assert (summary / "efficiency.png").read_bytes().startswith(b"\x89PNG")
+        assert (summary / "report.html").is_file()
+
+        text = daemon.metrics_text()
+        for well in {r["well"] for r in rows}:
+            latest = max((r for r in rows if r["well"] == well), key=lambda r: int(r["timepoint"]))
+            gauge = metric_value(
+                text, "acqflow_differentiation_efficiency", {"experiment": "EXP1", "well": well}
+            )
+            assert gauge == pytest.approx(float(latest["efficiency"]), abs=1e-6)
+    finally:
+        if daemon.alive():
+            assert daemon.terminate() == 0
