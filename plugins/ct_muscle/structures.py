@@ -223,7 +223,7 @@ def load_label_table(path: Path, base: LabelTable | None = None) -> LabelTable:
     (then all fields are required). Raises ValueError for unreadable or invalid files.
     """
     raw = _parse(path)
-    entries = raw.get("structures", {}) if isinstance(raw, dict) else None
+    entries = raw.get("structures") if isinstance(raw, dict) else None
     if not isinstance(entries, dict):
         raise ValueError(f"{path}: expected a 'structures' table")
     table = {s.key: s for s in (base if base is not None else default_label_table())}

@@ -80,7 +80,8 @@ def _decoded_labels(seg: hd.seg.Segmentation, uids: list[str]) -> np.ndarray:
     by_type = {s.type.value: s.label for s in TABLE}
     for number in seg.segment_numbers:
         lut[number] = by_type[seg.get_segment_description(number).segmented_property_type.value]
-    return lut[np.asarray(pixels)]
+    decoded: np.ndarray = lut[np.asarray(pixels)]
+    return decoded
 
 
 CASES = [(variant, shuffle) for variant in sorted(VARIANTS) for shuffle in (False, True)]
@@ -152,7 +153,7 @@ def test_measurement_report_round_trip(tmp_path: Path) -> None:
     path = _write(objects["ct-muscle-sr.dcm"], tmp_path / "sr.dcm")
     assert dciodvfy_errors(path) == []
     sr = hd.sr.srread(path)
-    groups = sr.content.get_volumetric_roi_measurement_groups()
+    groups = sr.content.get_volumetric_roi_measurement_groups()  # type: ignore[attr-defined]
     assert len(groups) == len(measured)
     for group, m in zip(groups, measured, strict=True):
         assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID

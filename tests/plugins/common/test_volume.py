@@ -63,8 +63,14 @@ def test_every_pydicom_ct_mr_file_converts_or_is_refused_clearly(path: Path) -> 
     assert len(volume.sources) == volume.array.shape[0]
 
 
+def _testdata(name: str) -> pydicom.Dataset:
+    path = pydicom.data.get_testdata_file(name)
+    assert isinstance(path, str)
+    return pydicom.dcmread(path)
+
+
 def _ct_small() -> pydicom.Dataset:
-    return pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    return _testdata("CT_small.dcm")
 
 
 def test_ct_small_is_rescaled_to_hu() -> None:
@@ -78,15 +84,13 @@ def test_ct_small_is_rescaled_to_hu() -> None:
 @pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm",
                                   "MR_small_jp2klossless.dcm"])
 def test_compressed_transfer_syntaxes_decode_like_uncompressed(name: str) -> None:
-    plain = series_to_volume([pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm"))],
-                             VolumeOptions(modalities=("MR",)))
-    packed = series_to_volume([pydicom.dcmread(pydicom.data.get_testdata_file(name))],
-                              VolumeOptions(modalities=("MR",)))
+    plain = series_to_volume([_testdata("MR_small.dcm")], VolumeOptions(modalities=("MR",)))
+    packed = series_to_volume([_testdata(name)], VolumeOptions(modalities=("MR",)))
     np.testing.assert_array_equal(plain.array, packed.array)
 
 
 def test_enhanced_ct_multiframe_is_accepted() -> None:
-    ds = pydicom.dcmread(pydicom.data.get_testdata_file("eCT_Supplemental.dcm"))
+    ds = _testdata("eCT_Supplemental.dcm")
     volume = series_to_volume([ds])
     assert volume.array.shape == (2, 512, 512)
     assert volume.is_multiframe and {s.frame_number for s in volume.sources} == {1, 2}

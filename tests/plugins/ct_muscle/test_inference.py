@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.store import WeightsError
+from plugins.ct_muscle.inference import (
+    InputGeometry,
+    McOptions,
+    Prediction,
+    UncertaintyMeasure,
+    load_model,
+    measure_structures,
+    predict_volume,
+)
+from plugins.ct_muscle.structures import default_label_table
+
+
+@pytest.fixture()
+def model_and_geometry(tiny_weights: Path):  # type: ignore[no-untyped-def]
+    model, _, geometry = load_model(tiny_weights)
+    return model, geometry
+
+
+@pytest.mark.parametrize("shape", [(3, 50, 70), (2, 128, 96), (1, 37, 41)])
+def test_any_matrix_size_comes_back_in_its_own_size(model_and_geometry, shape) -> None:  # type: ignore[no-untyped-def]
+    model, geometry = model_and_geometry
+    hu = np.random.default_rng(0).normal(0, 300, size=shape).astype(np.float32)
+    prediction = predict_volume(model, hu, (2.3, 1.7), geometry, McOptions(samples=3))
+    assert prediction.labels.shape == shape and prediction.uncertainty.shape == shape
+    assert prediction.labels.dtype == np.uint8
+
+
+@pytest.mark.parametrize("measure", list(UncertaintyMeasure))
+def test_uncertainty_measures_are_bounded(model_and_geometry, measure) -> None:  # type: ignore[no-untyped-def]
+    model, geometry = model_and_geometry
+    hu = np.random.default_rng(1).normal(0, 300, size=(2, 48, 48)).astype(np.float32)
+    unc = predict_volume(model, hu, (6.0, 6.0), geometry,
+                         McOptions(samples=4, measure=measure)).uncertainty
+    assert unc.min() >= 0
+    assert unc.max() <= math.log(23) + 1e-4
+    assert unc.max() > 0
+
+
+def test_batched_equals_one_slice_at_a_time_without_dropout(model_and_geometry) -> None:  # type: ignore[no-untyped-def]
+    model, geometry = model_and_geometry
+    for module in model.modules():
+        if hasattr(module, "p") and hasattr(module, "always_on"):
+            module.p = 0.0
+    hu = np.random.default_rng(2).normal(0, 300, size=(5, 40, 56)).astype(np.float32)
+    batched = predict_volume(model, hu, (3.0, 3.0), geometry, McOptions(samples=3))
+    single = predict_volume(model, hu, (3.0, 3.0), geometry,
+                            McOptions(samples=3, batch_images=1))
+    np.testing.assert_array_equal(batched.labels, single.labels)
+    np.testing.assert_allclose(batched.uncertainty, single.uncertainty, atol=1e-5)
+
+
+def test_measure_structures_volumes_and_flags() -> None:
+    table = default_label_table()
+    labels = np.zeros((2, 4, 4), np.uint8)
+    labels[0, :2, :2] = 1  # 4 voxels of pelvis
+    labels[1] = 5  # 16 voxels of biceps femoris
+    unc = np.where(labels == 5, 0.5, 0.1).astype(np.float32)
+    found = measure_structures(Prediction(labels, unc, UncertaintyMeasure.ENTROPY), table,
+                               voxel_volume_mm3=250.0, threshold=0.3)
+    assert [(m.key, m.voxels) for m in found] == [("pelvis", 4), ("biceps_femoris", 16)]
+    assert found[0].volume_ml == pytest.approx(1.0)
+    assert found[1].mean_uncertainty == pytest.approx(0.5)
+    assert [m.review_required for m in found] == [False, True]
+
+
+def test_load_model_checks_label_table(tiny_weights: Path) -> None:
+    with pytest.raises(WeightsError, match="label table"):
+        load_model(tiny_weights, expected=["femur"])
+
+
+def test_geometry_round_trips_through_the_card() -> None:
+    geometry = InputGeometry(2.5)
+    assert InputGeometry.from_dict(geometry.to_dict()) == geometry

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import Dataset
+
+from plugins.api import (
+    ImageItem,
+    ImageMetadata,
+    InputKind,
+    InvalidInputError,
+    Pipeline,
+    PipelineContext,
+    SeriesItem,
+)
+from plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
+from plugins.ct_muscle.pipeline import CtMusclePipeline
+
+SMALL = PhantomOptions(shape=(6, 64, 64), pixel_spacing_mm=6.0, slice_spacing_mm=10.0)
+
+
+def _item(datasets: list[Dataset], identity: str = "series-1") -> SeriesItem:
+    first = datasets[0]
+    return SeriesItem(identity=identity, study_uid=str(first.StudyInstanceUID),
+                      series_uid=str(first.SeriesInstanceUID), modality="CT",
+                      datasets=datasets)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_weights: Path) -> CtMusclePipeline:
+    p = CtMusclePipeline()
+    p.load(PipelineContext(device="cpu", options={"samples": 3, "review_threshold": 0.0},
+                           weights_dir=tiny_weights))
+    return p
+
+
+def test_declares_the_contract() -> None:
+    p = CtMusclePipeline()
+    assert isinstance(p, Pipeline)
+    assert (p.name, p.input_kind) == ("ct-muscle", InputKind.DICOM_SERIES)
+
+
+def test_run_returns_seg_map_sr_records_and_figures(pipeline: CtMusclePipeline) -> None:
+    datasets = demo_ct_series(1, SMALL)
+    result = pipeline.run(_item(datasets))
+    classes = {o.name: str(o.dataset.SOPClassUID) for o in result.dicom}
+    assert classes["ct-muscle-uncertainty.dcm"] == "1.2.840.10008.5.1.4.1.1.30"
+    assert result.records, "the untrained test network labels something"
+    assert classes["ct-muscle-seg.dcm"] == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert classes["ct-muscle-sr.dcm"] == "1.2.840.10008.5.1.4.1.1.88.34"
+    for output in result.dicom:
+        assert output.dataset.StudyInstanceUID == datasets[0].StudyInstanceUID
+        assert output.dataset.FrameOfReferenceUID == datasets[0].FrameOfReferenceUID \
+            if "FrameOfReferenceUID" in output.dataset else True
+    assert all(r.kind == "ct-structure" for r in result.records)
+    for figure in result.figures:
+        assert set(figure.labels) == {"pipeline", "structure"}
+        assert figure.name in {"structure_uncertainty", "review_required"}
+    assert result.review_required == any(r.fields["review_required"] for r in result.records)
+    json.dumps([dict(r.fields) for r in result.records])
+
+
+def test_rerun_in_other_order_gives_the_same_uids(pipeline: CtMusclePipeline) -> None:
+    datasets = demo_ct_series(2, SMALL)
+    shuffled = list(datasets)
+    random.Random(0).shuffle(shuffled)
+    first = {o.name: o.dataset.SOPInstanceUID for o in pipeline.run(_item(datasets)).dicom}
+    again = {o.name: o.dataset.SOPInstanceUID for o in pipeline.run(_item(shuffled)).dicom}
+    other = {o.name: o.dataset.SOPInstanceUID
+             for o in pipeline.run(_item(datasets, identity="series-2")).dicom}
+    assert first == again
+    assert not set(first.values()) & set(other.values())
+
+
+def test_refuses_non_ct_and_images(pipeline: CtMusclePipeline) -> None:
+    datasets = demo_ct_series(3, SMALL)
+    for ds in datasets:
+        ds.Modality = "MR"
+    with pytest.raises(InvalidInputError, match="modality"):
+        pipeline.run(_item(datasets))
+    image = ImageItem(identity="x", source_path=Path("x.tif"), array=np.zeros((4, 4)),
+                      axes="YX", metadata=ImageMetadata())
+    with pytest.raises(InvalidInputError):
+        pipeline.run(image)
+
+
+def test_options_are_validated(tiny_weights: Path) -> None:
+    with pytest.raises(ValueError, match="unknown ct-muscle options"):
+        CtMusclePipeline().load(PipelineContext(device="cpu", options={"sampels": 3},
+                                                weights_dir=tiny_weights))
+    with pytest.raises(ValueError):
+        CtMusclePipeline().load(PipelineContext(device="cpu", options={"measure": "nonsense"},
+                                                weights_dir=tiny_weights))
+    with pytest.raises(RuntimeError):
+        CtMusclePipeline().run(_item(demo_ct_series(1, SMALL)))
+
+
+def test_labelmap_and_window_options(tiny_weights: Path) -> None:
+    p = CtMusclePipeline()
+    p.load(PipelineContext(device="cpu", weights_dir=tiny_weights, options={
+        "samples": 2, "labelmap": True, "window_center": 40.0, "window_width": 400.0,
+        "measure": "mutual_information"}))
+    result = p.run(_item(demo_ct_series(4, SMALL)))
+    segs = [o.dataset for o in result.dicom if o.name == "ct-muscle-seg.dcm"]
+    assert all(seg.SegmentationType == "LABELMAP" for seg in segs)
+    assert all(r.fields["uncertainty_measure"] == "mutual_information" for r in result.records)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.unet import BayesianUNet
+
+
+def _model() -> BayesianUNet:
+    torch.manual_seed(0)
+    return BayesianUNet(in_channels=1, num_classes=5, base_channels=4, depth=3, dropout=0.3)
+
+
+def test_output_shape_and_size_check() -> None:
+    model = _model().eval()
+    assert model(torch.rand(2, 1, 32, 48)).shape == (2, 5, 32, 48)
+    with pytest.raises(ValueError, match="divisible"):
+        model(torch.rand(1, 1, 30, 32))
+
+
+def test_mc_dropout_samples_differ_only_when_enabled() -> None:
+    model = _model().eval()
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+        model.set_mc_dropout(True)
+        assert not torch.equal(model(x), model(x))
+        model.set_mc_dropout(False)
+        assert torch.equal(model(x), model(x))
+
+
+def test_batch_members_are_independent() -> None:
+    """GroupNorm: a slice gives the same output alone as in a batch (batched MC is exact)."""
+    model = _model().eval()
+    x = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        together = model(x)
+        alone = torch.cat([model(x[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_in_encoder_and_decoder_blocks() -> None:
+    from models.unet import McDropout
+
+    model = _model()
+    assert all(any(isinstance(m, McDropout) for m in block.modules())
+               for block in [*model.encoders, model.bottleneck, *model.decoders])
+
+
+def test_demo_size_is_a_few_megabytes() -> None:
+    model = BayesianUNet(1, 23, base_channels=16, depth=3)
+    megabytes = sum(p.numel() for p in model.parameters()) * 4 / 1e6
+    assert 0.5 < megabytes < 10
