@@ -68,19 +68,20 @@ def main() -> None:
     load_weights(model, args.weights, MODEL_NAME)
     phase = _image()
     megapixels = phase.size / 1e6
+    research = TileCNN(**card.arguments)
+    research.load_state_dict(model.state_dict())
+    reference = BlockPredictor(research, "cpu", InferenceOptions())
     whole = BlockPredictor(model, args.device, InferenceOptions())
     whole_s, prediction = _best_time(lambda: whole.predict(phase), args.repeats, args.device)
 
-    reference = BlockPredictor(TileCNN(**card.arguments), "cpu", InferenceOptions())
-    reference.model.load_state_dict(model.state_dict())
     padded, _ = reference.pad(phase)
     loop_s, looped = _best_time(
         lambda: loop_block_probabilities(reference.model, padded, reference.stride),
         max(1, args.repeats // 3),
         "cpu",
     )
-    every = reference.stride // reference.model.step
-    grid = torch.sigmoid(reference.logit_grid(padded)).numpy()[::every, ::every]
+    every = reference.stride // reference.unit
+    grid = torch.sigmoid(reference.block_grid(padded)).numpy()[::every, ::every]
     difference = float(np.abs(grid - looped).max())
 
     pipeline = VirtualStainingPipeline()

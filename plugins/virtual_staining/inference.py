@@ -1,8 +1,9 @@
 """Whole-image block classification and blending into a probability map.
 
-The image is normalised and mirror-padded, the :class:`~models.tile_cnn.TileCNN` runs
-fully convolutionally over it (in a few large tiles to bound memory, never one block at
-a time) and yields the logit of every block on a grid of the network's step. Blocks at
+The image is normalised and mirror-padded, the :class:`~models.tile_cnn.TileCNN` (in its
+fused inference form) runs fully convolutionally over it (in a few large tiles that stay
+in the CPU caches, never one block at a time) and yields the logit of every block on a
+regular grid. Blocks at
 the configured stride are blended into a smooth full-resolution probability map with a
 sine window via one transposed convolution; blocks of the non-overlapping grid from the
 image origin are counted for the efficiency (edge blocks see mirror-padded pixels).
@@ -29,13 +30,13 @@ class InferenceOptions:
 
     ``stride`` (pixels between overlapping blocks of the probability map) defaults to half
     a block rounded to the network step; ``threshold`` is the block probability from which
-    a block counts as positive; ``tile_size`` bounds the side of one fully convolutional
-    pass (memory), it does not change the result.
+    a block counts as positive; ``tile_size`` is the side of one fully convolutional pass:
+    it does not change the result, but tiles that stay in the CPU caches run faster.
     """
 
     stride: int | None = None
     threshold: float = 0.5
-    tile_size: int = 1024
+    tile_size: int = 512
 
     def __post_init__(self) -> None:
         if self.stride is not None and self.stride < 1:
@@ -98,23 +99,28 @@ class BlockPredictor:
             raise ValueError(f"stride {stride} must be a multiple of {step} and at most {block}")
         self.stride = stride
         self.margin = (block // 2) // step * step
+        # Blocks are needed at multiples of the stride (blending) and at the margin plus
+        # multiples of the block (counting): the head runs on the grid of their gcd only.
+        self.unit = math.gcd(stride, self.margin, block)
+        self.network = model.fused().to(self.device)
         self._window = _window(block).to(self.device)
 
     @torch.inference_mode()
-    def logit_grid(self, padded: np.ndarray) -> torch.Tensor:
-        """Logits of every block at multiples of the step of a padded, normalised image."""
-        model, block, step = self.model, self.model.block_size, self.model.step
+    def block_grid(self, padded: np.ndarray) -> torch.Tensor:
+        """Logits of the blocks at multiples of ``self.unit`` of a padded, normalised image."""
+        block, unit = self.model.block_size, self.unit
         image = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32)).to(self.device)
-        gh = (image.shape[0] - block) // step + 1
-        gw = (image.shape[1] - block) // step + 1
-        per_tile = max(1, (self.options.tile_size - block) // step + 1)
+        gh = (image.shape[0] - block) // unit + 1
+        gw = (image.shape[1] - block) // unit + 1
+        per_tile = max(1, (self.options.tile_size - block) // unit + 1)
         grid = torch.empty((gh, gw), dtype=torch.float32, device=self.device)
+        every = unit // self.model.step
         for r0 in range(0, gh, per_tile):
             r1 = min(gh, r0 + per_tile)
             for c0 in range(0, gw, per_tile):
                 c1 = min(gw, c0 + per_tile)
-                tile = image[r0 * step : (r1 - 1) * step + block, c0 * step : (c1 - 1) * step + block]
-                grid[r0:r1, c0:c1] = model.block_logits(tile[None, None])[0]
+                tile = image[r0 * unit : (r1 - 1) * unit + block, c0 * unit : (c1 - 1) * unit + block]
+                grid[r0:r1, c0:c1] = self.network.block_logits(tile[None, None], every)[0]
         return grid
 
     def pad(self, plane: np.ndarray) -> tuple[np.ndarray, int]:
@@ -129,17 +135,17 @@ class BlockPredictor:
     @torch.inference_mode()
     def predict(self, plane: np.ndarray) -> Prediction:
         """Probability map and block grid of one 2-D image of any size and bit depth."""
-        block, step = self.model.block_size, self.model.step
+        block, unit = self.model.block_size, self.unit
         height, width = plane.shape
         padded, margin = self.pad(plane)
-        probs = torch.sigmoid(self.logit_grid(padded))
-        every = self.stride // step
+        probs = torch.sigmoid(self.block_grid(padded))
+        every = self.stride // unit
         sparse = probs[::every, ::every][None, None]
         kernel = self._window[None, None]
         total = F.conv_transpose2d(sparse, kernel, stride=self.stride)
         weight = F.conv_transpose2d(torch.ones_like(sparse), kernel, stride=self.stride)
         blended = (total / weight)[0, 0, margin : margin + height, margin : margin + width]
-        first, jump = margin // step, block // step
+        first, jump = margin // unit, block // unit
         rows, cols = math.ceil(height / block), math.ceil(width / block)
         counted = probs[first::jump, first::jump][:rows, :cols]
         return Prediction(

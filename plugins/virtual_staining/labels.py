@@ -7,6 +7,7 @@ blocks the classifier sees: top-left corners at multiples of the stride, startin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -75,7 +76,7 @@ def binarize(fluorescence: np.ndarray, options: LabelOptions) -> np.ndarray:
         return image >= options.threshold
     if float(image.max()) <= float(image.min()):
         raise ValueError("fluorescence image is constant; cannot binarise it")
-    functions = {
+    functions: dict[BinarizeMethod, Callable[[np.ndarray], float]] = {
         BinarizeMethod.OTSU: filters.threshold_otsu,
         BinarizeMethod.LI: filters.threshold_li,
         BinarizeMethod.TRIANGLE: filters.threshold_triangle,
@@ -103,7 +104,8 @@ def block_fractions(mask: np.ndarray, block_size: int, stride: int | None = None
     y0, x0 = ys[:, None], xs[None, :]
     y1, x1 = y0 + block_size, x0 + block_size
     sums = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-    return (sums / float(block_size * block_size)).astype(np.float32)
+    fractions: np.ndarray = (sums / float(block_size * block_size)).astype(np.float32)
+    return fractions
 
 
 def block_labels(

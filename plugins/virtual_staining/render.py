@@ -69,7 +69,8 @@ def overlay_rgb(plane: np.ndarray, probability: np.ndarray, alpha: float = 0.5) 
     gray = np.clip((image - low) / max(float(high - low), 1e-6), 0.0, 1.0)
     weight = (alpha * probability.astype(np.float32))[..., None]
     rgb = gray[..., None] * (1.0 - weight) + weight * _GREEN
-    return np.rint(rgb * 255.0).astype(np.uint8)
+    result: np.ndarray = np.rint(rgb * 255.0).astype(np.uint8)
+    return result
 
 
 def overlay_png(plane: np.ndarray, probability: np.ndarray, alpha: float = 0.5) -> bytes:

@@ -95,8 +95,9 @@ class SyntheticImage:
 
 def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Gaussian-filtered white noise scaled to unit standard deviation."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
-    return (field - field.mean()) / (field.std() + 1e-6)
+    field: np.ndarray = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    scaled: np.ndarray = (field - field.mean()) / (field.std() + 1e-6)
+    return scaled
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ def _to_dtype(image: np.ndarray, bit_depth: int, rng: np.random.Generator) -> np
     offset = rng.uniform(0.05, 0.95 * top - span)
     scaled = offset + (image - low) / (high - low + 1e-6) * span
     dtype = np.uint8 if bit_depth == 8 else np.uint16
-    return np.clip(np.rint(scaled), 0, top).astype(dtype)
+    result: np.ndarray = np.clip(np.rint(scaled), 0, top).astype(dtype)
+    return result
 
 
 def synthetic_field(

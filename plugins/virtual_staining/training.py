@@ -192,7 +192,7 @@ def _run_epoch(
         logits = model(_augment(blocks.x[index], generator))
         loss = F.binary_cross_entropy_with_logits(logits, blocks.y[index], pos_weight=pos_weight)
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         total += loss.item() * len(index)
     return total / max(count, 1)

@@ -16,6 +16,7 @@ def _model(block: int = 32, depth: int = 3) -> TileCNN:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
+                assert module.running_var is not None
                 module.running_var.fill_(0.3)
     return model.eval()
 
@@ -30,9 +31,8 @@ def test_whole_image_matches_block_loop(block: int, depth: int, stride: int) -> 
     model = _model(block, depth)
     predictor = BlockPredictor(model, options=InferenceOptions(stride=stride))
     padded, _ = predictor.pad(_phase((70, 90)))
-    whole = torch.sigmoid(predictor.logit_grid(padded)).numpy()[
-        :: stride // model.step, :: stride // model.step
-    ]
+    every = stride // predictor.unit
+    whole = torch.sigmoid(predictor.block_grid(padded)).numpy()[::every, ::every]
     np.testing.assert_allclose(whole, loop_block_probabilities(model, padded, stride), atol=1e-5)
 
 

@@ -53,6 +53,11 @@ def _item(
     return ImageItem(f"id-{image.stem}", Path(f"{image.stem}_phase.tif"), data, axes, image.metadata, names)
 
 
+def _int(value: RecordValue) -> int:
+    assert isinstance(value, int)
+    return value
+
+
 def test_declares_the_contract() -> None:
     instance = VirtualStainingPipeline()
     assert isinstance(instance, Pipeline) and isinstance(instance, Summarizer)
@@ -74,7 +79,8 @@ def _check_tiff(data: bytes, phase: np.ndarray, pixel_size: float) -> np.ndarray
         stack = series.asarray()
     assert stack.dtype == phase.dtype
     np.testing.assert_array_equal(stack[0], phase)
-    return stack[1]
+    probability: np.ndarray = stack[1]
+    return probability
 
 
 @pytest.mark.parametrize(("shape", "bits"), [((2048, 2048), 16), ((1000, 1300), 8)])
@@ -96,7 +102,9 @@ def test_large_and_odd_sized_images(
     fields = record.fields
     block = pipeline.card.arguments["block_size"]
     assert fields["blocks_total"] == -(-shape[0] // block) * -(-shape[1] // block)
-    assert fields["positive_fraction"] == pytest.approx(fields["blocks_positive"] / fields["blocks_total"])
+    assert fields["positive_fraction"] == pytest.approx(
+        _int(fields["blocks_positive"]) / _int(fields["blocks_total"])
+    )
     assert fields["well"] == "A01" and fields["timepoint"] == 0 and fields["position"] == "pos1"
     assert fields["identity"] == f"id-{image.stem}" and fields["acquired_at"] == image.metadata.acquired_at
     assert isinstance(fields["positive_fraction"], float)
@@ -185,8 +193,8 @@ def test_summary_time_course(pipeline: VirtualStainingPipeline) -> None:
     assert [r["timepoint"] for r in a01] == ["0", "1", "2"] and all(r["positions"] == "2" for r in a01)
     assert float(a01[0]["elapsed_s"]) == 0.0 and float(a01[2]["elapsed_h"]) == pytest.approx(12.0, abs=0.1)
     first = [r for r in records[1:] if r["well"] == "A01" and r["timepoint"] == 0]
-    expected = sum(int(r["blocks_positive"]) for r in first) / sum(
-        int(r["blocks_total"]) for r in [*first, rerun]
+    expected = sum(_int(r["blocks_positive"]) for r in first) / sum(
+        _int(r["blocks_total"]) for r in [*first, rerun]
     )
     assert float(a01[0]["efficiency"]) == pytest.approx(expected, abs=1e-6)
     assert files["efficiency.png"].startswith(b"\x89PNG")

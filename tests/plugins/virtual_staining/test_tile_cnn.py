@@ -11,6 +11,7 @@ def _randomised(model: TileCNN) -> TileCNN:
     generator = torch.Generator().manual_seed(0)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
             module.running_mean.copy_(torch.randn(module.num_features, generator=generator))
             module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
     return model.eval()
@@ -52,3 +53,14 @@ def test_config_validates_itself() -> None:
 def test_largest_searched_network_stays_small() -> None:
     model = TileCNN(48, 3, width=16, dropout=0.0)
     assert model.parameter_count() * 4 < 2_000_000  # float32 bytes: a few MB at most
+
+
+@pytest.mark.parametrize(("block", "depth", "every"), [(24, 2, 1), (24, 2, 3), (32, 3, 2)])
+def test_fused_inference_form_gives_the_same_logits(block: int, depth: int, every: int) -> None:
+    torch.manual_seed(2)
+    model = _randomised(TileCNN(block, depth, width=6, dropout=0.5))
+    image = torch.randn(1, 1, 150, 131)
+    with torch.no_grad():
+        dense = model.block_logits(image)[0]
+        sparse = model.fused().block_logits(image, every)[0]
+    torch.testing.assert_close(sparse, dense[::every, ::every], atol=1e-5, rtol=1e-5)

@@ -80,7 +80,9 @@ def test_study_resumes_and_requeues_interrupted_trials(small: list[LabelledImage
     states = [t.state.name for t in study.get_trials()]
     assert states.count("COMPLETE") == 2 and states[crashed.number] == "FAIL"
     assert result.trials_completed == 2
-    assert any(t.params == {"depth": 3} for t in study.get_trials() if t.number > crashed.number)
+    requeued = study.get_trials()[-1]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert requeued.system_attrs.get("fixed_params") == {"depth": 3}  # same parameters, tried again
 
 
 @pytest.mark.slow
