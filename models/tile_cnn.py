@@ -186,8 +186,13 @@ class FusedTileCNN(nn.Module):
         return grid[:, 0, :gh, :gw]
 
 
+def _kernel(conv: nn.Conv2d) -> tuple[int, int]:
+    height, width = conv.kernel_size
+    return int(height), int(width)
+
+
 def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
-    copy = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, bias=conv.bias is not None)
+    copy = nn.Conv2d(conv.in_channels, conv.out_channels, _kernel(conv), bias=conv.bias is not None)
     copy.load_state_dict(conv.state_dict())
     return copy
 
@@ -196,7 +201,8 @@ def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     """A biased convolution equal to ``norm(conv(x))`` with the norm's running statistics."""
     assert norm.running_mean is not None and norm.running_var is not None
     scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, bias=True)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, _kernel(conv), bias=True)
+    assert fused.bias is not None
     with torch.no_grad():
         fused.weight.copy_(conv.weight * scale[:, None, None, None])
         fused.bias.copy_(norm.bias.detach() - norm.running_mean * scale)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "BinarizeMethod",
@@ -64,6 +63,7 @@ def binarize(fluorescence: np.ndarray, options: LabelOptions) -> np.ndarray:
 
     Raises ValueError for a non-2-D or constant image (no threshold can be found).
     """
+    from scipy import ndimage  # imported here: the CLI imports this module and must start fast
     from skimage import filters
 
     if fluorescence.ndim != 2:

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from plugins.api import ImageMetadata
 
@@ -95,6 +94,8 @@ class SyntheticImage:
 
 def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Gaussian-filtered white noise scaled to unit standard deviation."""
+    from scipy import ndimage
+
     field: np.ndarray = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
     scaled: np.ndarray = (field - field.mean()) / (field.std() + 1e-6)
     return scaled
@@ -112,6 +113,8 @@ class _FieldTextures:
 
 
 def _field_textures(rng: np.random.Generator, shape: tuple[int, int]) -> _FieldTextures:
+    from scipy import ndimage
+
     scale = min(shape) / 256.0
     niche = _noise(rng, shape, sigma=14.0 * max(scale, 1.0) ** 0.5)
     ranks = np.empty(niche.size, dtype=np.float32)
@@ -152,6 +155,8 @@ def synthetic_field(
     bit_depth: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Phase, GFP and true mask of one field at the given cardiomyocyte area fraction."""
+    from scipy import ndimage
+
     shape = textures.niche.shape
     mask = textures.niche < efficiency
     soft = ndimage.gaussian_filter(mask.astype(np.float32), 1.5)
