@@ -76,6 +76,25 @@ class VirtualStainingOptions:
         return cls(**dict(options))
 
 
+def _refuse_fluorescence(item: ImageItem) -> None:
+    """Raise InvalidInputError for a single-channel image whose metadata names a fluorescence channel.
+
+    The GFP images of a training acquisition often land in the same folder; staining them
+    as if they were phase contrast would produce a meaningless efficiency.
+    """
+    from plugins.virtual_staining.imaging import FLUORESCENCE_NAMES, PHASE_NAMES
+
+    channel = (item.metadata.channel or "").lower()
+    if not channel or any(a in item.axes.upper() for a in "CIQ"):
+        return
+
+    def named(names: Sequence[str]) -> bool:
+        return any(channel == n or (len(n) > 2 and n in channel) for n in names)
+
+    if named(FLUORESCENCE_NAMES) and not named(PHASE_NAMES):
+        raise InvalidInputError(f"channel {item.metadata.channel!r} is fluorescence, not phase contrast")
+
+
 class VirtualStainingPipeline:
     """Pipeline and Summarizer for phase-contrast images (entry point target)."""
 
@@ -122,7 +141,8 @@ class VirtualStainingPipeline:
         """Virtual stain, overlay and efficiency record of one image.
 
         Raises InvalidInputError for anything but a 2-D phase image (after channel
-        selection), RuntimeError before :meth:`load`.
+        selection; a single-channel image whose metadata channel is a fluorescence one,
+        e.g. ``gfp``, is refused), RuntimeError before :meth:`load`.
         """
         from plugins.virtual_staining.imaging import PHASE_NAMES, select_plane
         from plugins.virtual_staining.render import overlay_png, virtual_stain_tiff
@@ -131,6 +151,7 @@ class VirtualStainingPipeline:
             raise InvalidInputError("virtual staining needs a microscope image, not a DICOM series")
         if self._predictor is None:
             raise RuntimeError("virtual-staining pipeline used before load()")
+        _refuse_fluorescence(item)
         plane = select_plane(
             item.array, item.axes, item.channel_names, self._options.phase_channel, PHASE_NAMES
         )

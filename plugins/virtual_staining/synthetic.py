@@ -37,7 +37,7 @@ __all__ = [
     "SyntheticImage",
     "SyntheticSpec",
     "generate_series",
-    "synthetic_field",
+    "parse_name",
     "write_series",
 ]
 
@@ -148,7 +148,7 @@ def _to_dtype(image: np.ndarray, bit_depth: int, rng: np.random.Generator) -> np
     return result
 
 
-def synthetic_field(
+def _render_field(
     rng: np.random.Generator,
     textures: _FieldTextures,
     efficiency: float,
@@ -197,7 +197,7 @@ def generate_series(spec: SyntheticSpec) -> Iterator[SyntheticImage]:
         progress = 1.0 if spec.timepoints == 1 else t / (spec.timepoints - 1)
         for e, w, p, final, child, textures in fields:
             efficiency = final * (0.3 + 0.7 * progress)
-            phase, gfp, mask = synthetic_field(child, textures, efficiency, spec.bit_depth)
+            phase, gfp, mask = _render_field(child, textures, efficiency, spec.bit_depth)
             metadata = ImageMetadata(
                 experiment=f"EXP{e + 1}",
                 plate="P1",

@@ -7,10 +7,11 @@ figures on the validation images, measured with the whole-image predictor the pi
 uses: block F1, pixel Dice of the virtual stain and Pearson r of the per-image
 efficiency. Block F1 alone would favour large blocks (fewer ambiguous border blocks)
 even when they blur the stain and coarsen the efficiency. The best-threshold block F1
-is reported after every epoch so the median pruner can stop hopeless trials. The study lives in an SQLite
-database and every trial writes an epoch checkpoint, so an interrupted run resumes
-where it stopped: finished trials are kept, an interrupted trial is re-queued with the
-same parameters and continues from its last finished epoch.
+is reported after every epoch so the median pruner can stop hopeless trials.
+
+The study lives in an SQLite database and every trial writes an epoch checkpoint, so an
+interrupted run resumes where it stopped: finished trials are kept, an interrupted trial
+is re-queued with the same parameters and continues from its last finished epoch.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "make_blocks",
     "run_study",
     "train_trial",
+    "validation_scores",
 ]
 
 EpochReport = Callable[[int, float], None]

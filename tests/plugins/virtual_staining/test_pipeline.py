@@ -141,6 +141,15 @@ def test_invalid_input(
         pipeline.run(item)
 
 
+def test_fluorescence_images_are_refused(pipeline: VirtualStainingPipeline) -> None:
+    image = _generated((64, 64), 16, seed=5)
+    gfp = ImageItem("g", Path("g.tif"), image.gfp, "YX", ImageMetadata(channel="gfp"))
+    with pytest.raises(InvalidInputError, match="fluorescence"):
+        pipeline.run(gfp)
+    phase = ImageItem("p", Path("p.tif"), image.phase, "YX", ImageMetadata(channel="phase"))
+    assert pipeline.run(phase).records
+
+
 def test_without_pixel_size_or_metadata(pipeline: VirtualStainingPipeline) -> None:
     image = _generated((96, 96), 8, seed=4)
     result = pipeline.run(ImageItem("x", Path("/data/in/x.tif"), image.phase, "YX", ImageMetadata()))
