@@ -109,6 +109,9 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if settings.log_level != "DEBUG":  # per-association and per-tick chatter
+        for noisy in ("pynetdicom", "apscheduler"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     from daemon.service import Daemon
 
     Daemon(settings).serve_forever()

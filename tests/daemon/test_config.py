@@ -89,3 +89,15 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "deploy" / "acqflow.example.toml"
     settings = load_settings(example, environ={})
     assert settings.export.destinations
+
+
+def test_example_pipeline_options_are_accepted_by_the_pipelines() -> None:
+    from plugins.ct_muscle.pipeline import CtMuscleOptions
+    from plugins.mr_muscle.pipeline import MrMuscleOptions
+    from plugins.virtual_staining.pipeline import VirtualStainingOptions
+
+    example = Path(__file__).resolve().parents[2] / "deploy" / "acqflow.example.toml"
+    options = load_settings(example, environ={}).pipelines.options
+    assert VirtualStainingOptions.from_mapping(options["virtual-staining"]).stride == 16
+    assert CtMuscleOptions.from_mapping(options["ct-muscle"]).samples == 10
+    assert MrMuscleOptions.from_mapping(options["mr-muscle"]).synthetic_ct_series is False

@@ -293,6 +293,11 @@ class OrthancPeer:
             payload = response.read()
         return json.loads(payload) if payload else None
 
+    def request_bytes(self, path: str) -> bytes:
+        """GET ``path`` and return the raw body (e.g. ``/instances/<id>/file``)."""
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.http_port}{path}", timeout=30) as response:
+            return bytes(response.read())
+
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 
