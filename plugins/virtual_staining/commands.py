@@ -14,14 +14,27 @@ import inspect
 import json
 import shlex
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from plugins.virtual_staining.labels import BinarizeMethod
 from plugins.virtual_staining.synthetic import FILE_NAME_PATTERN
+
+if TYPE_CHECKING:
+    from models.store import ModelCard
+    from models.tile_cnn import TileCNN
+    from plugins.virtual_staining.data import LabelledImage, Split
+    from plugins.virtual_staining.labels import LabelOptions
+    from plugins.virtual_staining.training import (
+        SearchSpace,
+        StudyResult,
+        TrainingSettings,
+        TrialOutcome,
+    )
 
 __all__ = ["demo_data", "evaluate", "train"]
 
@@ -79,9 +92,9 @@ def _dataset(
     pattern: str,
     tokens: tuple[str, str],
     channels: tuple[str | None, str | None],
-    labels: Any,
+    labels: LabelOptions,
     seed: int,
-) -> tuple[list[Any], dict[str, Any]]:
+) -> tuple[list[LabelledImage], dict[str, Any]]:
     """Labelled images and a description of where they came from; raises typer.BadParameter."""
     from plugins.virtual_staining import data as vsdata
 
@@ -102,7 +115,7 @@ def _dataset(
     return images, {"source": str(manifest or data), "pairs": len(pairs)}
 
 
-def _command_line(name: str, function: Any, values: dict[str, Any]) -> str:
+def _command_line(name: str, function: Callable[..., object], values: dict[str, Any]) -> str:
     """The CLI invocation that reproduces a run: options that differ from their default.
 
     Flags are the parameter names with dashes; ``--work-dir`` and ``--quiet`` do not
@@ -118,8 +131,8 @@ def _command_line(name: str, function: Any, values: dict[str, Any]) -> str:
     return shlex.join(parts)
 
 
-def _split_summary(split: Any) -> dict[str, Any]:
-    def part(images: list[Any]) -> dict[str, Any]:
+def _split_summary(split: Split) -> dict[str, Any]:
+    def part(images: Sequence[LabelledImage]) -> dict[str, Any]:
         return {
             "images": len(images),
             "experiments": sorted({i.experiment for i in images}),
@@ -208,11 +221,11 @@ def train(
 
 
 def _train_and_save(
-    images: list[Any],
+    images: list[LabelledImage],
     source: dict[str, Any],
-    labels: Any,
-    settings: Any,
-    space: Any,
+    labels: LabelOptions,
+    settings: TrainingSettings,
+    space: SearchSpace,
     output: Path,
     work_dir: Path | None,
     version: str,
@@ -242,7 +255,7 @@ def _train_and_save(
 
 
 def _held_out_metrics(
-    model: Any, test: list[Any], threshold: float, positive_fraction: float
+    model: TileCNN, test: list[LabelledImage], threshold: float, positive_fraction: float
 ) -> dict[str, float]:
     from plugins.virtual_staining.evaluation import evaluate_images
     from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
@@ -252,7 +265,13 @@ def _held_out_metrics(
 
 
 def _training_record(
-    best: Any, result: Any, labels: Any, source: dict[str, Any], split: Any, settings: Any, command: str
+    best: TrialOutcome,
+    result: StudyResult,
+    labels: LabelOptions,
+    source: dict[str, Any],
+    split: Split,
+    settings: TrainingSettings,
+    command: str,
 ) -> dict[str, Any]:
     """The card's ``training`` section: how to rebuild the weights and what the search found."""
     import optuna
@@ -291,7 +310,7 @@ def _training_record(
     }
 
 
-def _card(model: Any, training: dict[str, Any], metrics: dict[str, float], version: str) -> Any:
+def _card(model: TileCNN, training: dict[str, Any], metrics: dict[str, float], version: str) -> ModelCard:
     from models.store import ModelCard
     from plugins.virtual_staining.pipeline import MODEL_NAME
 
@@ -371,7 +390,7 @@ def evaluate(
     return metrics
 
 
-def _load_model(weights: Path | None, name: str) -> tuple[Any, Any]:
+def _load_model(weights: Path | None, name: str) -> tuple[TileCNN, ModelCard]:
     """The TileCNN and card ``name`` from ``weights`` (default: bundled); raises WeightsError."""
     from models.store import bundled_weights_dir, load_weights, read_card
     from models.tile_cnn import TileCNN

@@ -61,6 +61,12 @@ class VirtualStainingOptions:
     model: str = MODEL_NAME
 
     def __post_init__(self) -> None:
+        for name in ("stride", "tile_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.phase_channel, str | int | None) or isinstance(self.phase_channel, bool):
+            raise ValueError(f"phase_channel must be an index or a name, got {self.phase_channel!r}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.overlay_alpha <= 1.0:

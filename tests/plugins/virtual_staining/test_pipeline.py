@@ -165,6 +165,10 @@ def test_load_errors(tmp_path: Path) -> None:
         pipeline.run(ImageItem("x", Path("x.tif"), np.zeros((64, 64)), "YX", ImageMetadata()))
     with pytest.raises(ValueError, match="unknown virtual-staining options"):
         pipeline.load(PipelineContext(device="cpu", options={"strid": 8}))
+    with pytest.raises(ValueError, match="stride must be a positive integer"):
+        pipeline.load(PipelineContext(device="cpu", options={"stride": "8"}))
+    with pytest.raises(ValueError, match="multiple"):
+        pipeline.load(PipelineContext(device="cpu", options={"stride": 6}))
     with pytest.raises(WeightsError):
         pipeline.load(PipelineContext(device="cpu", weights_dir=tmp_path))
     for name in ("virtual_staining.json", "virtual_staining.safetensors"):
