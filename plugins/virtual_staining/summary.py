@@ -131,9 +131,11 @@ def time_course_csv(group: str, points: Sequence[TimePoint]) -> bytes:
 
 def time_course_plot(group: str, points: Sequence[TimePoint]) -> bytes:
     """PNG of efficiency versus elapsed hours, one line per well (matplotlib Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
 
     figure = MplFigure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(figure)  # no pyplot: no global state, safe in worker threads
     axes = figure.add_subplot()
     for well in sorted({p.well for p in points}):
         mine = [p for p in points if p.well == well]
