@@ -91,10 +91,15 @@ class ResnetGenerator(nn.Module):
 class PatchDiscriminator(nn.Module):
     """PatchGAN: ``layers`` strided 4x4 convolutions, then two stride-1 convolutions.
 
-    Returns a map of patch logits ``(N, 1, h, w)``. Raises ValueError for invalid sizes.
+    Returns a map of patch logits ``(N, 1, h, w)``. ``instance_norm`` follows the
+    original; without it the discriminator keeps absolute intensities, which is what
+    tells a CT (air dark, fat darker than muscle) from an intensity-inverted one.
+    Raises ValueError for invalid sizes.
     """
 
-    def __init__(self, in_channels: int = 1, base_channels: int = 16, layers: int = 3) -> None:
+    def __init__(
+        self, in_channels: int = 1, base_channels: int = 16, layers: int = 3, instance_norm: bool = True
+    ) -> None:
         super().__init__()
         if in_channels < 1 or base_channels < 1 or layers < 1:
             raise ValueError("channels and layers must be >= 1")
@@ -106,11 +111,9 @@ class PatchDiscriminator(nn.Module):
         for index in range(1, layers + 1):
             stride = 2 if index < layers else 1
             out = base_channels * min(2**index, 8)
-            modules += [
-                nn.Conv2d(width, out, 4, stride=stride, padding=1),
-                nn.InstanceNorm2d(out),
-                nn.LeakyReLU(0.2, inplace=True),
-            ]
+            norm: nn.Module = nn.InstanceNorm2d(out) if instance_norm else nn.Identity()
+            modules += [nn.Conv2d(width, out, 4, stride=stride, padding=1), norm]
+            modules.append(nn.LeakyReLU(0.2, inplace=True))
             width = out
         modules.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))
         self.model = nn.Sequential(*modules)

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+from plugins.mr_muscle.losses import GradientMode
+
 __all__ = ["evaluate", "train"]
 
 DEFAULT_OUTPUT = Path("mr_to_ct_model")
@@ -28,18 +30,20 @@ Device = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, 
 
 _TRAIN_DEFAULTS: dict[str, Any] = {
     "--synthetic": 12,
-    "--iterations": 1200,
-    "--batch-size": 2,
-    "--crop": 64,
+    "--iterations": 3000,
+    "--batch-size": 1,
+    "--crop": 128,
     "--learning-rate": 2e-4,
     "--decay-from": 0.5,
     "--pool-size": 50,
     "--adversarial-weight": 1.0,
     "--cycle-weight": 10.0,
-    "--identity-weight": 1.0,
+    "--identity-weight": 0.0,
     "--gradient-weight": 1.0,
-    "--base-channels": 16,
+    "--gradient-mode": GradientMode.MAGNITUDE,
+    "--base-channels": 8,
     "--residual-blocks": 4,
+    "--discriminator-layers": 4,
     "--pixel-spacing": 3.0,
     "--output": DEFAULT_OUTPUT,
     "--version": "1.0.0",
@@ -50,13 +54,14 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
 def _command_line(values: dict[str, Any]) -> str:
     """The CLI invocation that reproduces a run (options equal to their default omitted)."""
     parts = ["acqflow", "train", "mr-to-ct"]
-    for flag, value in values.items():
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
         if value is None or value == _TRAIN_DEFAULTS.get(flag):
             continue
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])
         else:
-            parts += [flag, str(value)]
+            parts += [flag, str(value.value if isinstance(value, GradientMode) else value)]
     return shlex.join(parts)
 
 
@@ -81,9 +86,9 @@ def train(
     synthetic: Annotated[
         int, typer.Option("--synthetic", min=0, help="Phantoms per domain without data.")
     ] = 12,
-    iterations: Annotated[int, typer.Option("--iterations", min=1)] = 1200,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 2,
-    crop: Annotated[int, typer.Option("--crop", min=16, help="Square crop side (px, multiple of 4).")] = 64,
+    iterations: Annotated[int, typer.Option("--iterations", min=1)] = 3000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1,
+    crop: Annotated[int, typer.Option("--crop", min=16, help="Square crop side (px, multiple of 4).")] = 128,
     learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0)] = 2e-4,
     decay_from: Annotated[
         float,
@@ -92,10 +97,20 @@ def train(
     pool_size: Annotated[int, typer.Option("--pool-size", min=0)] = 50,
     adversarial_weight: Annotated[float, typer.Option("--adversarial-weight", min=0.0)] = 1.0,
     cycle_weight: Annotated[float, typer.Option("--cycle-weight", min=0.0)] = 10.0,
-    identity_weight: Annotated[float, typer.Option("--identity-weight", min=0.0)] = 1.0,
+    identity_weight: Annotated[
+        float,
+        typer.Option(
+            "--identity-weight", min=0.0, help="0 by default: MR and CT intensities mean different things."
+        ),
+    ] = 0.0,
     gradient_weight: Annotated[float, typer.Option("--gradient-weight", min=0.0)] = 1.0,
-    base_channels: Annotated[int, typer.Option("--base-channels", min=1)] = 16,
+    gradient_mode: Annotated[
+        GradientMode,
+        typer.Option("--gradient-mode", help="Correlate gradient magnitudes or signed derivatives."),
+    ] = GradientMode.MAGNITUDE,
+    base_channels: Annotated[int, typer.Option("--base-channels", min=1)] = 8,
     residual_blocks: Annotated[int, typer.Option("--residual-blocks", min=0)] = 4,
+    discriminator_layers: Annotated[int, typer.Option("--discriminator-layers", min=1)] = 4,
     pixel_spacing: Annotated[
         float, typer.Option("--pixel-spacing", min=0.1, help="Generator grid (mm).")
     ] = 3.0,
@@ -117,6 +132,7 @@ def train(
 
     Returns the model card path. Raises typer.BadParameter when a domain has no data.
     """
+    params = dict(locals())  # the options as given, for the reproducible command line
     import torch
 
     from plugins.mr_muscle.losses import LossWeights
@@ -125,66 +141,31 @@ def train(
 
     if threads:
         torch.set_num_threads(threads)
-    values = dict(
-        zip(
-            _TRAIN_FLAGS,
-            (
-                mr_data,
-                ct_data,
-                synthetic,
-                iterations,
-                batch_size,
-                crop,
-                learning_rate,
-                decay_from,
-                pool_size,
-                adversarial_weight,
-                cycle_weight,
-                identity_weight,
-                gradient_weight,
-                base_channels,
-                residual_blocks,
-                pixel_spacing,
-                seed,
-                output,
-                version,
-                resume,
-                threads,
-            ),
-            strict=True,
-        )
-    )
+    torch.manual_seed(seed)
     scale = IntensityScale(pixel_spacing_mm=pixel_spacing)
     mr = _domain(mr_data, "MR", synthetic, seed, scale)
     ct = _domain(ct_data, "CT", synthetic, seed, scale)
-    net = NetworkOptions(base_channels=base_channels, residual_blocks=residual_blocks)
+    net = NetworkOptions(base_channels, residual_blocks, discriminator_layers=discriminator_layers)
     sched = ScheduleOptions(iterations, batch_size, crop, learning_rate, decay_from, pool_size, seed)
-    weights = LossWeights(adversarial_weight, cycle_weight, identity_weight, gradient_weight)
+    weights = LossWeights(adversarial_weight, cycle_weight, identity_weight, gradient_weight, gradient_mode)
     out = OutputOptions(work_dir or output / "work", resume=resume, progress=not quiet)
     result = train_cyclegan(mr.slices, ct.slices, net, sched, out, weights)
     training = {
-        "command": _command_line(values),
+        "command": _command_line({k: v for k, v in params.items() if k not in ("work_dir", "quiet")}),
         "ran_as": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "seed": seed,
         "input": scale.to_dict(),
-        "data": {
-            "mr": mr.summary(),
-            "ct": ct.summary(),
-            "unpaired": "MR anatomy seeds >= 10,000,000, CT phantom seeds < 10,000,000",
-        },
+        "data": {"mr": mr.summary(), "ct": ct.summary(), "unpaired": _UNPAIRED},
         "schedule": {
-            "iterations": iterations,
-            "batch_size": batch_size,
-            "crop": crop,
-            "learning_rate": learning_rate,
-            "decay_from": decay_from,
-            "pool_size": pool_size,
+            k: params[k]
+            for k in ("iterations", "batch_size", "crop", "learning_rate", "decay_from", "pool_size")
         },
         "loss_weights": {
             "adversarial": adversarial_weight,
             "cycle": cycle_weight,
             "identity": identity_weight,
             "gradient_consistency": gradient_weight,
+            "gradient_mode": gradient_mode.value,
         },
         "final_losses": {k: round(v, 4) for k, v in result.losses.items()},
         "resumed_from_iteration": result.resumed_from,
@@ -193,28 +174,9 @@ def train(
     return _save(result.generator, net, training, version, output)
 
 
-_TRAIN_FLAGS = (
-    "--mr-data",
-    "--ct-data",
-    "--synthetic",
-    "--iterations",
-    "--batch-size",
-    "--crop",
-    "--learning-rate",
-    "--decay-from",
-    "--pool-size",
-    "--adversarial-weight",
-    "--cycle-weight",
-    "--identity-weight",
-    "--gradient-weight",
-    "--base-channels",
-    "--residual-blocks",
-    "--pixel-spacing",
-    "--seed",
-    "--output",
-    "--version",
-    "--resume",
-    "--threads",
+_UNPAIRED = (
+    "MR anatomy from CT-phantom seeds >= 10,000,000 (then warped), CT phantom seeds < 10,000,000: "
+    "no anatomy in both domains"
 )
 
 

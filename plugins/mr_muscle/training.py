@@ -36,10 +36,13 @@ CHECKPOINT = "checkpoint.pt"
 class NetworkOptions:
     """Widths of the generators and discriminators."""
 
-    base_channels: int = 16
+    base_channels: int = 8
     residual_blocks: int = 4
     discriminator_channels: int = 16
-    discriminator_layers: int = 3
+    discriminator_layers: int = 4  # receptive field 142 px: the whole 128 px slice
+    # Instance norm would make the discriminators nearly blind to global intensity
+    # inversion; in our runs both generators then drifted to inverted images.
+    discriminator_instance_norm: bool = False
 
     def generator_arguments(self) -> dict[str, int]:
         return {
@@ -55,9 +58,9 @@ class NetworkOptions:
 class ScheduleOptions:
     """Iterations, batch, crop size, Adam learning rate and where its linear decay starts."""
 
-    iterations: int = 1200
-    batch_size: int = 4
-    crop: int = 64
+    iterations: int = 3000
+    batch_size: int = 1
+    crop: int = 128
     learning_rate: float = 2e-4
     decay_from: float = 0.5  # fraction of the iterations run at the full learning rate
     pool_size: int = 50
@@ -100,8 +103,9 @@ class _CycleGan:
         torch.manual_seed(sched.seed)
         self.g_mr_ct = ResnetGenerator(**net.generator_arguments())
         self.g_ct_mr = ResnetGenerator(**net.generator_arguments())
-        self.d_ct = PatchDiscriminator(1, net.discriminator_channels, net.discriminator_layers)
-        self.d_mr = PatchDiscriminator(1, net.discriminator_channels, net.discriminator_layers)
+        disc = (1, net.discriminator_channels, net.discriminator_layers, net.discriminator_instance_norm)
+        self.d_ct = PatchDiscriminator(*disc)
+        self.d_mr = PatchDiscriminator(*disc)
         for module in self.modules():
             init_weights(module)
         gens = [*self.g_mr_ct.parameters(), *self.g_ct_mr.parameters()]

@@ -1,10 +1,15 @@
 """MR-to-CT translation of a volume with the CycleGAN generator, and the intensity scales.
 
 Both domains are mapped to [-1, 1] for the networks: MR by dividing by a high
-percentile of the volume (robust to the few hot voxels of Rician noise), CT linearly
-from a fixed HU range. Slices are resampled to the generator's pixel spacing, padded
-with the value of air to its size divisor, translated in batches and resampled back,
-so any field of view and matrix size works. The synthetic CT comes back in HU.
+percentile of the volume (robust to the few hot voxels of Rician noise), CT by a fixed
+piecewise-linear map of HU that gives soft tissue (-200 to 200 HU) half of the range.
+With a plain linear map of -1000..1500 HU, fat and muscle differ by only 0.11, too
+little for the discriminators to insist on their (MR-inverted) order in a short run;
+the companded map makes that difference 0.35 and stays exactly invertible.
+
+Slices are resampled to the generator's pixel spacing, padded with the value of air to
+its size divisor, translated in batches and resampled back, so any field of view and
+matrix size works. The synthetic CT comes back in HU.
 """
 
 from __future__ import annotations
@@ -41,22 +46,27 @@ class IntensityScale:
 
     pixel_spacing_mm: float = 3.0
     mr_percentile: float = 99.5
-    ct_lower_hu: float = -1000.0
-    ct_upper_hu: float = 1500.0
+    ct_knots_hu: tuple[float, ...] = (-1000.0, -200.0, 200.0, 1500.0)
+    ct_knots_unit: tuple[float, ...] = (-1.0, -0.5, 0.5, 1.0)
     divisor: int = 4
 
     def __post_init__(self) -> None:
         if self.pixel_spacing_mm <= 0 or self.divisor < 1:
             raise ValueError("pixel spacing must be positive and divisor >= 1")
-        if not 50.0 <= self.mr_percentile <= 100.0 or self.ct_upper_hu <= self.ct_lower_hu:
-            raise ValueError("MR percentile must be in [50, 100] and the CT range non-empty")
+        if not 50.0 <= self.mr_percentile <= 100.0:
+            raise ValueError("MR percentile must be in [50, 100]")
+        hu, unit = np.asarray(self.ct_knots_hu), np.asarray(self.ct_knots_unit)
+        if hu.shape != unit.shape or hu.size < 2 or np.any(np.diff(hu) <= 0) or np.any(np.diff(unit) <= 0):
+            raise ValueError("CT knots must be two increasing sequences of the same length >= 2")
+        if unit[0] != -1.0 or unit[-1] != 1.0:
+            raise ValueError("CT unit knots must run from -1 to 1")
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "pixel_spacing_mm": self.pixel_spacing_mm,
             "mr_percentile": self.mr_percentile,
-            "ct_lower_hu": self.ct_lower_hu,
-            "ct_upper_hu": self.ct_upper_hu,
+            "ct_knots_hu": list(self.ct_knots_hu),
+            "ct_knots_unit": list(self.ct_knots_unit),
             "divisor": self.divisor,
         }
 
@@ -65,8 +75,8 @@ class IntensityScale:
         return cls(
             pixel_spacing_mm=float(data["pixel_spacing_mm"]),
             mr_percentile=float(data["mr_percentile"]),
-            ct_lower_hu=float(data["ct_lower_hu"]),
-            ct_upper_hu=float(data["ct_upper_hu"]),
+            ct_knots_hu=tuple(float(v) for v in data["ct_knots_hu"]),
+            ct_knots_unit=tuple(float(v) for v in data["ct_knots_unit"]),
             divisor=int(data["divisor"]),
         )
 
@@ -87,16 +97,14 @@ def normalise_mr(volume: np.ndarray, scale: IntensityScale) -> np.ndarray:
 
 
 def ct_to_unit(hu: np.ndarray, scale: IntensityScale) -> np.ndarray:
-    """HU to [-1, 1] over the scale's HU range (values outside are clipped)."""
-    width = scale.ct_upper_hu - scale.ct_lower_hu
-    out: np.ndarray = np.clip((hu.astype(np.float32) - scale.ct_lower_hu) / width, 0.0, 1.0) * 2.0 - 1.0
+    """HU to [-1, 1] through the scale's knots (values outside the knots are clipped)."""
+    out: np.ndarray = np.interp(hu, scale.ct_knots_hu, scale.ct_knots_unit).astype(np.float32)
     return out
 
 
 def unit_to_ct(unit: np.ndarray, scale: IntensityScale) -> np.ndarray:
-    """[-1, 1] back to HU (inverse of :func:`ct_to_unit`)."""
-    width = scale.ct_upper_hu - scale.ct_lower_hu
-    out: np.ndarray = ((unit.astype(np.float32) + 1.0) / 2.0 * width + scale.ct_lower_hu).astype(np.float32)
+    """[-1, 1] back to HU (inverse of :func:`ct_to_unit` inside the knots)."""
+    out: np.ndarray = np.interp(unit, scale.ct_knots_unit, scale.ct_knots_hu).astype(np.float32)
     return out
 
 

@@ -1,0 +1,236 @@
+"""The ``mr-muscle`` pipeline: MR series in, SEG + uncertainty map + SR on the MR out.
+
+Steps, each a separate function: MR series to volume (the shared series-to-volume step
+with the CT checks, modality MR), normalisation and CycleGAN translation to synthetic
+CT in HU (:mod:`plugins.mr_muscle.translation`), the CT pipeline's MC-dropout inference
+and measurements (:mod:`plugins.ct_muscle.inference`), and the CT pipeline's DICOM
+objects (:mod:`plugins.ct_muscle.reporting`) built on the MR volume, so they reference
+the MR instances and frame of reference. Optionally the synthetic CT itself as a derived
+series marked not for diagnosis. Construction is cheap; torch loads in :meth:`load`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from plugins.api import (
+    DicomOutput,
+    Figure,
+    ImageItem,
+    InputKind,
+    InvalidInputError,
+    PipelineContext,
+    PipelineResult,
+    Record,
+    SeriesItem,
+)
+from plugins.ct_muscle.inference import McOptions, StructureMeasurement, UncertaintyMeasure
+from plugins.mr_muscle.translation import IntensityScale
+
+if TYPE_CHECKING:
+    from models.cyclegan import ResnetGenerator
+    from models.store import ModelCard
+    from models.unet import BayesianUNet
+    from plugins.common.volume import Volume
+    from plugins.ct_muscle.inference import InputGeometry
+    from plugins.ct_muscle.structures import LabelTable
+
+__all__ = ["MrMuscleOptions", "MrMusclePipeline"]
+
+PIPELINE_NAME = "mr-muscle"
+PIPELINE_VERSION = "1.0.0"
+
+
+@dataclass(frozen=True)
+class MrMuscleOptions:
+    """Pipeline options (``context.options``); unknown keys are an error.
+
+    ``review_threshold`` is in the unit of ``measure``; ``synthetic_ct_series`` adds the
+    synthetic CT as a derived DICOM series (marked not for diagnosis) to the outputs.
+    """
+
+    samples: int = 10
+    measure: UncertaintyMeasure = UncertaintyMeasure.ENTROPY
+    review_threshold: float = 0.25
+    batch_images: int = 40
+    translation_batch: int = 8
+    labelmap: bool = False
+    synthetic_ct_series: bool = False
+    label_table: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "measure", UncertaintyMeasure(self.measure))
+        if self.review_threshold < 0 or self.translation_batch < 1:
+            raise ValueError("review_threshold must be >= 0 and translation_batch >= 1")
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> MrMuscleOptions:
+        """Options from the daemon's settings; raises ValueError for unknown keys."""
+        unknown = set(options) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown mr-muscle options: {', '.join(sorted(unknown))}")
+        return cls(**dict(options))
+
+    def mc(self) -> McOptions:
+        return McOptions(samples=self.samples, measure=self.measure, batch_images=self.batch_images)
+
+
+@dataclass(frozen=True)
+class _Models:
+    generator: ResnetGenerator
+    generator_card: ModelCard
+    scale: IntensityScale
+    unet: BayesianUNet
+    unet_card: ModelCard
+    geometry: InputGeometry
+    table: LabelTable
+
+
+class MrMusclePipeline:
+    """Hip/thigh muscle and bone segmentation of MR series via CycleGAN synthetic CT."""
+
+    name = PIPELINE_NAME
+    version = PIPELINE_VERSION
+    input_kind = InputKind.DICOM_SERIES
+
+    def __init__(self) -> None:
+        self._models: _Models | None = None
+        self._options = MrMuscleOptions()
+
+    def load(self, context: PipelineContext) -> None:
+        """Read options, load generator and CT network once.
+
+        Raises ValueError for bad options and models.store.WeightsError for missing or
+        corrupt weights (``mr_to_ct`` and ``ct_muscle`` in ``context.weights_dir`` or
+        the bundled folder).
+        """
+        from models.store import bundled_weights_dir
+        from plugins.ct_muscle.inference import load_model
+        from plugins.ct_muscle.structures import default_label_table, load_label_table
+        from plugins.mr_muscle.translation import load_generator
+
+        options = MrMuscleOptions.from_mapping(context.options)
+        table = load_label_table(Path(options.label_table)) if options.label_table else default_label_table()
+        weights = context.weights_dir or bundled_weights_dir()
+        generator, generator_card, scale = load_generator(weights, context.device)
+        unet, unet_card, geometry = load_model(weights, context.device, [s.key for s in table])
+        self._models = _Models(generator, generator_card, scale, unet, unet_card, geometry, table)
+        self._options = options
+
+    def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
+        """Segment one MR series.
+
+        Raises InvalidInputError for input that can never work (not a series, not MR,
+        gaps, localizers, ...) and RuntimeError when :meth:`load` has not run.
+        """
+        from plugins.common.volume import VolumeOptions, series_to_volume
+        from plugins.ct_muscle.inference import measure_structures, predict_volume
+        from plugins.mr_muscle.translation import translate_volume
+
+        models = self._require_models()
+        if not isinstance(item, SeriesItem):
+            raise InvalidInputError("mr-muscle takes a DICOM series, not an image")
+        volume = series_to_volume(item.datasets, VolumeOptions(modalities=("MR",)))
+        spacing = (volume.geometry.spacing[1], volume.geometry.spacing[2])
+        try:
+            hu = translate_volume(
+                models.generator, volume.array, spacing, models.scale, self._options.translation_batch
+            )
+        except ValueError as exc:  # an all-zero series has no signal to normalise
+            raise InvalidInputError(f"MR series cannot be normalised: {exc}") from exc
+        prediction = predict_volume(models.unet, hu, spacing, models.geometry, self._options.mc())
+        measured = measure_structures(
+            prediction, models.table, volume.geometry.voxel_volume_mm3, self._options.review_threshold
+        )
+        dicom = self._dicom_outputs(item, volume, prediction.labels, prediction.uncertainty, measured)
+        if self._options.synthetic_ct_series:
+            dicom += self._synthetic_ct(item, volume, hu)
+        flagged = [m.name for m in measured if m.review_required]
+        summary = (
+            f"{len(measured)} structures segmented on MR via synthetic CT, {len(flagged)} flagged for review"
+        )
+        if flagged:
+            summary += ": " + ", ".join(flagged)
+        return PipelineResult(
+            dicom=dicom,
+            records=self._records(item, measured),
+            figures=self._figures(measured),
+            review_required=bool(flagged),
+            summary=summary,
+        )
+
+    def _require_models(self) -> _Models:
+        if self._models is None:
+            raise RuntimeError("mr-muscle pipeline used before load()")
+        return self._models
+
+    def _dicom_outputs(
+        self,
+        item: SeriesItem,
+        volume: Volume,
+        labels: np.ndarray,
+        uncertainty: np.ndarray,
+        measured: list[StructureMeasurement],
+    ) -> list[DicomOutput]:
+        from plugins.ct_muscle.reporting import dicom_outputs
+        from plugins.mr_muscle.reporting import MrOutputContext, renamed
+
+        models = self._require_models()
+        context = MrOutputContext(
+            identity=item.identity,
+            pipeline_version=self.version,
+            card=models.unet_card,
+            table=models.table,
+            measure=self._options.measure,
+            review_threshold=self._options.review_threshold,
+            generator_card=models.generator_card,
+        )
+        outputs = dicom_outputs(
+            context, volume, labels, uncertainty, measured, labelmap=self._options.labelmap
+        )
+        return renamed(outputs)
+
+    def _synthetic_ct(self, item: SeriesItem, volume: Volume, hu: np.ndarray) -> list[DicomOutput]:
+        from plugins.mr_muscle.synthetic_ct import SyntheticCtIdentity, build_synthetic_ct_series
+
+        models = self._require_models()
+        who = SyntheticCtIdentity(
+            identity=item.identity, version=f"{self.version} model {models.generator_card.version}"
+        )
+        series = build_synthetic_ct_series(volume, hu, who)
+        return [DicomOutput(f"mr-muscle-synthetic-ct/{k + 1:04d}.dcm", ds) for k, ds in enumerate(series)]
+
+    def _records(self, item: SeriesItem, measured: list[StructureMeasurement]) -> list[Record]:
+        models = self._require_models()
+        return [
+            Record(
+                kind="mr-structure",
+                group=item.series_uid,
+                fields={
+                    "structure": m.key,
+                    "label": m.label,
+                    "volume_ml": round(m.volume_ml, 3),
+                    "mean_uncertainty": m.mean_uncertainty,
+                    "uncertainty_measure": self._options.measure.value,
+                    "review_required": m.review_required,
+                    "model_version": models.unet_card.version,
+                    "translation_model_version": models.generator_card.version,
+                    "pipeline_version": self.version,
+                },
+            )
+            for m in measured
+        ]
+
+    def _figures(self, measured: list[StructureMeasurement]) -> list[Figure]:
+        """Per-structure uncertainty and review flag, like ct-muscle; labels never name a patient."""
+        out: list[Figure] = []
+        for m in measured:
+            labels = {"pipeline": self.name, "structure": m.key}
+            out.append(Figure("structure_uncertainty", m.mean_uncertainty, labels))
+            out.append(Figure("review_required", 1.0 if m.review_required else 0.0, labels))
+        return out

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from plugins.api import ImageItem, ImageMetadata, InvalidInputError, Pipeline, PipelineContext, SeriesItem
+from plugins.mr_muscle.mr_series import MrSeriesOptions, build_mr_series, demo_mr_series
+from plugins.mr_muscle.phantoms import MrPhantomOptions, generate_mr_phantom
+from plugins.mr_muscle.pipeline import MrMusclePipeline
+from plugins.mr_muscle.synthetic_ct import NOT_FOR_DIAGNOSIS
+from tests.plugins.mr_muscle.conftest import dciodvfy_errors
+
+
+def _item(datasets: list[pydicom.Dataset], identity: str = "mr-test-1") -> SeriesItem:
+    return SeriesItem(identity=identity, study_uid=str(datasets[0].StudyInstanceUID),
+                      series_uid=str(datasets[0].SeriesInstanceUID), modality="MR", datasets=datasets)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_weights: Path) -> MrMusclePipeline:
+    p = MrMusclePipeline()
+    p.load(PipelineContext(device="cpu", options={"samples": 2, "synthetic_ct_series": True},
+                           weights_dir=tiny_weights))
+    return p
+
+
+@pytest.fixture(scope="module")
+def series() -> list[pydicom.Dataset]:
+    datasets, _ = demo_mr_series(0, (6, 64, 64))
+    shuffled = list(datasets)
+    random.Random(3).shuffle(shuffled)  # arrival order is not slice order
+    return shuffled
+
+
+def test_pipeline_satisfies_the_contract() -> None:
+    p = MrMusclePipeline()
+    assert isinstance(p, Pipeline)
+    assert p.name == "mr-muscle"
+
+
+def test_outputs_reference_the_mr_series_and_pass_dciodvfy(
+    pipeline: MrMusclePipeline, series: list[pydicom.Dataset], tmp_path: Path
+) -> None:
+    result = pipeline.run(_item(series))
+    by_name = {o.name: o.dataset for o in result.dicom}
+    seg_ds = by_name["mr-muscle-seg.dcm"]
+    mr_uids = {str(ds.SOPInstanceUID) for ds in series}
+    for name in ("mr-muscle-seg.dcm", "mr-muscle-sr.dcm", "mr-muscle-uncertainty.dcm"):
+        ds = by_name[name]
+        assert dciodvfy_errors(ds, tmp_path / name) == [], name
+        assert ds.StudyInstanceUID == series[0].StudyInstanceUID
+    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(tmp_path / "mr-muscle-seg.dcm"))
+    assert {uid for _, _, uid in seg.get_source_image_uids()} == mr_uids
+    assert seg.FrameOfReferenceUID == series[0].FrameOfReferenceUID
+    assert seg_ds.ManufacturerModelName == "mr-muscle"
+    assert len(result.records) == len(seg.SegmentSequence)
+    assert all(set(f.labels) <= {"pipeline", "structure"} for f in result.figures)
+
+
+def test_synthetic_ct_series_is_derived_and_not_for_diagnosis(
+    pipeline: MrMusclePipeline, series: list[pydicom.Dataset], tmp_path: Path
+) -> None:
+    result = pipeline.run(_item(series))
+    synthetic = [o.dataset for o in result.dicom if o.name.startswith("mr-muscle-synthetic-ct/")]
+    assert len(synthetic) == len(series)
+    mr_uids = {str(ds.SOPInstanceUID) for ds in series}
+    for ds in synthetic:
+        assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert NOT_FOR_DIAGNOSIS in ds.SeriesDescription and "NOT FOR DIAGNOSIS" in ds.ImageComments
+        assert ds.BurnedInAnnotation == "NO"
+        assert ds.FrameOfReferenceUID == series[0].FrameOfReferenceUID
+        assert str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) in mr_uids
+    assert dciodvfy_errors(synthetic[0], tmp_path / "synthetic.dcm") == []
+
+
+def test_uids_are_deterministic_per_identity(pipeline: MrMusclePipeline, series: list[pydicom.Dataset]) -> None:
+    first = {o.name: o.dataset.SOPInstanceUID for o in pipeline.run(_item(series)).dicom}
+    again = {o.name: o.dataset.SOPInstanceUID for o in pipeline.run(_item(series[::-1])).dicom}
+    other = {o.name: o.dataset.SOPInstanceUID for o in pipeline.run(_item(series, "mr-test-2")).dicom}
+    assert first == again
+    assert not set(first.values()) & set(other.values())
+
+
+def test_non_identity_orientation_is_accepted(pipeline: MrMusclePipeline) -> None:
+    phantom = generate_mr_phantom(4, MrPhantomOptions(shape=(4, 64, 64)))
+    c, s = np.cos(0.4), np.sin(0.4)
+    datasets = build_mr_series(phantom, MrSeriesOptions(uid_seed="oblique", orientation=(c, s, 0, -s, c, 0)))
+    assert pipeline.run(_item(datasets)).dicom
+
+
+def test_ct_series_and_images_are_refused(pipeline: MrMusclePipeline, series: list[pydicom.Dataset]) -> None:
+    ct = [pydicom.Dataset(ds) for ds in series]
+    for ds in ct:
+        ds.Modality = "CT"
+    with pytest.raises(InvalidInputError, match="modality"):
+        pipeline.run(_item(ct))
+    image = ImageItem("img", Path("x.tif"), np.zeros((4, 4)), "YX", ImageMetadata())
+    with pytest.raises(InvalidInputError):
+        pipeline.run(image)
+
+
+@pytest.mark.parametrize("name", ["emri_small.dcm", "emri_small_RLE.dcm", "emri_small_jpeg_ls_lossless.dcm"])
+def test_enhanced_mr_from_pydicom_data_is_refused_clearly(pipeline: MrMusclePipeline, name: str) -> None:
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} not in pydicom-data")
+    ds = pydicom.dcmread(path)
+    with pytest.raises(InvalidInputError, match="multi-frame"):
+        pipeline.run(_item([ds]))
+
+
+def test_unknown_option_and_use_before_load(tiny_weights: Path, series: list[pydicom.Dataset]) -> None:
+    with pytest.raises(ValueError, match="unknown mr-muscle options"):
+        MrMusclePipeline().load(PipelineContext(device="cpu", options={"sampels": 3}, weights_dir=tiny_weights))
+    with pytest.raises(RuntimeError):
+        MrMusclePipeline().run(_item(series))
