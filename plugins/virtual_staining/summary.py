@@ -7,10 +7,12 @@ blocks), and the elapsed time is measured from the experiment's first image
 (same ``identity``) replaces its earlier record. Records without a time point are each
 their own point.
 
-The HTML report links the latest overlays relative to the summary folder: summaries are
-written to ``<outputs>/virtual-staining/_summary/<group>/`` and per-image files to
-``<outputs>/virtual-staining/<relative_path without its last extension>/overlay.png``,
-so a link is ``../../<relative_path without extension>/overlay.png``.
+The HTML report links the latest overlays relative to the summary folder: the daemon
+writes summaries to ``<outputs>/virtual-staining/<version>/_summary/<group>/`` and
+per-image files to ``<outputs>/virtual-staining/<version>/<output_dir>/overlay.png``,
+where ``output_dir`` is the field it adds to each stored record, so a link is
+``../../<output_dir>/overlay.png`` (without ``output_dir``: the record's
+``relative_path`` without its last extension).
 """
 
 from __future__ import annotations
@@ -69,7 +71,15 @@ def _number(value: RecordValue, default: float) -> float:
 
 
 def overlay_link(record: Mapping[str, RecordValue]) -> str | None:
-    """Link from the summary folder to the record's overlay, or None without a path."""
+    """Link from the summary folder to the record's overlay, or None without a path.
+
+    Uses ``output_dir`` (the image's output folder below the pipeline's version folder,
+    which the daemon adds to every record it stores) and falls back to the record's
+    ``relative_path`` without its last extension.
+    """
+    folder = record.get("output_dir")
+    if isinstance(folder, str) and folder:
+        return str(PurePosixPath("../..") / PurePosixPath(folder) / "overlay.png")
     relative = record.get("relative_path")
     if not isinstance(relative, str) or not relative:
         return None

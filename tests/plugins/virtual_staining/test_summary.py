@@ -30,6 +30,11 @@ def test_links_and_escaping() -> None:
         overlay_link({"relative_path": "plate1/A01_t000.ome.tif"}) == "../../plate1/A01_t000.ome/overlay.png"
     )
     assert overlay_link({"relative_path": None}) is None
+    both: dict[str, RecordValue] = {
+        "relative_path": "x.ome.tif",
+        "output_dir": "DEMO/EXP1_A01_pos1_t000_phase",
+    }
+    assert overlay_link(both) == "../../DEMO/EXP1_A01_pos1_t000_phase/overlay.png"
     records: list[dict[str, RecordValue]] = [
         {
             "identity": "x",
