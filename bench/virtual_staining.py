@@ -4,14 +4,18 @@ Both run in this process on the same generated 2048x2048 16-bit phase image with
 bundled demo weights and the pipeline's default stride, and produce the same block
 probabilities (checked). The baseline is the straightforward research implementation:
 cut the padded image into blocks and call the network once per block. Also measured:
-``VirtualStainingPipeline.run`` from array in to TIFF + PNG bytes out (no file I/O).
+``VirtualStainingPipeline.run`` from array in to TIFF + PNG bytes out (no file I/O), and
+with ``--latency N`` the file-in to overlay-out latency through a real ``acqflow serve``:
+N images renamed into its watched folder one at a time, each timed from the rename until
+its overlay exists.
 
-    .venv/bin/python bench/virtual_staining.py [--threads 1] [--device cpu] [--repeats 3]
+    .venv/bin/python bench/virtual_staining.py [--threads 1] [--device cpu] [--repeats 3] [--latency 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +64,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda for the whole-image path")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--weights", type=Path, default=bundled_weights_dir())
+    parser.add_argument("--latency", type=int, default=0, help="images sent through the daemon (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -101,6 +106,56 @@ def main() -> None:
         f"pipeline.run, array in -> TIFF + PNG bytes out: {run_s:.3f} s; "
         f"{prediction.blocks_positive}/{prediction.blocks_total} blocks positive"
     )
+    if args.latency:
+        latencies = _file_to_overlay(phase, args.latency, args.device)
+        print(
+            f"file in -> overlay out through acqflow serve ({len(latencies)} images): "
+            f"median {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s"
+        )
+
+
+def _file_to_overlay(phase: np.ndarray, count: int, device: str) -> list[float]:
+    """Seconds from renaming each image into a watched folder to its overlay existing."""
+    import shutil
+    import sys
+    import tempfile
+
+    import tifffile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.support.daemon_proc import DaemonProcess
+    from tests.support.peers import free_port
+
+    root = Path(tempfile.mkdtemp(prefix="acqflow-bench-"))
+    inbox, outputs = root / "inbox", root / "outputs"
+    daemon = DaemonProcess(root, {
+        "paths": {"state_dir": str(root / "state"), "outputs_dir": str(outputs)},
+        "workers": {"device": device, "poll_seconds": 0.2},
+        "metrics": {"port": free_port()},
+        "dicom": {"enabled": False},
+        "folders": [{"path": str(inbox), "stable_seconds": 2.0}],
+    })
+    daemon.start()
+    latencies: list[float] = []
+    try:
+        for index in range(count + 1):  # the first image also loads the model: not counted
+            name = f"BENCH_A01_pos1_t{index:03d}_phase"
+            staged = root / f"{name}.tif"
+            tifffile.imwrite(staged, phase, imagej=True, resolution=(1 / 0.65, 1 / 0.65),
+                             metadata={"axes": "YX", "unit": "um"})
+            (inbox / "BENCH").mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            staged.rename(inbox / "BENCH" / f"{name}.tif")
+            while not any(outputs.rglob(f"{name}/overlay.png")):
+                if not daemon.alive() or time.perf_counter() - started > 300:
+                    raise RuntimeError(f"no overlay for {name}:\n{daemon.log_tail()}")
+                time.sleep(0.02)
+            if index:
+                latencies.append(time.perf_counter() - started)
+    finally:
+        daemon.terminate()
+        shutil.rmtree(root, ignore_errors=True)
+    return latencies
 
 
 if __name__ == "__main__":

@@ -98,6 +98,6 @@ def test_example_pipeline_options_are_accepted_by_the_pipelines() -> None:
 
     example = Path(__file__).resolve().parents[2] / "deploy" / "acqflow.example.toml"
     options = load_settings(example, environ={}).pipelines.options
-    assert VirtualStainingOptions.from_mapping(options["virtual-staining"]).stride == 16
+    assert VirtualStainingOptions.from_mapping(options["virtual-staining"]).stride == 12
     assert CtMuscleOptions.from_mapping(options["ct-muscle"]).samples == 10
     assert MrMuscleOptions.from_mapping(options["mr-muscle"]).synthetic_ct_series is False
