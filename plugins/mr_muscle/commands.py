@@ -30,7 +30,7 @@ Device = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, 
 
 _TRAIN_DEFAULTS: dict[str, Any] = {
     "--synthetic": 12,
-    "--iterations": 3000,
+    "--iterations": 2000,
     "--batch-size": 1,
     "--crop": 128,
     "--learning-rate": 2e-4,
@@ -41,8 +41,10 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "--identity-weight": 0.0,
     "--gradient-weight": 1.0,
     "--gradient-mode": GradientMode.MAGNITUDE,
-    "--base-channels": 8,
+    "--base-channels": 12,
     "--residual-blocks": 4,
+    "--discriminator-channels": 16,
+    "--ct-noise": 0.0,
     "--discriminator-layers": 4,
     "--pixel-spacing": 3.0,
     "--output": DEFAULT_OUTPUT,
@@ -65,7 +67,9 @@ def _command_line(values: dict[str, Any]) -> str:
     return shlex.join(parts)
 
 
-def _domain(folder: Path | None, modality: str, synthetic: int, seed: int, scale: Any) -> Any:
+def _domain(
+    folder: Path | None, modality: str, synthetic: int, seed: int, scale: Any, noise: float = 0.0
+) -> Any:
     """Slices of one domain from a DICOM folder or the synthetic generator."""
     from plugins.mr_muscle import data
 
@@ -74,8 +78,9 @@ def _domain(folder: Path | None, modality: str, synthetic: int, seed: int, scale
             return data.dicom_slices(folder, modality, scale)
         if synthetic < 1:
             raise typer.BadParameter(f"no {modality} data: give a folder or --synthetic N")
-        make = data.synthetic_mr_slices if modality == "MR" else data.synthetic_ct_slices
-        return make(synthetic, seed, scale)
+        if modality == "MR":
+            return data.synthetic_mr_slices(synthetic, seed, scale)
+        return data.synthetic_ct_slices(synthetic, seed, scale, noise)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
@@ -86,7 +91,7 @@ def train(
     synthetic: Annotated[
         int, typer.Option("--synthetic", min=0, help="Phantoms per domain without data.")
     ] = 12,
-    iterations: Annotated[int, typer.Option("--iterations", min=1)] = 3000,
+    iterations: Annotated[int, typer.Option("--iterations", min=1)] = 2000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1,
     crop: Annotated[int, typer.Option("--crop", min=16, help="Square crop side (px, multiple of 4).")] = 128,
     learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0)] = 2e-4,
@@ -108,9 +113,18 @@ def train(
         GradientMode,
         typer.Option("--gradient-mode", help="Correlate gradient magnitudes or signed derivatives."),
     ] = GradientMode.MAGNITUDE,
-    base_channels: Annotated[int, typer.Option("--base-channels", min=1)] = 8,
+    base_channels: Annotated[int, typer.Option("--base-channels", min=1)] = 12,
     residual_blocks: Annotated[int, typer.Option("--residual-blocks", min=0)] = 4,
     discriminator_layers: Annotated[int, typer.Option("--discriminator-layers", min=1)] = 4,
+    discriminator_channels: Annotated[int, typer.Option("--discriminator-channels", min=1)] = 16,
+    ct_noise: Annotated[
+        float,
+        typer.Option(
+            "--ct-noise",
+            min=0.0,
+            help="Noise (HU) of synthetic CT phantoms; low noise keeps the generator from imitating noise.",
+        ),
+    ] = 0.0,
     pixel_spacing: Annotated[
         float, typer.Option("--pixel-spacing", min=0.1, help="Generator grid (mm).")
     ] = 3.0,
@@ -144,8 +158,8 @@ def train(
     torch.manual_seed(seed)
     scale = IntensityScale(pixel_spacing_mm=pixel_spacing)
     mr = _domain(mr_data, "MR", synthetic, seed, scale)
-    ct = _domain(ct_data, "CT", synthetic, seed, scale)
-    net = NetworkOptions(base_channels, residual_blocks, discriminator_layers=discriminator_layers)
+    ct = _domain(ct_data, "CT", synthetic, seed, scale, ct_noise)
+    net = NetworkOptions(base_channels, residual_blocks, discriminator_channels, discriminator_layers)
     sched = ScheduleOptions(iterations, batch_size, crop, learning_rate, decay_from, pool_size, seed)
     weights = LossWeights(adversarial_weight, cycle_weight, identity_weight, gradient_weight, gradient_mode)
     out = OutputOptions(work_dir or output / "work", resume=resume, progress=not quiet)
@@ -191,7 +205,8 @@ def _save(generator: Any, net: Any, training: dict[str, Any], version: str, outp
         arguments=net.generator_arguments(),
         training=training,
         notes="CycleGAN MR-to-CT generator (models.cyclegan.ResnetGenerator); input MR normalised "
-        "to [-1, 1] by a high percentile, output CT in [-1, 1] over training.input's HU range. "
+        "to [-1, 1] by a high percentile, output CT in [-1, 1], mapped to HU through training.input's "
+        "piecewise-linear knots. Demo weights from synthetic phantoms only; not for clinical use. "
         "Trained on unpaired slices; metrics: held-out MR phantom Dice via the CT network.",
     )
     return save_weights(generator, card, output)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from plugins.ct_muscle.phantoms import generate_phantom
+from plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
 from plugins.mr_muscle.phantoms import MR_ANATOMY_SEED_OFFSET, generate_mr_phantom
 from plugins.mr_muscle.translation import IntensityScale, ct_to_unit, normalise_mr
 
@@ -67,14 +67,18 @@ def synthetic_mr_slices(count: int, seed: int, scale: IntensityScale) -> SliceSe
     return SliceSet(np.concatenate(vols), count, f"synthetic MR phantoms, seed {seed}")
 
 
-def synthetic_ct_slices(count: int, seed: int, scale: IntensityScale) -> SliceSet:
-    """Slices of ``count`` CT phantoms (seeds below MR_ANATOMY_SEED_OFFSET).
+def synthetic_ct_slices(count: int, seed: int, scale: IntensityScale, noise_hu: float = 0.0) -> SliceSet:
+    """Slices of ``count`` CT phantoms (seeds below MR_ANATOMY_SEED_OFFSET) with ``noise_hu`` noise.
+
+    Noise-free CT by default: the generator should learn the tissue values, not to
+    imitate noise texture (which, in our runs, it rendered as speckle the CT network
+    cannot read).
 
     Raises ValueError for a count or seed outside the reserved range.
     """
     vols = []
     for phantom_seed in _phantom_seeds(count, seed):
-        phantom = generate_phantom(phantom_seed)
+        phantom = generate_phantom(phantom_seed, PhantomOptions(noise_hu=noise_hu))
         unit = ct_to_unit(phantom.hu, scale)
         vols.append(resample_slices(unit, phantom.pixel_spacing_mm, scale.pixel_spacing_mm, fill=-1.0))
     return SliceSet(np.concatenate(vols), count, f"synthetic CT phantoms, seed {seed}")

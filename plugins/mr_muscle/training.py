@@ -36,7 +36,7 @@ CHECKPOINT = "checkpoint.pt"
 class NetworkOptions:
     """Widths of the generators and discriminators."""
 
-    base_channels: int = 8
+    base_channels: int = 12
     residual_blocks: int = 4
     discriminator_channels: int = 16
     discriminator_layers: int = 4  # receptive field 142 px: the whole 128 px slice
@@ -58,7 +58,7 @@ class NetworkOptions:
 class ScheduleOptions:
     """Iterations, batch, crop size, Adam learning rate and where its linear decay starts."""
 
-    iterations: int = 3000
+    iterations: int = 2000
     batch_size: int = 1
     crop: int = 128
     learning_rate: float = 2e-4
