@@ -32,8 +32,12 @@ import torch
 from models.store import bundled_weights_dir
 from plugins.ct_muscle.inference import McOptions, load_model, predict_volume
 from plugins.ct_muscle.structures import default_label_table
-from plugins.mr_muscle.phantoms import HELD_OUT_SEED_OFFSET, MR_ANATOMY_SEED_OFFSET, MrPhantomOptions
-from plugins.mr_muscle.phantoms import generate_mr_phantom
+from plugins.mr_muscle.phantoms import (
+    HELD_OUT_SEED_OFFSET,
+    MR_ANATOMY_SEED_OFFSET,
+    MrPhantomOptions,
+    generate_mr_phantom,
+)
 from plugins.mr_muscle.translation import load_generator, translate_volume
 
 

@@ -18,7 +18,13 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian,
 
 from plugins.mr_muscle.phantoms import MrPhantom, MrPhantomOptions, generate_mr_phantom
 
-__all__ = ["MR_IMAGE_STORAGE", "MrSeriesOptions", "build_mr_series", "demo_mr_series"]
+__all__ = [
+    "MR_IMAGE_STORAGE",
+    "MrSeriesOptions",
+    "build_mr_series",
+    "demo_mr_phantom_series",
+    "demo_mr_series",
+]
 
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 
@@ -106,11 +112,19 @@ def build_mr_series(phantom: MrPhantom, options: MrSeriesOptions | None = None) 
 
 def demo_mr_series(
     seed: int = 0, shape: tuple[int, int, int] = (12, 128, 128), options: MrSeriesOptions | None = None
-) -> tuple[list[Dataset], MrPhantom]:
-    """A generated MR phantom as a DICOM series, and the phantom (its labels are ground truth).
+) -> list[Dataset]:
+    """A generated MR phantom as an MR Image Storage series (pydicom Datasets, cranial first).
 
-    Raises ValueError for a negative seed or a shape too small for a phantom.
+    The same seed and shape give the same pixels and UIDs. Raises ValueError for a
+    negative seed or a shape too small for a phantom.
     """
+    return demo_mr_phantom_series(seed, shape, options)[0]
+
+
+def demo_mr_phantom_series(
+    seed: int = 0, shape: tuple[int, int, int] = (12, 128, 128), options: MrSeriesOptions | None = None
+) -> tuple[list[Dataset], MrPhantom]:
+    """:func:`demo_mr_series` and the phantom it shows (its labels are ground truth)."""
     phantom = generate_mr_phantom(seed, MrPhantomOptions(shape=shape))
     opts = options or MrSeriesOptions(uid_seed=f"acqflow-mr-phantom-{seed}-{shape}")
     return build_mr_series(phantom, opts), phantom

@@ -22,15 +22,42 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-weights")
     torch.manual_seed(0)
     table = default_label_table()
-    gen_args = {"in_channels": 1, "out_channels": 1, "base_channels": 4, "residual_blocks": 1, "downsamplings": 2}
-    save_weights(ResnetGenerator(**gen_args), ModelCard(
-        name="mr_to_ct", version="0.0-test", architecture="ResnetGenerator", arguments=gen_args,
-        training={"input": IntensityScale().to_dict()}), directory)
-    unet_args = {"in_channels": 1, "num_classes": table.num_classes, "base_channels": 4, "depth": 2,
-                 "dropout": 0.1}
-    save_weights(BayesianUNet(**unet_args), ModelCard(
-        name="ct_muscle", version="0.0-test", architecture="BayesianUNet", arguments=unet_args,
-        training={"input": InputGeometry(divisor=4).to_dict(), "labels": [s.key for s in table]}), directory)
+    gen_args = {
+        "in_channels": 1,
+        "out_channels": 1,
+        "base_channels": 4,
+        "residual_blocks": 1,
+        "downsamplings": 2,
+    }
+    save_weights(
+        ResnetGenerator(**gen_args),
+        ModelCard(
+            name="mr_to_ct",
+            version="0.0-test",
+            architecture="ResnetGenerator",
+            arguments=gen_args,
+            training={"input": IntensityScale().to_dict()},
+        ),
+        directory,
+    )
+    unet_args = {
+        "in_channels": 1,
+        "num_classes": table.num_classes,
+        "base_channels": 4,
+        "depth": 2,
+        "dropout": 0.1,
+    }
+    save_weights(
+        BayesianUNet(**unet_args),
+        ModelCard(
+            name="ct_muscle",
+            version="0.0-test",
+            architecture="BayesianUNet",
+            arguments=unet_args,
+            training={"input": InputGeometry(divisor=4).to_dict(), "labels": [s.key for s in table]},
+        ),
+        directory,
+    )
     return directory
 
 

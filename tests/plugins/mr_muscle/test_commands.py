@@ -9,9 +9,20 @@ from plugins.mr_muscle.translation import load_generator
 
 def test_train_command_writes_weights_card_samples_and_resumes(tmp_path: Path) -> None:
     output = tmp_path / "model"
-    options = dict(synthetic=1, iterations=2, crop=64, base_channels=4, residual_blocks=1,
-                   discriminator_channels=4, discriminator_layers=3, seed=3, output=output,
-                   work_dir=tmp_path / "work", threads=1, quiet=True)
+    options = dict(
+        synthetic=1,
+        iterations=2,
+        crop=64,
+        base_channels=4,
+        residual_blocks=1,
+        discriminator_channels=4,
+        discriminator_layers=3,
+        seed=3,
+        output=output,
+        work_dir=tmp_path / "work",
+        threads=1,
+        quiet=True,
+    )
     card_path = train(**options)  # type: ignore[arg-type]
     card = json.loads(card_path.read_text())
     assert card["training"]["seed"] == 3
@@ -19,7 +30,7 @@ def test_train_command_writes_weights_card_samples_and_resumes(tmp_path: Path) -
     assert command.startswith("acqflow train mr-to-ct") and "--seed 3" in command
     assert "--iterations 2" in command
     assert card["training"]["data"]["mr"]["volumes"] == 1
-    generator, loaded, scale = load_generator(output)
+    _generator, loaded, scale = load_generator(output)
     assert loaded.sha256 == card["sha256"] and scale.pixel_spacing_mm == 3.0
     assert sorted(p.name for p in (tmp_path / "work" / "samples").iterdir()) == ["iteration_000002.png"]
     # A second call with more iterations resumes from the checkpoint of the first.

@@ -11,14 +11,20 @@ from pydicom.data import get_testdata_file
 
 from plugins.api import InvalidInputError
 from plugins.common.volume import VolumeOptions, series_to_volume
-from plugins.mr_muscle.mr_series import MR_IMAGE_STORAGE, MrSeriesOptions, build_mr_series, demo_mr_series
+from plugins.mr_muscle.mr_series import (
+    MR_IMAGE_STORAGE,
+    MrSeriesOptions,
+    build_mr_series,
+    demo_mr_phantom_series,
+    demo_mr_series,
+)
 from plugins.mr_muscle.phantoms import MrPhantomOptions, generate_mr_phantom
 
 MR_ONLY = VolumeOptions(modalities=("MR",))
 
 
 def test_series_converts_to_the_phantom_volume() -> None:
-    series, phantom = demo_mr_series(1, (5, 64, 64))
+    series, phantom = demo_mr_phantom_series(1, (5, 64, 64))
     assert all(ds.SOPClassUID == MR_IMAGE_STORAGE and ds.Modality == "MR" for ds in series)
     volume = series_to_volume(list(reversed(series)), MR_ONLY)
     # The series is cranial first; the volume ascends along the normal (+z, cranial last).
@@ -38,15 +44,15 @@ def test_non_identity_orientation_keeps_regular_stack() -> None:
 
 
 def test_uids_are_deterministic() -> None:
-    a, _ = demo_mr_series(3, (3, 64, 64))
-    b, _ = demo_mr_series(3, (3, 64, 64))
+    a = demo_mr_series(3, (3, 64, 64))
+    b = demo_mr_series(3, (3, 64, 64))
     assert [ds.SOPInstanceUID for ds in a] == [ds.SOPInstanceUID for ds in b]
     assert len({ds.SOPInstanceUID for ds in a}) == 3
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
 def test_generated_mr_instance_passes_dciodvfy(tmp_path: Path) -> None:
-    series, _ = demo_mr_series(0, (2, 64, 64))
+    series = demo_mr_series(0, (2, 64, 64))
     path = tmp_path / "mr.dcm"
     series[0].save_as(path, enforce_file_format=True)
     result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)

@@ -18,21 +18,29 @@ from tests.plugins.mr_muscle.conftest import dciodvfy_errors
 
 
 def _item(datasets: list[pydicom.Dataset], identity: str = "mr-test-1") -> SeriesItem:
-    return SeriesItem(identity=identity, study_uid=str(datasets[0].StudyInstanceUID),
-                      series_uid=str(datasets[0].SeriesInstanceUID), modality="MR", datasets=datasets)
+    return SeriesItem(
+        identity=identity,
+        study_uid=str(datasets[0].StudyInstanceUID),
+        series_uid=str(datasets[0].SeriesInstanceUID),
+        modality="MR",
+        datasets=datasets,
+    )
 
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_weights: Path) -> MrMusclePipeline:
     p = MrMusclePipeline()
-    p.load(PipelineContext(device="cpu", options={"samples": 2, "synthetic_ct_series": True},
-                           weights_dir=tiny_weights))
+    p.load(
+        PipelineContext(
+            device="cpu", options={"samples": 2, "synthetic_ct_series": True}, weights_dir=tiny_weights
+        )
+    )
     return p
 
 
 @pytest.fixture(scope="module")
 def series() -> list[pydicom.Dataset]:
-    datasets, _ = demo_mr_series(0, (6, 64, 64))
+    datasets = demo_mr_series(0, (6, 64, 64))
     shuffled = list(datasets)
     random.Random(3).shuffle(shuffled)  # arrival order is not slice order
     return shuffled
@@ -79,7 +87,9 @@ def test_synthetic_ct_series_is_derived_and_not_for_diagnosis(
     assert dciodvfy_errors(synthetic[0], tmp_path / "synthetic.dcm") == []
 
 
-def test_uids_are_deterministic_per_identity(pipeline: MrMusclePipeline, series: list[pydicom.Dataset]) -> None:
+def test_uids_are_deterministic_per_identity(
+    pipeline: MrMusclePipeline, series: list[pydicom.Dataset]
+) -> None:
     first = {o.name: o.dataset.SOPInstanceUID for o in pipeline.run(_item(series)).dicom}
     again = {o.name: o.dataset.SOPInstanceUID for o in pipeline.run(_item(series[::-1])).dicom}
     other = {o.name: o.dataset.SOPInstanceUID for o in pipeline.run(_item(series, "mr-test-2")).dicom}
@@ -117,6 +127,8 @@ def test_enhanced_mr_from_pydicom_data_is_refused_clearly(pipeline: MrMusclePipe
 
 def test_unknown_option_and_use_before_load(tiny_weights: Path, series: list[pydicom.Dataset]) -> None:
     with pytest.raises(ValueError, match="unknown mr-muscle options"):
-        MrMusclePipeline().load(PipelineContext(device="cpu", options={"sampels": 3}, weights_dir=tiny_weights))
+        MrMusclePipeline().load(
+            PipelineContext(device="cpu", options={"sampels": 3}, weights_dir=tiny_weights)
+        )
     with pytest.raises(RuntimeError):
         MrMusclePipeline().run(_item(series))
