@@ -118,6 +118,7 @@ def evaluate(
     from plugins.ct_muscle.structures import default_label_table
 
     torch.set_num_threads(threads)
+    torch.manual_seed(first_seed % 2**31)  # the dropout masks, so the report is repeatable
     table = default_label_table()
     model, card, geo = load_model(weights_dir, expected=[s.key for s in table])
     if data_dir is not None:

@@ -97,19 +97,11 @@ class InputGeometry:
 
 @dataclass(frozen=True)
 class McOptions:
-    """Monte-Carlo sampling: T samples, the measure, and images per forward batch.
-
-    With ``crop_to_body`` the network runs only on the bounding box (plus a margin) of the
-    voxels above ``body_threshold_hu`` in each group of slices; everything outside is air,
-    labelled background with zero uncertainty.
-    """
+    """Monte-Carlo sampling: T samples, the measure, and images per forward batch."""
 
     samples: int = 10
     measure: UncertaintyMeasure = UncertaintyMeasure.ENTROPY
     batch_images: int = 20
-    crop_to_body: bool = True
-    body_threshold_hu: float = -500.0
-    crop_margin: int = 8
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.batch_images < 1:
@@ -187,50 +179,21 @@ def _uncertainty(probs: torch.Tensor, measure: UncertaintyMeasure) -> torch.Tens
     return (entropy - sample_entropy).clamp_min(0.0)
 
 
-def _body_box(
-    x: torch.Tensor, geo: InputGeometry, options: McOptions
-) -> tuple[slice, slice] | None:
-    """Divisor-aligned box around the body on the padded model grid; None when all air."""
-    height, width = x.shape[-2:]
-    if not options.crop_to_body:
-        return slice(0, height), slice(0, width)
-    # Below the window everything is 0 after windowing, so the threshold cannot go lower.
-    level = max(0.0, (options.body_threshold_hu - geo.window.lower) / geo.window.width)
-    inside = (x[:, 0] > level).any(dim=0)
-    rows = inside.any(dim=1).nonzero()
-    cols = inside.any(dim=0).nonzero()
-    if len(rows) == 0:
-        return None
-    boxes = []
-    for found, extent in ((rows, height), (cols, width)):
-        start = max(0, int(found[0]) - options.crop_margin) // geo.divisor * geo.divisor
-        stop = min(extent, int(found[-1]) + 1 + options.crop_margin)
-        stop = min(extent, start + math.ceil((stop - start) / geo.divisor) * geo.divisor)
-        boxes.append(slice(start, stop))
-    return boxes[0], boxes[1]
-
-
 def _mc_on_model_grid(
-    model: BayesianUNet, x: torch.Tensor, geo: InputGeometry, options: McOptions
+    model: BayesianUNet, x: torch.Tensor, options: McOptions
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean softmax ``(n, C, H, W)`` and uncertainty ``(n, H, W)`` on the padded grid."""
+    """Mean softmax ``(n, C, H, W)`` and uncertainty ``(n, H, W)`` on the padded grid.
+
+    The whole padded slice goes through the network: GroupNorm statistics span the
+    field of view, so cropping to the body would change the result.
+    """
     import torch
 
     n = x.shape[0]
-    classes = model.head.out_channels
-    mean = torch.zeros((n, classes, *x.shape[-2:]), dtype=x.dtype, device=x.device)
-    mean[:, 0] = 1.0  # air outside the body box: background, certain
-    unc = torch.zeros((n, *x.shape[-2:]), dtype=x.dtype, device=x.device)
-    box = _body_box(x, geo, options)
-    if box is None:
-        return mean, unc
-    crop = x[:, :, box[0], box[1]]
-    batch = crop.repeat(options.samples, 1, 1, 1)  # sample-major: (T * n, 1, h, w)
+    batch = x.repeat(options.samples, 1, 1, 1)  # sample-major: (T * n, 1, H, W)
     probs = torch.softmax(model(batch.contiguous(memory_format=torch.channels_last)), dim=1)
     probs = probs.reshape(options.samples, n, *probs.shape[1:])
-    mean[:, :, box[0], box[1]] = probs.mean(dim=0)
-    unc[:, box[0], box[1]] = _uncertainty(probs, options.measure)
-    return mean, unc
+    return probs.mean(dim=0), _uncertainty(probs, options.measure)
 
 
 def _predict_chunk(
@@ -242,7 +205,7 @@ def _predict_chunk(
 
     _, rows, cols = hu.shape
     x = preprocess_slices(hu, spacing, geo)
-    mean_grid, unc_grid = _mc_on_model_grid(model, x, geo, options)
+    mean_grid, unc_grid = _mc_on_model_grid(model, x, options)
     size, _ = _model_grid(rows, cols, spacing, geo)
     mean = mean_grid[:, :, : size[0], : size[1]]
     unc = unc_grid[:, None, : size[0], : size[1]]
