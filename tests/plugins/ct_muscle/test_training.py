@@ -85,3 +85,33 @@ def test_train_and_evaluate_commands(tmp_path: Path) -> None:
     assert set(report) >= {"dice", "assd_mm", "uncertainty_ratio_wrong_to_correct",
                            "pearson_structure_uncertainty_vs_dice", "mean_dice"}
     assert "held_out" in json.loads((out / "ct_muscle.json").read_text())["metrics"]
+
+
+def test_dicom_cases_load_as_labelled_volumes(tmp_path: Path) -> None:
+    from models.store import ModelCard
+    from plugins.common.volume import series_to_volume
+    from plugins.ct_muscle.datasets import load_dicom_cases
+    from plugins.ct_muscle.inference import Prediction, UncertaintyMeasure, measure_structures
+    from plugins.ct_muscle.phantoms import demo_ct_series, generate_phantom
+    from plugins.ct_muscle.reporting import OutputContext, dicom_outputs
+
+    table = default_label_table()
+    datasets = demo_ct_series(5, TINY)
+    volume = series_to_volume(datasets)
+    truth = generate_phantom(5, TINY).labels[::-1]  # the demo series steps feet-wards
+    prediction = Prediction(truth.copy(), np.zeros(truth.shape, np.float32),
+                            UncertaintyMeasure.ENTROPY)
+    context = OutputContext("case", "1.0.0", ModelCard("ct_muscle", "1", "BayesianUNet", {}),
+                            table, UncertaintyMeasure.ENTROPY, 1.0)
+    outputs = dicom_outputs(context, volume, truth, prediction.uncertainty,
+                            measure_structures(prediction, table, 1.0, 1.0))
+    case = tmp_path / "case1"
+    case.mkdir()
+    for i, ds in enumerate(datasets):
+        ds.save_as(case / f"ct{i}.dcm", enforce_file_format=True)
+    seg = next(o.dataset for o in outputs if o.name == "ct-muscle-seg.dcm")
+    seg.save_as(case / "seg.dcm", enforce_file_format=True)
+    (loaded,) = load_dicom_cases(tmp_path, table)
+    np.testing.assert_array_equal(loaded.labels, truth)
+    np.testing.assert_allclose(loaded.hu, volume.array)
+    assert loaded.spacing == (TINY.pixel_spacing_mm, TINY.pixel_spacing_mm)
