@@ -11,9 +11,13 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from plugins.ct_muscle.structures import LabelTable
+    from plugins.ct_muscle.training import LabelledVolume
 
 __all__ = ["evaluate", "train"]
 
@@ -34,16 +38,36 @@ def _command_line() -> str:
     return shlex.join([Path(sys.argv[0]).name if sys.argv else "acqflow", *sys.argv[1:]])
 
 
+def _training_sets(
+    table: LabelTable, data_dir: Path | None, phantoms: int, validation: int, seed: int
+) -> tuple[list[LabelledVolume], list[LabelledVolume], dict[str, object]]:
+    """Training and validation volumes plus a summary for the card."""
+    from plugins.ct_muscle.datasets import load_dicom_cases, phantom_volumes
+
+    if data_dir is not None:
+        cases = load_dicom_cases(data_dir, table)
+        if len(cases) <= validation:
+            raise typer.BadParameter(f"{len(cases)} cases cannot leave {validation} for validation")
+        return cases[validation:], cases[:validation], {
+            "source": "dicom", "directory": str(data_dir), "cases": len(cases)}
+    return (
+        phantom_volumes(_phantom_seeds(seed, phantoms)),
+        phantom_volumes(_phantom_seeds(seed, validation, VALIDATION_OFFSET)),
+        {"source": "phantoms", "train_phantoms": phantoms, "validation_phantoms": validation,
+         "train_seeds": f"{seed * TRAIN_SEED_STRIDE}+[0,{phantoms})"},
+    )
+
+
 def train(
     output: Annotated[Path, typer.Option(help="Folder for ct_muscle.safetensors + .json")] = Path(
         "models/weights"),
     data_dir: Annotated[Path | None, typer.Option(
         help="DICOM cases (series + SEG per folder); phantoms when absent")] = None,
-    phantoms: Annotated[int, typer.Option(help="Training phantoms when no data dir")] = 40,
+    phantoms: Annotated[int, typer.Option(help="Training phantoms when no data dir")] = 30,
     validation: Annotated[int, typer.Option(help="Validation phantoms (or cases)")] = 6,
-    epochs: Annotated[int, typer.Option(min=1)] = 12,
+    epochs: Annotated[int, typer.Option(min=1)] = 16,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    learning_rate: Annotated[float, typer.Option()] = 2e-3,
+    learning_rate: Annotated[float, typer.Option()] = 3e-3,
     seed: Annotated[int, typer.Option(help="Seed of phantoms, init and augmentation")] = 0,
     checkpoint_dir: Annotated[Path | None, typer.Option(
         help="Resumable checkpoint folder (resumes when a checkpoint exists)")] = None,
@@ -54,24 +78,12 @@ def train(
     import torch
 
     from models.store import ModelCard, save_weights
-    from plugins.ct_muscle.datasets import load_dicom_cases, phantom_volumes
     from plugins.ct_muscle.structures import default_label_table
     from plugins.ct_muscle.training import TrainingOptions, train_network
 
     torch.set_num_threads(threads)
     table = default_label_table()
-    if data_dir is not None:
-        cases = load_dicom_cases(data_dir, table)
-        if len(cases) <= validation:
-            raise typer.BadParameter(f"{len(cases)} cases cannot leave {validation} for validation")
-        train_set, val_set = cases[validation:], cases[:validation]
-        data = {"source": "dicom", "directory": str(data_dir), "cases": len(cases)}
-    else:
-        train_set = phantom_volumes(_phantom_seeds(seed, phantoms))
-        val_set = phantom_volumes(_phantom_seeds(seed, validation, VALIDATION_OFFSET))
-        data = {"source": "phantoms", "train_phantoms": phantoms,
-                "validation_phantoms": validation,
-                "train_seeds": f"{seed * TRAIN_SEED_STRIDE}+[0,{phantoms})"}
+    train_set, val_set, data = _training_sets(table, data_dir, phantoms, validation, seed)
     options = TrainingOptions(epochs=epochs, batch_size=batch_size,
                               learning_rate=learning_rate, seed=seed)
     result = train_network(train_set, val_set, table, options, checkpoint_dir)

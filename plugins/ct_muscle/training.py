@@ -58,9 +58,9 @@ class NetworkOptions:
 class TrainingOptions:
     """Optimisation settings; ``size`` is the square training slice size in pixels."""
 
-    epochs: int = 12
+    epochs: int = 16
     batch_size: int = 8
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     seed: int = 0
     size: int = 128
     geometry: InputGeometry = field(default_factory=InputGeometry)
