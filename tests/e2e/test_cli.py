@@ -5,11 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from tests.support.daemon_proc import REPO, TEST_PIPELINES, DaemonProcess
+from tests.support.daemon_proc import REPO, TEST_PIPELINES, DaemonProcess, journal_rows, wait_until
 from tests.support.peers import PeerSet, free_port, storescu, write_synthetic_ct
 
 pytestmark = pytest.mark.integration
+
+
+def _jobs(daemon: DaemonProcess) -> list[Any]:
+    return journal_rows(daemon, "SELECT * FROM jobs ORDER BY id")
 
 
 @pytest.fixture
@@ -53,29 +55,11 @@ def _tiff(path: Path, value: int) -> None:
     path.write_bytes(buffer.getvalue())
 
 
-def _jobs(daemon: DaemonProcess) -> list[sqlite3.Row]:
-    db = sqlite3.connect(daemon.state_dir / "journal.sqlite3", timeout=10)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
-    finally:
-        db.close()
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, daemon: DaemonProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n{daemon.log_tail()}")
-
-
 def test_status_jobs_and_reprocess_of_a_file_and_an_outside_folder(
     tmp_path: Path, daemon: DaemonProcess
 ) -> None:
     _tiff(tmp_path / "inbox" / "E1" / "a.tif", 7)
-    _wait(lambda: [j["state"] for j in _jobs(daemon)] == ["done"], 60, "the first job", daemon)
+    wait_until(lambda: [j["state"] for j in _jobs(daemon)] == ["done"], 60, "the first job", daemon)
 
     status = daemon.cli("status")
     assert status.returncode == 0, status.stderr
@@ -111,7 +95,7 @@ def test_status_jobs_and_reprocess_of_a_file_and_an_outside_folder(
 def test_reprocess_a_series_by_uid(tmp_path: Path, daemon: DaemonProcess) -> None:
     series = write_synthetic_ct(tmp_path / "ct", n_slices=3, seed="cli", rows=64, cols=64)
     assert storescu(daemon.state["dicom_port"], series.paths).returncode == 0
-    _wait(lambda: [j["state"] for j in _jobs(daemon)] == ["done"], 60, "the series job", daemon)
+    wait_until(lambda: [j["state"] for j in _jobs(daemon)] == ["done"], 60, "the series job", daemon)
     result = daemon.cli("reprocess", series.series_uid, "--wait", "--timeout", "60")
     assert result.returncode == 0, result.stdout + result.stderr
     assert [j["state"] for j in _jobs(daemon)] == ["done", "done"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from tests.support.daemon_proc import DaemonProcess
+from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.peers import LOOPBACK, OrthancPeer, PeerSet, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,15 +34,6 @@ def _upload(orthanc: OrthancPeer, datasets: Sequence[Dataset]) -> str:
         pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
         answer = orthanc.request("POST", "/instances", buffer.getvalue(), "application/dicom")
     return str(answer["ParentSeries"])
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, daemon: DaemonProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{daemon.log_tail()}")
 
 
 def _results(orthanc: OrthancPeer, source_series_uid: str) -> dict[str, Dataset]:
@@ -67,10 +58,17 @@ def _round_trip(
             "paths": {"state_dir": str(tmp_path / "state"), "outputs_dir": str(tmp_path / "outputs")},
             "workers": {"device": "cpu", "poll_seconds": 0.2},
             "metrics": {"port": free_port()},
-            "dicom": {"port": dicom_port, "series_quiet_seconds": QUIET_SECONDS,
-                      "allowed_calling_aes": ["ORTHANC"]},
-            "export": {"destinations": [{"name": "pacs", "ae_title": "ORTHANC", "host": LOOPBACK,
-                                         "port": orthanc.dicom_port}], "poll_seconds": 0.5},
+            "dicom": {
+                "port": dicom_port,
+                "series_quiet_seconds": QUIET_SECONDS,
+                "allowed_calling_aes": ["ORTHANC"],
+            },
+            "export": {
+                "destinations": [
+                    {"name": "pacs", "ae_title": "ORTHANC", "host": LOOPBACK, "port": orthanc.dicom_port}
+                ],
+                "poll_seconds": 0.5,
+            },
             "folders": [{"path": str(tmp_path / "inbox")}],
             "routes": [route],
             "pipelines": {"options": {route["pipelines"][0]: {"samples": 4}}},
@@ -82,7 +80,7 @@ def _round_trip(
         started = time.monotonic()
         orthanc.store_to_modality("acqflow", [series_id])
         source_uid = str(datasets[0].SeriesInstanceUID)
-        _wait(lambda: len(_results(orthanc, source_uid)) >= 3, 300, "SEG, map and SR in Orthanc", daemon)
+        wait_until(lambda: len(_results(orthanc, source_uid)) >= 3, 300, "SEG, map and SR in Orthanc", daemon)
         elapsed = time.monotonic() - started
         return _results(orthanc, source_uid), elapsed
     finally:

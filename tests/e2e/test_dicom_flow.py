@@ -17,7 +17,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from tests.support.daemon_proc import TEST_PIPELINES, DaemonProcess, metric_value
+from tests.support.daemon_proc import TEST_PIPELINES, DaemonProcess, metric_value, wait_until
 from tests.support.peers import (
     DCMTK_STORESCU,
     LOOPBACK,
@@ -90,15 +90,6 @@ def _journal(daemon: DaemonProcess) -> sqlite3.Connection:
     return db
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, daemon: DaemonProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}\n--- daemon log ---\n{daemon.log_tail()}")
-
-
 def _jobs(daemon: DaemonProcess) -> list[sqlite3.Row]:
     with _journal(daemon) as db:
         return db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
@@ -116,7 +107,7 @@ def test_300_slice_series_assembled_once_processed_and_exported_to_orthanc(
     sent = storescu(port, series.paths, max_pdu=65536)
     assert sent.returncode == 0, sent.stderr
 
-    _wait(lambda: [j["state"] for j in _jobs(daemon)] == ["done"], 120, "the job", daemon)
+    wait_until(lambda: [j["state"] for j in _jobs(daemon)] == ["done"], 120, "the job", daemon)
     with _journal(daemon) as db:
         arrivals = db.execute("SELECT * FROM arrivals").fetchall()
         assert len(arrivals) == 1 and arrivals[0]["generation"] == 0
@@ -127,7 +118,9 @@ def test_300_slice_series_assembled_once_processed_and_exported_to_orthanc(
     assert result.StudyInstanceUID == series.study_uid
     assert result.SeriesInstanceUID != series.series_uid
 
-    _wait(lambda: result.SOPInstanceUID in orthanc.sop_instance_uids(), 60, "the result in Orthanc", daemon)
+    wait_until(
+        lambda: result.SOPInstanceUID in orthanc.sop_instance_uids(), 60, "the result in Orthanc", daemon
+    )
     metrics = daemon.metrics_text()
     assert metric_value(metrics, "acqflow_series_completed_total") == 1
     assert metric_value(metrics, "acqflow_dicom_instances_total", {"outcome": "stored"}) == 300
@@ -196,7 +189,7 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_instance_and_duplicates_nothi
             env=nodelay_env(),
         )
     try:
-        _wait(
+        wait_until(
             lambda: log_path.read_text().count("Store Response (Success)") >= 40,
             60,
             "40 acknowledged instances",
@@ -218,14 +211,16 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_instance_and_duplicates_nothi
         assert pydicom.dcmread(stored[uid]).SOPInstanceUID == uid
 
     restarted = daemon_factory(settings)
-    _wait(lambda: [j["state"] for j in _jobs(restarted)] == ["done"], 60, "the partial series job", restarted)
+    wait_until(
+        lambda: [j["state"] for j in _jobs(restarted)] == ["done"], 60, "the partial series job", restarted
+    )
     [summary] = (tmp_path / "outputs" / "test-series").rglob("summary.json")
     assert f'"instances": {len(stored)}' in summary.read_text()
 
     # the sender retries the whole series: duplicates are idempotent, the rest re-opens it
     resend = storescu(restarted.state["dicom_port"], series.paths)
     assert resend.returncode == 0, resend.stderr
-    _wait(
+    wait_until(
         lambda: len(_jobs(restarted)) == 2 and all(j["state"] == "done" for j in _jobs(restarted)),
         60,
         "the completed series job",
@@ -260,14 +255,14 @@ def test_export_is_retried_while_orthanc_is_down_and_lands_once(
             daemon.metrics_text(), "acqflow_exports_total", {"destination": "pacs", "outcome": "retry"}
         )
 
-    _wait(lambda: failed_attempts() >= 2, 60, "failed export attempts", daemon)
+    wait_until(lambda: failed_attempts() >= 2, 60, "failed export attempts", daemon)
     with _journal(daemon) as db:
         [export] = db.execute("SELECT * FROM exports").fetchall()
         uid = db.execute("SELECT sop_instance_uid FROM outputs WHERE kind='dicom'").fetchone()[0]
     assert export["state"] == "pending" and export["attempts"] >= 2 and export["error"]
 
     orthanc.start()
-    _wait(lambda: uid in orthanc.sop_instance_uids(), 60, "the export after Orthanc came back", daemon)
+    wait_until(lambda: uid in orthanc.sop_instance_uids(), 60, "the export after Orthanc came back", daemon)
     with _journal(daemon) as db:
         assert db.execute("SELECT state FROM exports").fetchone()[0] == "done"
     time.sleep(2.0)  # a wrongly repeated export would show up as a second instance now

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from tests.support.daemon_proc import TEST_PIPELINES, DaemonProcess, metric_value
+from tests.support.daemon_proc import TEST_PIPELINES, DaemonProcess, journal_rows, metric_value, wait_until
 from tests.support.peers import free_port
 
 pytestmark = pytest.mark.integration
@@ -48,24 +47,6 @@ def _tiff_bytes(shape: tuple[int, int], dtype: str, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def _rows(daemon: DaemonProcess, sql: str) -> list[sqlite3.Row]:
-    db = sqlite3.connect(daemon.state_dir / "journal.sqlite3", timeout=10)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, daemon: DaemonProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n--- daemon log ---\n{daemon.log_tail()}")
-
-
 def test_slow_copy_is_processed_exactly_once_after_it_is_complete(
     tmp_path: Path, daemon: DaemonProcess
 ) -> None:
@@ -78,19 +59,19 @@ def test_slow_copy_is_processed_exactly_once_after_it_is_complete(
             handle.write(chunk)
             handle.flush()
             time.sleep(0.4)
-    _wait(
-        lambda: [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["done"],
+    wait_until(
+        lambda: [r["state"] for r in journal_rows(daemon, "SELECT state FROM jobs")] == ["done"],
         60,
         "the job",
         daemon,
     )
     time.sleep(2.0)  # late events or a rescan must not process it a second time
-    assert len(_rows(daemon, "SELECT * FROM jobs")) == 1
+    assert len(journal_rows(daemon, "SELECT * FROM jobs")) == 1
     [stats] = (tmp_path / "outputs" / "test-image").rglob("stats.json")
     expected = float(tifffile.imread(io.BytesIO(payload)).astype(np.float64).mean())
     assert json.loads(stats.read_text())["mean"] == pytest.approx(expected)
     assert stats.parent.name == "EXP1_B03_pos1_t000_phase"
-    [arrival] = _rows(daemon, "SELECT attrs FROM arrivals")
+    [arrival] = journal_rows(daemon, "SELECT attrs FROM arrivals")
     metadata = json.loads(arrival["attrs"])["metadata"]
     assert (metadata["well"], metadata["timepoint"], metadata["channel"]) == ("B03", 0, "phase")
 
@@ -103,13 +84,13 @@ def test_bad_files_are_errors_with_metrics_and_the_daemon_keeps_running(
     good = _tiff_bytes((256, 256), "uint8", seed=2)
     (inbox / "truncated.tif").write_bytes(good[: len(good) // 2])
     (inbox / "notes.tif").write_bytes(b"these are lab notes, not an image\n" * 20)
-    _wait(
-        lambda: len(_rows(daemon, "SELECT * FROM arrivals WHERE state='rejected'")) == 3,
+    wait_until(
+        lambda: len(journal_rows(daemon, "SELECT * FROM arrivals WHERE state='rejected'")) == 3,
         60,
         "three rejected inputs",
         daemon,
     )
-    rejected = {Path(r["path"]).name: r["error"] for r in _rows(daemon, "SELECT * FROM arrivals")}
+    rejected = {Path(r["path"]).name: r["error"] for r in journal_rows(daemon, "SELECT * FROM arrivals")}
     assert set(rejected) == {"empty.tif", "truncated.tif", "notes.tif"}
     assert all(rejected.values()), rejected
     text = daemon.metrics_text()
@@ -120,8 +101,8 @@ def test_bad_files_are_errors_with_metrics_and_the_daemon_keeps_running(
     assert all((inbox / name).exists() for name in quarantined)  # inputs are never moved
 
     (inbox / "fine.tif").write_bytes(good)
-    _wait(
-        lambda: any(r["state"] == "done" for r in _rows(daemon, "SELECT state FROM jobs")),
+    wait_until(
+        lambda: any(r["state"] == "done" for r in journal_rows(daemon, "SELECT state FROM jobs")),
         60,
         "a good file after the bad ones",
         daemon,
@@ -153,27 +134,27 @@ def test_sigterm_drains_the_running_job_and_a_failing_job_is_retried_then_dead(t
         marker.touch()
         (inbox / "slow").mkdir()
         (inbox / "slow" / "a.tif").write_bytes(_tiff_bytes((64, 64), "uint8", seed=3))
-        _wait(
-            lambda: [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["dead"],
+        wait_until(
+            lambda: [r["state"] for r in journal_rows(daemon, "SELECT state FROM jobs")] == ["dead"],
             60,
             "the failing job to be parked as dead",
             daemon,
         )
-        [dead] = _rows(daemon, "SELECT * FROM jobs")
+        [dead] = journal_rows(daemon, "SELECT * FROM jobs")
         assert dead["attempts"] == 2 and "failing on purpose" in dead["error"]
         assert metric_value(daemon.metrics_text(), "acqflow_jobs_total", {"outcome": "retry"}) == 1
 
         marker.unlink()
         retried = daemon.cli("retry", str(dead["id"]))
         assert retried.returncode == 0, retried.stderr
-        _wait(
-            lambda: [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["running"],
+        wait_until(
+            lambda: [r["state"] for r in journal_rows(daemon, "SELECT state FROM jobs")] == ["running"],
             30,
             "the retried job to start",
             daemon,
         )
         assert daemon.terminate(timeout=60) == 0  # SIGTERM while the job runs: drain, then exit
-        assert [r["state"] for r in _rows(daemon, "SELECT state FROM jobs")] == ["done"]
+        assert [r["state"] for r in journal_rows(daemon, "SELECT state FROM jobs")] == ["done"]
         assert "acqflow stopped" in daemon.log_tail()
     finally:
         daemon.kill()

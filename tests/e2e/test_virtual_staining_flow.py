@@ -7,26 +7,16 @@ import csv
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import tifffile
 
 from plugins.virtual_staining.synthetic import SyntheticSpec, write_series
-from tests.support.daemon_proc import DaemonProcess, metric_value
+from tests.support.daemon_proc import DaemonProcess, metric_value, wait_until
 from tests.support.peers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, daemon: DaemonProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{daemon.log_tail()}")
 
 
 def _done(daemon: DaemonProcess) -> int:
@@ -60,7 +50,7 @@ def test_time_series_in_acquisition_order_gives_overlays_time_course_and_gauge(t
             shutil.copy2(path, experiment / f".{path.name}.part")
             (experiment / f".{path.name}.part").rename(experiment / path.name)
             time.sleep(0.2)
-        _wait(lambda: _done(daemon) == len(phase), 300, f"{len(phase)} virtual-staining jobs", daemon)
+        wait_until(lambda: _done(daemon) == len(phase), 300, f"{len(phase)} virtual-staining jobs", daemon)
 
         root = next((tmp_path / "outputs" / "virtual-staining").iterdir())  # the model version
         overlays = sorted(root.rglob("overlay.png"))

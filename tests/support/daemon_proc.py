@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,25 @@ def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) 
             if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
                 total += sample.value
     return total
+
+
+def journal_rows(daemon: DaemonProcess, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    """Rows of a query on the daemon's journal, through a connection of our own."""
+    db = sqlite3.connect(daemon.state_dir / "journal.sqlite3", timeout=10)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, daemon: DaemonProcess, poll: float = 0.2
+) -> None:
+    """Poll ``predicate`` until true; fails with the daemon's log after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}\n--- daemon log ---\n{daemon.log_tail()}")
