@@ -9,6 +9,7 @@ and because output names are deterministic the re-run replaces, never duplicates
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,7 +86,6 @@ class JobQueue:
     def route(self, arrival_id: int, generation: int, decisions: Sequence[RouteDecision]) -> list[int]:
         """Create one job per decision and mark the arrival routed (or unrouted if none)."""
         now = time.time()
-        ids: list[int] = []
         with self.journal.transaction() as db:
             state = ArrivalState.ROUTED if decisions else ArrivalState.UNROUTED
             cursor = db.execute(
@@ -94,42 +94,14 @@ class JobQueue:
             )
             if cursor.rowcount != 1:
                 return []  # re-opened or already routed meanwhile
-            for decision in decisions:
-                job_id = db.execute(
-                    "INSERT INTO jobs(arrival_id, generation, pipeline, state, export, route,"
-                    " created_at) VALUES(?, ?, ?, 'pending', ?, ?, ?)",
-                    (
-                        arrival_id,
-                        generation,
-                        decision.pipeline,
-                        json.dumps(list(decision.export)),
-                        decision.route,
-                        now,
-                    ),
-                ).lastrowid
-                assert job_id is not None
-                ids.append(job_id)
-        return ids
+            return [_insert_job(db, arrival_id, generation, d, now) for d in decisions]
 
     def add_job(self, arrival_id: int, decision: RouteDecision) -> int:
         """A job outside routing (CLI reprocess) for the arrival's current generation."""
         now = time.time()
         with self.journal.transaction() as db:
             row = db.execute("SELECT generation FROM arrivals WHERE id=?", (arrival_id,)).fetchone()
-            job_id = db.execute(
-                "INSERT INTO jobs(arrival_id, generation, pipeline, state, export, route,"
-                " created_at) VALUES(?, ?, ?, 'pending', ?, ?, ?)",
-                (
-                    arrival_id,
-                    row["generation"],
-                    decision.pipeline,
-                    json.dumps(list(decision.export)),
-                    decision.route,
-                    now,
-                ),
-            ).lastrowid
-        assert job_id is not None
-        return job_id
+            return _insert_job(db, arrival_id, row["generation"], decision, now)
 
     def job(self, job_id: int) -> Job | None:
         rows = self.journal.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -257,3 +229,15 @@ class JobQueue:
         """(pipeline, state) → number of jobs."""
         rows = self.journal.query("SELECT pipeline, state, COUNT(*) AS n FROM jobs GROUP BY 1, 2")
         return {(r["pipeline"], r["state"]): r["n"] for r in rows}
+
+
+def _insert_job(
+    db: sqlite3.Connection, arrival_id: int, generation: int, decision: RouteDecision, now: float
+) -> int:
+    job_id = db.execute(
+        "INSERT INTO jobs(arrival_id, generation, pipeline, state, export, route, created_at)"
+        " VALUES(?, ?, ?, 'pending', ?, ?, ?)",
+        (arrival_id, generation, decision.pipeline, json.dumps(list(decision.export)), decision.route, now),
+    ).lastrowid
+    assert job_id is not None
+    return job_id
