@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from daemon import metrics
 from daemon.config import Settings
@@ -36,6 +37,10 @@ from daemon.workers import JobRunner, WorkerPool
 from plugins.api import ImageItem, SeriesItem
 
 __all__ = ["Daemon", "load_item"]
+
+
+class _Component(Protocol):
+    def stop(self) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +75,7 @@ class Daemon:
         self.settings = settings
         self.registry = registry or PipelineRegistry(settings.pipelines, settings.workers.device)
         self.journal: Journal | None = None
-        self._components: list[tuple[str, object]] = []
+        self._components: list[tuple[str, _Component]] = []
         self._stop_requested = threading.Event()
         self._stopped = False
         self.dicom_port: int | None = None
@@ -213,7 +218,7 @@ class Daemon:
             if name == "workers":
                 continue
             try:
-                component.stop()  # type: ignore[attr-defined]
+                component.stop()
             except Exception:  # keep stopping the rest
                 log.exception("stopping %s failed", name)
         if hasattr(self, "_housekeeping"):
