@@ -1,11 +1,16 @@
-"""The label table of the hip/thigh model: label value, name and SNOMED CT codes.
+"""The label table of the hip/thigh model: label value, name and coded concepts.
 
 Every structure is coded with the segmented property category "Anatomical Structure"
-(SCT 91723000, DICOM CID 7150) and a SNOMED CT "structure" concept as its type (DICOM
+(SCT 91723000, DICOM CID 7150) and, as its type, a SNOMED CT "structure" concept (DICOM
 prefers "structure of" concepts over "entire" ones, PS3.16 section 8.1.1). Codes that
-pydicom's code dictionary (DICOM PS3.16) contains are taken from it; the rest are
-SNOMED CT identifiers recorded with where they were checked (``code_source``). Sites can
-replace any entry through a JSON or TOML override without code changes.
+pydicom's code dictionary (DICOM PS3.16) contains are taken from it, with the standard's
+code meaning. DICOM PS3.16 has no SNOMED concept for most hip/thigh muscles; those
+entries carry SNOMED CT identifiers with a ``code_source`` saying what they were checked
+against, or that they were not verified. Three identifiers of the first table were
+provably wrong (PS3.16 uses them for other concepts); until a verified SNOMED CT code is
+available those structures are coded in acqflow's private scheme "99ACQFLOW" (PS3.3
+section 8.2) rather than with a wrong SNOMED concept. Sites can replace any entry
+through a JSON or TOML override without code changes.
 """
 
 from __future__ import annotations
@@ -111,50 +116,89 @@ class LabelTable(Sequence[Structure]):
         raise KeyError(label)
 
 
-_CODEDICT = "pydicom codedict (DICOM PS3.16)"
-_CHECKED = "SNOMED CT; identifier cross-checked in published SNOMED/FHIR value sets"
-_RECALLED = "SNOMED CT; identifier not cross-checked offline, verify before clinical use"
+# acqflow's private coding scheme, the one plugins/ct_muscle/reporting.py uses.
+_PRIVATE_SCHEME = "99ACQFLOW"
 
-# (key, name, SNOMED CT id, SNOMED meaning, source, colour)
-_DEFAULTS: tuple[tuple[str, str, str, str, str, tuple[int, int, int]], ...] = (
-    ("pelvis", "Pelvis", "118645006", "Bone structure of pelvis", _CODEDICT, (241, 214, 145)),
-    ("femur", "Femur", "71341001", "Femur", _CODEDICT, (130, 222, 207)),
-    ("sacrum", "Sacrum", "54735007", "Sacrum", _CODEDICT, (163, 140, 140)),
-    ("adductor_muscles", "Adductor muscles", "10280002", "Adductor muscle of thigh",
-     _RECALLED, (230, 159, 0)),
-    ("biceps_femoris", "Biceps femoris", "53840002", "Biceps femoris muscle", _RECALLED,
-     (86, 180, 233)),
-    ("gluteus_maximus", "Gluteus maximus", "206007", "Gluteus maximus muscle", _CHECKED,
+_CODEDICT = "pydicom codedict (DICOM PS3.16)"
+_UNVERIFIED = (
+    "SNOMED CT; NOT verified: not in DICOM PS3.16 (pydicom codedict) and not found in a "
+    "SNOMED CT release or terminology-server listing; verify before clinical use"
+)
+_NO_SCT = (
+    "private code: the previous SNOMED CT id {wrong} is {what} in DICOM PS3.16 (pydicom "
+    "codedict); no verified SNOMED CT code for this muscle yet, replace via override"
+)
+
+
+def _sct(value: str, meaning: str) -> Code:
+    return Code(value, "SCT", meaning)
+
+
+def _private(value: str, meaning: str) -> Code:
+    return Code(value, _PRIVATE_SCHEME, meaning)
+
+
+# (key, name, type code, source, colour)
+_DEFAULTS: tuple[tuple[str, str, Code, str, tuple[int, int, int]], ...] = (
+    ("pelvis", "Pelvis", _from_codedict(codes.SCT.BoneStructureOfPelvis), _CODEDICT,
+     (241, 214, 145)),
+    ("femur", "Femur", _from_codedict(codes.SCT.Femur), _CODEDICT, (130, 222, 207)),
+    ("sacrum", "Sacrum", _from_codedict(codes.SCT.Sacrum), _CODEDICT, (163, 140, 140)),
+    # The model segments the thigh adductor muscles as one structure;
+    # the type is meant to be SNOMED's group concept for the thigh adductors.
+    ("adductor_muscles", "Adductor muscles", _sct("10280002", "Adductor muscle of thigh"),
+     _UNVERIFIED + "; intended as the group concept for the thigh adductors",
+     (230, 159, 0)),
+    ("biceps_femoris", "Biceps femoris", _private("MUS01", "Biceps femoris muscle"),
+     _NO_SCT.format(wrong="53840002", what="'Structure of calf of leg'"), (86, 180, 233)),
+    ("gluteus_maximus", "Gluteus maximus",
+     _sct("206007", "Gluteus maximus muscle"),
+     "SNOMED CT; checked: TotalSegmentator PR #612 (verified in SNOMED CT via OLS4 "
+     "release 20251017 and tx.fhir.org) and NZHTS AIR body-site value set; not in PS3.16",
      (192, 104, 88)),
-    ("gluteus_medius", "Gluteus medius", "78333006", "Gluteus medius muscle", _CHECKED,
-     (220, 120, 100)),
-    ("gluteus_minimus", "Gluteus minimus", "75297007", "Gluteus minimus muscle", _CHECKED,
-     (240, 150, 120)),
-    ("gracilis", "Gracilis", "20155008", "Gracilis muscle", _RECALLED, (0, 158, 115)),
-    ("iliacus", "Iliacus", "91727004", "Iliacus muscle", _RECALLED, (240, 228, 66)),
-    ("obturator_externus", "Obturator externus", "16888004", "Obturator externus muscle",
-     _RECALLED, (0, 114, 178)),
-    ("obturator_internus", "Obturator internus", "25748003", "Obturator internus muscle",
-     _RECALLED, (213, 94, 0)),
-    ("pectineus", "Pectineus", "33549002", "Pectineus muscle", _RECALLED, (204, 121, 167)),
-    ("piriformis", "Piriformis", "18533008", "Piriformis muscle", _RECALLED, (120, 94, 240)),
-    ("psoas_major", "Psoas major", "71915009", "Psoas major muscle", _RECALLED,
+    ("gluteus_medius", "Gluteus medius", _sct("78333006", "Gluteus medius muscle"),
+     "SNOMED CT; checked: NZHTS AIR body-site value set; same id in the TotalSegmentator "
+     "and MOOSE SEG mappings; not in PS3.16", (220, 120, 100)),
+    ("gluteus_minimus", "Gluteus minimus", _sct("75297007", "Gluteus minimus muscle"),
+     "SNOMED CT; same id in the TotalSegmentator and MOOSE SEG mappings (third-party, "
+     "not a SNOMED release); not in PS3.16", (240, 150, 120)),
+    ("gracilis", "Gracilis", _sct("20155008", "Gracilis muscle"), _UNVERIFIED,
+     (0, 158, 115)),
+    ("iliacus", "Iliacus", _private("MUS02", "Iliacus muscle"),
+     _NO_SCT.format(wrong="91727004", what="'Muscle' (muscle tissue, CID 7151/7166)"),
+     (240, 228, 66)),
+    ("obturator_externus", "Obturator externus",
+     _sct("16888004", "Obturator externus muscle"), _UNVERIFIED, (0, 114, 178)),
+    ("obturator_internus", "Obturator internus",
+     _sct("25748003", "Obturator internus muscle"), _UNVERIFIED, (213, 94, 0)),
+    ("pectineus", "Pectineus", _sct("33549002", "Pectineus muscle"), _UNVERIFIED,
+     (204, 121, 167)),
+    ("piriformis", "Piriformis", _sct("18533008", "Piriformis muscle"), _UNVERIFIED,
+     (120, 94, 240)),
+    ("psoas_major", "Psoas major", _sct("71915009", "Psoas major muscle"), _UNVERIFIED,
      (100, 143, 255)),
-    ("rectus_femoris", "Rectus femoris", "52731004", "Rectus femoris muscle", _RECALLED,
+    ("rectus_femoris", "Rectus femoris", _private("MUS03", "Rectus femoris muscle"),
+     _NO_SCT.format(wrong="52731004", what="'Abdominal cavity structure'"),
      (254, 97, 0)),
-    ("sartorius", "Sartorius", "63990007", "Sartorius muscle", _RECALLED, (255, 176, 0)),
-    ("semimembranosus", "Semimembranosus", "17431002", "Semimembranosus muscle", _RECALLED,
-     (220, 38, 127)),
-    ("semitendinosus", "Semitendinosus", "33133005", "Semitendinosus muscle", _RECALLED,
-     (147, 112, 219)),
-    ("tensor_fasciae_latae", "Tensor fasciae latae", "15568001",
-     "Tensor fasciae latae muscle", _RECALLED, (60, 179, 113)),
-    # The model segments vastus lateralis and vastus intermedius as one structure; the
-    # type is the lateralis concept and the label says that the intermedius is included.
-    ("vastus_lateralis_intermedius", "Vastus lateralis with vastus intermedius", "1403006",
-     "Vastus lateralis muscle", _CHECKED, (70, 130, 180)),
-    ("vastus_medialis", "Vastus medialis", "33127005", "Vastus medialis muscle", _RECALLED,
-     (255, 99, 71)),
+    ("sartorius", "Sartorius", _sct("63990007", "Sartorius muscle"), _UNVERIFIED,
+     (255, 176, 0)),
+    ("semimembranosus", "Semimembranosus", _sct("17431002", "Semimembranosus muscle"),
+     _UNVERIFIED, (220, 38, 127)),
+    ("semitendinosus", "Semitendinosus", _sct("33133005", "Semitendinosus muscle"),
+     _UNVERIFIED, (147, 112, 219)),
+    ("tensor_fasciae_latae", "Tensor fasciae latae",
+     _sct("15568001", "Tensor fasciae latae muscle"), _UNVERIFIED, (60, 179, 113)),
+    # The model segments vastus lateralis and vastus intermedius as one structure. No
+    # SNOMED concept for the pair was found (the quadriceps would also claim rectus
+    # femoris and vastus medialis, labelled separately), so the type is the dominant
+    # muscle, vastus lateralis, and the segment name says that the intermedius is
+    # included.
+    ("vastus_lateralis_intermedius", "Vastus lateralis with vastus intermedius",
+     _sct("1403006", "Vastus lateralis muscle"),
+     "SNOMED CT; checked: NZHTS AIR body-site value set; not in PS3.16; type is the "
+     "dominant muscle (vastus intermedius included in the label)", (70, 130, 180)),
+    ("vastus_medialis", "Vastus medialis", _sct("33127005", "Vastus medialis muscle"),
+     _UNVERIFIED, (255, 99, 71)),
 )
 
 
@@ -167,11 +211,11 @@ def default_label_table() -> LabelTable:
                 key=key,
                 name=name,
                 category=ANATOMICAL_STRUCTURE,
-                type=Code(code, "SCT", meaning),
+                type=code,
                 code_source=source,
                 color=color,
             )
-            for index, (key, name, code, meaning, source, color) in enumerate(_DEFAULTS, 1)
+            for index, (key, name, code, source, color) in enumerate(_DEFAULTS, 1)
         ]
     )
 
