@@ -176,7 +176,7 @@ def build_segmentation(
         )
         for s in segments
     ]
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels,
         segmentation_type="LABELMAP" if labelmap else "BINARY",
         segment_descriptions=descriptions,
@@ -188,6 +188,8 @@ def build_segmentation(
         series_description=ids.series_description or None,
         omit_empty_frames=False,
     )
+    _declare_private_schemes(seg, [c for s in segments for c in (s.category, s.type)])
+    return seg
 
 
 def build_parametric_map(
