@@ -230,6 +230,7 @@ def evaluate(
     write_card: Annotated[
         bool, typer.Option("--write-card", help="Store the metrics in the mr_to_ct card.")
     ] = False,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the MC-dropout sampling.")] = 0,
     device: Device = "cpu",
     threads: Threads = None,
     quiet: Quiet = False,
@@ -249,6 +250,7 @@ def evaluate(
 
     if threads:
         torch.set_num_threads(threads)
+    torch.manual_seed(seed)
     table = default_label_table()
     gen_dir = weights or bundled_weights_dir()
     generator, card, scale = load_generator(gen_dir, device)
@@ -264,6 +266,7 @@ def evaluate(
 
     report = evaluate_held_out(generator, scale, ct_model, geo, table, options, show).to_dict()
     report["held_out"] = {
+        "mc_seed": seed,
         "phantoms": phantoms,
         "first": first,
         "slices": slices,
