@@ -63,7 +63,21 @@ def test_time_series_in_acquisition_order_gives_overlays_time_course_and_gauge(t
             assert x_resolution[0] / x_resolution[1] == pytest.approx(1 / spec.pixel_size_um, rel=1e-3)
 
         summary = root / "_summary" / "EXP1"
-        rows = list(csv.DictReader((summary / "efficiency.csv").read_text().splitlines()))
+
+        def time_course() -> list[dict[str, str]]:
+            if not (summary / "efficiency.csv").is_file():
+                return []
+            return list(csv.DictReader((summary / "efficiency.csv").read_text().splitlines()))
+
+        # the summary is refreshed right after each job is recorded as done
+        complete = lambda: len(time_course()) == spec.wells * spec.timepoints  # noqa: E731
+        wait_until(
+            lambda: complete() and all(r["positions"] == str(spec.positions) for r in time_course()),
+            60,
+            "the time course with every position",
+            daemon,
+        )
+        rows = time_course()
         assert {(r["well"], r["timepoint"]) for r in rows} == {
             (w, str(t)) for w in {r["well"] for r in rows} for t in range(spec.timepoints)
         }
