@@ -50,6 +50,7 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "--output": DEFAULT_OUTPUT,
     "--version": "1.0.0",
     "--resume": True,
+    "--device": "cpu",
 }
 
 
@@ -139,6 +140,7 @@ def train(
         bool, typer.Option("--resume/--no-resume", help="Resume from the work-dir checkpoint.")
     ] = True,
     version: Annotated[str, typer.Option("--version", help="Model version written to the card.")] = "1.0.0",
+    device: Device = "cpu",
     threads: Threads = None,
     quiet: Quiet = False,
 ) -> Path:
@@ -163,7 +165,7 @@ def train(
     sched = ScheduleOptions(iterations, batch_size, crop, learning_rate, decay_from, pool_size, seed)
     weights = LossWeights(adversarial_weight, cycle_weight, identity_weight, gradient_weight, gradient_mode)
     out = OutputOptions(work_dir or output / "work", resume=resume, progress=not quiet)
-    result = train_cyclegan(mr.slices, ct.slices, net, sched, out, weights)
+    result = train_cyclegan(mr.slices, ct.slices, net, sched, out, weights, device=device)
     training = {
         "command": _command_line({k: v for k, v in params.items() if k not in ("work_dir", "quiet")}),
         "ran_as": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),

@@ -210,13 +210,14 @@ def sample_grid(gan_g_mr_ct: nn.Module, gan_g_ct_mr: nn.Module, mr: np.ndarray, 
     import torch
     from PIL import Image
 
+    device = next(gan_g_mr_ct.parameters()).device
     with torch.inference_mode():
-        x_mr = torch.from_numpy(mr[None, None].astype(np.float32))
-        x_ct = torch.from_numpy(ct[None, None].astype(np.float32))
+        x_mr = torch.from_numpy(mr[None, None].astype(np.float32)).to(device)
+        x_ct = torch.from_numpy(ct[None, None].astype(np.float32)).to(device)
         f_ct, f_mr = gan_g_mr_ct(x_mr), gan_g_ct_mr(x_ct)
         row1 = [x_mr, f_ct, gan_g_ct_mr(f_ct)]
         row2 = [x_ct, f_mr, gan_g_mr_ct(f_mr)]
-    rows = [np.concatenate([t[0, 0].numpy() for t in row], axis=1) for row in (row1, row2)]
+    rows = [np.concatenate([t[0, 0].cpu().numpy() for t in row], axis=1) for row in (row1, row2)]
     grid = ((np.clip(np.concatenate(rows, axis=0), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(grid).save(buffer, format="PNG")
@@ -237,6 +238,7 @@ class _RunState:
     crops: tuple[_Crops, _Crops]
     pools: tuple[ImagePool, ImagePool]
     pool_rng: random.Random
+    device: str = "cpu"
     start: int = 0
 
     def extra(self) -> dict[str, Any]:
@@ -259,12 +261,17 @@ class _RunState:
         self.pool_rng.setstate(data["pool_rng"])
         torch.set_rng_state(data["torch_rng"])
         for pool, images in zip(self.pools, data["pools"], strict=True):
-            pool.images = list(images)
+            pool.images = [image.to(self.device) for image in images]
         self.start = int(data["iteration"])
 
 
 def _prepare(
-    mr: np.ndarray, ct: np.ndarray, net: NetworkOptions, sched: ScheduleOptions, out: OutputOptions
+    mr: np.ndarray,
+    ct: np.ndarray,
+    net: NetworkOptions,
+    sched: ScheduleOptions,
+    out: OutputOptions,
+    device: str,
 ) -> _RunState:
     """Fresh run state, or the state of the checkpoint in ``out.work_dir`` when resuming."""
     import torch
@@ -278,7 +285,10 @@ def _prepare(
         ),
         pools=(ImagePool(sched.pool_size, pool_rng), ImagePool(sched.pool_size, pool_rng)),
         pool_rng=pool_rng,
+        device=device,
     )
+    for module in state.gan.modules():
+        module.to(device)
     checkpoint = out.work_dir / CHECKPOINT
     if out.resume and checkpoint.is_file():
         state.restore(torch.load(checkpoint, map_location="cpu", weights_only=False))
@@ -293,19 +303,21 @@ def train_cyclegan(
     out: OutputOptions,
     weights: LossWeights | None = None,
     on_sample: Callable[[int, bytes], None] | None = None,
+    device: str = "cpu",
 ) -> TrainingResult:
     """Train on ``(n, rows, cols)`` MR and CT slices in [-1, 1]; returns the MR-to-CT generator.
 
     Checkpoints go to ``out.work_dir/checkpoint.pt`` (resumed from when present and
     ``out.resume``), sample grids to ``out.work_dir/samples/`` (and ``on_sample``).
-    Raises ValueError when the slices are smaller than the crop.
+    ``device`` is a torch device ("cpu", "cuda"). Raises ValueError when the slices are
+    smaller than the crop.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     w = weights or LossWeights()
     out.work_dir.mkdir(parents=True, exist_ok=True)
     (out.work_dir / "samples").mkdir(exist_ok=True)
-    state = _prepare(mr, ct, net, sched, out)
+    state = _prepare(mr, ct, net, sched, out, device)
     history: list[dict[str, float]] = []
     columns = (
         TextColumn("CycleGAN"),
@@ -317,7 +329,10 @@ def train_cyclegan(
     with Progress(*columns, disable=not out.progress) as progress:
         task = progress.add_task("train", total=sched.iterations, completed=state.start, loss="")
         for iteration in range(state.start + 1, sched.iterations + 1):
-            real = (state.crops[0].batch(sched.batch_size), state.crops[1].batch(sched.batch_size))
+            real = (
+                state.crops[0].batch(sched.batch_size).to(device),
+                state.crops[1].batch(sched.batch_size).to(device),
+            )
             terms, fake_ct, fake_mr = _generator_step(state.gan, real[0], real[1], w)
             terms["d"] = _discriminator_step(state.gan, real, (fake_ct, fake_mr), state.pools)
             state.gan.sched_g.step()

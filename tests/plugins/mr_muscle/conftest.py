@@ -3,6 +3,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         directory,
     )
-    unet_args = {
+    unet_args: dict[str, Any] = {
         "in_channels": 1,
         "num_classes": table.num_classes,
         "base_channels": 4,

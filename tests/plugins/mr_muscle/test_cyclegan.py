@@ -68,7 +68,7 @@ def _slices(seed: int) -> np.ndarray:
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    net = NetworkOptions(base_channels=4, residual_blocks=1, discriminator_channels=4)
+    net = NetworkOptions(base_channels=4, residual_blocks=1, discriminator_channels=4, discriminator_layers=2)
     full_sched = ScheduleOptions(iterations=6, batch_size=2, crop=32, pool_size=3, seed=5)
     full = train_cyclegan(
         _slices(1),
@@ -111,9 +111,9 @@ def _interrupt_after(
         if iteration == n:
             raise _Stop
 
-    training._save_checkpoint = save_then_stop  # type: ignore[assignment]
+    training._save_checkpoint = save_then_stop
     try:
         with pytest.raises(_Stop):
             train_cyclegan(mr, ct, net, sched, out)
     finally:
-        training._save_checkpoint = original  # type: ignore[assignment]
+        training._save_checkpoint = original
