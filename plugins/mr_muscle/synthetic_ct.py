@@ -10,7 +10,6 @@ pipeline version, so a re-run replaces rather than duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,8 +136,3 @@ def _with_meta(ds: Dataset) -> Dataset:
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     return ds
-
-
-def source_uids(datasets: Sequence[Dataset]) -> list[str]:
-    """SOP Instance UIDs referenced by the Source Image Sequence of each dataset."""
-    return [str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) for ds in datasets]
