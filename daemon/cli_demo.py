@@ -158,7 +158,7 @@ def report_efficiency(
         raise _fail(f"no efficiency time course for experiment {experiment!r} (looked in {summary})")
     text = table_path.read_text()
     if as_csv:
-        console.print(text, end="", highlight=False)
+        typer.echo(text, nl=False)  # verbatim: rich would wrap long lines
         return
     reader = list(csv.reader(io.StringIO(text)))
     table = Table(*reader[0], title=f"differentiation efficiency — {experiment}")

@@ -86,6 +86,13 @@ def test_time_series_in_acquisition_order_gives_overlays_time_course_and_gauge(t
         assert (summary / "efficiency.png").read_bytes().startswith(b"\x89PNG")
         assert (summary / "report.html").is_file()
 
+        report = daemon.cli("report", "efficiency", "EXP1", "--csv")
+        assert report.returncode == 0, report.stderr
+        assert report.stdout == (summary / "efficiency.csv").read_text()
+        table = daemon.cli("report", "efficiency", "EXP1")
+        assert table.returncode == 0 and "efficiency.png" in table.stdout
+        assert daemon.cli("report", "efficiency", "NOPE").returncode == 2
+
         text = daemon.metrics_text()
         for well in {r["well"] for r in rows}:
             latest = max((r for r in rows if r["well"] == well), key=lambda r: int(r["timepoint"]))
