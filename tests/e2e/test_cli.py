@@ -132,3 +132,34 @@ def test_config_check_reports_the_bad_key_in_one_line(tmp_path: Path) -> None:
     assert bad.stderr.strip().splitlines() == [
         "error: workers.count: Input should be greater than or equal to 1 (got 0)"
     ]
+
+
+def test_demo_commands_feed_the_daemon(tmp_path: Path, daemon: DaemonProcess) -> None:
+    ct = daemon.cli("demo", "ct", "--seed", "3")
+    assert ct.returncode == 0, ct.stdout + ct.stderr
+    microscopy = daemon.cli(
+        "demo",
+        "microscopy",
+        "--wells",
+        "1",
+        "--positions",
+        "1",
+        "--timepoints",
+        "2",
+        "--size",
+        "64",
+        "--interval",
+        "0",
+    )
+    assert microscopy.returncode == 0, microscopy.stdout + microscopy.stderr
+    written = sorted(p.name for p in (tmp_path / "inbox" / "DEMO").iterdir())
+    assert len(written) == 2 and all(name.endswith("_phase.tif") for name in written)
+    wait_until(
+        lambda: (
+            sorted(j["pipeline"] for j in _jobs(daemon) if j["state"] == "done")
+            == ["test-image", "test-image", "test-series"]
+        ),
+        60,
+        "the demo inputs to be processed",
+        daemon,
+    )
