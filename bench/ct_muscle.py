@@ -3,8 +3,10 @@
 Both run in this process on the same phantom volume (default 512 x 512 x 200, T = 10):
 
 * batched: :func:`plugins.ct_muscle.inference.predict_volume`, all T samples of a group of
-  slices in one forward batch, mean softmax and uncertainty accumulated on the model grid,
-  only the mean and the uncertainty resampled back to the 512 x 512 matrix;
+  slices in one forward batch (the deterministic first encoder block once per slice, see
+  ``BayesianUNet.forward_mc``), mean softmax and uncertainty on the model grid, the
+  uncertainty resampled back to the 512 x 512 matrix and the labels resampled there by
+  interpolating the mean softmax in full only along label boundaries;
 * loop: the straightforward implementation, T full passes over the volume, one slice per
   forward call, each pass's softmax resampled to the original matrix and accumulated there.
 
@@ -12,6 +14,8 @@ Prints seconds, the ratio and the peak memory of each (RSS above the starting po
 CPU, ``torch.cuda.max_memory_allocated`` on a GPU) as JSON.
 
     python bench/ct_muscle.py --slices 200 --samples 10 --threads 1
+
+``--threads`` applies to both implementations (``torch.set_num_threads``).
 """
 
 from __future__ import annotations
@@ -120,7 +124,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--pixel-spacing", type=float, default=0.78)
     parser.add_argument("--samples", type=int, default=10)
-    parser.add_argument("--batch-images", type=int, default=McOptions().batch_images)
+    # 10 images (one slice x T) per forward keep the full-resolution activations of a
+    # batch in cache on CPU; larger batches were slower per image on the dev machine.
+    parser.add_argument("--batch-images", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=1)

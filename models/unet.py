@@ -84,12 +84,48 @@ class BayesianUNet(nn.Module):
             if isinstance(module, McDropout):
                 module.always_on = enabled
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_size(self, x: torch.Tensor) -> None:
         factor = 2**self.depth
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"input size {tuple(x.shape[-2:])} not divisible by {factor}")
-        skips: list[torch.Tensor] = []
-        for encoder in self.encoders:
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_size(x)
+        return self._after_first_block(self.encoders[0](x))
+
+    def forward_mc(self, x: torch.Tensor, samples: int) -> torch.Tensor:
+        """``samples`` stochastic passes of each image in one call, sample-major.
+
+        Returns logits ``(samples * N, num_classes, H, W)``: row ``t * N + i`` is sample
+        ``t`` of image ``i``, the same as ``forward(x.repeat(samples, 1, 1, 1))``. The
+        first encoder block up to its dropout is deterministic, so it runs once per image
+        and only its output is repeated; every dropout layer then draws its masks for all
+        ``samples * N`` images as ``forward`` would (same shapes, same order), so with the
+        same random state the result equals the repeated forward up to rounding.
+        Raises ValueError for invalid sizes or ``samples < 1``.
+        """
+        self._check_size(x)
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        first = self.encoders[0]
+        layers = list(first.children())  # a _Block: conv-norm-relu x2, dropout
+        shared = x
+        for layer in layers[:-1]:  # conv-norm-relu x2: no randomness
+            shared = layer(shared)
+        n = shared.shape[0]
+        layout = (torch.channels_last if shared.is_contiguous(memory_format=torch.channels_last)
+                  else torch.contiguous_format)
+        repeated = torch.empty((samples * n, *shared.shape[1:]), dtype=shared.dtype,
+                               device=shared.device, memory_format=layout)
+        repeated.view(samples, *shared.shape).copy_(shared.unsqueeze(0).expand(samples,
+                                                                               *shared.shape))
+        return self._after_first_block(layers[-1](repeated))
+
+    def _after_first_block(self, x: torch.Tensor) -> torch.Tensor:
+        """The rest of the network from the output of the first encoder block."""
+        skips: list[torch.Tensor] = [x]
+        x = F.max_pool2d(x, 2)
+        for encoder in list(self.encoders)[1:]:
             x = encoder(x)
             skips.append(x)
             x = F.max_pool2d(x, 2)

@@ -3,8 +3,10 @@
 Slices are windowed, resampled to the model's pixel spacing, padded to the network's
 size divisor and pushed through the network T times with dropout on. The T samples of a
 group of slices go through as one batch (``samples x slices`` images), never one pass per
-sample and slice. The mean softmax and the uncertainty are resampled back to the
-original matrix, so any field of view and matrix size works.
+sample and slice; the deterministic first encoder block runs once per slice
+(``BayesianUNet.forward_mc``). The uncertainty and the label map (the argmax of the
+bilinearly resampled mean softmax) are resampled back to the original matrix, so any
+field of view and matrix size works.
 """
 
 from __future__ import annotations
@@ -166,23 +168,24 @@ def preprocess_slices(
 
 
 def _uncertainty(probs: torch.Tensor, measure: UncertaintyMeasure) -> torch.Tensor:
-    """``probs`` is (T, n, C, H, W); returns (n, H, W)."""
+    """``probs`` is (T, n, H, W, C), classes last; returns (n, H, W)."""
     import torch
 
-    mean = probs.mean(dim=0)
     if measure is UncertaintyMeasure.VARIANCE:
-        return probs.var(dim=0, unbiased=False).sum(dim=1)
-    entropy = -(mean * torch.log(mean.clamp_min(1e-12))).sum(dim=1)
+        return probs.var(dim=0, unbiased=False).sum(dim=-1)
+    mean = probs.mean(dim=0)
+    entropy = -(mean * torch.log(mean.clamp_min(1e-12))).sum(dim=-1)
     if measure is UncertaintyMeasure.ENTROPY:
         return entropy
-    sample_entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=2).mean(dim=0)
+    sample_entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1).mean(dim=0)
     return (entropy - sample_entropy).clamp_min(0.0)
 
 
 def _mc_on_model_grid(
     model: BayesianUNet, x: torch.Tensor, options: McOptions
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean softmax ``(n, C, H, W)`` and uncertainty ``(n, H, W)`` on the padded grid.
+    """Mean softmax ``(n, H, W, C)`` (classes last) and uncertainty ``(n, H, W)`` on the
+    padded grid.
 
     The whole padded slice goes through the network: GroupNorm statistics span the
     field of view, so cropping to the body would change the result.
@@ -190,10 +193,59 @@ def _mc_on_model_grid(
     import torch
 
     n = x.shape[0]
-    batch = x.repeat(options.samples, 1, 1, 1)  # sample-major: (T * n, 1, H, W)
-    probs = torch.softmax(model(batch.contiguous(memory_format=torch.channels_last)), dim=1)
+    # The deterministic first block runs once per slice (BayesianUNet.forward_mc); the
+    # result is sample-major (T * n, C, H, W), the same layout as repeating the input.
+    logits = model.forward_mc(x.contiguous(memory_format=torch.channels_last), options.samples)
+    # Channels-last logits viewed as (T * n, H, W, C): the softmax runs over the
+    # innermost dimension without a layout copy.
+    probs = torch.softmax(logits.permute(0, 2, 3, 1), dim=-1)
     probs = probs.reshape(options.samples, n, *probs.shape[1:])
     return probs.mean(dim=0), _uncertainty(probs, options.measure)
+
+
+def _bilinear_taps(
+    size_in: int, size_out: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices and weight of ``F.interpolate(mode="bilinear", align_corners=False)``.
+
+    Output index ``o`` reads inputs ``i0[o]`` and ``i1[o]`` with weights ``1 - lam[o]``
+    and ``lam[o]``, computed as PyTorch's kernel does (float32, source index clamped at 0).
+    """
+    import torch
+
+    scale = torch.tensor(size_in / size_out, dtype=torch.float32, device=device)
+    dst = torch.arange(size_out, dtype=torch.float32, device=device)
+    src = (scale * (dst + 0.5) - 0.5).clamp_min(0.0)
+    i0 = src.floor().long().clamp_max(size_in - 1)
+    lam = (src - i0).clamp(0.0, 1.0)
+    i1 = torch.where(i0 < size_in - 1, i0 + 1, i0)
+    return i0, i1, lam
+
+
+def _resampled_labels(mean: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Argmax over the classes of ``mean`` ``(n, h, w, C)`` bilinearly resampled to
+    ``(rows, cols)``, without resampling all C channels everywhere.
+
+    Each resampled vector is a convex combination of its 2 x 2 source vectors, so where
+    the four sources have the same argmax, that class is the argmax of the combination
+    too. Only the output pixels whose sources disagree (those along label boundaries,
+    a few per cent) are interpolated in full, with the weights of ``F.interpolate``.
+    """
+    low = mean.argmax(dim=-1)  # (n, h, w)
+    r0, r1, ry = _bilinear_taps(mean.shape[1], rows, mean.device)
+    c0, c1, cx = _bilinear_taps(mean.shape[2], cols, mean.device)
+    top, bottom = low.index_select(1, r0), low.index_select(1, r1)
+    labels = top.index_select(2, c0)
+    disagree = labels != top.index_select(2, c1)
+    disagree |= labels != bottom.index_select(2, c0)
+    disagree |= labels != bottom.index_select(2, c1)
+    s, y, x = disagree.nonzero(as_tuple=True)
+    ly, lx = ry[y, None], cx[x, None]
+    y0, y1, x0, x1 = r0[y], r1[y], c0[x], c1[x]
+    value = (((1 - ly) * (1 - lx)) * mean[s, y0, x0] + ((1 - ly) * lx) * mean[s, y0, x1]
+             + (ly * (1 - lx)) * mean[s, y1, x0] + (ly * lx) * mean[s, y1, x1])
+    labels[s, y, x] = value.argmax(dim=-1)
+    return labels
 
 
 def _predict_chunk(
@@ -207,12 +259,12 @@ def _predict_chunk(
     x = preprocess_slices(hu, spacing, geo)
     mean_grid, unc_grid = _mc_on_model_grid(model, x, options)
     size, _ = _model_grid(rows, cols, spacing, geo)
-    mean = mean_grid[:, :, : size[0], : size[1]]
+    mean = mean_grid[:, : size[0], : size[1]]
     unc = unc_grid[:, None, : size[0], : size[1]]
-    if size != (rows, cols):
-        mean = F.interpolate(mean, size=(rows, cols), mode="bilinear", align_corners=False)
-        unc = F.interpolate(unc, size=(rows, cols), mode="bilinear", align_corners=False)
-    return mean.argmax(dim=1), unc[:, 0]
+    if size == (rows, cols):
+        return mean.argmax(dim=-1), unc[:, 0]
+    unc = F.interpolate(unc, size=(rows, cols), mode="bilinear", align_corners=False)
+    return _resampled_labels(mean, rows, cols), unc[:, 0]
 
 
 def predict_volume(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -17,6 +18,9 @@ from plugins.ct_muscle.inference import (
     predict_volume,
 )
 from plugins.ct_muscle.structures import default_label_table
+
+if TYPE_CHECKING:
+    from models.unet import BayesianUNet
 
 
 @pytest.fixture()
@@ -81,3 +85,74 @@ def test_geometry_round_trips_through_the_card() -> None:
     geometry = InputGeometry(2.5)
     assert InputGeometry.from_dict(geometry.to_dict()) == geometry
 
+
+
+def _reference_predict(
+    model: BayesianUNet, hu: np.ndarray, spacing: tuple[float, float], geometry: InputGeometry,
+    samples: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The former batched implementation: repeat the input, full forward, resample all
+    class probabilities to the matrix, argmax there."""
+    import torch
+    from torch.nn import functional as F
+
+    from plugins.ct_muscle.inference import preprocess_slices
+
+    model.eval()
+    model.set_mc_dropout(True)
+    labels: list[torch.Tensor] = []
+    entropy: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for k in range(hu.shape[0]):
+            x = preprocess_slices(torch.from_numpy(hu[k : k + 1]).float(), spacing, geometry)
+            probs = torch.softmax(model(x.repeat(samples, 1, 1, 1)), dim=1)
+            mean = probs.mean(dim=0, keepdim=True)
+            ent = -(mean * torch.log(mean.clamp_min(1e-12))).sum(dim=1, keepdim=True)
+            size = (round(hu.shape[1] * spacing[0] / geometry.pixel_spacing_mm),
+                    round(hu.shape[2] * spacing[1] / geometry.pixel_spacing_mm))
+            matrix = (hu.shape[1], hu.shape[2])
+            labels.append(F.interpolate(mean[:, :, : size[0], : size[1]], size=matrix,
+                                        mode="bilinear", align_corners=False).argmax(dim=1))
+            entropy.append(F.interpolate(ent[:, :, : size[0], : size[1]], size=matrix,
+                                         mode="bilinear", align_corners=False)[:, 0])
+    model.set_mc_dropout(False)
+    return torch.cat(labels).numpy(), torch.cat(entropy).numpy()
+
+
+def test_seeded_mc_agrees_with_the_former_implementation_on_a_phantom(tmp_path: Path) -> None:
+    """Shared first block + labels resampled only along boundaries: same masks (same
+    seed), so the same labels and uncertainty as repeating the input and resampling all
+    class probabilities."""
+    import torch
+
+    from models.store import bundled_weights_dir
+    from plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
+
+    model, _, geometry = load_model(bundled_weights_dir())
+    spacing = (0.9, 0.9)
+    hu = generate_phantom(11, PhantomOptions(shape=(3, 160, 176), pixel_spacing_mm=0.9,
+                                             slice_spacing_mm=3.0)).hu
+    torch.manual_seed(3)
+    ours = predict_volume(model, hu, spacing, geometry, McOptions(samples=6, batch_images=6))
+    torch.manual_seed(3)
+    labels, entropy = _reference_predict(model, hu, spacing, geometry, 6)
+    assert (ours.labels == labels).mean() > 0.9999
+    np.testing.assert_allclose(ours.uncertainty, entropy, atol=1e-4)
+    assert len(np.unique(labels)) > 5  # boundaries exist to be resampled
+
+
+@pytest.mark.parametrize("shape", [(2, 17, 23), (1, 40, 9)])
+@pytest.mark.parametrize("matrix", [(64, 80), (11, 30)])
+def test_resampled_labels_equal_argmax_of_resampled_probabilities(shape, matrix) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from torch.nn import functional as F
+
+    from plugins.ct_muscle.inference import _resampled_labels
+
+    generator = torch.Generator().manual_seed(0)
+    # Smooth class maps with real boundaries: upsampled low-resolution noise.
+    coarse = torch.rand((shape[0], 6, 4, 4), generator=generator)
+    mean = torch.softmax(8 * F.interpolate(coarse, size=shape[1:], mode="bilinear"), dim=1)
+    expected = F.interpolate(mean, size=matrix, mode="bilinear", align_corners=False).argmax(1)
+    got = _resampled_labels(mean.permute(0, 2, 3, 1).contiguous(), *matrix)
+    assert torch.equal(got, expected)

@@ -51,3 +51,32 @@ def test_demo_size_is_a_few_megabytes() -> None:
     model = BayesianUNet(1, 23, base_channels=16, depth=3)
     megabytes = sum(p.numel() for p in model.parameters()) * 4 / 1e6
     assert 0.5 < megabytes < 10
+
+
+def test_forward_mc_equals_forward_of_repeated_input_without_dropout() -> None:
+    model = _model().eval()
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_mc(x, 4), model(x.repeat(4, 1, 1, 1)),
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="samples"):
+        model.forward_mc(x, 0)
+
+
+def test_forward_mc_draws_the_same_masks_as_forward_of_repeated_input() -> None:
+    """The shared prefix holds no randomness: same seed, same samples (sample-major)."""
+    model = _model().eval()
+    model.set_mc_dropout(True)
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        shared = model.forward_mc(x, 5)
+        torch.manual_seed(7)
+        repeated = model(x.repeat(5, 1, 1, 1))
+        assert not torch.equal(shared[:3], shared[3:6])  # the samples do differ
+    torch.testing.assert_close(shared, repeated, rtol=1e-4, atol=1e-5)
+    cl = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    with torch.no_grad():
+        torch.manual_seed(7)
+        shared_cl = cl.forward_mc(x.contiguous(memory_format=torch.channels_last), 5)
+    torch.testing.assert_close(shared_cl, repeated, rtol=1e-4, atol=1e-4)
