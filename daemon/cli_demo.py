@@ -66,7 +66,7 @@ def demo_microscopy(
             if path.name.endswith("_gfp.tif"):  # the stain is for training, not for the daemon
                 keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, keep / path.name)
-        experiment = target / "DEMO"
+        experiment = target / "EXP1"  # the generator's experiment name
         experiment.mkdir(parents=True, exist_ok=True)
         for index, path in enumerate(phase, start=1):
             temporary = experiment / f".{path.name}.part"

@@ -80,7 +80,8 @@ class ResultSink:
         for item in result.dicom:
             buffer = io.BytesIO()
             dcmwrite(buffer, item.dataset, enforce_file_format=True)
-            path = base / f"{safe_name(item.name)}.dcm"
+            name = safe_name(item.name)
+            path = base / (name if name.lower().endswith(".dcm") else f"{name}.dcm")
             write_atomic(path, buffer.getbuffer())
             outputs.append(OutputRow("dicom", path, str(item.dataset.SOPInstanceUID), tuple(export)))
         records = [

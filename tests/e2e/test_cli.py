@@ -152,7 +152,7 @@ def test_demo_commands_feed_the_daemon(tmp_path: Path, daemon: DaemonProcess) ->
         "0",
     )
     assert microscopy.returncode == 0, microscopy.stdout + microscopy.stderr
-    written = sorted(p.name for p in (tmp_path / "inbox" / "DEMO").iterdir())
+    written = sorted(p.name for p in (tmp_path / "inbox" / "EXP1").iterdir())
     assert len(written) == 2 and all(name.endswith("_phase.tif") for name in written)
     wait_until(
         lambda: (
