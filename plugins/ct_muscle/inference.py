@@ -133,18 +133,16 @@ class StructureMeasurement:
     review_required: bool
 
 
-def _model_grid(rows: int, cols: int, spacing: tuple[float, float], geo: InputGeometry) -> tuple[
-    tuple[int, int], tuple[int, int]
-]:
-    """Size on the model's pixel grid and that size padded to the divisor."""
+def model_grid(
+    rows: int, cols: int, spacing: tuple[float, float], pixel_spacing_mm: float, divisor: int
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Size of a ``rows`` x ``cols`` slice on a network's pixel grid, and that size padded
+    up to a multiple of the network's ``divisor``."""
     size = (
-        max(1, round(rows * spacing[0] / geo.pixel_spacing_mm)),
-        max(1, round(cols * spacing[1] / geo.pixel_spacing_mm)),
+        max(1, round(rows * spacing[0] / pixel_spacing_mm)),
+        max(1, round(cols * spacing[1] / pixel_spacing_mm)),
     )
-    padded = (
-        math.ceil(size[0] / geo.divisor) * geo.divisor,
-        math.ceil(size[1] / geo.divisor) * geo.divisor,
-    )
+    padded = (math.ceil(size[0] / divisor) * divisor, math.ceil(size[1] / divisor) * divisor)
     return size, padded
 
 
@@ -159,7 +157,7 @@ def preprocess_slices(
     from torch.nn import functional as F
 
     x = ((hu - geo.window.lower) / geo.window.width).clamp_(0.0, 1.0).unsqueeze(1)
-    size, padded = _model_grid(hu.shape[-2], hu.shape[-1], spacing, geo)
+    size, padded = model_grid(hu.shape[-2], hu.shape[-1], spacing, geo.pixel_spacing_mm, geo.divisor)
     if size != tuple(hu.shape[-2:]):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     out = torch.zeros((x.shape[0], 1, *padded), dtype=x.dtype, device=x.device)
@@ -258,7 +256,7 @@ def _predict_chunk(
     _, rows, cols = hu.shape
     x = preprocess_slices(hu, spacing, geo)
     mean_grid, unc_grid = _mc_on_model_grid(model, x, options)
-    size, _ = _model_grid(rows, cols, spacing, geo)
+    size, _ = model_grid(rows, cols, spacing, geo.pixel_spacing_mm, geo.divisor)
     mean = mean_grid[:, : size[0], : size[1]]
     unc = unc_grid[:, None, : size[0], : size[1]]
     if size == (rows, cols):

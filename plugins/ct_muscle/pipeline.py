@@ -8,7 +8,7 @@ Construction is cheap; torch and highdicom are imported in :meth:`CtMusclePipeli
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,7 +157,7 @@ class CtMusclePipeline:
                                                            if flagged else ""))
         return PipelineResult(
             dicom=dicom, records=self._records(item, measured),
-            figures=self._figures(measured), review_required=bool(flagged), summary=summary)
+            figures=structure_figures(self.name, measured), review_required=bool(flagged), summary=summary)
 
     def _dicom_outputs(
         self, item: SeriesItem, volume: Volume, labels: Any, uncertainty: Any,
@@ -186,10 +186,12 @@ class CtMusclePipeline:
             for m in measured
         ]
 
-    def _figures(self, measured: list[StructureMeasurement]) -> list[Figure]:
-        out: list[Figure] = []
-        for m in measured:
-            labels = {"pipeline": self.name, "structure": m.key}
-            out.append(Figure("structure_uncertainty", m.mean_uncertainty, labels))
-            out.append(Figure("review_required", 1.0 if m.review_required else 0.0, labels))
-        return out
+
+def structure_figures(pipeline: str, measured: Sequence[StructureMeasurement]) -> list[Figure]:
+    """Per-structure mean uncertainty and review flag; labels never name a patient or study."""
+    out: list[Figure] = []
+    for m in measured:
+        labels = {"pipeline": pipeline, "structure": m.key}
+        out.append(Figure("structure_uncertainty", m.mean_uncertainty, labels))
+        out.append(Figure("review_required", 1.0 if m.review_required else 0.0, labels))
+    return out

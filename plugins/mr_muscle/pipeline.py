@@ -20,7 +20,6 @@ import numpy as np
 
 from plugins.api import (
     DicomOutput,
-    Figure,
     ImageItem,
     InputKind,
     InvalidInputError,
@@ -30,6 +29,7 @@ from plugins.api import (
     SeriesItem,
 )
 from plugins.ct_muscle.inference import McOptions, StructureMeasurement, UncertaintyMeasure
+from plugins.ct_muscle.pipeline import structure_figures
 from plugins.mr_muscle.translation import IntensityScale
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ class MrMusclePipeline:
         return PipelineResult(
             dicom=dicom,
             records=self._records(item, measured),
-            figures=self._figures(measured),
+            figures=structure_figures(self.name, measured),
             review_required=bool(flagged),
             summary=summary,
         )
@@ -225,12 +225,3 @@ class MrMusclePipeline:
             )
             for m in measured
         ]
-
-    def _figures(self, measured: list[StructureMeasurement]) -> list[Figure]:
-        """Per-structure uncertainty and review flag, like ct-muscle; labels never name a patient."""
-        out: list[Figure] = []
-        for m in measured:
-            labels = {"pipeline": self.name, "structure": m.key}
-            out.append(Figure("structure_uncertainty", m.mean_uncertainty, labels))
-            out.append(Figure("review_required", 1.0 if m.review_required else 0.0, labels))
-        return out

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from plugins.ct_muscle.inference import model_grid
+
 if TYPE_CHECKING:
     import torch
 
@@ -108,20 +110,6 @@ def unit_to_ct(unit: np.ndarray, scale: IntensityScale) -> np.ndarray:
     return out
 
 
-def _grid(
-    rows: int, cols: int, spacing: tuple[float, float], scale: IntensityScale
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    size = (
-        max(1, round(rows * spacing[0] / scale.pixel_spacing_mm)),
-        max(1, round(cols * spacing[1] / scale.pixel_spacing_mm)),
-    )
-    padded = (
-        math.ceil(size[0] / scale.divisor) * scale.divisor,
-        math.ceil(size[1] / scale.divisor) * scale.divisor,
-    )
-    return size, padded
-
-
 def _translate_chunk(
     generator: ResnetGenerator, unit: torch.Tensor, spacing: tuple[float, float], scale: IntensityScale
 ) -> torch.Tensor:
@@ -130,7 +118,7 @@ def _translate_chunk(
     from torch.nn import functional as F
 
     rows, cols = unit.shape[-2:]
-    size, padded = _grid(rows, cols, spacing, scale)
+    size, padded = model_grid(rows, cols, spacing, scale.pixel_spacing_mm, scale.divisor)
     x = unit.unsqueeze(1)
     if size != (rows, cols):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
