@@ -99,11 +99,13 @@ class ResultSink:
             metrics.REVIEW_FLAGS.labels(pipeline.name).inc()
         return outputs, records
 
-    def write_summary(self, pipeline: Pipeline, group: str, result: PipelineResult) -> list[OutputRow]:
+    def write_summary(self, pipeline: Pipeline, group: str, result: PipelineResult) -> None:
+        """Write a summary's files (replaced on every refresh, so not journaled) and figures."""
         base = self.pipeline_root(pipeline) / SUMMARY_FOLDER / safe_name(group)
         for figure in result.figures:
             publish_figure(pipeline.name, figure)
-        return [self._write_file(base, f) for f in result.files]
+        for output in result.files:
+            self._write_file(base, output)
 
     @staticmethod
     def _write_file(base: Path, output: FileOutput) -> OutputRow:
