@@ -97,29 +97,76 @@ class BayesianUNet(nn.Module):
         """``samples`` stochastic passes of each image in one call, sample-major.
 
         Returns logits ``(samples * N, num_classes, H, W)``: row ``t * N + i`` is sample
-        ``t`` of image ``i``, the same as ``forward(x.repeat(samples, 1, 1, 1))``. The
-        first encoder block up to its dropout is deterministic, so it runs once per image
-        and only its output is repeated; every dropout layer then draws its masks for all
-        ``samples * N`` images as ``forward`` would (same shapes, same order), so with the
-        same random state the result equals the repeated forward up to rounding.
-        Raises ValueError for invalid sizes or ``samples < 1``.
+        ``t`` of image ``i``, the same as ``forward(x.repeat(samples, 1, 1, 1))`` up to
+        rounding, and with the same random state the same samples: every dropout layer
+        draws its masks for all ``samples * N`` images in the order ``forward`` does.
+
+        What is deterministic runs once per image instead of once per sample:
+
+        * the first encoder block up to its dropout;
+        * the two convolutions that read its (dropped-out) output — the first one of the
+          next encoder block, after pooling, and the skip half of the last decoder's
+          first convolution. Channel dropout multiplies each channel by a per-sample
+          constant ``m >= 0``, which commutes with max-pooling and factors out of a
+          convolution: ``conv(m * a) = sum_c m_c * conv_c(a_c)``. The per-channel
+          responses ``conv_c(a_c)`` are computed once per image (:func:`_masked_conv`);
+          each sample is then a mix of them with its mask, a 1 x C product per output
+          value instead of a 3 x 3 x C convolution, and the full-resolution dropped-out
+          copies are never materialised. The last decoder's convolution over
+          ``cat([up, skip])`` is the sum of its convolutions over each part.
+
+        The last dropout scales the inputs of the 1 x 1 classifier, so it is folded into
+        per-sample classifier weights: one batched matrix product writes classes-last
+        (channels-last) logits. Raises ValueError for invalid sizes or ``samples < 1``.
         """
         self._check_size(x)
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
-        first = self.encoders[0]
-        layers = list(first.children())  # a _Block: conv-norm-relu x2, dropout
+        first = list(self.encoders[0].children())  # conv-norm-relu x2, dropout
         shared = x
-        for layer in layers[:-1]:  # conv-norm-relu x2: no randomness
+        for layer in first[:-1]:  # no randomness
             shared = layer(shared)
         n = shared.shape[0]
-        layout = (torch.channels_last if shared.is_contiguous(memory_format=torch.channels_last)
-                  else torch.contiguous_format)
-        repeated = torch.empty((samples * n, *shared.shape[1:]), dtype=shared.dtype,
-                               device=shared.device, memory_format=layout)
-        repeated.view(samples, *shared.shape).copy_(shared.unsqueeze(0).expand(samples,
-                                                                               *shared.shape))
-        return self._after_first_block(layers[-1](repeated))
+        dropout = first[-1]
+        assert isinstance(dropout, McDropout)
+        masks = _channel_masks(dropout, samples * n, shared)  # drawn as F.dropout2d would
+        following = [*self.encoders[1:], self.bottleneck]
+        block = list(following[0].children())
+        h = _masked_conv(block[0], F.max_pool2d(shared, 2), masks, samples)
+        for layer in block[1:]:
+            h = layer(h)
+        skips = [h]
+        for encoder in following[1:]:
+            h = encoder(F.max_pool2d(h, 2))
+            skips.append(h)
+        last = len(self.decoders) - 1
+        for index, (upsample, decoder) in enumerate(zip(self.upsamplers, self.decoders, strict=True)):
+            layers = list(decoder.children())
+            conv = layers[0]
+            assert isinstance(conv, nn.Conv2d)
+            up = upsample(h)
+            if index == last:
+                parts = up.shape[1]
+                h = F.conv2d(up, conv.weight[:, :parts], conv.bias, padding=conv.padding)
+                _masked_conv(conv, shared, masks, samples, channels=slice(parts, None),
+                             accumulate=h)
+            else:
+                h = conv(torch.cat([up, skips[-2 - index]], dim=1))
+            for layer in layers[1:-1] if index == last else layers[1:]:
+                h = layer(h)
+        # The last dropout and the 1 x 1 classifier: the masks scale the classifier's
+        # input columns per sample, a batched matrix product into classes-last logits.
+        final = layers[-1]
+        assert isinstance(final, McDropout) and self.head.kernel_size == (1, 1)
+        count, channels, height, width = h.shape
+        scaled = (self.head.weight.flatten(1).unsqueeze(0)
+                  * _channel_masks(final, count, h).unsqueeze(1))  # (count, classes, C)
+        pixels = h.permute(0, 2, 3, 1).reshape(count, height * width, channels)
+        if self.head.bias is None:
+            logits = torch.bmm(pixels, scaled.transpose(1, 2))
+        else:
+            logits = torch.baddbmm(self.head.bias, pixels, scaled.transpose(1, 2))
+        return logits.view(count, height, width, -1).permute(0, 3, 1, 2)
 
     def _after_first_block(self, x: torch.Tensor) -> torch.Tensor:
         """The rest of the network from the output of the first encoder block."""
@@ -136,3 +183,52 @@ class BayesianUNet(nn.Module):
             x = decoder(torch.cat([upsample(x), skip], dim=1))
         out: torch.Tensor = self.head(x)
         return out
+
+
+def _channel_masks(dropout: McDropout, count: int, like: torch.Tensor) -> torch.Tensor:
+    """The ``(count, C)`` multipliers ``F.dropout2d`` would apply to ``count`` copies of
+    ``like`` — the same draw from the same random state — or ones when dropout is off."""
+    channels = like.shape[1]
+    if not (dropout.training or dropout.always_on) or dropout.p == 0:
+        return like.new_ones((count, channels))
+    keep = 1.0 - dropout.p
+    masks = like.new_empty((count, channels, 1, 1)).bernoulli_(keep).div_(keep)
+    return masks.view(count, channels)
+
+
+def _masked_conv(
+    conv: nn.Module, base: torch.Tensor, masks: torch.Tensor, samples: int,
+    channels: slice = slice(None), accumulate: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``conv`` (restricted to input ``channels``) of ``samples`` copies of ``base`` with
+    every channel of every copy scaled by its mask, ``masks`` being ``(samples * N, C)``
+    sample-major. Returns ``(samples * N, O, H, W)`` in channels-last memory, or adds it
+    to ``accumulate`` (of that shape) and returns that.
+
+    The per-channel responses ``conv_c(base_c)`` come from one batched matrix product of
+    the unfolded 3 x 3 neighbourhoods with each channel's weights — laid out
+    ``(C, pixels * O)``, so each sample is a ``(1 x C) @ (C x pixels * O)`` product.
+    """
+    assert isinstance(conv, nn.Conv2d) and not isinstance(conv.padding, str)
+    weight = conv.weight[:, channels]
+    n, c, height, width = base.shape
+    out_channels, _, kh, kw = weight.shape
+    pixels = height * width
+    # (n * C, kh * kw, pixels): the neighbourhoods of each channel of each image
+    cols = F.unfold(base.contiguous(), (kh, kw), padding=conv.padding).view(n * c, kh * kw, pixels)
+    per_weight = weight.permute(1, 2, 3, 0).reshape(1, c, kh * kw, out_channels)
+    per_weight = per_weight.expand(n, -1, -1, -1).reshape(n * c, kh * kw, out_channels)
+    responses = torch.bmm(cols.transpose(1, 2), per_weight)  # (n * C, pixels, O)
+    per_channel = responses.view(n, c, pixels * out_channels)
+    mix = masks.view(samples, n, c).transpose(0, 1)  # (n, samples, C)
+    if accumulate is not None and accumulate.is_contiguous(memory_format=torch.channels_last):
+        target = accumulate.permute(0, 2, 3, 1).view(samples, n, pixels * out_channels)
+        target.transpose(0, 1).baddbmm_(mix, per_channel)
+        return accumulate
+    out = torch.bmm(mix, per_channel)  # (n, samples, pixels * O)
+    out = out.transpose(0, 1).reshape(samples * n, height, width, out_channels)
+    if accumulate is not None:
+        return accumulate.add_(out.permute(0, 3, 1, 2))
+    if conv.bias is not None:
+        out = out + conv.bias
+    return out.permute(0, 3, 1, 2)

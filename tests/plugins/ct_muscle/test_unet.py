@@ -80,3 +80,25 @@ def test_forward_mc_draws_the_same_masks_as_forward_of_repeated_input() -> None:
         torch.manual_seed(7)
         shared_cl = cl.forward_mc(x.contiguous(memory_format=torch.channels_last), 5)
     torch.testing.assert_close(shared_cl, repeated, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+@pytest.mark.parametrize("images", [1, 3])
+def test_forward_mc_matches_repeated_forward_at_every_depth(depth: int, images: int) -> None:
+    """The factored first-block convolutions and the folded classifier dropout hold for
+    any depth and several images per call, in both memory layouts."""
+    torch.manual_seed(depth)
+    model = BayesianUNet(1, 4, base_channels=8, depth=depth, dropout=0.4).eval()
+    model.set_mc_dropout(True)
+    x = torch.rand(images, 1, 32, 48)
+    with torch.no_grad():
+        torch.manual_seed(11)
+        repeated = model(x.repeat(6, 1, 1, 1))
+        torch.manual_seed(11)
+        plain = model.forward_mc(x, 6)
+        cl = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        torch.manual_seed(11)
+        last = cl.forward_mc(x.contiguous(memory_format=torch.channels_last), 6)
+    assert plain.shape == repeated.shape == (6 * images, 4, 32, 48)
+    torch.testing.assert_close(plain, repeated, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last, repeated, rtol=1e-4, atol=1e-4)
