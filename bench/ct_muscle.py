@@ -3,7 +3,8 @@
 Both run in this process on the same phantom volume (default 512 x 512 x 200, T = 10):
 
 * batched: :func:`plugins.ct_muscle.inference.predict_volume`, all T samples of a group of
-  slices in one forward batch (the deterministic first encoder block once per slice, see
+  slices in one forward batch (the deterministic first encoder block, and the per-channel
+  responses of the convolutions that read it, once per slice, see
   ``BayesianUNet.forward_mc``), mean softmax and uncertainty on the model grid, the
   uncertainty resampled back to the 512 x 512 matrix and the labels resampled there by
   interpolating the mean softmax in full only along label boundaries;

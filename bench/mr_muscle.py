@@ -62,7 +62,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256, help="rows = columns of the MR matrix")
     parser.add_argument("--spacing", type=float, default=1.5, help="in-plane pixel spacing (mm)")
     parser.add_argument("--samples", type=int, default=10, help="MC-dropout samples T")
-    parser.add_argument("--batch-images", type=int, default=40)
+    parser.add_argument("--batch-images", type=int, default=None,
+                        help="images per forward (default: the pipeline's, T on a CPU, 8 x T on a GPU)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)

@@ -65,7 +65,7 @@ class CtMuscleOptions:
     samples: int = 10
     measure: UncertaintyMeasure = UncertaintyMeasure.ENTROPY
     review_threshold: float | None = None
-    batch_images: int = 40
+    batch_images: int | None = None
     labelmap: bool = False
     window_center: float | None = None
     window_width: float | None = None

@@ -57,7 +57,7 @@ class MrMuscleOptions:
     samples: int = 10
     measure: UncertaintyMeasure = UncertaintyMeasure.ENTROPY
     review_threshold: float = 0.25
-    batch_images: int = 40
+    batch_images: int | None = None
     translation_batch: int = 8
     labelmap: bool = False
     synthetic_ct_series: bool = False
