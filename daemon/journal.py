@@ -4,7 +4,8 @@ Arrivals (an image file, or a DICOM series with its instances), jobs, outputs, e
 and records live here. Every state change is one transaction; after a crash the daemon
 resumes from these rows (at-least-once). The connection is shared by the daemon's
 threads behind a lock: SQLite serialises writers anyway, and one connection keeps
-``synchronous=FULL`` commits (a durable acknowledgement for the SCP) cheap.
+``synchronous=FULL`` commits cheap. A writer whose own record is already durable (the
+SCP's synced spool file) may commit without the fsync (``durable=False``).
 """
 
 from __future__ import annotations
@@ -214,16 +215,27 @@ class Journal:
             self._db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE … COMMIT), rolled back on error."""
+    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE … COMMIT), rolled back on error.
+
+        ``durable`` False commits with ``synchronous=NORMAL``: no fsync, so the commit
+        survives a crash of the process but may be lost with the machine (never half
+        applied). The next durable commit makes it durable too.
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -305,15 +317,18 @@ class Journal:
         spool_dir: Path,
         attrs: Mapping[str, Any],
         instance: Instance,
+        durable: bool = True,
     ) -> tuple[int, bool]:
         """Commit one received instance (its file is already durable in the spool).
 
         Creates the series arrival when new; a new instance for a series that was
         already complete re-opens it (new generation). Returns (arrival id, is_new):
         a duplicate SOP Instance UID changes nothing and returns is_new False.
+        ``durable`` False: see :meth:`transaction` (for callers that can redo the row
+        from their own durable record, like the SCP from its spool).
         """
         now = instance.received_at
-        with self.transaction() as db:
+        with self.transaction(durable) as db:
             dup = db.execute(
                 "SELECT arrival_id FROM instances WHERE sop_instance_uid = ?",
                 (instance.sop_instance_uid,),

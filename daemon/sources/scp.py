@@ -1,41 +1,50 @@
-"""The DICOM source: a C-ECHO and C-STORE SCP (pynetdicom) that feeds the journal.
+"""The DICOM source: a C-ECHO and C-STORE SCP that feeds the journal.
 
-Each received instance is wrapped in a File Meta header without decoding the dataset,
-written to ``<spool>/<series uid>/<sop uid>.dcm`` with an fsync, and its journal row is
-committed — only then does the peer get Success (0x0000). Handlers are bound as data;
-every handler catches, logs (never patient identifiers) and counts its failures, so the
-server keeps running. See ``docs/conformance.md`` for the conformance statement.
+One thread per association (``daemon.sources.association``, on pynetdicom's PDU,
+presentation and DIMSE classes) reads PDUs with blocking receives and streams every
+dataset fragment behind a File Meta header into the spool as it arrives, without
+decoding the dataset. On the last fragment the header is parsed, the file is made
+durable as ``<spool>/<series uid>/<sop uid>.dcm`` (``daemon.sources.spool``) and its
+journal row committed — only then does the peer get Success (0x0000). Every failure is
+caught, logged (never patient identifiers) and counted, so the server keeps running.
+See ``docs/conformance.md`` for the conformance statement and the durability argument.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import socketserver
 import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import IntEnum
-from io import BytesIO
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import Any, cast
 
-from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, evt
-from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import Event
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom._globals import APPLICATION_CONTEXT_NAME
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.presentation import PresentationContext, build_context
 
 from daemon import metrics
 from daemon.config import DicomSettings, TlsSettings
-from daemon.dicomio import encode_file_meta, parse_header
+from daemon.dicomio import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, encode_file_meta, parse_header
 from daemon.errors import InputRejected
-from daemon.fileio import safe_name, write_atomic
 from daemon.journal import Instance, Journal
+from daemon.sources.association import (
+    AssociationControl,
+    AssociationEnd,
+    DimseStatus,
+    PeerAssociation,
+    serve_association,
+)
+from daemon.sources.dimse import DimseRequest
+from daemon.sources.recovery import recover_spool
+from daemon.sources.spool import IncomingInstance, InstanceSpool
+from daemon.sources.upper_layer import Negotiated, PduConnection, PeerClosed, Rejection, negotiate
 
 __all__ = ["SCP_SOP_CLASSES", "SCP_TRANSFER_SYNTAXES", "DicomReceiver", "StoreStatus"]
 
@@ -78,6 +87,7 @@ class StoreStatus(IntEnum):
     DATASET_MISMATCH = 0xA900  # dataset's SOP class/instance differ from the command
     CANNOT_UNDERSTAND = 0xC000  # header unreadable or required UIDs missing
     PROCESSING_FAILURE = 0xC001  # unexpected internal error (logged with traceback)
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # the command's SOP class is not its context's
 
 
 class _StoreRefused(Exception):
@@ -87,12 +97,6 @@ class _StoreRefused(Exception):
         super().__init__(message)
         self.status = status
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class _Peer:
-    association: str
-    calling_ae: str
 
 
 def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
@@ -111,7 +115,23 @@ def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
-DUL_LOOP_DELAY_SECONDS = 0.0001
+class _AssociationServer(socketserver.ThreadingTCPServer):
+    """Accepts connections; each one is served by its own thread (``_serve_connection``)."""
+
+    allow_reuse_address = True
+    daemon_threads = True  # the receiver aborts and joins them itself in ``stop``
+
+    def __init__(self, address: tuple[str, int], receiver: DicomReceiver) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.receiver = receiver
+        super().__init__(address, _ConnectionHandler)
+
+
+class _ConnectionHandler(socketserver.BaseRequestHandler):
+    server: _AssociationServer
+
+    def handle(self) -> None:
+        self.server.receiver._serve_connection(self.request, str(self.client_address[0]))
 
 
 class DicomReceiver:
@@ -132,35 +152,43 @@ class DicomReceiver:
         self.journal = journal
         self.spool_dir = spool_dir
         self.on_association_closed = on_association_closed
+        self.spool = InstanceSpool(spool_dir)
         self._networks = [ip_network(a, strict=False) for a in settings.allowed_addresses]
-        self._peers: dict[Association, _Peer] = {}
+        self._supported = [build_context(VERIFICATION)] + [
+            build_context(sop_class, list(SCP_TRANSFER_SYNTAXES)) for sop_class in SCP_SOP_CLASSES
+        ]
         self._lock = threading.Lock()
-        self._ae: AE | None = None
-        self._server: ThreadedAssociationServer | None = None
+        self._connections: dict[AssociationControl, threading.Thread] = {}
+        # per association: its next incoming file, created ahead (only its thread touches it)
+        self._standby: dict[str, IncomingInstance] = {}
+        self._server: _AssociationServer | None = None
+        self._accepting: threading.Thread | None = None
+        self._tls: ssl.SSLContext | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind and serve in background threads; raises OSError when the port is taken."""
+        """Recover the spool, bind and serve in background threads.
+
+        Raises OSError when the port is taken or the spool cannot be prepared, and
+        ssl.SSLError/OSError when the TLS files cannot be loaded.
+        """
         if self._server is not None:
             return
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        ae = self._application_entity()
-        tls = _tls_context(self.settings.tls) if self.settings.tls is not None else None
-        server = ae.start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
-            ssl_context=tls,
-            evt_handlers=self._handlers(),
+        self._recover_spool()
+        self._tls = _tls_context(self.settings.tls) if self.settings.tls is not None else None
+        server = _AssociationServer((self.settings.host, self.settings.port), self)
+        self._server = server
+        self._accepting = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="acqflow-dicom-accept"
         )
-        assert server is not None  # non-blocking start always returns the server
-        self._ae, self._server = ae, server
+        self._accepting.start()
         LOG.info(
             "DICOM SCP %s listening on %s:%d%s",
             self.settings.ae_title,
             self.settings.host,
             self.port,
-            " (TLS)" if tls else "",
+            " (TLS)" if self._tls else "",
         )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -168,13 +196,17 @@ class DicomReceiver:
         server, self._server = self._server, None
         if server is None:
             return
-        active = server.active_associations
         server.shutdown()
-        for assoc in active:
-            assoc.abort()
+        server.server_close()
+        if self._accepting is not None:
+            self._accepting.join(timeout)
+        with self._lock:
+            active = dict(self._connections)
+        for control in active:
+            control.abort()
         deadline = time.monotonic() + timeout
-        for assoc in active:
-            assoc.join(max(0.0, deadline - time.monotonic()))
+        for thread in active.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
         LOG.info("DICOM SCP stopped (%d association(s) aborted)", len(active))
 
     @property
@@ -184,70 +216,95 @@ class DicomReceiver:
             raise RuntimeError("DICOM receiver is not started")
         return int(self._server.server_address[1])
 
-    def _application_entity(self) -> AE:
-        settings = self.settings
-        ae = AE(ae_title=settings.ae_title)
-        ae.maximum_pdu_size = settings.max_pdu
-        ae.maximum_associations = settings.max_associations
-        ae.network_timeout = settings.network_timeout_seconds
-        ae.acse_timeout = settings.network_timeout_seconds
-        ae.dimse_timeout = settings.network_timeout_seconds
-        ae.require_calling_aet = list(settings.allowed_calling_aes)
-        ae.add_supported_context(VERIFICATION)
-        for sop_class in SCP_SOP_CLASSES:
-            ae.add_supported_context(sop_class, list(SCP_TRANSFER_SYNTAXES))
-        return ae
+    def _recover_spool(self) -> None:
+        """Sort out spool files the journal does not know (``daemon.sources.recovery``)."""
+        done = recover_spool(self.spool, self.journal)
+        if done.partial_removed or done.removed:
+            LOG.info(
+                "spool: removed %d partial and %d complete unacknowledged instance(s)",
+                done.partial_removed,
+                done.removed,
+            )
+        if done.registered:
+            LOG.warning(
+                "spool: the machine restarted; %d instance(s) whose journal row was lost registered again",
+                done.registered,
+            )
 
-    def _handlers(self) -> list[Any]:
-        return [
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_RELEASED, self._on_released),
-            (evt.EVT_ABORTED, self._on_aborted),
-            (evt.EVT_CONN_CLOSE, self._on_connection_closed),
-            (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_C_STORE, self._on_store),
-        ]
-
-    # --- association events ---------------------------------------------------------
-
-    def _on_requested(self, event: Event) -> None:
-        """Address allow-list: reject (permanent, service user, no reason) at association."""
-        if not self._networks:
-            return
+    def _serve_connection(self, sock: socket.socket, address: str) -> None:
+        """One connection, in its own thread: TLS, then the association; never raises."""
+        timeout = self.settings.network_timeout_seconds
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            address = ip_address(event.assoc.requestor.address)
-            if any(address in network for network in self._networks):
-                return
-            LOG.warning("association from %s refused: address not allowed", address)
-            event.assoc.acse.send_reject(0x01, 0x01, 0x01)
-            metrics.ASSOCIATIONS.labels("rejected").inc()
-        except Exception:  # a handler must never take the server down
-            LOG.exception("address check failed; rejecting the association")
-            metrics.CALLBACK_ERRORS.labels("scp").inc()
-            event.assoc.acse.send_reject(0x02, 0x01, 0x01)
-
-    def _on_accepted(self, event: Event) -> None:
-        # pynetdicom's DUL reactor sleeps 1 ms each time it finds nothing to do, also
-        # while our C-STORE response waits to be sent: a shorter pause for the life of
-        # the association takes ~0.5 ms off every instance for a little CPU while it is open.
-        dul = getattr(event.assoc, "dul", None)
-        if dul is not None and hasattr(dul, "_run_loop_delay"):
-            dul._run_loop_delay = DUL_LOOP_DELAY_SECONDS
-        peer = _Peer(uuid.uuid4().hex, event.assoc.requestor.ae_title.strip())
+            if self._tls is not None:
+                sock.settimeout(timeout)
+                sock = self._tls.wrap_socket(sock, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            LOG.warning("TLS handshake with %s failed: %s", address, exc)
+            return
+        control = AssociationControl(PduConnection(sock, self.settings.max_pdu))
         with self._lock:
-            self._peers[event.assoc] = peer
+            self._connections[control] = threading.current_thread()
+        try:
+            serve_association(control, address, self, timeout)
+        except PeerClosed as exc:
+            LOG.info("connection from %s lost during association setup: %s", address, exc)
+        except Exception:  # a bug must cost one association, never the server
+            LOG.exception("association from %s failed unexpectedly", address)
+            metrics.CALLBACK_ERRORS.labels("scp").inc()
+            control.connection.abort()
+        finally:
+            with self._lock:
+                self._connections.pop(control, None)
+            if isinstance(sock, ssl.SSLSocket):  # socketserver closes only the plain socket
+                sock.close()
+
+    # --- association policy (called by daemon.sources.association) --------------------
+
+    def admit(self, address: str, request: A_ASSOCIATE) -> Rejection | None:
+        """Address and calling-AE allow-lists and the association limit, in that order."""
+        calling_ae = request.calling_ae_title.strip()
+        rejection = None
+        if self._networks and not any(ip_address(address) in n for n in self._networks):
+            LOG.warning("association from %s refused: address not allowed", address)
+            rejection = Rejection.ADDRESS_NOT_ALLOWED
+        elif request.application_context_name != APPLICATION_CONTEXT_NAME:
+            LOG.warning("association from %s refused: application context %s", address,
+                        request.application_context_name)
+            rejection = Rejection.APPLICATION_CONTEXT
+        elif self.settings.allowed_calling_aes and calling_ae not in self.settings.allowed_calling_aes:
+            rejection = Rejection.CALLING_AE_NOT_RECOGNIZED
+        else:
+            with self._lock:
+                if len(self._connections) > self.settings.max_associations:
+                    rejection = Rejection.LOCAL_LIMIT_EXCEEDED
+        if rejection is not None and rejection is not Rejection.ADDRESS_NOT_ALLOWED:
+            LOG.warning(
+                "association from AE %r at %s rejected (%s)", calling_ae, address, rejection.name.lower()
+            )
+        if rejection is not None:
+            metrics.ASSOCIATIONS.labels("rejected").inc()
+        return rejection
+
+    def negotiate(self, request: A_ASSOCIATE) -> Negotiated:
+        return negotiate(
+            request,
+            self._supported,
+            self.settings.max_pdu,
+            (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION),
+        )
+
+    def opened(self, request: A_ASSOCIATE, negotiated: Negotiated) -> PeerAssociation:
+        peer = PeerAssociation(uuid.uuid4().hex, request.calling_ae_title.strip())
         metrics.ASSOCIATIONS.labels("accepted").inc()
-        refused = event.assoc.rejected_contexts
-        if refused and LOG.isEnabledFor(logging.DEBUG):
+        if negotiated.rejected and LOG.isEnabledFor(logging.DEBUG):
             # not counted: storescu & co propose every storage class they know by default
-            names = sorted({UID(str(cx.abstract_syntax)).name for cx in refused})
+            names = sorted({UID(str(cx.abstract_syntax)).name for cx in negotiated.rejected})
             LOG.debug(
                 "association %s from %s: %d presentation context(s) refused: %s",
                 peer.association,
                 peer.calling_ae,
-                len(refused),
+                len(negotiated.rejected),
                 ", ".join(names),
             )
         try:
@@ -255,52 +312,101 @@ class DicomReceiver:
         except Exception:
             LOG.exception("association %s from %s: journal open failed", peer.association, peer.calling_ae)
             metrics.CALLBACK_ERRORS.labels("scp").inc()
+        return peer
 
-    def _on_rejected(self, event: Event) -> None:
-        LOG.warning(
-            "association from AE %r at %s rejected (AE not allowed or limit reached)",
-            event.assoc.requestor.ae_title,
-            event.assoc.requestor.address,
-        )
-        metrics.ASSOCIATIONS.labels("rejected").inc()
-
-    def _on_released(self, event: Event) -> None:
-        self._close(event.assoc, "released")
-
-    def _on_aborted(self, event: Event) -> None:
-        self._close(event.assoc, "aborted")
-
-    def _on_connection_closed(self, event: Event) -> None:
-        self._close(event.assoc, "closed")
-
-    def _close(self, assoc: Association, state: str) -> None:
-        """Close the association in the journal once, then hand its series on."""
-        with self._lock:
-            peer = self._peers.pop(assoc, None)
-        if peer is None:
-            return  # never accepted, or already closed by an earlier event
-        metrics.ASSOCIATIONS.labels(state).inc()
+    def closed(self, peer: PeerAssociation, end: AssociationEnd) -> None:
+        """Close the association in the journal, then hand its series on (never raises)."""
+        metrics.ASSOCIATIONS.labels(end.value).inc()
+        standby = self._standby.pop(peer.association, None)
+        if standby is not None:
+            standby.discard()
         try:
-            arrival_ids = self.journal.close_association(peer.association, state)
+            arrival_ids = self.journal.close_association(peer.association, end.value)
             self.on_association_closed(arrival_ids)
         except Exception:
             LOG.exception(
-                "association %s from %s: closing (%s) failed", peer.association, peer.calling_ae, state
+                "association %s from %s: closing (%s) failed", peer.association, peer.calling_ae, end.value
             )
             metrics.CALLBACK_ERRORS.labels("scp").inc()
 
-    def _on_echo(self, event: Event) -> int:
+    def echo(self, peer: PeerAssociation, request: DimseRequest) -> DimseStatus:
         metrics.DICOM_INSTANCES.labels("echo").inc()
-        return int(StoreStatus.SUCCESS)
+        return DimseStatus(int(StoreStatus.SUCCESS))
 
-    # --- C-STORE ----------------------------------------------------------------------
+    def begin_store(
+        self, peer: PeerAssociation, request: DimseRequest, context: PresentationContext
+    ) -> _Receipt:
+        return _Receipt(self, peer, request, context)
 
-    def _on_store(self, event: Event) -> int | Dataset:
-        """Store one instance durably; returns the C-STORE status (never raises)."""
-        started = time.perf_counter()
-        peer = self._peer(event.assoc)
+    def responded(self, peer: PeerAssociation) -> None:
+        """Create the next incoming file while the peer prepares its next request."""
+        if peer.association in self._standby:
+            return
         try:
-            outcome = self._store(event, peer)
+            self._standby[peer.association] = self.spool.reserve()
+        except OSError as exc:  # reported by the C-STORE that needs the file
+            LOG.debug("association %s: no incoming file ready: %s", peer.association, exc)
+
+    def take_incoming(self, peer: PeerAssociation) -> IncomingInstance:
+        """The association's prepared incoming file, or a new one; raises OSError."""
+        standby = self._standby.pop(peer.association, None)
+        return standby if standby is not None else self.spool.reserve()
+
+
+class _Receipt:
+    """One C-STORE: streamed into the spool as it arrives, committed when complete."""
+
+    def __init__(
+        self,
+        receiver: DicomReceiver,
+        peer: PeerAssociation,
+        request: DimseRequest,
+        context: PresentationContext,
+    ) -> None:
+        self.receiver = receiver
+        self.peer = peer
+        self.sop_class = request.sop_class_uid
+        self.sop_uid = request.sop_instance_uid
+        self.syntax = str(context.transfer_syntax[0])
+        self._incoming: IncomingInstance | None = None
+        self._refused: _StoreRefused | None = None
+        if UID(self.sop_class) != UID(str(context.abstract_syntax)):
+            self._refused = _StoreRefused(
+                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                "unsupported",
+                f"SOP class {self.sop_class} sent on a {context.abstract_syntax} context",
+            )
+            return
+        try:
+            meta = encode_file_meta(self.sop_class, self.sop_uid, self.syntax, peer.calling_ae)
+            self._incoming = receiver.take_incoming(peer)
+            self._incoming.start(meta)
+        except ValueError as exc:
+            self._refused = _StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", str(exc))
+        except OSError as exc:
+            self.discard()
+            self._refused = _StoreRefused(StoreStatus.OUT_OF_RESOURCES, "spool", f"spool: {exc}")
+
+    def append(self, fragment: memoryview) -> None:
+        if self._incoming is None:
+            return  # refused already: the rest of the data set is read and dropped
+        try:
+            self._incoming.append(fragment)
+        except OSError as exc:
+            self.discard()
+            self._refused = _StoreRefused(StoreStatus.OUT_OF_RESOURCES, "spool", f"spool: {exc}")
+
+    def discard(self) -> None:
+        incoming, self._incoming = self._incoming, None
+        if incoming is not None:
+            incoming.discard()
+
+    def finish(self) -> DimseStatus:
+        """Store the instance durably; returns the C-STORE response (never raises)."""
+        started = time.perf_counter()
+        peer = self.peer
+        try:
+            outcome = self._complete()
         except _StoreRefused as refused:
             LOG.warning(
                 "C-STORE from %s refused (0x%04X %s): %s",
@@ -310,56 +416,50 @@ class DicomReceiver:
                 refused,
             )
             metrics.DICOM_INSTANCES.labels(refused.reason).inc()
-            if refused.status in (StoreStatus.CANNOT_UNDERSTAND, StoreStatus.DATASET_MISMATCH):
+            if refused.status in _INPUT_ERRORS:
                 metrics.INPUT_ERRORS.labels("dicom", refused.reason).inc()
-            return _failure(refused.status, str(refused))
+            return DimseStatus(int(refused.status), str(refused))
         except Exception as exc:
             LOG.exception(
                 "C-STORE from %s failed unexpectedly (association %s)", peer.calling_ae, peer.association
             )
             metrics.DICOM_INSTANCES.labels("error").inc()
-            return _failure(StoreStatus.PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
+            return DimseStatus(int(StoreStatus.PROCESSING_FAILURE), f"internal error: {type(exc).__name__}")
+        finally:
+            self.discard()
         metrics.DICOM_INSTANCES.labels(outcome).inc()
         metrics.DICOM_STORE_DURATION.observe(time.perf_counter() - started)
-        return int(StoreStatus.SUCCESS)
+        return DimseStatus(int(StoreStatus.SUCCESS))
 
-    def _peer(self, assoc: Association) -> _Peer:
-        with self._lock:
-            peer = self._peers.get(assoc)
-        return peer or _Peer("unknown", assoc.requestor.ae_title.strip())
-
-    def _store(self, event: Event, peer: _Peer) -> str:
-        """Write + commit one instance; returns "stored" or "duplicate"."""
-        request = cast(C_STORE, event.request)
-        stream = request.DataSet
-        if not isinstance(stream, BytesIO):
+    def _complete(self) -> str:
+        """Parse, check, commit the file and its row; returns "stored" or "duplicate"."""
+        if self._refused is not None:
+            raise self._refused
+        incoming = self._incoming
+        if incoming is None or incoming.size == incoming.meta_size:
             raise _StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", "no data set")
-        sop_class = str(request.AffectedSOPClassUID)
-        sop_uid = str(request.AffectedSOPInstanceUID)
-        syntax = str(event.context.transfer_syntax)
-        with stream.getbuffer() as dataset:
+        with incoming.dataset() as dataset:
             try:
-                header = parse_header(dataset, syntax)
-                meta = encode_file_meta(sop_class, sop_uid, syntax, peer.calling_ae)
+                header = parse_header(dataset, self.syntax)
             except (InputRejected, ValueError) as exc:
                 raise _StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", str(exc)) from exc
-            _check_matches(header.sop_class_uid, sop_class, header.sop_instance_uid, sop_uid)
-            if self.journal.instance_arrival(sop_uid) is not None:
-                return "duplicate"
-            part10 = b"".join((meta, dataset))
-        folder = self.spool_dir / safe_name(header.series_uid)
-        path = folder / f"{safe_name(sop_uid)}.dcm"
+        _check_matches(header.sop_class_uid, self.sop_class, header.sop_instance_uid, self.sop_uid)
+        journal = self.receiver.journal
+        if journal.instance_arrival(self.sop_uid) is not None:
+            return "duplicate"
+        path = self.receiver.spool.path_for(header.series_uid, self.sop_uid)
         try:
-            write_atomic(path, part10)
+            incoming.commit(path)
         except OSError as exc:
             raise _StoreRefused(StoreStatus.OUT_OF_RESOURCES, "spool", f"spool: {exc}") from exc
+        self._incoming = None
         instance = Instance(
-            sop_uid,
+            self.sop_uid,
             0,
             path,
-            len(part10),
-            peer.calling_ae,
-            peer.association,
+            incoming.size,
+            self.peer.calling_ae,
+            self.peer.association,
             time.time(),
             header.instance_number,
         )
@@ -367,16 +467,27 @@ class DicomReceiver:
             "modality": header.modality,
             "study_uid": header.study_uid,
             "series_uid": header.series_uid,
-            "sop_class_uid": sop_class,
-            "calling_ae": peer.calling_ae,
-            "transfer_syntax": syntax,
+            "sop_class_uid": self.sop_class,
+            "calling_ae": self.peer.calling_ae,
+            "transfer_syntax": self.syntax,
         }
         try:
-            _, is_new = self.journal.record_instance("series:" + header.series_uid, folder, attrs, instance)
+            # The synced spool file is the durable record (register_unrecorded redoes a
+            # row lost with the machine), so the row only has to survive the process.
+            _, is_new = journal.record_instance(
+                "series:" + header.series_uid, path.parent, attrs, instance, durable=False
+            )
         except Exception as exc:  # sqlite3 errors, disk full, locked database
             raise _StoreRefused(StoreStatus.OUT_OF_RESOURCES, "journal", f"journal: {exc}") from exc
-        metrics.DICOM_BYTES.inc(len(part10))
+        metrics.DICOM_BYTES.inc(incoming.size)
         return "stored" if is_new else "duplicate"
+
+
+_INPUT_ERRORS = (
+    StoreStatus.CANNOT_UNDERSTAND,
+    StoreStatus.DATASET_MISMATCH,
+    StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+)
 
 
 def _check_matches(found_class: str, sop_class: str, found_uid: str, sop_uid: str) -> None:
@@ -391,10 +502,3 @@ def _check_matches(found_class: str, sop_class: str, found_uid: str, sop_uid: st
         raise _StoreRefused(
             StoreStatus.DATASET_MISMATCH, "mismatch", "dataset SOP Instance UID differs from the command"
         )
-
-
-def _failure(status: StoreStatus, comment: str) -> Dataset:
-    response = Dataset()
-    response.Status = int(status)
-    response.ErrorComment = comment[:64]
-    return response

@@ -1,0 +1,111 @@
+"""Spool files without a journal row, sorted out when the DICOM receiver starts.
+
+The SCP commits an instance's row without an fsync (``Journal.record_instance(...,
+durable=False)``): its synced spool file is the durable record. Such a row survives a
+crash of the process but not of the machine. So a committed spool file (``*.dcm`` in a
+series folder) without a row means:
+
+- *the machine restarted since the spool was last served* (new boot id): the row may
+  have been lost with an acknowledged instance. The file is registered again from its
+  File Meta and header (calling AE from Source Application Entity Title) under the
+  association ``recovered``; its series re-opens and completes by the quiet timer.
+  At worst this takes in an instance that was complete but never acknowledged
+  (at-least-once), never loses one.
+- *same boot* (the process died or a journal commit failed): every acknowledged
+  instance's row is still there, so the file was never acknowledged; it is removed, as
+  if its data set had been cut off.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from daemon import metrics
+from daemon.journal import Instance, Journal
+from daemon.sources.spool import InstanceSpool
+
+__all__ = ["RECOVERED_ASSOCIATION", "SpoolRecovery", "recover_spool"]
+
+LOG = logging.getLogger(__name__)
+
+RECOVERED_ASSOCIATION = "recovered"
+_UNREADABLE = (InvalidDicomError, AttributeError, ValueError, TypeError, EOFError, OSError)
+
+
+@dataclass(frozen=True)
+class SpoolRecovery:
+    """What :func:`recover_spool` did."""
+
+    partial_removed: int  # files in .incoming
+    registered: int  # unrecorded files journaled again (machine restarted)
+    removed: int  # unrecorded files dropped as never acknowledged (same boot)
+
+
+def recover_spool(spool: InstanceSpool, journal: Journal) -> SpoolRecovery:
+    """Prepare the spool for serving; raises OSError when it cannot be prepared.
+
+    A file that cannot be read is logged, counted and left where it is.
+    """
+    partial = spool.prepare()
+    restarted = not spool.same_boot()
+    recorded = {str(r["sop_instance_uid"]) for r in journal.query("SELECT sop_instance_uid FROM instances")}
+    registered = removed = 0
+    for path in sorted(spool.committed_files(), key=lambda p: p.stat().st_mtime):
+        if path.stem in recorded:
+            continue
+        try:
+            dataset = dcmread(path, stop_before_pixels=True)
+            sop_uid = str(dataset.SOPInstanceUID)
+        except _UNREADABLE as exc:
+            LOG.error("spool file %s without a journal row cannot be read: %s", path.name, exc)
+            metrics.INPUT_ERRORS.labels("dicom", "spool-recovery").inc()
+            continue
+        if sop_uid in recorded:
+            continue
+        if restarted:
+            registered += _register(journal, path, dataset)
+        else:
+            path.unlink()
+            removed += 1
+    spool.mark_boot()
+    return SpoolRecovery(partial, registered, removed)
+
+
+def _register(journal: Journal, path: Path, dataset: Dataset) -> int:
+    """Journal one spool file again; returns 1 when a row was added."""
+    try:
+        meta = dataset.file_meta
+        calling_ae = str(meta.get("SourceApplicationEntityTitle", "")).strip()
+        series_uid = str(dataset.SeriesInstanceUID)
+        number = dataset.get("InstanceNumber")
+        stat = path.stat()
+        instance = Instance(
+            str(dataset.SOPInstanceUID),
+            0,
+            path,
+            stat.st_size,
+            calling_ae,
+            RECOVERED_ASSOCIATION,
+            stat.st_mtime,
+            int(number) if number not in (None, "") else None,
+        )
+        attrs = {
+            "modality": str(dataset.get("Modality", "")),
+            "study_uid": str(dataset.StudyInstanceUID),
+            "series_uid": series_uid,
+            "sop_class_uid": str(meta.MediaStorageSOPClassUID),
+            "calling_ae": calling_ae,
+            "transfer_syntax": str(meta.TransferSyntaxUID),
+        }
+    except _UNREADABLE as exc:
+        LOG.error("spool file %s cannot be registered again: %s", path.name, exc)
+        metrics.INPUT_ERRORS.labels("dicom", "spool-recovery").inc()
+        return 0
+    _, is_new = journal.record_instance("series:" + series_uid, path.parent, attrs, instance)
+    return int(is_new)

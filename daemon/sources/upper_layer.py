@@ -1,0 +1,260 @@
+"""The DICOM upper layer (PS3.8) of the SCP: blocking PDU I/O and association negotiation.
+
+One thread owns one connection and reads whole PDUs with ``recv_into`` into a buffer it
+keeps for the life of the association (no polling, no hand-over between threads).
+Association PDUs are decoded and encoded by pynetdicom's PDU classes and primitives,
+presentation contexts are negotiated by ``pynetdicom.presentation``. Only the
+presentation data values (PDVs) of a P-DATA-TF are walked here, in place: they are the
+hot path, and pynetdicom's decoder would copy every dataset fragment twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from pydicom.uid import UID
+from pynetdicom._globals import APPLICATION_CONTEXT_NAME
+from pynetdicom.pdu import (
+    A_ABORT_RQ,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_ASSOCIATE_RQ,
+    A_RELEASE_RP,
+)
+from pynetdicom.pdu_primitives import (
+    A_ABORT,
+    A_ASSOCIATE,
+    A_P_ABORT,
+    AsynchronousOperationsWindowNegotiation,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+__all__ = [
+    "Negotiated",
+    "PduConnection",
+    "PduType",
+    "PeerClosed",
+    "ProtocolViolation",
+    "Rejection",
+    "decode_association_request",
+    "negotiate",
+    "presentation_data_values",
+    "reject_pdu",
+]
+
+_PDU_HEADER = struct.Struct(">BxL")
+_PDV_HEADER = struct.Struct(">LBB")
+MAX_PDU_CAP = 64 * 1024 * 1024  # a peer that ignores our maximum gets this much, then an abort
+_ASSOCIATION_PDU_CAP = 1024 * 1024
+
+
+class PduType(IntEnum):
+    ASSOCIATE_RQ = 0x01
+    ASSOCIATE_AC = 0x02
+    ASSOCIATE_RJ = 0x03
+    P_DATA_TF = 0x04
+    RELEASE_RQ = 0x05
+    RELEASE_RP = 0x06
+    ABORT = 0x07
+
+
+class PeerClosed(Exception):
+    """The peer closed the connection (or it broke) between or inside PDUs."""
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the protocol; ``reason`` is the A-P-ABORT provider reason."""
+
+    def __init__(self, message: str, reason: int = 0x00) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Rejection(IntEnum):
+    """A-ASSOCIATE-RJ (result, source, reason) triples this SCP sends, by cause."""
+
+    ADDRESS_NOT_ALLOWED = 0x010101
+    APPLICATION_CONTEXT = 0x010102
+    CALLING_AE_NOT_RECOGNIZED = 0x010103
+    LOCAL_LIMIT_EXCEEDED = 0x020302
+
+    @property
+    def triple(self) -> tuple[int, int, int]:
+        return (self.value >> 16) & 0xFF, (self.value >> 8) & 0xFF, self.value & 0xFF
+
+
+class PduConnection:
+    """Whole PDUs over one (optionally TLS) socket; ``read`` from one thread only."""
+
+    def __init__(self, sock: socket.socket | ssl.SSLSocket, max_pdu: int) -> None:
+        self.sock = sock
+        self._buffer = bytearray(max(max_pdu, 16384) + 6 if max_pdu else 1024 * 1024)
+        self._header = bytearray(6)
+        self._send_lock = threading.Lock()
+
+    def read(self, timeout: float | None) -> tuple[int, memoryview]:
+        """The next PDU's type and body (valid until the next ``read``).
+
+        Raises PeerClosed, TimeoutError (nothing arrived for ``timeout`` seconds) or
+        ProtocolViolation (a PDU larger than :data:`MAX_PDU_CAP`).
+        """
+        self.sock.settimeout(timeout)
+        self._fill(memoryview(self._header))
+        pdu_type, length = _PDU_HEADER.unpack(self._header)
+        if length > len(self._buffer):
+            cap = MAX_PDU_CAP if pdu_type == PduType.P_DATA_TF else _ASSOCIATION_PDU_CAP
+            if length > cap:
+                raise ProtocolViolation(f"PDU of {length} bytes exceeds {cap}", 0x06)
+            self._buffer = bytearray(length)
+        body = memoryview(self._buffer)[:length]
+        self._fill(body)
+        return pdu_type, body
+
+    def _fill(self, view: memoryview) -> None:
+        while view:
+            try:
+                received = self.sock.recv_into(view)
+            except (ConnectionError, ssl.SSLError) as exc:
+                raise PeerClosed(str(exc)) from exc
+            if not received:
+                raise PeerClosed("connection closed by the peer")
+            view = view[received:]
+
+    def send(self, *pdus: bytes) -> None:
+        """Send encoded PDUs in order; raises PeerClosed when the connection is gone."""
+        with self._send_lock:
+            try:
+                for pdu in pdus:
+                    self.sock.sendall(pdu)
+            except OSError as exc:
+                raise PeerClosed(str(exc)) from exc
+
+    def abort(self, reason: int | None = None) -> None:
+        """Send A-ABORT (service user, or provider with ``reason``); never raises."""
+        primitive: A_ABORT | A_P_ABORT
+        if reason is None:
+            primitive = A_ABORT()
+            primitive.abort_source = 0x00
+        else:
+            primitive = A_P_ABORT()
+            primitive.provider_reason = reason
+        with contextlib.suppress(PeerClosed):  # nobody left to tell
+            self.send(A_ABORT_RQ(primitive).encode())
+
+    def send_release_rp(self) -> None:
+        self.send(A_RELEASE_RP().encode())
+
+    def close(self) -> None:
+        """Shut the connection down; unblocks a ``read`` in another thread."""
+        with contextlib.suppress(OSError):  # already closed by the peer
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+def presentation_data_values(body: memoryview) -> Iterator[tuple[int, memoryview]]:
+    """(context id, message control header + fragment) of each PDV in a P-DATA-TF body.
+
+    Raises ProtocolViolation when an item length does not fit the PDU.
+    """
+    offset, end = 0, len(body)
+    while offset < end:
+        if end - offset < 6:
+            raise ProtocolViolation("truncated presentation data value item", 0x06)
+        length, context_id, _control = _PDV_HEADER.unpack_from(body, offset)
+        stop = offset + 4 + length
+        if length < 2 or stop > end:
+            raise ProtocolViolation("presentation data value length outside the PDU", 0x06)
+        yield context_id, body[offset + 5 : stop]
+        offset = stop
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """The outcome of a successful negotiation: the A-ASSOCIATE-AC and what it agreed."""
+
+    accept_pdu: bytes
+    contexts: dict[int, PresentationContext]
+    rejected: list[PresentationContext]
+    peer_max_pdu: int
+
+
+def negotiate(
+    request: A_ASSOCIATE,
+    supported: Sequence[PresentationContext],
+    max_pdu: int,
+    implementation: tuple[str, str],
+) -> Negotiated:
+    """Accept ``request`` for the ``supported`` contexts; builds the A-ASSOCIATE-AC.
+
+    Asynchronous operations are answered with a window of 1/1 when proposed; SCP/SCU
+    role selection items are answered as ``negotiate_as_acceptor`` decides.
+    """
+    roles = {
+        item.sop_class_uid: (item.scu_role, item.scp_role)
+        for item in request.user_information
+        if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid is not None
+    }
+    results, role_items = negotiate_as_acceptor(
+        request.presentation_context_definition_list, list(supported), roles or None
+    )
+    answer = A_ASSOCIATE()
+    answer.application_context_name = UID(APPLICATION_CONTEXT_NAME)
+    answer.calling_ae_title = request.calling_ae_title
+    answer.called_ae_title = request.called_ae_title
+    answer.result = 0x00
+    answer.result_source = 0x01
+    answer.presentation_context_definition_results_list = results
+    answer.user_information = _user_information(request, max_pdu, implementation) + list(role_items)
+    accepted = {int(cx.context_id or 0): cx for cx in results if cx.result == 0x00}
+    return Negotiated(
+        accept_pdu=A_ASSOCIATE_AC(answer).encode(),
+        contexts=accepted,
+        rejected=[cx for cx in results if cx.result != 0x00],
+        peer_max_pdu=int(request.maximum_length_received or 0),
+    )
+
+
+def _user_information(request: A_ASSOCIATE, max_pdu: int, implementation: tuple[str, str]) -> list:  # type: ignore[type-arg]
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = max_pdu
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = UID(implementation[0])
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = implementation[1]
+    items: list = [maximum, class_uid, version]  # type: ignore[type-arg]
+    if any(isinstance(i, AsynchronousOperationsWindowNegotiation) for i in request.user_information):
+        window = AsynchronousOperationsWindowNegotiation()
+        window.maximum_number_operations_invoked = 1
+        window.maximum_number_operations_performed = 1
+        items.append(window)
+    return items
+
+
+def decode_association_request(body: memoryview) -> A_ASSOCIATE:
+    """The A-ASSOCIATE primitive of an A-ASSOCIATE-RQ PDU body.
+
+    Raises ProtocolViolation when the PDU cannot be decoded.
+    """
+    pdu = A_ASSOCIATE_RQ()
+    try:
+        pdu.decode(_PDU_HEADER.pack(PduType.ASSOCIATE_RQ, len(body)) + bytes(body))
+        return pdu.to_primitive()
+    except (ValueError, IndexError, KeyError, TypeError, struct.error) as exc:
+        raise ProtocolViolation(f"undecodable A-ASSOCIATE-RQ: {exc}", 0x06) from exc
+
+
+def reject_pdu(rejection: Rejection) -> bytes:
+    """An encoded A-ASSOCIATE-RJ for ``rejection``."""
+    primitive = A_ASSOCIATE()
+    primitive.result, primitive.result_source, primitive.diagnostic = rejection.triple
+    return A_ASSOCIATE_RJ(primitive).encode()
