@@ -4,8 +4,10 @@ The same synthetic CT series (default 300 slices of 512x512 16-bit, ~158 MB) is 
 the same dcmtk ``storescu`` invocation (same max PDU, ``TCP_NODELAY=1`` in dcmtk's
 environment) to
 
-  (a) acqflow's DicomReceiver: every instance fsynced into the spool and its journal row
-      committed (SQLite WAL, synchronous=FULL) before Success is returned;
+  (a) acqflow's DicomReceiver: every instance streamed into the spool, made durable
+      (fdatasync, rename into its series folder, folder fsync) and its journal row
+      committed (SQLite WAL) before Success is returned — see the durability argument in
+      docs/conformance.md §7;
   (b) dcmtk ``storescp`` writing into a temporary folder (no fsync: its default).
 
 Rounds alternate between the two; the median round of each is reported as instances/s
@@ -47,7 +49,7 @@ class Round:
     seconds: float
     instances: int
     megabytes: float
-    store_seconds: float = 0.0  # acqflow only: time inside the C-STORE handler
+    store_seconds: float = 0.0  # acqflow only: time completing C-STOREs (after the last fragment)
 
     @property
     def instances_per_second(self) -> float:
@@ -91,7 +93,7 @@ def run_acqflow(series: SyntheticSeries, workdir: Path, max_pdu: int) -> Round:
 
 
 def _store_seconds() -> float:
-    """Total time spent in acqflow's C-STORE handler so far (from its histogram)."""
+    """Total time acqflow spent completing C-STOREs so far (from its histogram)."""
     for family in metrics.DICOM_STORE_DURATION.collect():
         for sample in family.samples:
             if sample.name.endswith("_sum"):
@@ -172,8 +174,8 @@ def report(results: dict[str, list[Round]]) -> None:
     acq, scp = _median(results["acqflow"]), _median(results["storescp"])
     per_instance = 1000 * acq.seconds / acq.instances
     in_handler = 1000 * acq.store_seconds / acq.instances
-    print(f"acqflow per instance: {per_instance:.2f} ms, of which {in_handler:.2f} ms in the C-STORE "
-          "handler (header parse, spool write + fsync, journal commit)")
+    print(f"acqflow per instance: {per_instance:.2f} ms, of which {in_handler:.2f} ms completing the "
+          "C-STORE (header parse, fdatasync + rename + folder fsync, journal commit)")
     ratio = acq.mb_per_second / scp.mb_per_second
     print(f"ratio acqflow/storescp: {ratio:.2f}")
     speed = "met" if acq.mb_per_second >= TARGET_MB_S else "NOT met"

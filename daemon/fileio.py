@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -46,9 +47,12 @@ def write_atomic(path: Path, data: bytes | memoryview, durable: bool = True) -> 
         fsync_dir(path.parent)
 
 
+_UNSAFE = re.compile(r"[^\w.-]")  # \w: what str.isalnum() accepts, and "_"
+
+
 def safe_name(text: str, limit: int = 120) -> str:
     """A file-system-safe version of ``text`` (keeps letters, digits, ``-_.``)."""
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._")
+    cleaned = _UNSAFE.sub("_", text).strip("._")
     return cleaned[:limit] or "unnamed"
 
 

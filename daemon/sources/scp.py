@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from enum import IntEnum
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -164,6 +165,9 @@ class DicomReceiver:
         self._server: _AssociationServer | None = None
         self._accepting: threading.Thread | None = None
         self._tls: ssl.SSLContext | None = None
+        # fdatasyncs of received instances, run while their headers are parsed (threads
+        # start on first use; replaced at each start)
+        self.syncer = ThreadPoolExecutor(settings.max_associations, "acqflow-dicom-sync")
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -176,6 +180,7 @@ class DicomReceiver:
         if self._server is not None:
             return
         self._recover_spool()
+        self.syncer = ThreadPoolExecutor(self.settings.max_associations, "acqflow-dicom-sync")
         self._tls = _tls_context(self.settings.tls) if self.settings.tls is not None else None
         server = _AssociationServer((self.settings.host, self.settings.port), self)
         self._server = server
@@ -207,6 +212,7 @@ class DicomReceiver:
         deadline = time.monotonic() + timeout
         for thread in active.values():
             thread.join(max(0.0, deadline - time.monotonic()))
+        self.syncer.shutdown(wait=True)
         LOG.info("DICOM SCP stopped (%d association(s) aborted)", len(active))
 
     @property
@@ -370,7 +376,7 @@ class _Receipt:
         self.syntax = str(context.transfer_syntax[0])
         self._incoming: IncomingInstance | None = None
         self._refused: _StoreRefused | None = None
-        if UID(self.sop_class) != UID(str(context.abstract_syntax)):
+        if self.sop_class != str(context.abstract_syntax):
             self._refused = _StoreRefused(
                 StoreStatus.SOP_CLASS_NOT_SUPPORTED,
                 "unsupported",
@@ -438,6 +444,7 @@ class _Receipt:
         incoming = self._incoming
         if incoming is None or incoming.size == incoming.meta_size:
             raise _StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", "no data set")
+        incoming.begin_sync(self.receiver.syncer)  # the device works while we parse
         with incoming.dataset() as dataset:
             try:
                 header = parse_header(dataset, self.syntax)
@@ -492,7 +499,7 @@ _INPUT_ERRORS = (
 
 def _check_matches(found_class: str, sop_class: str, found_uid: str, sop_uid: str) -> None:
     """The dataset must carry the SOP class and instance named in the C-STORE command."""
-    if found_class and UID(found_class) != UID(sop_class):
+    if found_class and found_class != sop_class:
         raise _StoreRefused(
             StoreStatus.DATASET_MISMATCH,
             "mismatch",

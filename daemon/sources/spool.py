@@ -23,6 +23,7 @@ import logging
 import mmap
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
@@ -48,6 +49,7 @@ class IncomingInstance:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._synced: Future[None] | None = None
         self.meta_size = 0
         self.size = 0
 
@@ -88,10 +90,20 @@ class IncomingInstance:
         ):
             yield dataset
 
+    def begin_sync(self, executor: Executor) -> None:
+        """Start the fdatasync in ``executor``, so the caller can parse meanwhile.
+
+        :meth:`commit` waits for it; no more data may be appended.
+        """
+        self._synced = executor.submit(os.fdatasync, self._require_open())
+
     def commit(self, final: Path) -> None:
         """Make the file durable under ``final`` (see the module docstring); raises OSError."""
         fd = self._require_open()
-        os.fdatasync(fd)
+        if self._synced is None:
+            os.fdatasync(fd)
+        else:
+            self._synced.result()  # re-raises the fdatasync's OSError
         os.close(fd)
         self._fd = None
         folder = final.parent
@@ -103,6 +115,8 @@ class IncomingInstance:
 
     def discard(self) -> None:
         """Forget an instance that will not be acknowledged (never raises)."""
+        if self._synced is not None:
+            wait([self._synced])  # its fd must stay open until the fdatasync returns
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
