@@ -3,9 +3,10 @@
 One thread per association (``daemon.sources.association``, on pynetdicom's PDU,
 presentation and DIMSE classes) reads PDUs with blocking receives and streams every
 dataset fragment behind a File Meta header into the spool as it arrives, without
-decoding the dataset. On the last fragment the header is parsed, the file is made
-durable as ``<spool>/<series uid>/<sop uid>.dcm`` (``daemon.sources.spool``) and its
-journal row committed — only then does the peer get Success (0x0000). Every failure is
+decoding the dataset (``daemon.sources.store``). On the last fragment the header is
+parsed, the file is made durable as ``<spool>/<series uid>/<sop uid>.dcm``
+(``daemon.sources.spool``) and its journal row committed — only then does the peer get
+Success (0x0000). Every failure is
 caught, logged (never patient identifiers) and counted, so the server keeps running.
 See ``docs/conformance.md`` for the conformance statement and the durability argument.
 """
@@ -21,7 +22,6 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from enum import IntEnum
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
@@ -32,9 +32,8 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from daemon import metrics
 from daemon.config import DicomSettings, TlsSettings
-from daemon.dicomio import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, encode_file_meta, parse_header
-from daemon.errors import InputRejected
-from daemon.journal import Instance, Journal
+from daemon.dicomio import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from daemon.journal import Journal
 from daemon.sources.association import (
     AssociationControl,
     AssociationEnd,
@@ -45,6 +44,7 @@ from daemon.sources.association import (
 from daemon.sources.dimse import DimseRequest
 from daemon.sources.recovery import recover_spool
 from daemon.sources.spool import IncomingInstance, InstanceSpool
+from daemon.sources.store import InstanceReceipt, StoreStatus
 from daemon.sources.upper_layer import Negotiated, PduConnection, PeerClosed, Rejection, negotiate
 
 __all__ = ["SCP_SOP_CLASSES", "SCP_TRANSFER_SYNTAXES", "DicomReceiver", "StoreStatus"]
@@ -78,26 +78,6 @@ SCP_TRANSFER_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
 )
-
-
-class StoreStatus(IntEnum):
-    """C-STORE response statuses this SCP returns (PS3.4 B.2.3)."""
-
-    SUCCESS = 0x0000
-    OUT_OF_RESOURCES = 0xA700  # spool or journal write failed
-    DATASET_MISMATCH = 0xA900  # dataset's SOP class/instance differ from the command
-    CANNOT_UNDERSTAND = 0xC000  # header unreadable or required UIDs missing
-    PROCESSING_FAILURE = 0xC001  # unexpected internal error (logged with traceback)
-    SOP_CLASS_NOT_SUPPORTED = 0x0122  # the command's SOP class is not its context's
-
-
-class _StoreRefused(Exception):
-    """Internal: a C-STORE refused with ``status``; ``reason`` labels the metric."""
-
-    def __init__(self, status: StoreStatus, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
 
 
 def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
@@ -160,6 +140,7 @@ class DicomReceiver:
         ]
         self._lock = threading.Lock()
         self._connections: dict[AssociationControl, threading.Thread] = {}
+        self._stopping = False
         # per association: its next incoming file, created ahead (only its thread touches it)
         self._standby: dict[str, IncomingInstance] = {}
         self._server: _AssociationServer | None = None
@@ -180,6 +161,7 @@ class DicomReceiver:
         if self._server is not None:
             return
         self._recover_spool()
+        self._stopping = False
         self.syncer = ThreadPoolExecutor(self.settings.max_associations, "acqflow-dicom-sync")
         self._tls = _tls_context(self.settings.tls) if self.settings.tls is not None else None
         server = _AssociationServer((self.settings.host, self.settings.port), self)
@@ -206,6 +188,7 @@ class DicomReceiver:
         if self._accepting is not None:
             self._accepting.join(timeout)
         with self._lock:
+            self._stopping = True
             active = dict(self._connections)
         for control in active:
             control.abort()
@@ -249,8 +232,16 @@ class DicomReceiver:
             LOG.warning("TLS handshake with %s failed: %s", address, exc)
             return
         control = AssociationControl(PduConnection(sock, self.settings.max_pdu))
+        thread = threading.current_thread()
+        thread.name = f"acqflow-dicom-{address}"
         with self._lock:
-            self._connections[control] = threading.current_thread()
+            stopping = self._stopping
+            if not stopping:
+                self._connections[control] = thread
+        if stopping:  # accepted just before stop(): never served
+            control.connection.close()
+            sock.close()
+            return
         try:
             serve_association(control, address, self, timeout)
         except PeerClosed as exc:
@@ -341,8 +332,8 @@ class DicomReceiver:
 
     def begin_store(
         self, peer: PeerAssociation, request: DimseRequest, context: PresentationContext
-    ) -> _Receipt:
-        return _Receipt(self, peer, request, context)
+    ) -> InstanceReceipt:
+        return InstanceReceipt(self, peer, request, context)
 
     def responded(self, peer: PeerAssociation) -> None:
         """Create the next incoming file while the peer prepares its next request."""
@@ -357,155 +348,3 @@ class DicomReceiver:
         """The association's prepared incoming file, or a new one; raises OSError."""
         standby = self._standby.pop(peer.association, None)
         return standby if standby is not None else self.spool.reserve()
-
-
-class _Receipt:
-    """One C-STORE: streamed into the spool as it arrives, committed when complete."""
-
-    def __init__(
-        self,
-        receiver: DicomReceiver,
-        peer: PeerAssociation,
-        request: DimseRequest,
-        context: PresentationContext,
-    ) -> None:
-        self.receiver = receiver
-        self.peer = peer
-        self.sop_class = request.sop_class_uid
-        self.sop_uid = request.sop_instance_uid
-        self.syntax = str(context.transfer_syntax[0])
-        self._incoming: IncomingInstance | None = None
-        self._refused: _StoreRefused | None = None
-        if self.sop_class != str(context.abstract_syntax):
-            self._refused = _StoreRefused(
-                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
-                "unsupported",
-                f"SOP class {self.sop_class} sent on a {context.abstract_syntax} context",
-            )
-            return
-        try:
-            meta = encode_file_meta(self.sop_class, self.sop_uid, self.syntax, peer.calling_ae)
-            self._incoming = receiver.take_incoming(peer)
-            self._incoming.start(meta)
-        except ValueError as exc:
-            self._refused = _StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", str(exc))
-        except OSError as exc:
-            self.discard()
-            self._refused = _StoreRefused(StoreStatus.OUT_OF_RESOURCES, "spool", f"spool: {exc}")
-
-    def append(self, fragment: memoryview) -> None:
-        if self._incoming is None:
-            return  # refused already: the rest of the data set is read and dropped
-        try:
-            self._incoming.append(fragment)
-        except OSError as exc:
-            self.discard()
-            self._refused = _StoreRefused(StoreStatus.OUT_OF_RESOURCES, "spool", f"spool: {exc}")
-
-    def discard(self) -> None:
-        incoming, self._incoming = self._incoming, None
-        if incoming is not None:
-            incoming.discard()
-
-    def finish(self) -> DimseStatus:
-        """Store the instance durably; returns the C-STORE response (never raises)."""
-        started = time.perf_counter()
-        peer = self.peer
-        try:
-            outcome = self._complete()
-        except _StoreRefused as refused:
-            LOG.warning(
-                "C-STORE from %s refused (0x%04X %s): %s",
-                peer.calling_ae,
-                refused.status,
-                refused.reason,
-                refused,
-            )
-            metrics.DICOM_INSTANCES.labels(refused.reason).inc()
-            if refused.status in _INPUT_ERRORS:
-                metrics.INPUT_ERRORS.labels("dicom", refused.reason).inc()
-            return DimseStatus(int(refused.status), str(refused))
-        except Exception as exc:
-            LOG.exception(
-                "C-STORE from %s failed unexpectedly (association %s)", peer.calling_ae, peer.association
-            )
-            metrics.DICOM_INSTANCES.labels("error").inc()
-            return DimseStatus(int(StoreStatus.PROCESSING_FAILURE), f"internal error: {type(exc).__name__}")
-        finally:
-            self.discard()
-        metrics.DICOM_INSTANCES.labels(outcome).inc()
-        metrics.DICOM_STORE_DURATION.observe(time.perf_counter() - started)
-        return DimseStatus(int(StoreStatus.SUCCESS))
-
-    def _complete(self) -> str:
-        """Parse, check, commit the file and its row; returns "stored" or "duplicate"."""
-        if self._refused is not None:
-            raise self._refused
-        incoming = self._incoming
-        if incoming is None or incoming.size == incoming.meta_size:
-            raise _StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", "no data set")
-        incoming.begin_sync(self.receiver.syncer)  # the device works while we parse
-        with incoming.dataset() as dataset:
-            try:
-                header = parse_header(dataset, self.syntax)
-            except (InputRejected, ValueError) as exc:
-                raise _StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", str(exc)) from exc
-        _check_matches(header.sop_class_uid, self.sop_class, header.sop_instance_uid, self.sop_uid)
-        journal = self.receiver.journal
-        if journal.instance_arrival(self.sop_uid) is not None:
-            return "duplicate"
-        path = self.receiver.spool.path_for(header.series_uid, self.sop_uid)
-        try:
-            incoming.commit(path)
-        except OSError as exc:
-            raise _StoreRefused(StoreStatus.OUT_OF_RESOURCES, "spool", f"spool: {exc}") from exc
-        self._incoming = None
-        instance = Instance(
-            self.sop_uid,
-            0,
-            path,
-            incoming.size,
-            self.peer.calling_ae,
-            self.peer.association,
-            time.time(),
-            header.instance_number,
-        )
-        attrs = {
-            "modality": header.modality,
-            "study_uid": header.study_uid,
-            "series_uid": header.series_uid,
-            "sop_class_uid": self.sop_class,
-            "calling_ae": self.peer.calling_ae,
-            "transfer_syntax": self.syntax,
-        }
-        try:
-            # The synced spool file is the durable record (register_unrecorded redoes a
-            # row lost with the machine), so the row only has to survive the process.
-            _, is_new = journal.record_instance(
-                "series:" + header.series_uid, path.parent, attrs, instance, durable=False
-            )
-        except Exception as exc:  # sqlite3 errors, disk full, locked database
-            raise _StoreRefused(StoreStatus.OUT_OF_RESOURCES, "journal", f"journal: {exc}") from exc
-        metrics.DICOM_BYTES.inc(incoming.size)
-        return "stored" if is_new else "duplicate"
-
-
-_INPUT_ERRORS = (
-    StoreStatus.CANNOT_UNDERSTAND,
-    StoreStatus.DATASET_MISMATCH,
-    StoreStatus.SOP_CLASS_NOT_SUPPORTED,
-)
-
-
-def _check_matches(found_class: str, sop_class: str, found_uid: str, sop_uid: str) -> None:
-    """The dataset must carry the SOP class and instance named in the C-STORE command."""
-    if found_class and found_class != sop_class:
-        raise _StoreRefused(
-            StoreStatus.DATASET_MISMATCH,
-            "mismatch",
-            f"dataset SOP class {found_class} differs from command {sop_class}",
-        )
-    if found_uid != sop_uid:
-        raise _StoreRefused(
-            StoreStatus.DATASET_MISMATCH, "mismatch", "dataset SOP Instance UID differs from the command"
-        )

@@ -1,0 +1,218 @@
+"""One C-STORE at the SCP: its data set streamed into the spool, then committed or refused.
+
+``InstanceReceipt`` receives the fragments of one C-STORE as the association loop reads
+them and, on the last one, decides the status: parse the header, check it against the
+command, skip duplicates, make the file durable (``daemon.sources.spool``) and commit its
+journal row. Every refusal is logged (never patient identifiers) and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Executor
+from enum import IntEnum
+from typing import Protocol
+
+from pynetdicom.presentation import PresentationContext
+
+from daemon import metrics
+from daemon.dicomio import encode_file_meta, parse_header
+from daemon.errors import InputRejected
+from daemon.journal import Instance, Journal
+from daemon.sources.association import DimseStatus, PeerAssociation
+from daemon.sources.dimse import DimseRequest
+from daemon.sources.spool import IncomingInstance, InstanceSpool
+
+__all__ = ["InstanceReceipt", "ReceiptHost", "StoreRefused", "StoreStatus"]
+
+LOG = logging.getLogger(__name__)
+
+
+class StoreStatus(IntEnum):
+    """C-STORE response statuses this SCP returns (PS3.4 B.2.3)."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700  # spool or journal write failed
+    DATASET_MISMATCH = 0xA900  # dataset's SOP class/instance differ from the command
+    CANNOT_UNDERSTAND = 0xC000  # header unreadable or required UIDs missing
+    PROCESSING_FAILURE = 0xC001  # unexpected internal error (logged with traceback)
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # the command's SOP class is not its context's
+
+
+class StoreRefused(Exception):
+    """A C-STORE refused with ``status``; ``reason`` labels the metric."""
+
+    def __init__(self, status: StoreStatus, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class ReceiptHost(Protocol):
+    """What a receipt needs from the receiver."""
+
+    @property
+    def journal(self) -> Journal: ...
+
+    @property
+    def spool(self) -> InstanceSpool: ...
+
+    @property
+    def syncer(self) -> Executor:
+        """Runs the fdatasync of a complete instance while its header is parsed."""
+        ...
+
+    def take_incoming(self, peer: PeerAssociation) -> IncomingInstance: ...
+
+
+class InstanceReceipt:
+    """One C-STORE: streamed into the spool as it arrives, committed when complete."""
+
+    def __init__(
+        self,
+        receiver: ReceiptHost,
+        peer: PeerAssociation,
+        request: DimseRequest,
+        context: PresentationContext,
+    ) -> None:
+        self.receiver = receiver
+        self.peer = peer
+        self.sop_class = request.sop_class_uid
+        self.sop_uid = request.sop_instance_uid
+        self.syntax = str(context.transfer_syntax[0])
+        self._incoming: IncomingInstance | None = None
+        self._refused: StoreRefused | None = None
+        if self.sop_class != str(context.abstract_syntax):
+            self._refused = StoreRefused(
+                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                "unsupported",
+                f"SOP class {self.sop_class} sent on a {context.abstract_syntax} context",
+            )
+            return
+        try:
+            meta = encode_file_meta(self.sop_class, self.sop_uid, self.syntax, peer.calling_ae)
+            self._incoming = receiver.take_incoming(peer)
+            self._incoming.start(meta)
+        except ValueError as exc:
+            self._refused = StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", str(exc))
+        except OSError as exc:
+            self.discard()
+            self._refused = StoreRefused(StoreStatus.OUT_OF_RESOURCES, "spool", f"spool: {exc}")
+
+    def append(self, fragment: memoryview) -> None:
+        if self._incoming is None:
+            return  # refused already: the rest of the data set is read and dropped
+        try:
+            self._incoming.append(fragment)
+        except OSError as exc:
+            self.discard()
+            self._refused = StoreRefused(StoreStatus.OUT_OF_RESOURCES, "spool", f"spool: {exc}")
+
+    def discard(self) -> None:
+        incoming, self._incoming = self._incoming, None
+        if incoming is not None:
+            incoming.discard()
+
+    def finish(self) -> DimseStatus:
+        """Store the instance durably; returns the C-STORE response (never raises)."""
+        started = time.perf_counter()
+        peer = self.peer
+        try:
+            outcome = self._complete()
+        except StoreRefused as refused:
+            LOG.warning(
+                "C-STORE from %s refused (0x%04X %s): %s",
+                peer.calling_ae,
+                refused.status,
+                refused.reason,
+                refused,
+            )
+            metrics.DICOM_INSTANCES.labels(refused.reason).inc()
+            if refused.status in _INPUT_ERRORS:
+                metrics.INPUT_ERRORS.labels("dicom", refused.reason).inc()
+            return DimseStatus(int(refused.status), str(refused))
+        except Exception as exc:
+            LOG.exception(
+                "C-STORE from %s failed unexpectedly (association %s)", peer.calling_ae, peer.association
+            )
+            metrics.DICOM_INSTANCES.labels("error").inc()
+            return DimseStatus(int(StoreStatus.PROCESSING_FAILURE), f"internal error: {type(exc).__name__}")
+        finally:
+            self.discard()
+        metrics.DICOM_INSTANCES.labels(outcome).inc()
+        metrics.DICOM_STORE_DURATION.observe(time.perf_counter() - started)
+        return DimseStatus(int(StoreStatus.SUCCESS))
+
+    def _complete(self) -> str:
+        """Parse, check, commit the file and its row; returns "stored" or "duplicate"."""
+        if self._refused is not None:
+            raise self._refused
+        incoming = self._incoming
+        if incoming is None or incoming.size == incoming.meta_size:
+            raise StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", "no data set")
+        incoming.begin_sync(self.receiver.syncer)  # the device works while we parse
+        with incoming.dataset() as dataset:
+            try:
+                header = parse_header(dataset, self.syntax)
+            except (InputRejected, ValueError) as exc:
+                raise StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", str(exc)) from exc
+        _check_matches(header.sop_class_uid, self.sop_class, header.sop_instance_uid, self.sop_uid)
+        journal = self.receiver.journal
+        if journal.instance_arrival(self.sop_uid) is not None:
+            return "duplicate"
+        path = self.receiver.spool.path_for(header.series_uid, self.sop_uid)
+        try:
+            incoming.commit(path)
+        except OSError as exc:
+            raise StoreRefused(StoreStatus.OUT_OF_RESOURCES, "spool", f"spool: {exc}") from exc
+        self._incoming = None
+        instance = Instance(
+            self.sop_uid,
+            0,
+            path,
+            incoming.size,
+            self.peer.calling_ae,
+            self.peer.association,
+            time.time(),
+            header.instance_number,
+        )
+        attrs = {
+            "modality": header.modality,
+            "study_uid": header.study_uid,
+            "series_uid": header.series_uid,
+            "sop_class_uid": self.sop_class,
+            "calling_ae": self.peer.calling_ae,
+            "transfer_syntax": self.syntax,
+        }
+        try:
+            # The synced spool file is the durable record (register_unrecorded redoes a
+            # row lost with the machine), so the row only has to survive the process.
+            _, is_new = journal.record_instance(
+                "series:" + header.series_uid, path.parent, attrs, instance, durable=False
+            )
+        except Exception as exc:  # sqlite3 errors, disk full, locked database
+            raise StoreRefused(StoreStatus.OUT_OF_RESOURCES, "journal", f"journal: {exc}") from exc
+        metrics.DICOM_BYTES.inc(incoming.size)
+        return "stored" if is_new else "duplicate"
+
+
+_INPUT_ERRORS = (
+    StoreStatus.CANNOT_UNDERSTAND,
+    StoreStatus.DATASET_MISMATCH,
+    StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+)
+
+
+def _check_matches(found_class: str, sop_class: str, found_uid: str, sop_uid: str) -> None:
+    """The dataset must carry the SOP class and instance named in the C-STORE command."""
+    if found_class and found_class != sop_class:
+        raise StoreRefused(
+            StoreStatus.DATASET_MISMATCH,
+            "mismatch",
+            f"dataset SOP class {found_class} differs from command {sop_class}",
+        )
+    if found_uid != sop_uid:
+        raise StoreRefused(
+            StoreStatus.DATASET_MISMATCH, "mismatch", "dataset SOP Instance UID differs from the command"
+        )
