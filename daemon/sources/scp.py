@@ -146,8 +146,8 @@ class DicomReceiver:
         self._server: _AssociationServer | None = None
         self._accepting: threading.Thread | None = None
         self._tls: ssl.SSLContext | None = None
-        # fdatasyncs of received instances, run while their headers are parsed (threads
-        # start on first use; replaced at each start)
+        # write-back and fdatasync of received instances, run while the association
+        # thread reads and parses (threads start on first use; replaced at each start)
         self.syncer = ThreadPoolExecutor(settings.max_associations, "acqflow-dicom-sync")
 
     # --- lifecycle ------------------------------------------------------------------
@@ -340,11 +340,11 @@ class DicomReceiver:
         if peer.association in self._standby:
             return
         try:
-            self._standby[peer.association] = self.spool.reserve()
+            self._standby[peer.association] = self.spool.reserve(self.syncer)
         except OSError as exc:  # reported by the C-STORE that needs the file
             LOG.debug("association %s: no incoming file ready: %s", peer.association, exc)
 
     def take_incoming(self, peer: PeerAssociation) -> IncomingInstance:
         """The association's prepared incoming file, or a new one; raises OSError."""
         standby = self._standby.pop(peer.association, None)
-        return standby if standby is not None else self.spool.reserve()
+        return standby if standby is not None else self.spool.reserve(self.syncer)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, wait
 from contextlib import contextmanager
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from daemon.fileio import fsync_dir, safe_name, write_atomic
 
@@ -46,9 +46,11 @@ class IncomingInstance:
     association waits for its next request), then ``start`` writes the header.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, background: Executor) -> None:
         self.path = path
         self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._background = background
+        self._pending: list[Future[Any]] = []  # write-back requests and the fdatasync
         self._synced: Future[None] | None = None
         self.meta_size = 0
         self.size = 0
@@ -63,10 +65,13 @@ class IncomingInstance:
     def append(self, data: memoryview) -> None:
         """Write ``data`` at the end of the file; raises OSError (disk full, I/O error).
 
-        Write-back of what is written starts at once, so that the fdatasync of
-        :meth:`commit` finds little left to write.
+        Write-back of what is written is started at once, in the background (it costs
+        as much CPU as the write), so that the fdatasync of :meth:`commit` finds
+        little left to write.
         """
-        _start_writeback(self._write(data))
+        fd = self._write(data)
+        if _SYNC_FILE_RANGE is not None:
+            self._pending.append(self._background.submit(_SYNC_FILE_RANGE, fd, 0, 0, _SYNC_FILE_RANGE_WRITE))
 
     def _write(self, data: memoryview) -> int:
         fd = self._require_open()
@@ -90,22 +95,22 @@ class IncomingInstance:
         ):
             yield dataset
 
-    def begin_sync(self, executor: Executor) -> None:
-        """Start the fdatasync in ``executor``, so the caller can parse meanwhile.
+    def begin_sync(self) -> None:
+        """Start the fdatasync in the background, so the caller can parse meanwhile.
 
         :meth:`commit` waits for it; no more data may be appended.
         """
-        self._synced = executor.submit(os.fdatasync, self._require_open())
+        self._synced = self._background.submit(os.fdatasync, self._require_open())
+        self._pending.append(self._synced)
 
     def commit(self, final: Path) -> None:
         """Make the file durable under ``final`` (see the module docstring); raises OSError."""
-        fd = self._require_open()
+        self._require_open()
         if self._synced is None:
-            os.fdatasync(fd)
-        else:
-            self._synced.result()  # re-raises the fdatasync's OSError
-        os.close(fd)
-        self._fd = None
+            self.begin_sync()
+        assert self._synced is not None
+        self._synced.result()  # re-raises the fdatasync's OSError
+        self._close()
         folder = final.parent
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
@@ -115,15 +120,19 @@ class IncomingInstance:
 
     def discard(self) -> None:
         """Forget an instance that will not be acknowledged (never raises)."""
-        if self._synced is not None:
-            wait([self._synced])  # its fd must stay open until the fdatasync returns
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._close()
         try:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
             LOG.warning("cannot remove incoming spool file %s: %s", self.path.name, exc)
+
+    def _close(self) -> None:
+        """Close the file once nothing in the background uses its descriptor any more."""
+        wait(self._pending)
+        self._pending.clear()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _require_open(self) -> int:
         if self._fd is None:
@@ -153,10 +162,10 @@ class InstanceSpool:
         fsync_dir(self.root)
         return removed
 
-    def reserve(self) -> IncomingInstance:
-        """A new, empty incoming file; raises OSError when it cannot be created."""
+    def reserve(self, background: Executor) -> IncomingInstance:
+        """A new, empty incoming file whose syncs run in ``background``; raises OSError."""
         name = f"{os.getpid()}-{next(self._names)}.part"
-        return IncomingInstance(self.incoming / name)
+        return IncomingInstance(self.incoming / name, background)
 
     def path_for(self, series_uid: str, sop_uid: str) -> Path:
         """Where an instance of ``series_uid`` lives once committed."""
@@ -207,13 +216,3 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 _SYNC_FILE_RANGE = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2  # start write-out of dirty pages, do not wait
-
-
-def _start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing the file's dirty pages (a hint: never raises).
-
-    Durability still comes only from the fdatasync in ``commit``; this moves the
-    device work into the time the rest of the data set is still arriving.
-    """
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)

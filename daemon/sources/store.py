@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Executor
 from enum import IntEnum
 from typing import Protocol
 
@@ -57,11 +56,6 @@ class ReceiptHost(Protocol):
 
     @property
     def spool(self) -> InstanceSpool: ...
-
-    @property
-    def syncer(self) -> Executor:
-        """Runs the fdatasync of a complete instance while its header is parsed."""
-        ...
 
     def take_incoming(self, peer: PeerAssociation) -> IncomingInstance: ...
 
@@ -151,7 +145,7 @@ class InstanceReceipt:
         incoming = self._incoming
         if incoming is None or incoming.size == incoming.meta_size:
             raise StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", "no data set")
-        incoming.begin_sync(self.receiver.syncer)  # the device works while we parse
+        incoming.begin_sync()  # the device works while we parse
         with incoming.dataset() as dataset:
             try:
                 header = parse_header(dataset, self.syntax)
