@@ -10,6 +10,7 @@ how to store and what to answer is decided by an :class:`AssociationPolicy` (the
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from dataclasses import dataclass
 from enum import Enum
@@ -109,7 +110,9 @@ class AssociationControl:
 
     def abort(self) -> None:
         self.aborted.set()
-        self.connection.abort()
+        if not isinstance(self.connection.sock, ssl.SSLSocket):
+            # not over TLS: an SSL object must not write while its owner thread reads
+            self.connection.abort()
         self.connection.close()
 
 

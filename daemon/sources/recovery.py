@@ -56,9 +56,8 @@ def recover_spool(spool: InstanceSpool, journal: Journal) -> SpoolRecovery:
     restarted = not spool.same_boot()
     recorded = {str(r["sop_instance_uid"]) for r in journal.query("SELECT sop_instance_uid FROM instances")}
     registered = removed = 0
-    for path in sorted(spool.committed_files(), key=lambda p: p.stat().st_mtime):
-        if path.stem in recorded:
-            continue
+    unrecorded = [p for p in spool.committed_files() if p.stem not in recorded]
+    for path in sorted(unrecorded, key=lambda p: p.stat().st_mtime):
         try:
             dataset = dcmread(path, stop_before_pixels=True)
             sop_uid = str(dataset.SOPInstanceUID)
