@@ -180,8 +180,8 @@ class InstanceReceipt:
             "transfer_syntax": self.syntax,
         }
         try:
-            # The synced spool file is the durable record (register_unrecorded redoes a
-            # row lost with the machine), so the row only has to survive the process.
+            # The synced spool file is the durable record (daemon.sources.recovery redoes
+            # a row lost with the machine), so the row only has to survive the process.
             _, is_new = journal.record_instance(
                 "series:" + header.series_uid, path.parent, attrs, instance, durable=False
             )
