@@ -214,7 +214,7 @@ def negotiate(
     answer.result = 0x00
     answer.result_source = 0x01
     answer.presentation_context_definition_results_list = results
-    answer.user_information = _user_information(request, max_pdu, implementation) + list(role_items)
+    answer.user_information = [*_user_information(request, max_pdu, implementation), *role_items]
     accepted = {int(cx.context_id or 0): cx for cx in results if cx.result == 0x00}
     return Negotiated(
         accept_pdu=A_ASSOCIATE_AC(answer).encode(),
@@ -224,14 +224,25 @@ def negotiate(
     )
 
 
-def _user_information(request: A_ASSOCIATE, max_pdu: int, implementation: tuple[str, str]) -> list:  # type: ignore[type-arg]
+_AcceptItem = (
+    MaximumLengthNotification
+    | ImplementationClassUIDNotification
+    | ImplementationVersionNameNotification
+    | AsynchronousOperationsWindowNegotiation
+    | SCP_SCU_RoleSelectionNegotiation
+)
+
+
+def _user_information(
+    request: A_ASSOCIATE, max_pdu: int, implementation: tuple[str, str]
+) -> list[_AcceptItem]:
     maximum = MaximumLengthNotification()
     maximum.maximum_length_received = max_pdu
     class_uid = ImplementationClassUIDNotification()
     class_uid.implementation_class_uid = UID(implementation[0])
     version = ImplementationVersionNameNotification()
     version.implementation_version_name = implementation[1]
-    items: list = [maximum, class_uid, version]  # type: ignore[type-arg]
+    items: list[_AcceptItem] = [maximum, class_uid, version]
     if any(isinstance(i, AsynchronousOperationsWindowNegotiation) for i in request.user_information):
         window = AsynchronousOperationsWindowNegotiation()
         window.maximum_number_operations_invoked = 1

@@ -27,8 +27,10 @@ from pynetdicom.pdu_primitives import (
     A_ABORT,
     A_ASSOCIATE,
     P_DATA,
+    AsynchronousOperationsWindowNegotiation,
     ImplementationClassUIDNotification,
     MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.presentation import build_context
 
@@ -329,3 +331,25 @@ def test_unrecorded_files_of_the_same_boot_were_never_acknowledged(tmp_path: Pat
         assert sorted(again.instance_rows()) == sorted(small_ct.sop_uids)
     finally:
         again.stop()
+
+
+def test_async_operations_and_role_selection_are_answered(running: Running,
+                                                          small_ct: SyntheticSeries) -> None:
+    window = AsynchronousOperationsWindowNegotiation()
+    window.maximum_number_operations_invoked = 5
+    window.maximum_number_operations_performed = 5
+    role = SCP_SCU_RoleSelectionNegotiation()
+    role.sop_class_uid = CT
+    role.scu_role = True
+    role.scp_role = False
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(CT, ExplicitVRLittleEndian)
+    assoc = ae.associate(LOOPBACK, running.receiver.port, ae_title="ACQFLOW", ext_neg=[window, role])
+    try:
+        assert assoc.is_established
+        assert assoc.acceptor.asynchronous_operations == (1, 1)
+        assert assoc.acceptor.implementation_class_uid == "2.25.156488349616440232212263718513540716591"
+        assert assoc.send_c_store(small_ct.paths[2]).Status == 0x0000
+    finally:
+        assoc.release()
+    assert running.instance_rows() == [small_ct.sop_uids[2]]
