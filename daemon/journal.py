@@ -241,6 +241,16 @@ class Journal:
         with self._lock:
             return list(self._db.execute(sql, params))
 
+    def meta_value(self, key: str) -> str | None:
+        """A value of the journal's own ``meta`` table, None when unset."""
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0]["value"]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set (durably) a value of the ``meta`` table."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (key, value))
+
     # --- arrivals -------------------------------------------------------------------
 
     def arrival(self, arrival_id: int) -> Arrival:

@@ -5,20 +5,23 @@ durable=False)``): its synced spool file is the durable record. Such a row survi
 crash of the process but not of the machine. So a committed spool file (``*.dcm`` in a
 series folder) without a row means:
 
-- *the machine restarted since the spool was last served* (new boot id): the row may
-  have been lost with an acknowledged instance. The file is registered again from its
-  File Meta and header (calling AE from Source Application Entity Title) under the
-  association ``recovered``; its series re-opens and completes by the quiet timer.
-  At worst this takes in an instance that was complete but never acknowledged
-  (at-least-once), never loses one.
-- *same boot* (the process died or a journal commit failed): every acknowledged
-  instance's row is still there, so the file was never acknowledged; it is removed, as
-  if its data set had been cut off.
+- *the same journal served this spool last, in this same boot* (the boot id the spool
+  recorded, and a random token recorded in both at every start, match): every acknowledged instance's
+  row is still in the journal (the process died, or a journal commit failed), so the
+  file was never acknowledged; it is removed, as if its data set had been cut off.
+- *anything else* — the machine restarted (new boot id), or the journal is not the one
+  that last served the spool (restored from a backup, replaced): the row may be lost
+  with an acknowledged instance. The file is registered again from its File Meta and
+  header (calling AE from Source Application Entity Title) under the association
+  ``recovered``; its series re-opens and completes by the quiet timer. At worst this
+  takes in an instance that was complete but never acknowledged (at-least-once), never
+  loses one.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +31,14 @@ from pydicom.errors import InvalidDicomError
 
 from daemon import metrics
 from daemon.journal import Instance, Journal
-from daemon.sources.spool import InstanceSpool
+from daemon.sources.spool import InstanceSpool, current_boot_id
 
 __all__ = ["RECOVERED_ASSOCIATION", "SpoolRecovery", "recover_spool"]
 
 LOG = logging.getLogger(__name__)
 
 RECOVERED_ASSOCIATION = "recovered"
+_TOKEN_KEY = "spool_token"  # pairs the journal with the spool it last served
 _UNREADABLE = (InvalidDicomError, AttributeError, ValueError, TypeError, EOFError, OSError)
 
 
@@ -53,7 +57,13 @@ def recover_spool(spool: InstanceSpool, journal: Journal) -> SpoolRecovery:
     A file that cannot be read is logged, counted and left where it is.
     """
     partial = spool.prepare()
-    restarted = not spool.same_boot()
+    boot_id, token = spool.last_served()
+    same_session = (
+        boot_id is not None
+        and boot_id == current_boot_id()
+        and token is not None
+        and token == journal.meta_value(_TOKEN_KEY)
+    )
     recorded = {str(r["sop_instance_uid"]) for r in journal.query("SELECT sop_instance_uid FROM instances")}
     registered = removed = 0
     unrecorded = [p for p in spool.committed_files() if p.stem not in recorded]
@@ -67,12 +77,14 @@ def recover_spool(spool: InstanceSpool, journal: Journal) -> SpoolRecovery:
             continue
         if sop_uid in recorded:
             continue
-        if restarted:
-            registered += _register(journal, path, dataset)
-        else:
+        if same_session:
             path.unlink()
             removed += 1
-    spool.mark_boot()
+        else:
+            registered += _register(journal, path, dataset)
+    token = uuid.uuid4().hex  # the journal first: a crash in between only means "register"
+    journal.set_meta(_TOKEN_KEY, token)
+    spool.mark_served(token)
     return SpoolRecovery(partial, registered, removed)
 
 

@@ -216,7 +216,7 @@ class DicomReceiver:
             )
         if done.registered:
             LOG.warning(
-                "spool: the machine restarted; %d instance(s) whose journal row was lost registered again",
+                "spool: machine restarted or journal replaced; %d instance(s) without a row registered",
                 done.registered,
             )
 

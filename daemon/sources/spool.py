@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import json
 import logging
 import mmap
 import os
@@ -30,12 +31,12 @@ from typing import Any, cast
 
 from daemon.fileio import fsync_dir, safe_name, write_atomic
 
-__all__ = ["INCOMING", "IncomingInstance", "InstanceSpool"]
+__all__ = ["INCOMING", "SERVED_MARKER", "IncomingInstance", "InstanceSpool", "current_boot_id"]
 
 LOG = logging.getLogger(__name__)
 
 INCOMING = ".incoming"
-BOOT_MARKER = ".boot-id"
+SERVED_MARKER = ".served-by"
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -177,26 +178,22 @@ class InstanceSpool:
             if folder.name != INCOMING and folder.is_dir():
                 yield from folder.glob("*.dcm")
 
-    def same_boot(self) -> bool:
-        """Whether the machine has not restarted since :meth:`mark_boot` was last called.
-
-        False when either boot id is unknown (not Linux, first start).
-        """
-        current = _boot_id()
+    def last_served(self) -> tuple[str | None, str | None]:
+        """(boot id, journal token) recorded by the last :meth:`mark_served`, or Nones."""
         try:
-            previous = (self.root / BOOT_MARKER).read_text().strip()
-        except OSError:
-            return False
-        return current is not None and previous == current
+            marker = json.loads((self.root / SERVED_MARKER).read_text())
+            return str(marker["boot_id"]), str(marker["journal_token"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, None
 
-    def mark_boot(self) -> None:
-        """Record (durably) the boot id this spool is served under; raises OSError."""
-        current = _boot_id()
-        if current is not None:
-            write_atomic(self.root / BOOT_MARKER, current.encode())
+    def mark_served(self, journal_token: str) -> None:
+        """Record (durably) this boot and the journal now serving the spool; raises OSError."""
+        marker = {"boot_id": current_boot_id(), "journal_token": journal_token}
+        write_atomic(self.root / SERVED_MARKER, json.dumps(marker).encode())
 
 
-def _boot_id() -> str | None:
+def current_boot_id() -> str | None:
+    """The kernel's id of this boot (Linux), None where there is none."""
     try:
         return _BOOT_ID.read_text().strip() or None
     except OSError:

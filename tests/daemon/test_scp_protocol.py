@@ -7,6 +7,7 @@ PDVs in one P-DATA-TF, a data set cut off by an abort, silence.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import time
@@ -37,7 +38,7 @@ from pynetdicom.presentation import build_context
 from daemon.config import DicomSettings
 from daemon.journal import Journal
 from daemon.sources.scp import DicomReceiver
-from daemon.sources.spool import INCOMING
+from daemon.sources.spool import INCOMING, SERVED_MARKER
 from tests.support.peers import LOOPBACK, SyntheticSeries, no_thread_leaks, storescu, write_synthetic_ct
 
 __all__ = ["no_thread_leaks"]
@@ -299,7 +300,9 @@ def _store_then_lose_rows(root: Path, series: SyntheticSeries) -> None:
 def test_rows_lost_with_the_machine_are_registered_again(tmp_path: Path,
                                                          small_ct: SyntheticSeries) -> None:
     _store_then_lose_rows(tmp_path, small_ct)
-    (tmp_path / "spool" / ".boot-id").write_text("the boot before the power cut\n")
+    marker = tmp_path / "spool" / SERVED_MARKER
+    served = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**served, "boot_id": "the boot before the power cut"}))
     stray = tmp_path / "spool" / INCOMING / "123-4.part"
     stray.write_bytes(b"half an instance that was never acknowledged")
 
@@ -353,3 +356,18 @@ def test_async_operations_and_role_selection_are_answered(running: Running,
     finally:
         assoc.release()
     assert running.instance_rows() == [small_ct.sop_uids[2]]
+
+
+def test_unrecorded_files_are_kept_when_the_journal_was_replaced(tmp_path: Path,
+                                                                 small_ct: SyntheticSeries) -> None:
+    _store_then_lose_rows(tmp_path, small_ct)
+    journal = Journal(tmp_path / "journal.sqlite3")  # e.g. restored from an older backup
+    journal.set_meta("spool_token", "the token of another journal")
+    journal.close()
+
+    again = Running(tmp_path)
+    try:
+        assert sorted(again.instance_rows()) == sorted(small_ct.sop_uids)
+        assert len(again.journal.query("SELECT * FROM instances WHERE association = 'recovered'")) == 2
+    finally:
+        again.stop()
