@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -73,20 +74,34 @@ def train(
         help="Resumable checkpoint folder (resumes when a checkpoint exists)")] = None,
     version: Annotated[str, typer.Option(help="Model version in the card")] = "1.0.0",
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch")] = 1,
+    init_weights: Annotated[Path | None, typer.Option(
+        help="Folder with ct_muscle weights to start from (fine-tuning); random when absent")] = None,
+    noise_hu_max: Annotated[float, typer.Option(
+        min=0, help="Extra augmentation: largest noise SD (HU) added to slices; 0 = off")] = 0.0,
+    blur_sigma_max: Annotated[float, typer.Option(
+        min=0, help="Extra augmentation: largest Gaussian blur sigma (pixels); 0 = off")] = 0.0,
 ) -> None:
-    """Train the hip/thigh Bayesian U-net and write its weights and model card."""
+    """Train (or fine-tune) the hip/thigh Bayesian U-net and write its weights and card."""
     import torch
 
     from models.store import ModelCard, save_weights
     from plugins.ct_muscle.structures import default_label_table
-    from plugins.ct_muscle.training import TrainingOptions, train_network
+    from plugins.ct_muscle.training import AppearanceAugmentation, TrainingOptions, train_network
 
     torch.set_num_threads(threads)
     table = default_label_table()
     train_set, val_set, data = _training_sets(table, data_dir, phantoms, validation, seed)
+    appearance = (AppearanceAugmentation(noise_hu_max=noise_hu_max, blur_sigma_max=blur_sigma_max)
+                  if noise_hu_max > 0 or blur_sigma_max > 0 else None)
     options = TrainingOptions(epochs=epochs, batch_size=batch_size,
-                              learning_rate=learning_rate, seed=seed)
-    result = train_network(train_set, val_set, table, options, checkpoint_dir)
+                              learning_rate=learning_rate, seed=seed, appearance=appearance)
+    initial, base = None, None
+    if init_weights is not None:
+        from plugins.ct_muscle.inference import load_model
+
+        start, base, _ = load_model(init_weights, expected=[s.key for s in table])
+        initial = start.state_dict()
+    result = train_network(train_set, val_set, table, options, checkpoint_dir, initial)
     card = ModelCard(
         name="ct_muscle", version=version, architecture="BayesianUNet",
         arguments={"in_channels": 1, "num_classes": table.num_classes,
@@ -96,6 +111,10 @@ def train(
                   "seed": seed, "data": data, "epochs": epochs, "batch_size": batch_size,
                   "learning_rate": learning_rate, "input": options.geometry.to_dict(),
                   "labels": [s.key for s in table], "threads": threads,
+                  "augmentation": asdict(appearance) if appearance else None,
+                  "fine_tuned_from": ({"version": base.version, "sha256": base.sha256,
+                                       "command": base.training.get("command")}
+                                      if base is not None else None),
                   "history": [{k: v for k, v in h.items() if k != "validation_dice"}
                               for h in result.history]},
         metrics={"validation_dice": result.validation_dice},

@@ -9,8 +9,9 @@ an interrupted run resume where it stopped. Everything is seeded.
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from models.unet import BayesianUNet
 
 __all__ = [
+    "AppearanceAugmentation",
     "LabelledVolume",
     "NetworkOptions",
     "TrainingOptions",
@@ -55,6 +57,28 @@ class NetworkOptions:
 
 
 @dataclass(frozen=True)
+class AppearanceAugmentation:
+    """Extra image-quality changes per training slice (off unless given), in HU and pixels.
+
+    Each slice gets Gaussian noise with a standard deviation drawn from
+    [0, ``noise_hu_max``] (half of the slices spatially correlated, like reconstruction
+    kernels and translated images), and with probability ``blur_probability`` a
+    Gaussian blur with sigma drawn from [0, ``blur_sigma_max``]. Used to make a network
+    robust to noisier and softer images than the phantoms (e.g. synthetic CT from MR).
+    """
+
+    noise_hu_max: float = 50.0
+    blur_sigma_max: float = 1.0
+    blur_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.noise_hu_max < 0 or self.blur_sigma_max < 0:
+            raise ValueError("augmentation strengths must be non-negative")
+        if not 0 <= self.blur_probability <= 1:
+            raise ValueError(f"blur probability {self.blur_probability} not in [0, 1]")
+
+
+@dataclass(frozen=True)
 class TrainingOptions:
     """Optimisation settings; ``size`` is the square training slice size in pixels."""
 
@@ -65,6 +89,7 @@ class TrainingOptions:
     size: int = 128
     geometry: InputGeometry = field(default_factory=InputGeometry)
     network: NetworkOptions = field(default_factory=NetworkOptions)
+    appearance: AppearanceAugmentation | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -125,10 +150,51 @@ def _fit(x: torch.Tensor, size: int) -> torch.Tensor:
     return x
 
 
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each ``(1, H, W)`` image of ``x`` with its own sigma (pixels; ~0 leaves it)."""
+    import torch
+    from torch.nn import functional as F
+
+    out = x.clone()
+    for i, s in enumerate(sigma.tolist()):
+        if s <= 0.05:
+            continue
+        radius = max(1, math.ceil(3 * s))
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+        kernel = torch.exp(-0.5 * (t / s) ** 2)
+        kernel = kernel / kernel.sum()
+        image = F.pad(x[i : i + 1], (radius, radius, radius, radius), mode="replicate")
+        image = F.conv2d(image, kernel.view(1, 1, 1, -1))
+        out[i : i + 1] = F.conv2d(image, kernel.view(1, 1, -1, 1))
+    return out
+
+
+def _appearance(
+    x: torch.Tensor, aug: AppearanceAugmentation, window_width: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Blur and noise of :class:`AppearanceAugmentation` on windowed slices (0..1)."""
+    import torch
+
+    n = x.shape[0]
+    blurred = torch.rand(n, generator=generator) < aug.blur_probability
+    sigma = torch.rand(n, generator=generator) * aug.blur_sigma_max
+    x = _gaussian_blur(x, torch.where(blurred, sigma, torch.zeros_like(sigma)))
+    level = torch.rand(n, 1, 1, 1, generator=generator) * aug.noise_hu_max / window_width
+    noise = torch.randn(x.shape, generator=generator)
+    correlated = torch.rand(n, generator=generator) < 0.5
+    smooth = _gaussian_blur(noise, torch.where(correlated, 0.6 + 0.6 * torch.rand(n, generator=generator),
+                                               torch.zeros(n)))
+    spread = smooth.flatten(1).std(dim=1).clamp_min(1e-6).view(n, 1, 1, 1)
+    return x + level * smooth / spread
+
+
 def _augment(
-    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+    appearance: AppearanceAugmentation | None = None, window_width: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flip, rotation, scale, shift, contrast and noise (same warp for labels)."""
+    """Random flip, rotation, scale, shift, contrast and noise (same warp for labels), then
+    the optional :class:`AppearanceAugmentation`."""
     import torch
     from torch.nn import functional as F
 
@@ -149,7 +215,10 @@ def _augment(
     gain = 1.0 + (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.1
     offset = (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.04
     noise = torch.randn(x.shape, generator=generator) * 0.01
-    return (x * gain + offset + noise).clamp(0, 1), y[:, 0].long()
+    x = x * gain + offset + noise
+    if appearance is not None:
+        x = _appearance(x, appearance, window_width, generator)
+    return x.clamp(0, 1), y[:, 0].long()
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -244,7 +313,7 @@ def _epoch(
     for start in range(0, len(order), options.batch_size):
         index = order[start : start + options.batch_size]
         x, y = _augment(torch.from_numpy(x_all[index]), torch.from_numpy(y_all[index]),
-                        generator)
+                        generator, options.appearance, options.geometry.window.width)
         optimizer.zero_grad()
         loss = _loss(model(x), y, model.head.out_channels)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -260,10 +329,13 @@ def train_network(
     table: LabelTable,
     options: TrainingOptions,
     checkpoint_dir: Path | None = None,
+    initial: Mapping[str, Any] | None = None,
 ) -> TrainingResult:
     """Train (or resume from ``checkpoint_dir``) and return the network and history.
 
-    Raises ValueError when there is no training data.
+    ``initial`` is a state dict to start from (fine-tuning) instead of random weights; a
+    checkpoint in ``checkpoint_dir`` takes precedence. Raises ValueError when there is no
+    training data.
     """
     import torch
     from rich.progress import Progress
@@ -276,6 +348,8 @@ def train_network(
     random.seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
     model = BayesianUNet(1, table.num_classes, **asdict(options.network))
+    if initial is not None:
+        model.load_state_dict(initial)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate)
     scheduler_steps = options.epochs
     data = slices_for_training(train, options.geometry, options.size)

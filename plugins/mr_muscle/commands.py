@@ -39,7 +39,7 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "--adversarial-weight": 1.0,
     "--cycle-weight": 10.0,
     "--identity-weight": 0.0,
-    "--gradient-weight": 1.0,
+    "--gradient-weight": 5.0,
     "--gradient-mode": GradientMode.MAGNITUDE,
     "--base-channels": 12,
     "--residual-blocks": 4,
@@ -109,7 +109,7 @@ def train(
             "--identity-weight", min=0.0, help="0 by default: MR and CT intensities mean different things."
         ),
     ] = 0.0,
-    gradient_weight: Annotated[float, typer.Option("--gradient-weight", min=0.0)] = 1.0,
+    gradient_weight: Annotated[float, typer.Option("--gradient-weight", min=0.0)] = 5.0,
     gradient_mode: Annotated[
         GradientMode,
         typer.Option("--gradient-mode", help="Correlate gradient magnitudes or signed derivatives."),

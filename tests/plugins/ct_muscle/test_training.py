@@ -13,6 +13,7 @@ from plugins.ct_muscle.evaluation import average_surface_distance
 from plugins.ct_muscle.phantoms import PhantomOptions
 from plugins.ct_muscle.structures import default_label_table
 from plugins.ct_muscle.training import (
+    AppearanceAugmentation,
     NetworkOptions,
     TrainingOptions,
     dice_per_class,
@@ -60,6 +61,39 @@ def test_training_is_seeded_and_resumable(tmp_path: Path) -> None:
     for key, value in full.model.state_dict().items():
         torch.testing.assert_close(value, resumed.model.state_dict()[key])
     assert resumed.validation_dice == full.validation_dice
+
+
+def test_appearance_augmentation_adds_bounded_noise_and_blur() -> None:
+    from plugins.ct_muscle.training import _appearance
+
+    x = torch.zeros(64, 1, 48, 48)
+    x[:, :, :, 24:] = 0.5  # a vertical edge
+    generator = torch.Generator().manual_seed(0)
+    none = _appearance(x, AppearanceAugmentation(0.0, 0.0, 0.0), 1200.0, generator)
+    torch.testing.assert_close(none, x)  # zero strength changes nothing
+    out = _appearance(x, AppearanceAugmentation(60.0, 1.5, 1.0), 1200.0, generator)
+    flat = out[:, 0, 4:44, 4:16] - x[:, 0, 4:44, 4:16]  # away from the edge: noise only
+    spread = flat.flatten(1).std(dim=1)
+    assert float(spread.max()) <= 60.0 / 1200.0 * 1.2  # at most noise_hu_max, in window units
+    assert float(spread.min()) < float(spread.max()) / 3  # drawn per slice, not fixed
+    step = (out[:, 0, :, 25] - out[:, 0, :, 22]).mean(dim=1)  # the edge, softened by blur
+    assert float(step.min()) < 0.45 and float(step.max()) > 0.3
+    with pytest.raises(ValueError, match="probability"):
+        AppearanceAugmentation(blur_probability=1.5)
+
+
+def test_fine_tuning_starts_from_the_given_weights() -> None:
+    torch.set_num_threads(1)
+    table = default_label_table()
+    train, val = phantom_volumes([1], TINY), phantom_volumes([3], TINY)
+    base = train_network(train, val, table, FAST).model.state_dict()
+    still = TrainingOptions(epochs=1, batch_size=3, size=64, network=FAST.network,
+                            learning_rate=1e-12, appearance=AppearanceAugmentation())
+    tuned = train_network(train, val, table, still, initial=base).model.state_dict()
+    fresh = train_network(train, val, table, still).model.state_dict()
+    weight = "encoders.0.0.weight"
+    torch.testing.assert_close(tuned[weight], base[weight])
+    assert not torch.allclose(fresh[weight], base[weight])
 
 
 @pytest.mark.slow
