@@ -20,6 +20,7 @@ from daemon.config import FolderMode, FolderSettings
 from daemon.imageio import read_image
 from daemon.journal import Arrival, ArrivalState, Journal
 from daemon.sources.folder import FolderWatcher
+from tests.support.waiting import poll_until
 
 STABLE = 1.0  # seconds a file must be quiet; writers below pause well under it
 DEADLINE = 15.0
@@ -86,12 +87,7 @@ def arrivals(journal: Journal) -> list[Arrival]:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout} s")
+    poll_until(predicate, timeout, poll=0.05)
 
 
 def counter_value(name: str, **labels: str) -> float:

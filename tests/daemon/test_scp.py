@@ -9,9 +9,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +20,8 @@ from pydicom.uid import UID
 from pynetdicom import AE
 
 from daemon import metrics
-from daemon.config import DicomSettings, TlsSettings
+from daemon.config import TlsSettings
 from daemon.journal import ArrivalState, Journal
-from daemon.sources.scp import DicomReceiver
 from tests.support.peers import (
     DCMTK_STORESCU,
     LOOPBACK,
@@ -38,39 +35,19 @@ from tests.support.peers import (
     wait_for_port,
     write_synthetic_ct,
 )
+from tests.support.scp import RunningScp
+from tests.support.waiting import poll_until
 
 __all__ = ["no_thread_leaks"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_thread_leaks")]
 
 
-@dataclass
-class Scp:
-    receiver: DicomReceiver
-    journal: Journal
-    spool: Path
-    closed: list[list[int]] = field(default_factory=list)
-
-
-def _start(tmp_path: Path, **settings: object) -> Scp:
-    journal = Journal(tmp_path / "journal.sqlite3")
-    closed: list[list[int]] = []
-    receiver = DicomReceiver(
-        DicomSettings(port=0, **settings),  # type: ignore[arg-type]
-        journal,
-        tmp_path / "spool",
-        closed.append,
-    )
-    receiver.start()
-    return Scp(receiver, journal, tmp_path / "spool", closed)
-
-
 @pytest.fixture
-def scp(tmp_path: Path) -> Iterator[Scp]:
-    running = _start(tmp_path, allowed_calling_aes=("STORESCU", "ECHOSCU"))
+def scp(tmp_path: Path) -> Iterator[RunningScp]:
+    running = RunningScp(tmp_path, allowed_calling_aes=("STORESCU", "ECHOSCU"))
     yield running
-    running.receiver.stop()
-    running.journal.close()
+    running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -79,18 +56,11 @@ def small_ct(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
                               cols=64)
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def _count(name: str) -> float:
     return float(metrics.DICOM_INSTANCES.labels(name)._value.get())
 
 
-def test_storescu_series_is_spooled_and_journaled(scp: Scp, small_ct: SyntheticSeries) -> None:
+def test_storescu_series_is_spooled_and_journaled(scp: RunningScp, small_ct: SyntheticSeries) -> None:
     result = storescu(scp.receiver.port, small_ct.paths)
     assert result.returncode == 0, result.stderr
 
@@ -114,13 +84,13 @@ def test_storescu_series_is_spooled_and_journaled(scp: Scp, small_ct: SyntheticS
         assert received.file_meta.MediaStorageSOPInstanceUID == original.SOPInstanceUID
         assert received.file_meta.SourceApplicationEntityTitle == "STORESCU"
         assert np.array_equal(received.pixel_array, original.pixel_array)
-    _wait_for(lambda: bool(scp.closed))  # the release event runs after storescu is told
+    poll_until(lambda: bool(scp.closed))  # the release event runs after storescu is told
     assert scp.closed == [[arrival.id]]
     rows = scp.journal.query("SELECT state, instances FROM associations")
     assert [(r["state"], r["instances"]) for r in rows] == [("released", 5)]
 
 
-def test_duplicates_are_idempotent(scp: Scp, small_ct: SyntheticSeries) -> None:
+def test_duplicates_are_idempotent(scp: RunningScp, small_ct: SyntheticSeries) -> None:
     assert storescu(scp.receiver.port, small_ct.paths).returncode == 0
     arrival = scp.journal.arrival_by_key("series:" + small_ct.series_uid)
     assert arrival is not None
@@ -136,7 +106,7 @@ def test_duplicates_are_idempotent(scp: Scp, small_ct: SyntheticSeries) -> None:
     assert _count("duplicate") == duplicates + 2
 
 
-def test_unknown_calling_ae_is_rejected(scp: Scp, small_ct: SyntheticSeries) -> None:
+def test_unknown_calling_ae_is_rejected(scp: RunningScp, small_ct: SyntheticSeries) -> None:
     result = storescu(scp.receiver.port, small_ct.paths[:1], calling_ae="INTRUDER")
     assert result.returncode != 0
     assert "calling ae title not recognized" in (result.stdout + result.stderr).lower()
@@ -144,27 +114,25 @@ def test_unknown_calling_ae_is_rejected(scp: Scp, small_ct: SyntheticSeries) -> 
     assert echoscu(scp.receiver.port, calling_ae="INTRUDER").returncode != 0
 
 
-def test_echoscu_succeeds(scp: Scp) -> None:
+def test_echoscu_succeeds(scp: RunningScp) -> None:
     result = echoscu(scp.receiver.port)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_address_allow_list_rejects_others(tmp_path: Path) -> None:
-    running = _start(tmp_path, allowed_addresses=("10.0.0.0/8",))
+    running = RunningScp(tmp_path, allowed_addresses=("10.0.0.0/8",))
     try:
         assert echoscu(running.receiver.port).returncode != 0
     finally:
-        running.receiver.stop()
-        running.journal.close()
-    allowed = _start(tmp_path / "b", allowed_addresses=("127.0.0.0/8",))
+        running.stop()
+    allowed = RunningScp(tmp_path / "b", allowed_addresses=("127.0.0.0/8",))
     try:
         assert echoscu(allowed.receiver.port).returncode == 0
     finally:
-        allowed.receiver.stop()
-        allowed.journal.close()
+        allowed.stop()
 
 
-def test_other_sop_class_refused_and_server_keeps_running(scp: Scp, small_ct: SyntheticSeries) -> None:
+def test_other_sop_class_refused_and_server_keeps_running(scp: RunningScp, small_ct: SyntheticSeries) -> None:
     secondary_capture = get_testdata_file("JPEG2000.dcm")
     assert secondary_capture is not None
     refused = storescu(scp.receiver.port, [Path(secondary_capture)])
@@ -174,7 +142,7 @@ def test_other_sop_class_refused_and_server_keeps_running(scp: Scp, small_ct: Sy
     assert scp.journal.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 1
 
 
-def test_unreadable_dataset_gets_failure_status(scp: Scp, small_ct: SyntheticSeries,
+def test_unreadable_dataset_gets_failure_status(scp: RunningScp, small_ct: SyntheticSeries,
                                                 tmp_path: Path) -> None:
     broken = dcmread(small_ct.paths[0])
     del broken.SeriesInstanceUID
@@ -202,7 +170,7 @@ def test_unreadable_dataset_gets_failure_status(scp: Scp, small_ct: SyntheticSer
     ("name", "propose"),
     [("MR_small_jp2klossless.dcm", "-xv"), ("MR_small_RLE.dcm", "-xr"), ("MR_small.dcm", "-xd")],
 )
-def test_compressed_transfer_syntaxes(scp: Scp, tmp_path: Path, name: str, propose: str) -> None:
+def test_compressed_transfer_syntaxes(scp: RunningScp, tmp_path: Path, name: str, propose: str) -> None:
     source = get_testdata_file(name)
     assert source is not None
     local = tmp_path / name
@@ -220,7 +188,7 @@ def test_compressed_transfer_syntaxes(scp: Scp, tmp_path: Path, name: str, propo
     assert np.array_equal(received.pixel_array, original.pixel_array)
 
 
-def test_spool_failure_returns_out_of_resources(scp: Scp, small_ct: SyntheticSeries) -> None:
+def test_spool_failure_returns_out_of_resources(scp: RunningScp, small_ct: SyntheticSeries) -> None:
     blocker = scp.spool / _series_folder(small_ct.series_uid)
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("a file where the series folder should be")
@@ -252,7 +220,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 
 def test_tls_echo_and_store(tmp_path: Path, small_ct: SyntheticSeries) -> None:
     cert, key = _self_signed(tmp_path)
-    running = _start(tmp_path, tls=TlsSettings(certificate=cert, private_key=key))
+    running = RunningScp(tmp_path, tls=TlsSettings(certificate=cert, private_key=key))
     try:
         client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
         ae = AE(ae_title="STORESCU")
@@ -267,12 +235,11 @@ def test_tls_echo_and_store(tmp_path: Path, small_ct: SyntheticSeries) -> None:
         assert echoscu(running.receiver.port).returncode != 0  # plain DICOM is refused
         assert len(running.journal.query("SELECT * FROM instances")) == 1
     finally:
-        running.receiver.stop()
-        running.journal.close()
+        running.stop()
 
 
 def test_orthanc_pushes_a_series(tmp_path: Path, peers: PeerSet, small_ct: SyntheticSeries) -> None:
-    running = _start(tmp_path)
+    running = RunningScp(tmp_path)
     try:
         orthanc = peers.orthanc(modalities={"acqflow": ("ACQFLOW", running.receiver.port)})
         for path in small_ct.paths:
@@ -285,8 +252,7 @@ def test_orthanc_pushes_a_series(tmp_path: Path, peers: PeerSet, small_ct: Synth
         assert stored == set(small_ct.sop_uids)
         assert arrival.attrs["calling_ae"] == orthanc.aet
     finally:
-        running.receiver.stop()
-        running.journal.close()
+        running.stop()
 
 
 _RECEIVER_PROCESS = """
@@ -314,7 +280,7 @@ def test_kill_9_keeps_every_acknowledged_instance(tmp_path: Path, peers: PeerSet
          *map(str, series.paths)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=nodelay_env(),
     )
-    _wait_for(lambda: _journaled(state) >= 10, timeout=60)
+    poll_until(lambda: _journaled(state) >= 10, timeout=60)
     os.kill(receiver.pid, signal.SIGKILL)
     output, _ = sender.communicate(timeout=60)
 

@@ -11,7 +11,7 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -35,11 +35,11 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import build_context
 
-from daemon.config import DicomSettings
 from daemon.journal import Journal
-from daemon.sources.scp import DicomReceiver
 from daemon.sources.spool import INCOMING, SERVED_MARKER
 from tests.support.peers import LOOPBACK, SyntheticSeries, no_thread_leaks, storescu, write_synthetic_ct
+from tests.support.scp import RunningScp
+from tests.support.waiting import poll_until
 
 __all__ = ["no_thread_leaks"]
 
@@ -48,38 +48,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_thread_leaks"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
-class Running:
-    def __init__(self, root: Path, **settings: object) -> None:
-        self.root = root
-        self.journal = Journal(root / "journal.sqlite3")
-        self.closed: list[list[int]] = []
-        self.receiver = DicomReceiver(
-            DicomSettings(port=0, **settings),  # type: ignore[arg-type]
-            self.journal,
-            root / "spool",
-            self.closed.append,
-        )
-        self.receiver.start()
-
-    def stop(self) -> None:
-        self.receiver.stop()
-        self.journal.close()
-
-    def instance_rows(self) -> list[str]:
-        return [r["sop_instance_uid"] for r in self.journal.query("SELECT * FROM instances")]
-
-    def association_states(self) -> list[str]:
-        return [r["state"] for r in self.journal.query("SELECT state FROM associations ORDER BY started_at")]
-
-    def spool_files(self) -> list[Path]:
-        """Instance files, partial (.incoming) or committed (series folders)."""
-        spool = self.root / "spool"
-        return sorted(p for p in spool.rglob("*") if p.is_file() and p.parent != spool)
-
-
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    scp = Running(tmp_path)
+def running(tmp_path: Path) -> Iterator[RunningScp]:
+    scp = RunningScp(tmp_path)
     yield scp
     scp.stop()
 
@@ -88,13 +59,6 @@ def running(tmp_path: Path) -> Iterator[Running]:
 def small_ct(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
     return write_synthetic_ct(tmp_path_factory.mktemp("ct"), n_slices=3, seed="protocol", rows=64,
                               cols=64)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 class RawScu:
@@ -178,7 +142,7 @@ class RawScu:
         self.sock.close()
 
 
-def test_command_set_over_many_fragments_and_many_pdvs_per_pdu(running: Running,
+def test_command_set_over_many_fragments_and_many_pdvs_per_pdu(running: RunningScp,
                                                                small_ct: SyntheticSeries) -> None:
     scu = RawScu(running.receiver.port)
     pdvs = scu.pdvs(small_ct.paths[0], fragment=40)
@@ -194,55 +158,55 @@ def test_command_set_over_many_fragments_and_many_pdvs_per_pdu(running: Running,
     assert dcmread(stored).PixelData == dcmread(small_ct.paths[0]).PixelData
 
 
-def test_abort_inside_a_data_set_leaves_no_file_and_no_row(running: Running,
+def test_abort_inside_a_data_set_leaves_no_file_and_no_row(running: RunningScp,
                                                            small_ct: SyntheticSeries) -> None:
     scu = RawScu(running.receiver.port)
     pdvs = scu.pdvs(small_ct.paths[0], fragment=1000)
     scu.send_pdvs(pdvs[: len(pdvs) // 2])
-    _wait_for(lambda: any(p.suffix == ".part" for p in running.spool_files()))  # half written
+    poll_until(lambda: any(p.suffix == ".part" for p in running.spool_files()))  # half written
     scu.abort()
 
-    _wait_for(lambda: running.closed == [[]])
+    poll_until(lambda: running.closed == [[]])
     assert running.association_states() == ["aborted"]
     assert running.instance_rows() == []
     assert running.spool_files() == []
 
 
-def test_connection_lost_inside_a_data_set_leaves_nothing(running: Running,
+def test_connection_lost_inside_a_data_set_leaves_nothing(running: RunningScp,
                                                           small_ct: SyntheticSeries) -> None:
     scu = RawScu(running.receiver.port)
     pdvs = scu.pdvs(small_ct.paths[1], fragment=1000)
     scu.send_pdvs(pdvs[:3])
     scu.sock.close()
 
-    _wait_for(lambda: running.closed == [[]])
+    poll_until(lambda: running.closed == [[]])
     assert running.association_states() == ["closed"]
     assert running.instance_rows() == [] and running.spool_files() == []
 
 
-def test_data_for_an_unaccepted_context_aborts(running: Running, small_ct: SyntheticSeries) -> None:
+def test_data_for_an_unaccepted_context_aborts(running: RunningScp, small_ct: SyntheticSeries) -> None:
     scu = RawScu(running.receiver.port)
     pdvs = [(3, data) for _, data in scu.pdvs(small_ct.paths[0], fragment=1000)]
     scu.send_pdvs(pdvs[:2])
     assert scu.read()[0] == 0x07  # A-ABORT
-    _wait_for(lambda: running.association_states() == ["aborted"])
+    poll_until(lambda: running.association_states() == ["aborted"])
     assert running.instance_rows() == []
 
 
 def test_idle_association_is_aborted(tmp_path: Path) -> None:
-    scp = Running(tmp_path, network_timeout_seconds=0.5)
+    scp = RunningScp(tmp_path, network_timeout_seconds=0.5)
     try:
         scu = RawScu(scp.receiver.port)
         started = time.monotonic()
         assert scu.read()[0] == 0x07
         assert 0.4 < time.monotonic() - started < 5
-        _wait_for(lambda: scp.association_states() == ["aborted"])
+        poll_until(lambda: scp.association_states() == ["aborted"])
     finally:
         scp.stop()
 
 
 def test_association_limit_rejects_transiently(tmp_path: Path) -> None:
-    scp = Running(tmp_path, max_associations=1)
+    scp = RunningScp(tmp_path, max_associations=1)
     try:
         first = RawScu(scp.receiver.port)
         ae = AE(ae_title="SECOND")
@@ -258,7 +222,7 @@ def test_association_limit_rejects_transiently(tmp_path: Path) -> None:
 
 
 def test_small_max_pdu_splits_every_instance(tmp_path: Path, small_ct: SyntheticSeries) -> None:
-    scp = Running(tmp_path, max_pdu=4096)
+    scp = RunningScp(tmp_path, max_pdu=4096)
     try:
         assert storescu(scp.receiver.port, small_ct.paths, max_pdu=4096).returncode == 0
         ae = AE(ae_title="PYNETDICOM")
@@ -277,7 +241,7 @@ def test_small_max_pdu_splits_every_instance(tmp_path: Path, small_ct: Synthetic
 
 
 def test_stop_aborts_open_associations(tmp_path: Path) -> None:
-    scp = Running(tmp_path)
+    scp = RunningScp(tmp_path)
     scu = RawScu(scp.receiver.port)
     scp.stop()
     assert scu.read()[0] == 0x07
@@ -286,7 +250,7 @@ def test_stop_aborts_open_associations(tmp_path: Path) -> None:
 
 def _store_then_lose_rows(root: Path, series: SyntheticSeries) -> None:
     """Store ``series``, stop, then delete all rows but the first (as a power cut might)."""
-    scp = Running(root)
+    scp = RunningScp(root)
     try:
         assert storescu(scp.receiver.port, series.paths).returncode == 0
     finally:
@@ -306,7 +270,7 @@ def test_rows_lost_with_the_machine_are_registered_again(tmp_path: Path,
     stray = tmp_path / "spool" / INCOMING / "123-4.part"
     stray.write_bytes(b"half an instance that was never acknowledged")
 
-    again = Running(tmp_path)
+    again = RunningScp(tmp_path)
     try:
         assert sorted(again.instance_rows()) == sorted(small_ct.sop_uids)
         arrival = again.journal.arrival_by_key("series:" + small_ct.series_uid)
@@ -326,7 +290,7 @@ def test_unrecorded_files_of_the_same_boot_were_never_acknowledged(tmp_path: Pat
                                                                     small_ct: SyntheticSeries) -> None:
     _store_then_lose_rows(tmp_path, small_ct)  # same boot: the process died between file and row
 
-    again = Running(tmp_path)
+    again = RunningScp(tmp_path)
     try:
         assert again.instance_rows() == [small_ct.sop_uids[0]]
         assert [p.stem for p in again.spool_files() if p.suffix == ".dcm"] == [small_ct.sop_uids[0]]
@@ -336,7 +300,7 @@ def test_unrecorded_files_of_the_same_boot_were_never_acknowledged(tmp_path: Pat
         again.stop()
 
 
-def test_async_operations_and_role_selection_are_answered(running: Running,
+def test_async_operations_and_role_selection_are_answered(running: RunningScp,
                                                           small_ct: SyntheticSeries) -> None:
     window = AsynchronousOperationsWindowNegotiation()
     window.maximum_number_operations_invoked = 5
@@ -365,7 +329,7 @@ def test_unrecorded_files_are_kept_when_the_journal_was_replaced(tmp_path: Path,
     journal.set_meta("spool_token", "the token of another journal")
     journal.close()
 
-    again = Running(tmp_path)
+    again = RunningScp(tmp_path)
     try:
         assert sorted(again.instance_rows()) == sorted(small_ct.sop_uids)
         assert len(again.journal.query("SELECT * FROM instances WHERE association = 'recovered'")) == 2

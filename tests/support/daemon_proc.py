@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.waiting import poll_until
+
 REPO = Path(__file__).resolve().parents[2]
 TEST_PIPELINES = ["tests.support.pipelines:SeriesEcho", "tests.support.pipelines:ImageStats"]
 
@@ -188,9 +190,7 @@ def wait_until(
     predicate: Callable[[], bool], timeout: float, what: str, daemon: DaemonProcess, poll: float = 0.2
 ) -> None:
     """Poll ``predicate`` until true; fails with the daemon's log after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(poll)
-    raise AssertionError(f"timed out waiting for {what}\n--- daemon log ---\n{daemon.log_tail()}")
+    try:
+        poll_until(predicate, timeout, poll, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- daemon log ---\n{daemon.log_tail()}") from None
