@@ -98,17 +98,22 @@ class InstanceHeader:
 def parse_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceHeader:
     """Parse only :data:`HEADER_TAGS` from an encoded dataset (no File Meta, no pixels).
 
-    Walks the raw elements with pydicom's element generator and stops after
-    InstanceNumber (0020,0013), so the cost does not grow with the pixel data. Raises
+    Stops after InstanceNumber (0020,0013), so the cost does not grow with the pixel
+    data. Top-level elements of defined length are stepped over by their lengths
+    (:func:`_scan_defined`, a few microseconds per element); a data set with an element
+    of undefined length before the last header tag (a sequence) is walked by pydicom's
+    element generator instead, which finds the end of such a sequence. Raises
     InputRejected when the bytes cannot be parsed or a required UID is missing.
     """
     syntax = UID(transfer_syntax)
     if syntax == DeflatedExplicitVRLittleEndian:
         dataset = _inflate(dataset)
     try:
-        found = _scan(dataset, syntax, _HEAD_BYTES)
-        if len(found) < len(_HEADER_KEYS) and len(dataset) > _HEAD_BYTES:
-            found = _scan(dataset, syntax, len(dataset))
+        found = _scan_defined(dataset, syntax.is_implicit_VR, syntax.is_little_endian)
+        if found is None:
+            found = _scan(dataset, syntax, _HEAD_BYTES)
+            if len(found) < len(_HEADER_KEYS) and len(dataset) > _HEAD_BYTES:
+                found = _scan(dataset, syntax, len(dataset))
     except (EOFError, ValueError, TypeError, KeyError, NotImplementedError, struct.error) as exc:
         raise InputRejected(f"cannot parse DICOM header: {type(exc).__name__}: {exc}") from exc
     header = InstanceHeader(
@@ -128,6 +133,55 @@ def parse_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceH
 _HEAD_BYTES = 64 * 1024  # headers of CT/MR images end long before this
 _HEADER_KEYS = frozenset(int(tag) for tag in HEADER_TAGS)
 _LAST_HEADER_TAG = max(_HEADER_KEYS)
+
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+# explicit VRs with a reserved 2 bytes and a 32-bit length (PS3.5 table 7.1-1)
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_TAG = {True: struct.Struct("<HH"), False: struct.Struct(">HH")}
+_LENGTH_16 = {True: struct.Struct("<H"), False: struct.Struct(">H")}
+_LENGTH_32 = {True: struct.Struct("<I"), False: struct.Struct(">I")}
+
+
+def _scan_defined(data: bytes | memoryview, implicit: bool, little: bool) -> dict[int, str] | None:
+    """Header values found by stepping over top-level elements by their lengths.
+
+    Returns None, for pydicom to walk the data set, at the first element of undefined
+    length (its end can only be found by parsing its items) and at a VR that is not two
+    capital letters (an implicit-VR data set sent as explicit, which pydicom detects).
+    Raises ValueError when an element, or its header, runs past the data set's end.
+    """
+    tag_struct, short, long = _TAG[little], _LENGTH_16[little], _LENGTH_32[little]
+    found: dict[int, str] = {}
+    end, position = len(data), 0
+    while position + 8 <= end:
+        group, element = tag_struct.unpack_from(data, position)
+        tag = group << 16 | element
+        if tag > _LAST_HEADER_TAG:
+            break
+        if implicit:
+            (length,), start = long.unpack_from(data, position + 4), position + 8
+        else:
+            vr = bytes(data[position + 4 : position + 6])
+            if vr in _LONG_VRS:
+                (length,), start = long.unpack_from(data, position + 8), position + 12
+            elif vr.isalpha() and vr.isupper():
+                (length,), start = short.unpack_from(data, position + 6), position + 8
+            else:
+                return None
+        if length == _UNDEFINED_LENGTH:
+            return None
+        position = start + length
+        if position > end:
+            raise ValueError(f"element ({group:04X},{element:04X}) runs past the end of the data set")
+        if length and tag in _HEADER_KEYS:
+            found[tag] = bytes(data[start:position]).decode("ascii", "replace").strip("\0 ")
+    else:
+        if position != end:
+            raise ValueError(f"data set ends inside an element header at byte {position}")
+    return found
 
 
 def _scan(dataset: bytes | memoryview, syntax: UID, limit: int) -> dict[int, str]:

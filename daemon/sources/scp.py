@@ -21,7 +21,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
@@ -146,9 +145,6 @@ class DicomReceiver:
         self._server: _AssociationServer | None = None
         self._accepting: threading.Thread | None = None
         self._tls: ssl.SSLContext | None = None
-        # write-back and fdatasync of received instances, run while the association
-        # thread reads and parses (threads start on first use; replaced at each start)
-        self.syncer = ThreadPoolExecutor(settings.max_associations, "acqflow-dicom-sync")
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -162,7 +158,6 @@ class DicomReceiver:
             return
         self._recover_spool()
         self._stopping = False
-        self.syncer = ThreadPoolExecutor(self.settings.max_associations, "acqflow-dicom-sync")
         self._tls = _tls_context(self.settings.tls) if self.settings.tls is not None else None
         server = _AssociationServer((self.settings.host, self.settings.port), self)
         self._server = server
@@ -195,7 +190,6 @@ class DicomReceiver:
         deadline = time.monotonic() + timeout
         for thread in active.values():
             thread.join(max(0.0, deadline - time.monotonic()))
-        self.syncer.shutdown(wait=True)
         LOG.info("DICOM SCP stopped (%d association(s) aborted)", len(active))
 
     @property
@@ -340,11 +334,11 @@ class DicomReceiver:
         if peer.association in self._standby:
             return
         try:
-            self._standby[peer.association] = self.spool.reserve(self.syncer)
+            self._standby[peer.association] = self.spool.reserve()
         except OSError as exc:  # reported by the C-STORE that needs the file
             LOG.debug("association %s: no incoming file ready: %s", peer.association, exc)
 
     def take_incoming(self, peer: PeerAssociation) -> IncomingInstance:
         """The association's prepared incoming file, or a new one; raises OSError."""
         standby = self._standby.pop(peer.association, None)
-        return standby if standby is not None else self.spool.reserve(self.syncer)
+        return standby if standby is not None else self.spool.reserve()

@@ -4,7 +4,8 @@ A C-STORE dataset is appended fragment by fragment to ``<spool>/.incoming/<n>.pa
 behind its File Meta header, so nothing is reassembled in memory. Committing an
 instance makes it durable in one step, *before* the peer is told Success:
 
-1. ``fdatasync`` the file (its bytes and size are on the device),
+1. ``fdatasync`` the file (its bytes and size are on the device; write-back of each
+   fragment was started as it arrived, so little is left to write),
 2. rename it to ``<spool>/<series>/<sop uid>.dcm`` (a series folder created here is
    itself made durable with an fsync of the spool folder),
 3. ``fsync`` the series folder (the new name is on the device).
@@ -24,7 +25,6 @@ import logging
 import mmap
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
@@ -47,12 +47,9 @@ class IncomingInstance:
     association waits for its next request), then ``start`` writes the header.
     """
 
-    def __init__(self, path: Path, background: Executor) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        self._background = background
-        self._pending: list[Future[None]] = []  # the fdatasync, once begun
-        self._synced: Future[None] | None = None
         self.meta_size = 0
         self.size = 0
 
@@ -96,21 +93,14 @@ class IncomingInstance:
         ):
             yield dataset
 
-    def begin_sync(self) -> None:
-        """Start the fdatasync in the background, so the caller can parse meanwhile.
-
-        :meth:`commit` waits for it; no more data may be appended.
-        """
-        self._synced = self._background.submit(os.fdatasync, self._require_open())
-        self._pending.append(self._synced)
-
     def commit(self, final: Path) -> None:
-        """Make the file durable under ``final`` (see the module docstring); raises OSError."""
-        self._require_open()
-        if self._synced is None:
-            self.begin_sync()
-        assert self._synced is not None
-        self._synced.result()  # re-raises the fdatasync's OSError
+        """Make the file durable under ``final`` (see the module docstring); raises OSError.
+
+        The fdatasync runs on the calling thread: handing it to another one measured
+        slower, because that thread first waits for the interpreter lock that the
+        caller holds while it parses the header.
+        """
+        os.fdatasync(self._require_open())
         self._close()
         folder = final.parent
         if not folder.is_dir():
@@ -128,9 +118,6 @@ class IncomingInstance:
             LOG.warning("cannot remove incoming spool file %s: %s", self.path.name, exc)
 
     def _close(self) -> None:
-        """Close the file once nothing in the background uses its descriptor any more."""
-        wait(self._pending)
-        self._pending.clear()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -163,10 +150,10 @@ class InstanceSpool:
         fsync_dir(self.root)
         return removed
 
-    def reserve(self, background: Executor) -> IncomingInstance:
-        """A new, empty incoming file whose syncs run in ``background``; raises OSError."""
+    def reserve(self) -> IncomingInstance:
+        """A new, empty incoming file; raises OSError."""
         name = f"{os.getpid()}-{next(self._names)}.part"
-        return IncomingInstance(self.incoming / name, background)
+        return IncomingInstance(self.incoming / name)
 
     def path_for(self, series_uid: str, sop_uid: str) -> Path:
         """Where an instance of ``series_uid`` lives once committed."""

@@ -145,7 +145,6 @@ class InstanceReceipt:
         incoming = self._incoming
         if incoming is None or incoming.size == incoming.meta_size:
             raise StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", "no data set")
-        incoming.begin_sync()  # the device works while we parse
         with incoming.dataset() as dataset:
             try:
                 header = parse_header(dataset, self.syntax)

@@ -11,8 +11,19 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.data.data_manager import DATA_ROOT, external_data_sources
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
-from daemon.dicomio import encode_file_meta, parse_header, read_part10, read_series
+from daemon.dicomio import (
+    _scan,
+    _scan_defined,
+    encode_file_meta,
+    parse_header,
+    read_part10,
+    read_series,
+)
 from daemon.errors import InputRejected
 from daemon.journal import Instance, Journal
 from tests.support.peers import SyntheticSeries, write_synthetic_ct
@@ -62,6 +73,82 @@ def test_parse_header_other_transfer_syntaxes(name: str) -> None:
     header = parse_header(dataset, syntax)
     assert header.sop_instance_uid == full.SOPInstanceUID
     assert header.series_uid == full.SeriesInstanceUID and header.modality == "MR"
+
+
+def _sample_datasets() -> list[tuple[str, bytes, UID]]:
+    """(name, encoded data set, syntax) of every Part-10 sample file of pydicom and pydicom-data."""
+    roots = [Path(DATA_ROOT) / "test_files"]
+    roots += [Path(source.data_path) for source in external_data_sources().values()]
+    samples = []
+    for path in sorted(p for root in roots for p in root.rglob("*") if p.is_file()):
+        try:
+            meta = dcmread(path, stop_before_pixels=True).file_meta
+            syntax = UID(meta.TransferSyntaxUID)
+            start = 132 + 12 + int(meta.FileMetaInformationGroupLength)
+        except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, OSError, EOFError):
+            continue  # not Part 10 (no File Meta): nothing a C-STORE would carry
+        raw = path.read_bytes()
+        if raw[128:132] == b"DICM" and syntax != DeflatedExplicitVRLittleEndian:
+            samples.append((path.name, raw[start:], syntax))
+    return samples
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")  # a sample sent mislabelled
+def test_length_stepping_scan_agrees_with_pydicom_on_every_sample_file() -> None:
+    """The fast path finds exactly what pydicom's element generator finds, or defers to it."""
+    samples = _sample_datasets()
+    assert len(samples) > 150, "pydicom-data sample files missing"
+    stepped = 0
+    for name, data, syntax in samples:
+        found = _scan_defined(data, syntax.is_implicit_VR, syntax.is_little_endian)
+        if found is not None:
+            stepped += 1
+            assert found == _scan(data, syntax, len(data)), name
+    assert stepped > 0.7 * len(samples)  # the fast path is the common one
+
+
+def _encoded(dataset: Dataset) -> bytes:
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=False)
+    return buffer.getvalue()
+
+
+def _header_dataset() -> Dataset:
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    dataset.SOPInstanceUID = "1.2.3.4"
+    dataset.Modality = "CT"
+    dataset.StudyInstanceUID = "1.2.3"
+    dataset.SeriesInstanceUID = "1.2.3.5"
+    dataset.InstanceNumber = 7
+    return dataset
+
+
+def test_sequence_of_undefined_length_is_walked_by_pydicom() -> None:
+    dataset = _header_dataset()
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3.9"
+    dataset.ReferencedImageSequence = [item]
+    dataset["ReferencedImageSequence"].is_undefined_length = True
+    data = _encoded(dataset)
+    assert _scan_defined(data, False, True) is None
+    header = parse_header(data, ExplicitVRLittleEndian)
+    assert (header.sop_instance_uid, header.series_uid, header.instance_number) == ("1.2.3.4", "1.2.3.5", 7)
+    dataset["ReferencedImageSequence"].is_undefined_length = False
+    assert _scan_defined(_encoded(dataset), False, True) is not None  # defined length: stepped over
+
+
+def test_length_stepping_scan_refuses_an_element_past_the_end() -> None:
+    data = _encoded(_header_dataset())
+    assert _scan_defined(data, False, True) is not None
+    with pytest.raises(ValueError, match="runs past the end"):
+        _scan_defined(data[:-1], False, True)
+    with pytest.raises(ValueError, match="inside an element header"):
+        _scan_defined(data[:-5], False, True)
+    with pytest.raises(InputRejected, match="runs past the end"):
+        parse_header(data[:-1], ExplicitVRLittleEndian)
 
 
 def test_parse_header_rejects_garbage() -> None:
