@@ -7,9 +7,10 @@ pydicom round trip) and parses only the few header attributes it needs.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -30,6 +31,8 @@ __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION",
     "InstanceHeader",
+    "NotSteppable",
+    "defined_elements",
     "encode_file_meta",
     "parse_header",
     "read_part10",
@@ -105,7 +108,7 @@ def parse_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceH
     element generator instead, which finds the end of such a sequence. Raises
     InputRejected when the bytes cannot be parsed or a required UID is missing.
     """
-    syntax = UID(transfer_syntax)
+    syntax = _syntax(transfer_syntax)
     if syntax == DeflatedExplicitVRLittleEndian:
         dataset = _inflate(dataset)
     try:
@@ -130,6 +133,12 @@ def parse_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceH
     return header
 
 
+@functools.lru_cache(maxsize=64)
+def _syntax(transfer_syntax: str) -> UID:
+    """The UID of a transfer syntax, built (and validated) once per syntax."""
+    return UID(transfer_syntax)
+
+
 _HEAD_BYTES = 64 * 1024  # headers of CT/MR images end long before this
 _HEADER_KEYS = frozenset(int(tag) for tag in HEADER_TAGS)
 _LAST_HEADER_TAG = max(_HEADER_KEYS)
@@ -145,22 +154,28 @@ _LENGTH_16 = {True: struct.Struct("<H"), False: struct.Struct(">H")}
 _LENGTH_32 = {True: struct.Struct("<I"), False: struct.Struct(">I")}
 
 
-def _scan_defined(data: bytes | memoryview, implicit: bool, little: bool) -> dict[int, str] | None:
-    """Header values found by stepping over top-level elements by their lengths.
+class NotSteppable(Exception):
+    """An element whose end cannot be found from its header: one of undefined length
+    (a sequence, found only by parsing its items) or one whose explicit VR is not two
+    capital letters (an implicit-VR data set labelled explicit, which pydicom detects)."""
 
-    Returns None, for pydicom to walk the data set, at the first element of undefined
-    length (its end can only be found by parsing its items) and at a VR that is not two
-    capital letters (an implicit-VR data set sent as explicit, which pydicom detects).
-    Raises ValueError when an element, or its header, runs past the data set's end.
+
+def defined_elements(
+    data: bytes | memoryview, implicit: bool, little: bool, last_tag: int = 0xFFFFFFFF
+) -> Iterator[tuple[int, int, int]]:
+    """(tag, value start, value end) of each top-level element, stepped over by length.
+
+    Stops after the elements up to ``last_tag``. A few microseconds per element, where
+    pydicom's element generator takes tens. Raises NotSteppable (see there), and
+    ValueError when an element, or its header, runs past the end of ``data``.
     """
     tag_struct, short, long = _TAG[little], _LENGTH_16[little], _LENGTH_32[little]
-    found: dict[int, str] = {}
     end, position = len(data), 0
     while position + 8 <= end:
         group, element = tag_struct.unpack_from(data, position)
         tag = group << 16 | element
-        if tag > _LAST_HEADER_TAG:
-            break
+        if tag > last_tag:
+            return
         if implicit:
             (length,), start = long.unpack_from(data, position + 4), position + 8
         else:
@@ -170,17 +185,26 @@ def _scan_defined(data: bytes | memoryview, implicit: bool, little: bool) -> dic
             elif vr.isalpha() and vr.isupper():
                 (length,), start = short.unpack_from(data, position + 6), position + 8
             else:
-                return None
+                raise NotSteppable(f"({group:04X},{element:04X}) has no valid explicit VR")
         if length == _UNDEFINED_LENGTH:
-            return None
+            raise NotSteppable(f"({group:04X},{element:04X}) has undefined length")
         position = start + length
         if position > end:
             raise ValueError(f"element ({group:04X},{element:04X}) runs past the end of the data set")
-        if length and tag in _HEADER_KEYS:
-            found[tag] = bytes(data[start:position]).decode("ascii", "replace").strip("\0 ")
-    else:
-        if position != end:
-            raise ValueError(f"data set ends inside an element header at byte {position}")
+        yield tag, start, position
+    if position != end:
+        raise ValueError(f"data set ends inside an element header at byte {position}")
+
+
+def _scan_defined(data: bytes | memoryview, implicit: bool, little: bool) -> dict[int, str] | None:
+    """Header values found by :func:`defined_elements`; None when pydicom must walk ``data``."""
+    found: dict[int, str] = {}
+    try:
+        for tag, start, stop in defined_elements(data, implicit, little, _LAST_HEADER_TAG):
+            if stop > start and tag in _HEADER_KEYS:
+                found[tag] = bytes(data[start:stop]).decode("ascii", "replace").strip("\0 ")
+    except NotSteppable:
+        return None
     return found
 
 

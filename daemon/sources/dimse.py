@@ -1,7 +1,8 @@
 """DIMSE command sets of the SCP (PS3.7 §9.3, §E): requests in, responses out.
 
-A command set is always Implicit VR Little Endian. Requests are walked with pydicom's
-raw element generator; responses are encoded here, element by element, the way
+A command set is always Implicit VR Little Endian, every element of defined length:
+requests are stepped through by element length (``daemon.dicomio.defined_elements``);
+responses are encoded here, element by element, the way
 ``daemon.dicomio`` writes File Meta: a C-STORE-RSP has six fixed elements, and going
 through pydicom's ``Dataset`` (what pynetdicom's DIMSE messages do) costs 0.2 to 0.5 ms per
 instance — a fifth of what receiving and durably storing a 0.5 MB instance may take.
@@ -13,11 +14,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from io import BytesIO
-
-from pydicom.filereader import data_element_generator
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
+
+from daemon.dicomio import NotSteppable, defined_elements
 
 __all__ = ["CommandField", "DimseRequest", "decode_request", "encode_response", "response_pdus"]
 
@@ -46,13 +46,10 @@ class DimseRequest:
 
 def decode_request(encoded: bytes) -> DimseRequest:
     """Decode a request command set; raises ValueError when it is malformed."""
-    values: dict[int, bytes] = {}
     try:
-        for element in data_element_generator(BytesIO(encoded), True, True, defer_size=None):
-            if isinstance(element.value, bytes):
-                values[int(element.tag)] = element.value
-    except (EOFError, struct.error, TypeError, KeyError, NotImplementedError) as exc:
-        raise ValueError(f"malformed command set: {type(exc).__name__}: {exc}") from exc
+        values = {tag: encoded[start:stop] for tag, start, stop in defined_elements(encoded, True, True)}
+    except (NotSteppable, ValueError) as exc:
+        raise ValueError(f"malformed command set: {exc}") from exc
     try:
         command_field = _US.unpack(values[0x00000100])[0]
         message_id = _US.unpack(values[0x00000110])[0]

@@ -52,6 +52,7 @@ class IncomingInstance:
         self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.meta_size = 0
         self.size = 0
+        self._written_back = 0  # write-back started up to here
 
     def start(self, meta: bytes) -> None:
         """Write the File Meta header; raises OSError."""
@@ -63,13 +64,16 @@ class IncomingInstance:
     def append(self, data: memoryview) -> None:
         """Write ``data`` at the end of the file; raises OSError (disk full, I/O error).
 
-        Write-back of what is written is started at once, so that the fdatasync of
-        :meth:`commit` finds little left to write. (Handing that request to another
-        thread measured slower: the wake-ups cost more than the request.)
+        Write-back is started every :data:`WRITE_BACK_BYTES`, so that the fdatasync of
+        :meth:`commit` finds little left to write. Each start is a request to the
+        device, which costs a VM exit on a virtual disk: starting one per 128 kB PDU
+        measured slower than one per 256 kB. (Handing the request to another thread
+        measured slower still: the wake-ups cost more than the request.)
         """
         fd = self._write(data)
-        if _SYNC_FILE_RANGE is not None:
-            _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+        if _SYNC_FILE_RANGE is not None and self.size - self._written_back >= WRITE_BACK_BYTES:
+            _SYNC_FILE_RANGE(fd, self._written_back, 0, _SYNC_FILE_RANGE_WRITE)
+            self._written_back = self.size
 
     def _write(self, data: memoryview) -> int:
         fd = self._require_open()
@@ -200,3 +204,4 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 _SYNC_FILE_RANGE = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2  # start write-out of dirty pages, do not wait
+WRITE_BACK_BYTES = 256 * 1024

@@ -1,7 +1,10 @@
 """The DICOM upper layer (PS3.8) of the SCP: blocking PDU I/O and association negotiation.
 
 One thread owns one connection and reads whole PDUs with ``recv_into`` into a buffer it
-keeps for the life of the association (no polling, no hand-over between threads).
+keeps for the life of the association (no hand-over between threads). On a plain TCP
+socket the idle timeout is the kernel's (``SO_RCVTIMEO``/``SO_SNDTIMEO``) rather than
+Python's, which would add a ``poll`` before every ``recv``; and each body read asks for
+the next PDU header too, so a PDU usually costs one system call.
 Association PDUs are decoded and encoded by pynetdicom's PDU classes and primitives,
 presentation contexts are negotiated by ``pynetdicom.presentation``. Only the
 presentation data values (PDVs) of a P-DATA-TF are walked here, in place: they are the
@@ -99,8 +102,14 @@ class PduConnection:
 
     def __init__(self, sock: socket.socket | ssl.SSLSocket, max_pdu: int) -> None:
         self.sock = sock
-        self._buffer = bytearray(max(max_pdu, 16384) + 6 if max_pdu else 1024 * 1024)
+        self._kernel_timeouts = not isinstance(sock, ssl.SSLSocket)
+        if self._kernel_timeouts:
+            sock.settimeout(None)  # blocking: SO_RCVTIMEO ends a wait, not a poll
+        self._timeout: float | None = None if self._kernel_timeouts else sock.gettimeout()
+        # a body, then room for the next PDU's header read along with it
+        self._buffer = bytearray((max(max_pdu, 16384) if max_pdu else 1024 * 1024) + 6)
         self._header = bytearray(6)
+        self._carried = 0  # bytes of the next header already in self._header
         self._send_lock = threading.Lock()
 
     def read(self, timeout: float | None) -> tuple[int, memoryview]:
@@ -109,27 +118,52 @@ class PduConnection:
         Raises PeerClosed, TimeoutError (nothing arrived for ``timeout`` seconds) or
         ProtocolViolation (a PDU larger than :data:`MAX_PDU_CAP`).
         """
-        self.sock.settimeout(timeout)
-        self._fill(memoryview(self._header))
+        self._set_timeout(timeout)
+        self._fill(memoryview(self._header)[self._carried :])
+        self._carried = 0
         pdu_type, length = _PDU_HEADER.unpack(self._header)
-        if length > len(self._buffer):
+        if length + 6 > len(self._buffer):
             cap = MAX_PDU_CAP if pdu_type == PduType.P_DATA_TF else _ASSOCIATION_PDU_CAP
             if length > cap:
                 raise ProtocolViolation(f"PDU of {length} bytes exceeds {cap}", 0x06)
-            self._buffer = bytearray(length)
-        body = memoryview(self._buffer)[:length]
-        self._fill(body)
-        return pdu_type, body
+            self._buffer = bytearray(length + 6)
+        view = memoryview(self._buffer)
+        extra = self._fill(view[: length + 6], minimum=length)
+        if extra:  # the start of the next PDU's header came with this body
+            self._header[:extra] = view[length : length + extra]
+            self._carried = extra
+        return pdu_type, view[:length]
 
-    def _fill(self, view: memoryview) -> None:
-        while view:
+    def _fill(self, view: memoryview, minimum: int | None = None) -> int:
+        """Receive at least ``minimum`` bytes (all of ``view`` by default) into ``view``.
+
+        Returns how many bytes beyond ``minimum`` arrived.
+        """
+        wanted = len(view) if minimum is None else minimum
+        received = 0
+        while received < wanted:
             try:
-                received = self.sock.recv_into(view)
+                count = self.sock.recv_into(view[received:])
+            except BlockingIOError as exc:  # SO_RCVTIMEO expired
+                raise TimeoutError(f"nothing received for {self._timeout} s") from exc
             except (ConnectionError, ssl.SSLError) as exc:
                 raise PeerClosed(str(exc)) from exc
-            if not received:
+            if not count:
                 raise PeerClosed("connection closed by the peer")
-            view = view[received:]
+            received += count
+        return received - wanted
+
+    def _set_timeout(self, timeout: float | None) -> None:
+        if timeout == self._timeout:
+            return
+        self._timeout = timeout
+        if not self._kernel_timeouts:
+            self.sock.settimeout(timeout)
+            return
+        seconds = 0.0 if timeout is None else max(timeout, 0.001)  # 0: wait for ever
+        value = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
     def send(self, *pdus: bytes) -> None:
         """Send encoded PDUs in order; raises PeerClosed when the connection is gone."""

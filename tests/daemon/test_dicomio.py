@@ -19,6 +19,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEnd
 from daemon.dicomio import (
     _scan,
     _scan_defined,
+    defined_elements,
     encode_file_meta,
     parse_header,
     read_part10,
@@ -147,6 +148,8 @@ def test_length_stepping_scan_refuses_an_element_past_the_end() -> None:
         _scan_defined(data[:-1], False, True)
     with pytest.raises(ValueError, match="inside an element header"):
         _scan_defined(data[:-5], False, True)
+    tags = [tag for tag, _start, _stop in defined_elements(data, False, True)]
+    assert tags == sorted(tags) and tags[-1] == 0x00200013
     with pytest.raises(InputRejected, match="runs past the end"):
         parse_header(data[:-1], ExplicitVRLittleEndian)
 
