@@ -15,9 +15,6 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.pdu_primitives import P_DATA
-
 from daemon.dicomio import NotSteppable, defined_elements
 
 __all__ = ["CommandField", "DimseRequest", "decode_request", "encode_response", "response_pdus"]
@@ -25,6 +22,7 @@ __all__ = ["CommandField", "DimseRequest", "decode_request", "encode_response", 
 _NO_DATA_SET = 0x0101  # CommandDataSetType: no data set follows
 _US = struct.Struct("<H")
 _ELEMENT_HEADER = struct.Struct("<HHI")
+_P_DATA_HEADER = struct.Struct(">BxLLBB")  # PDU type and length, PDV item length, context, control
 
 
 class CommandField(IntEnum):
@@ -93,15 +91,18 @@ def encode_response(request: DimseRequest, status: int, comment: str | None = No
 
 
 def response_pdus(command: bytes, context_id: int, peer_max_pdu: int) -> list[bytes]:
-    """P-DATA-TF PDUs (pynetdicom-encoded) carrying ``command``, fragmented to the peer's limit."""
-    room = peer_max_pdu - 6 if peer_max_pdu else len(command)
+    """P-DATA-TF PDUs carrying ``command``, one PDV each, fragmented to the peer's limit.
+
+    The peer's maximum bounds a PDU's PDV items, 6 bytes of item header included (PS3.8
+    9.3.5); ``tests/daemon/test_dimse.py`` decodes the PDUs with pynetdicom.
+    """
+    room = max(peer_max_pdu - 6, 1) if peer_max_pdu else max(len(command), 1)
     pdus = []
-    for start in range(0, len(command), max(room, 1)):
-        fragment = command[start : start + max(room, 1)]
-        control = b"\x03" if start + len(fragment) >= len(command) else b"\x01"
-        primitive = P_DATA()
-        primitive.presentation_data_value_list.append((context_id, control + fragment))
-        pdus.append(P_DATA_TF(primitive).encode())
+    for start in range(0, len(command), room):
+        fragment = command[start : start + room]
+        control = 0x03 if start + len(fragment) >= len(command) else 0x01
+        item_length = 2 + len(fragment)
+        pdus.append(_P_DATA_HEADER.pack(0x04, 4 + item_length, item_length, context_id, control) + fragment)
     return pdus
 
 
