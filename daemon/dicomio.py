@@ -35,6 +35,7 @@ __all__ = [
     "defined_elements",
     "encode_file_meta",
     "parse_header",
+    "parse_header_prefix",
     "read_part10",
     "read_series",
 ]
@@ -112,13 +113,39 @@ def parse_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceH
     if syntax == DeflatedExplicitVRLittleEndian:
         dataset = _inflate(dataset)
     try:
-        found = _scan_defined(dataset, syntax.is_implicit_VR, syntax.is_little_endian)
-        if found is None:
+        scanned = _scan_defined(dataset, syntax.is_implicit_VR, syntax.is_little_endian)
+        if scanned is not None:
+            found = scanned[0]
+        else:
             found = _scan(dataset, syntax, _HEAD_BYTES)
             if len(found) < len(_HEADER_KEYS) and len(dataset) > _HEAD_BYTES:
                 found = _scan(dataset, syntax, len(dataset))
     except (EOFError, ValueError, TypeError, KeyError, NotImplementedError, struct.error) as exc:
         raise InputRejected(f"cannot parse DICOM header: {type(exc).__name__}: {exc}") from exc
+    return _header(found)
+
+
+def parse_header_prefix(prefix: bytes | memoryview, transfer_syntax: str) -> InstanceHeader | None:
+    """The header from the first bytes of a data set that is still arriving.
+
+    None when ``prefix`` ends before the element that follows the last header tag, and
+    whenever :func:`parse_header` on the whole data set must decide (a deflated data
+    set, an element that is not steppable, one running past the prefix). Raises
+    InputRejected when the header is all there but lacks a required UID.
+    """
+    syntax = _syntax(transfer_syntax)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        return None
+    try:
+        scanned = _scan_defined(prefix, syntax.is_implicit_VR, syntax.is_little_endian)
+    except ValueError:
+        return None
+    if scanned is None or not scanned[1]:
+        return None
+    return _header(scanned[0])
+
+
+def _header(found: dict[int, str]) -> InstanceHeader:
     header = InstanceHeader(
         sop_class_uid=found.get(0x00080016, ""),
         sop_instance_uid=found.get(0x00080018, ""),
@@ -196,16 +223,23 @@ def defined_elements(
         raise ValueError(f"data set ends inside an element header at byte {position}")
 
 
-def _scan_defined(data: bytes | memoryview, implicit: bool, little: bool) -> dict[int, str] | None:
-    """Header values found by :func:`defined_elements`; None when pydicom must walk ``data``."""
+def _scan_defined(
+    data: bytes | memoryview, implicit: bool, little: bool
+) -> tuple[dict[int, str], bool] | None:
+    """Header values found by :func:`defined_elements`, and whether an element after the
+    last header tag was reached (the header is complete even if ``data`` is a prefix).
+
+    None when pydicom must walk ``data``; raises ValueError like ``defined_elements``.
+    """
     found: dict[int, str] = {}
+    end = 0
     try:
-        for tag, start, stop in defined_elements(data, implicit, little, _LAST_HEADER_TAG):
-            if stop > start and tag in _HEADER_KEYS:
-                found[tag] = bytes(data[start:stop]).decode("ascii", "replace").strip("\0 ")
+        for tag, start, end in defined_elements(data, implicit, little, _LAST_HEADER_TAG):
+            if end > start and tag in _HEADER_KEYS:
+                found[tag] = _text(data[start:end])
     except NotSteppable:
         return None
-    return found
+    return found, end < len(data)  # stopped before the end: at a tag after the header
 
 
 def _scan(dataset: bytes | memoryview, syntax: UID, limit: int) -> dict[int, str]:
@@ -221,8 +255,12 @@ def _scan(dataset: bytes | memoryview, syntax: UID, limit: int) -> dict[int, str
     )
     for element in elements:
         if int(element.tag) in _HEADER_KEYS and isinstance(element.value, bytes):
-            found[int(element.tag)] = element.value.decode("ascii", "replace").strip("\0 ")
+            found[int(element.tag)] = _text(element.value)
     return found
+
+
+def _text(value: bytes | memoryview) -> str:
+    return bytes(value).decode("ascii", "replace").strip("\0 ")
 
 
 def _inflate(data: bytes | memoryview) -> bytes:

@@ -1,9 +1,11 @@
 """One C-STORE at the SCP: its data set streamed into the spool, then committed or refused.
 
 ``InstanceReceipt`` receives the fragments of one C-STORE as the association loop reads
-them and, on the last one, decides the status: parse the header, check it against the
-command, skip duplicates, make the file durable (``daemon.sources.spool``) and commit its
-journal row. Every refusal is logged (never patient identifiers) and counted.
+them. The header is parsed, checked against the command and looked up for a duplicate
+as soon as the first fragment holds it (usually the first: the rest of the data set is
+still on its way); on the last fragment the receipt decides the status: make the file
+durable (``daemon.sources.spool``) and commit its journal row. Every refusal is logged
+(never patient identifiers) and counted.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Protocol
 from pynetdicom.presentation import PresentationContext
 
 from daemon import metrics
-from daemon.dicomio import encode_file_meta, parse_header
+from daemon.dicomio import InstanceHeader, encode_file_meta, parse_header, parse_header_prefix
 from daemon.errors import InputRejected
 from daemon.journal import Instance, Journal
 from daemon.sources.association import DimseStatus, PeerAssociation
@@ -77,6 +79,9 @@ class InstanceReceipt:
         self.syntax = str(context.transfer_syntax[0])
         self._incoming: IncomingInstance | None = None
         self._refused: StoreRefused | None = None
+        self._header: InstanceHeader | None = None
+        self._duplicate = False
+        self._early = True  # still looking for the header in the first fragments
         if self.sop_class != str(context.abstract_syntax):
             self._refused = StoreRefused(
                 StoreStatus.SOP_CLASS_NOT_SUPPORTED,
@@ -102,6 +107,47 @@ class InstanceReceipt:
         except OSError as exc:
             self.discard()
             self._refused = StoreRefused(StoreStatus.OUT_OF_RESOURCES, "spool", f"spool: {exc}")
+            return
+        if self._early:
+            self._read_header_early(self._incoming, fragment)
+
+    def _read_header_early(self, incoming: IncomingInstance, fragment: memoryview) -> None:
+        """Parse and check the header from the data received so far, if it is all there.
+
+        Refuses (and stops writing) a data set whose header is unreadable or does not
+        match the command, and stops writing a duplicate. Leaves anything undecided,
+        including an unexpected error, to :meth:`finish`.
+        """
+        received = incoming.size - incoming.meta_size
+        if received - len(fragment) >= _EARLY_HEADER_BYTES:
+            self._early = False
+            return
+        try:
+            if received == len(fragment):  # the first fragment: parse it where it lies
+                header = parse_header_prefix(fragment, self.syntax)
+            else:
+                with incoming.dataset() as dataset:
+                    header = parse_header_prefix(dataset, self.syntax)
+            if header is None:
+                return
+            self._early = False
+            self._duplicate = self._is_duplicate(header)
+            self._header = header
+        except InputRejected as exc:
+            self._refused = StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", str(exc))
+        except StoreRefused as refused:
+            self._refused = refused
+        except Exception:  # finish() runs the same steps again and reports the failure
+            LOG.debug("early header check failed; left to the end of the data set", exc_info=True)
+            self._early = False
+            return
+        if self._refused is not None or self._duplicate:
+            self.discard()  # the rest of the data set is read and dropped
+
+    def _is_duplicate(self, header: InstanceHeader) -> bool:
+        """Check ``header`` against the command; True when the journal has the instance."""
+        _check_matches(header.sop_class_uid, self.sop_class, header.sop_instance_uid, self.sop_uid)
+        return self.receiver.journal.instance_arrival(self.sop_uid) is not None
 
     def discard(self) -> None:
         incoming, self._incoming = self._incoming, None
@@ -142,18 +188,21 @@ class InstanceReceipt:
         """Parse, check, commit the file and its row; returns "stored" or "duplicate"."""
         if self._refused is not None:
             raise self._refused
+        if self._duplicate:
+            return "duplicate"
         incoming = self._incoming
         if incoming is None or incoming.size == incoming.meta_size:
             raise StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", "no data set")
-        with incoming.dataset() as dataset:
-            try:
-                header = parse_header(dataset, self.syntax)
-            except (InputRejected, ValueError) as exc:
-                raise StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", str(exc)) from exc
-        _check_matches(header.sop_class_uid, self.sop_class, header.sop_instance_uid, self.sop_uid)
+        header = self._header
+        if header is None:
+            with incoming.dataset() as dataset:
+                try:
+                    header = parse_header(dataset, self.syntax)
+                except (InputRejected, ValueError) as exc:
+                    raise StoreRefused(StoreStatus.CANNOT_UNDERSTAND, "unreadable", str(exc)) from exc
+            if self._is_duplicate(header):
+                return "duplicate"
         journal = self.receiver.journal
-        if journal.instance_arrival(self.sop_uid) is not None:
-            return "duplicate"
         path = self.receiver.spool.path_for(header.series_uid, self.sop_uid)
         try:
             incoming.commit(path)
@@ -189,6 +238,8 @@ class InstanceReceipt:
         metrics.DICOM_BYTES.inc(incoming.size)
         return "stored" if is_new else "duplicate"
 
+
+_EARLY_HEADER_BYTES = 64 * 1024  # headers of CT/MR images end long before this
 
 _INPUT_ERRORS = (
     StoreStatus.CANNOT_UNDERSTAND,

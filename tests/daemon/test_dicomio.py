@@ -22,6 +22,7 @@ from daemon.dicomio import (
     defined_elements,
     encode_file_meta,
     parse_header,
+    parse_header_prefix,
     read_part10,
     read_series,
 )
@@ -101,11 +102,41 @@ def test_length_stepping_scan_agrees_with_pydicom_on_every_sample_file() -> None
     assert len(samples) > 150, "pydicom-data sample files missing"
     stepped = 0
     for name, data, syntax in samples:
-        found = _scan_defined(data, syntax.is_implicit_VR, syntax.is_little_endian)
-        if found is not None:
+        scanned = _scan_defined(data, syntax.is_implicit_VR, syntax.is_little_endian)
+        if scanned is not None:
             stepped += 1
-            assert found == _scan(data, syntax, len(data)), name
+            assert scanned[0] == _scan(data, syntax, len(data)), name
     assert stepped > 0.7 * len(samples)  # the fast path is the common one
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")
+def test_a_prefix_gives_the_whole_header_or_nothing() -> None:
+    """What the SCP parses from a data set's first fragment, before the rest arrives."""
+    complete = 0
+    for name, data, syntax in _sample_datasets():
+        try:
+            whole = parse_header(data, syntax)
+        except InputRejected:
+            continue
+        for cut in (16, 300, 2048, 16384):
+            prefix = parse_header_prefix(memoryview(data)[:cut], syntax)
+            assert prefix is None or prefix == whole, (name, cut)
+            complete += prefix is not None
+    assert complete > 100  # most headers are whole within the first 16 kB
+
+
+def test_prefix_ending_inside_the_header_gives_nothing() -> None:
+    dataset = _header_dataset()
+    dataset.Rows = 2  # an element after the header
+    data = _encoded(dataset)
+    whole = parse_header(data, ExplicitVRLittleEndian)
+    cut_at_rows = data.index(b"\x28\x00\x10\x00")
+    assert parse_header_prefix(data[: cut_at_rows + 8], ExplicitVRLittleEndian) == whole
+    for cut in range(cut_at_rows):
+        assert parse_header_prefix(data[:cut], ExplicitVRLittleEndian) is None, cut
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = deflater.compress(data) + deflater.flush()
+    assert parse_header_prefix(deflated, DeflatedExplicitVRLittleEndian) is None
 
 
 def _encoded(dataset: Dataset) -> bytes:

@@ -96,13 +96,17 @@ class RawScu:
             data += chunk
         return data
 
-    def pdvs(self, path: Path, fragment: int) -> list[tuple[int, bytes]]:
-        """All PDVs (context id, control + data) of a C-STORE of ``path``, ``fragment`` bytes each."""
+    def pdvs(self, path: Path, fragment: int, command_uid: str | None = None) -> list[tuple[int, bytes]]:
+        """All PDVs (context id, control + data) of a C-STORE of ``path``, ``fragment`` bytes each.
+
+        ``command_uid``: the Affected SOP Instance UID to put in the command instead of
+        the data set's own.
+        """
         dataset = dcmread(path)
         request = C_STORE()
         request.MessageID = 1
         request.AffectedSOPClassUID = dataset.SOPClassUID
-        request.AffectedSOPInstanceUID = dataset.SOPInstanceUID
+        request.AffectedSOPInstanceUID = command_uid or dataset.SOPInstanceUID
         request.Priority = 0
         encoded = encode(dataset, False, True)  # as pynetdicom's SCU sends it
         assert encoded is not None
@@ -156,6 +160,29 @@ def test_command_set_over_many_fragments_and_many_pdvs_per_pdu(running: RunningS
     assert running.instance_rows() == [small_ct.sop_uids[0]]
     (stored,) = [p for p in running.spool_files() if p.suffix == ".dcm"]
     assert dcmread(stored).PixelData == dcmread(small_ct.paths[0]).PixelData
+
+
+@pytest.mark.parametrize("fragment", [40, 16000])
+def test_mismatch_and_duplicate_are_settled_from_the_first_fragments(
+    running: RunningScp, small_ct: SyntheticSeries, fragment: int
+) -> None:
+    """The header is checked while the data set still arrives; the rest is read and dropped."""
+    scu = RawScu(running.receiver.port)
+    for pdvs, status in [
+        (scu.pdvs(small_ct.paths[0], fragment, command_uid="1.2.3.999"), 0xA900),
+        (scu.pdvs(small_ct.paths[0], fragment), 0x0000),
+        (scu.pdvs(small_ct.paths[0], fragment), 0x0000),  # a duplicate
+    ]:
+        for index in range(0, len(pdvs), 3):
+            scu.send_pdvs(pdvs[index : index + 3])
+        assert scu.response_status() == status
+    scu.release()
+
+    assert running.instance_rows() == [small_ct.sop_uids[0]]
+    assert [p.name for p in running.spool_files() if p.suffix == ".dcm"] == [f"{small_ct.sop_uids[0]}.dcm"]
+    # the next instance's incoming file, made ahead, goes when the association closes
+    poll_until(lambda: not any(p.suffix == ".part" for p in running.spool_files()),
+               what="no incoming files left")
 
 
 def test_abort_inside_a_data_set_leaves_no_file_and_no_row(running: RunningScp,
