@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.data.data_manager import DATA_ROOT, external_data_sources
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from daemon.dicomio import (
@@ -29,6 +27,7 @@ from daemon.dicomio import (
 from daemon.errors import InputRejected
 from daemon.journal import Instance, Journal
 from tests.support.peers import SyntheticSeries, write_synthetic_ct
+from tests.support.samples import sample_files
 
 
 def _dataset_bytes(path: Path) -> tuple[bytes, str]:
@@ -79,17 +78,14 @@ def test_parse_header_other_transfer_syntaxes(name: str) -> None:
 
 def _sample_datasets() -> list[tuple[str, bytes, UID]]:
     """(name, encoded data set, syntax) of every Part-10 sample file of pydicom and pydicom-data."""
-    roots = [Path(DATA_ROOT) / "test_files"]
-    roots += [Path(source.data_path) for source in external_data_sources().values()]
     samples = []
-    for path in sorted(p for root in roots for p in root.rglob("*") if p.is_file()):
-        try:
-            meta = dcmread(path, stop_before_pixels=True).file_meta
-            syntax = UID(meta.TransferSyntaxUID)
-            start = 132 + 12 + int(meta.FileMetaInformationGroupLength)
-        except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, OSError, EOFError):
-            continue  # not Part 10 (no File Meta): nothing a C-STORE would carry
+    for path, header in sample_files():
         raw = path.read_bytes()
+        try:
+            syntax = UID(header.file_meta.TransferSyntaxUID)
+            start = 132 + 12 + int(header.file_meta.FileMetaInformationGroupLength)
+        except (AttributeError, KeyError, ValueError, TypeError):
+            continue  # no File Meta: nothing a C-STORE would carry
         if raw[128:132] == b"DICM" and syntax != DeflatedExplicitVRLittleEndian:
             samples.append((path.name, raw[start:], syntax))
     return samples

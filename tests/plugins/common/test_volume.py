@@ -11,33 +11,9 @@ import pytest
 from plugins.api import InvalidInputError
 from plugins.common.volume import VolumeOptions, series_to_volume
 from tests.plugins.common.helpers import VARIANTS, labels_in_volume_order, phantom_series
+from tests.support.samples import sample_files
 
-
-def _pydicom_data_files() -> list[Path]:
-    """CT/MR files bundled with pydicom and pydicom-data, found without any download."""
-    roots = [Path(pydicom.data.__file__).parent / "test_files"]
-    try:
-        import data_store
-
-        roots.append(Path(data_store.__file__).parent / "data")
-    except ImportError:
-        pass
-    found = []
-    for root in roots:
-        for path in sorted(root.rglob("*")):
-            if not path.is_file() or path.suffix in {".py", ".pyc", ".txt", ".json", ".gz"}:
-                continue
-            try:
-                header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-            except (pydicom.errors.InvalidDicomError, ValueError, EOFError, OSError,
-                    KeyError, TypeError, AttributeError):
-                continue
-            if str(header.get("Modality", "")) in {"CT", "MR"}:
-                found.append(path)
-    return found
-
-
-PYDICOM_FILES = _pydicom_data_files()
+PYDICOM_FILES = [p for p, header in sample_files() if str(header.get("Modality", "")) in {"CT", "MR"}]
 
 
 def test_pydicom_data_has_ct_and_mr_files() -> None:
