@@ -161,7 +161,7 @@ class PduConnection:
             self.sock.settimeout(timeout)
             return
         seconds = 0.0 if timeout is None else max(timeout, 0.001)  # 0: wait for ever
-        value = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
+        value = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))  # struct timeval
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
