@@ -176,7 +176,7 @@ def report(results: dict[str, list[Round]]) -> None:
     per_instance = 1000 * acq.seconds / acq.instances
     in_handler = 1000 * acq.store_seconds / acq.instances
     print(f"acqflow per instance: {per_instance:.2f} ms, of which {in_handler:.2f} ms completing the "
-          "C-STORE (header parse, fdatasync + rename + folder fsync, journal commit)")
+          "C-STORE (fdatasync + rename + folder fsync, journal commit)")
     ratio = acq.mb_per_second / scp.mb_per_second
     rounds = zip(results["acqflow"], results["storescp"], strict=True)
     paired = [a.mb_per_second / s.mb_per_second for a, s in rounds]
