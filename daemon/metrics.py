@@ -57,7 +57,8 @@ DICOM_BYTES = Counter("acqflow_dicom_received_bytes_total", "Bytes of DICOM inst
 ASSOCIATIONS = Counter("acqflow_dicom_associations_total", "Associations by outcome", ["outcome"])
 DICOM_STORE_DURATION = Histogram(
     "acqflow_dicom_store_duration_seconds",
-    "C-STORE handling time in the SCP: header parse, durable spool write, journal commit",
+    "C-STORE completion time in the SCP, from the last data set fragment to the response: "
+    "durable spool write, journal commit",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
 )
 CALLBACK_ERRORS = Counter(

@@ -269,7 +269,8 @@ time.sleep(600)
 
 
 def test_kill_9_keeps_every_acknowledged_instance(tmp_path: Path, peers: PeerSet) -> None:
-    series = write_synthetic_ct(tmp_path / "ct", n_slices=120, seed="kill", rows=256, cols=256)
+    # long enough that the kill, ~10 ms after the 10th row, lands mid-transfer
+    series = write_synthetic_ct(tmp_path / "ct", n_slices=400, seed="kill", rows=256, cols=256)
     port = free_port()
     state = tmp_path / "state"
     receiver = peers.spawn("receiver", [sys.executable, "-c", _RECEIVER_PROCESS, str(state), str(port)],

@@ -160,7 +160,8 @@ def _acknowledged(log_text: str, series: SyntheticSeries) -> set[str]:
 def test_kill_9_mid_transfer_loses_no_acknowledged_instance_and_duplicates_nothing(
     tmp_path: Path, daemon_factory: Callable[[dict[str, Any]], DaemonProcess]
 ) -> None:
-    series = write_synthetic_ct(tmp_path / "ct", n_slices=120, seed="kill-9", rows=256, cols=256)
+    # long enough that the kill, ~10 ms after the 40th acknowledgement, lands mid-transfer
+    series = write_synthetic_ct(tmp_path / "ct", n_slices=400, seed="kill-9", rows=256, cols=256)
     settings = _settings(tmp_path, None, quiet=1.0)
     daemon = daemon_factory(settings)
     port = daemon.state["dicom_port"]
@@ -194,6 +195,7 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_instance_and_duplicates_nothi
             60,
             "40 acknowledged instances",
             daemon,
+            poll=0.01,
         )
         daemon.kill()
         sender.wait(30)
