@@ -27,6 +27,7 @@ from daemon.journal import Arrival, Journal
 from plugins.api import SeriesItem
 
 __all__ = [
+    "HEADER_BYTES",
     "HEADER_TAGS",
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION",
@@ -117,8 +118,8 @@ def parse_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceH
         if scanned is not None:
             found = scanned[0]
         else:
-            found = _scan(dataset, syntax, _HEAD_BYTES)
-            if len(found) < len(_HEADER_KEYS) and len(dataset) > _HEAD_BYTES:
+            found = _scan(dataset, syntax, HEADER_BYTES)
+            if len(found) < len(_HEADER_KEYS) and len(dataset) > HEADER_BYTES:
                 found = _scan(dataset, syntax, len(dataset))
     except (EOFError, ValueError, TypeError, KeyError, NotImplementedError, struct.error) as exc:
         raise InputRejected(f"cannot parse DICOM header: {type(exc).__name__}: {exc}") from exc
@@ -166,7 +167,7 @@ def _syntax(transfer_syntax: str) -> UID:
     return UID(transfer_syntax)
 
 
-_HEAD_BYTES = 64 * 1024  # headers of CT/MR images end long before this
+HEADER_BYTES = 64 * 1024  # headers of CT/MR images end long before this
 _HEADER_KEYS = frozenset(int(tag) for tag in HEADER_TAGS)
 _LAST_HEADER_TAG = max(_HEADER_KEYS)
 

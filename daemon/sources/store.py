@@ -18,7 +18,7 @@ from typing import Protocol
 from pynetdicom.presentation import PresentationContext
 
 from daemon import metrics
-from daemon.dicomio import InstanceHeader, encode_file_meta, parse_header, parse_header_prefix
+from daemon.dicomio import HEADER_BYTES, InstanceHeader, encode_file_meta, parse_header, parse_header_prefix
 from daemon.errors import InputRejected
 from daemon.journal import Instance, Journal
 from daemon.sources.association import DimseStatus, PeerAssociation
@@ -119,7 +119,7 @@ class InstanceReceipt:
         including an unexpected error, to :meth:`finish`.
         """
         received = incoming.size - incoming.meta_size
-        if received - len(fragment) >= _EARLY_HEADER_BYTES:
+        if received - len(fragment) >= HEADER_BYTES:
             self._early = False
             return
         try:
@@ -238,8 +238,6 @@ class InstanceReceipt:
         metrics.DICOM_BYTES.inc(incoming.size)
         return "stored" if is_new else "duplicate"
 
-
-_EARLY_HEADER_BYTES = 64 * 1024  # headers of CT/MR images end long before this
 
 _INPUT_ERRORS = (
     StoreStatus.CANNOT_UNDERSTAND,

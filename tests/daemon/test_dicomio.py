@@ -91,7 +91,6 @@ def _sample_datasets() -> list[tuple[str, bytes, UID]]:
     return samples
 
 
-@pytest.mark.filterwarnings("ignore:Expected explicit VR")  # a sample sent mislabelled
 def test_length_stepping_scan_agrees_with_pydicom_on_every_sample_file() -> None:
     """The fast path finds exactly what pydicom's element generator finds, or defers to it."""
     samples = _sample_datasets()
@@ -105,7 +104,6 @@ def test_length_stepping_scan_agrees_with_pydicom_on_every_sample_file() -> None
     assert stepped > 0.7 * len(samples)  # the fast path is the common one
 
 
-@pytest.mark.filterwarnings("ignore:Expected explicit VR")
 def test_a_prefix_gives_the_whole_header_or_nothing() -> None:
     """What the SCP parses from a data set's first fragment, before the rest arrives."""
     complete = 0
