@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from daemon import __version__
@@ -136,26 +137,44 @@ def _open_journal(settings: Settings) -> Any:
     return Journal(settings.paths.journal)
 
 
-def _daemon_running(settings: Settings) -> str:
+def _running_state(settings: Settings) -> dict[str, Any] | None:
+    """The running daemon's ``daemon.json``, None when no daemon runs with these settings."""
     state_file = settings.paths.state_dir / "daemon.json"
     try:
         state = json.loads(state_file.read_text())
         os.kill(int(state["pid"]), 0)
-    except (FileNotFoundError, ProcessLookupError, ValueError, KeyError):
-        return "[yellow]not running[/yellow]"
-    except PermissionError:
+    except (FileNotFoundError, ProcessLookupError, ValueError, KeyError, TypeError):
+        return None
+    except PermissionError:  # running as another user (systemd's acqflow)
         pass
-    ports = f"DICOM port {state.get('dicom_port')}, metrics port {state.get('metrics_port')}"
-    return f"[green]running[/green] (pid {state['pid']}, {ports})"
+    return dict(state)
+
+
+def _pipeline_state(state: str) -> str:
+    if state == "loaded":
+        return "[green]loaded[/green]"
+    if state == "not loaded yet":
+        return state
+    return f"[red]failed[/red]: {escape(state)}"
 
 
 @app.command()
 @handles_errors
 def status(config: ConfigOption = None) -> None:
-    """Daemon state, arrivals, jobs per pipeline and the export outbox."""
+    """Daemon state, its pipelines (loaded or failed), arrivals, jobs per pipeline and exports."""
     settings = _settings(config)
     journal = _open_journal(settings)
-    console.print(f"daemon: {_daemon_running(settings)}")
+    state = _running_state(settings)
+    if state is None:
+        console.print("daemon: [yellow]not running[/yellow]")
+    else:
+        ports = f"DICOM port {state.get('dicom_port')}, metrics port {state.get('metrics_port')}"
+        console.print(f"daemon: [green]running[/green] (pid {state['pid']}, {ports})")
+        pipelines = dict(state.get("pipelines") or {})
+        width = max((len(name) for name in pipelines), default=0)
+        console.print("pipelines:" if pipelines else "pipelines: none installed")
+        for name, loaded in sorted(pipelines.items()):
+            console.print(f"  {escape(name):{width}}  {_pipeline_state(str(loaded))}")
     arrivals = journal.query("SELECT kind, state, COUNT(*) n FROM arrivals GROUP BY 1, 2 ORDER BY 1, 2")
     table = Table("arrival kind", "state", "count", title="arrivals")
     for row in arrivals:

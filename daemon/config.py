@@ -215,6 +215,7 @@ class PipelineSettings(_Section):
     disabled: tuple[str, ...] = ()
     weights_dir: Path | None = None
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    preload: bool = True  # load every routed pipeline at start, not at its first job
 
     @field_validator("modules")
     @classmethod

@@ -81,7 +81,9 @@ ARRIVAL_TO_RESULT = Histogram(
 EXPORTS = Counter("acqflow_exports_total", "DICOM export attempts", ["destination", "outcome"])
 EXPORT_PENDING = Gauge("acqflow_export_pending_objects", "Objects waiting in the outbox", ["destination"])
 PIPELINE_UP = Gauge(
-    "acqflow_pipeline_up", "1 when a pipeline loaded, 0 when it disabled itself", ["pipeline"]
+    "acqflow_pipeline_up",
+    "0 when a pipeline disabled itself (its code or model failed to load), else 1",
+    ["pipeline"]
 )
 REVIEW_FLAGS = Counter("acqflow_review_flags_total", "Results flagged for human review", ["pipeline"])
 DIFFERENTIATION_EFFICIENCY = Gauge(

@@ -3,17 +3,19 @@
 Pipelines are found through the entry-point group ``acqflow.pipelines`` (the entry
 point's name is the pipeline's name) and through ``pipelines.modules`` in the settings
 (``"package.module:Class"``). Nothing heavy is imported at discovery; a pipeline's
-class is imported and its model loaded on first use, once, and kept. A pipeline that
-fails to import or load disables itself (logged, ``acqflow_pipeline_up`` 0), not the
-daemon.
+class is imported and its model loaded once and kept: ahead of time when the daemon
+preloads the pipelines its routes name (``pipelines.preload``), otherwise on first use.
+A pipeline that fails to import or load disables itself (logged, ``acqflow_pipeline_up``
+0), not the daemon.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -62,6 +64,8 @@ class PipelineRegistry:
         self._device: str | None = None
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
+        self.on_change: Callable[[], None] | None = None
+        """Called after every load attempt, from the loading thread (never under the lock)."""
 
     def discover(self) -> list[str]:
         """Find pipelines without importing them; returns their names."""
@@ -120,15 +124,37 @@ class PipelineRegistry:
 
     def get(self, name: str) -> Pipeline:
         """The loaded pipeline; loads it on first use. Raises PipelineLoadError."""
-        with self._lock:
-            entry = self._entries.get(name)
-            if entry is None:
-                raise PipelineLoadError(f"no pipeline named {name!r} (known: {', '.join(self.names())})")
-            if entry.error is not None:
-                raise PipelineLoadError(f"pipeline {name} is disabled: {entry.error}")
-            if entry.instance is None:
-                entry.instance = self._load(entry)
-            return entry.instance
+        attempted = False
+        try:
+            with self._lock:
+                entry = self._entries.get(name)
+                if entry is None:
+                    raise PipelineLoadError(f"no pipeline named {name!r} (known: {', '.join(self.names())})")
+                if entry.error is not None:
+                    raise PipelineLoadError(f"pipeline {name} is disabled: {entry.error}")
+                if entry.instance is None:
+                    attempted = True
+                    entry.instance = self._load(entry)
+                return entry.instance
+        finally:
+            if attempted and self.on_change is not None:  # outside the lock
+                try:
+                    self.on_change()
+                except Exception:  # a listener must not turn a load into a failure
+                    log.exception("pipeline load listener failed")
+
+    def preload(self, names: Iterable[str]) -> dict[str, str]:
+        """Load each known pipeline of ``names`` now; returns name → describe() state.
+
+        A pipeline that fails to load disables itself as it would at its first job
+        (logged, ``acqflow_pipeline_up`` 0); preloading goes on with the next one.
+        """
+        wanted = [n for n in dict.fromkeys(names) if n in self._entries]
+        for name in wanted:
+            with contextlib.suppress(PipelineLoadError):  # logged and counted; the state says why
+                self.get(name)
+        states = self.describe()
+        return {n: states[n] for n in wanted}
 
     def _load(self, entry: _Entry) -> Pipeline:
         weights = self._settings.weights_dir

@@ -78,6 +78,8 @@ class Daemon:
         self._components: list[tuple[str, _Component]] = []
         self._stop_requested = threading.Event()
         self._stopped = False
+        self._state_lock = threading.Lock()
+        self._started_at = 0.0
         self.dicom_port: int | None = None
         self.metrics_port: int | None = None
 
@@ -85,6 +87,7 @@ class Daemon:
 
     def start(self) -> None:
         s = self.settings
+        self._started_at = time.time()
         for folder in (s.paths.state_dir, s.paths.outputs_dir, s.paths.spool, s.paths.quarantine):
             folder.mkdir(parents=True, exist_ok=True)
         journal = self.journal = Journal(s.paths.journal)
@@ -120,9 +123,30 @@ class Daemon:
         assembler = SeriesAssembler(journal, s.dicom.series_quiet_seconds, self.pool.wake)
         self._start_sources(assembler)
         self._start_housekeeping(assembler, outbox, jobs)
+        self.registry.on_change = self._write_state_file
         self._write_state_file()
+        if s.pipelines.preload:
+            self._start_preload()
         _sd_notify("READY=1")
         log.info("acqflow ready: %s", self.describe())
+
+    def _start_preload(self) -> None:
+        """Load the pipelines the routes name, in the background, in route order.
+
+        A model that cannot load is then reported at start (log, ``acqflow_pipeline_up``
+        0, ``acqflow status``) rather than when the first arrival needs it, and the
+        first arrival does not wait for the load. Sources take data meanwhile; a job
+        that needs a pipeline still loading waits for it.
+        """
+        names = [name for rule in self.settings.routes for name in rule.pipelines]
+
+        def preload() -> None:
+            states = self.registry.preload(names)
+            if states:
+                log.info("pipelines preloaded: %s", ", ".join(f"{n} {s}" for n, s in states.items()))
+
+        thread = threading.Thread(target=preload, name="acqflow-preload", daemon=True)
+        thread.start()
 
     def _start_sources(self, assembler: SeriesAssembler) -> None:
         assert self.journal is not None
@@ -186,14 +210,22 @@ class Daemon:
         return purged
 
     def _write_state_file(self) -> None:
-        state = {
-            "pid": os.getpid(),
-            "started_at": time.time(),
-            "dicom_port": self.dicom_port,
-            "metrics_port": self.metrics_port,
-            "ae_title": self.settings.dicom.ae_title,
-        }
-        write_atomic(self.settings.paths.state_dir / "daemon.json", json.dumps(state).encode())
+        """``<state_dir>/daemon.json``: what ``acqflow status`` and the CLI read.
+
+        Rewritten whenever a pipeline loads or fails to (``pipelines``: name → state).
+        """
+        with self._state_lock:
+            if self._stopped:
+                return
+            state = {
+                "pid": os.getpid(),
+                "started_at": self._started_at,
+                "dicom_port": self.dicom_port,
+                "metrics_port": self.metrics_port,
+                "ae_title": self.settings.dicom.ae_title,
+                "pipelines": self.registry.describe(),
+            }
+            write_atomic(self.settings.paths.state_dir / "daemon.json", json.dumps(state).encode())
 
     def describe(self) -> str:
         s = self.settings
@@ -227,7 +259,8 @@ class Daemon:
             self.pool.stop()
         if self.journal is not None:
             self.journal.close()
-        (self.settings.paths.state_dir / "daemon.json").unlink(missing_ok=True)
+        with self._state_lock:
+            (self.settings.paths.state_dir / "daemon.json").unlink(missing_ok=True)
         log.info("acqflow stopped")
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from daemon.config import PipelineSettings, RouteRule, WorkerSettings
+from daemon.errors import PipelineLoadError
 from daemon.jobqueue import JobQueue, RouteDecision
 from daemon.journal import Arrival, ArrivalState, JobState, Journal
 from daemon.registry import PipelineRegistry
@@ -200,3 +201,25 @@ def test_pool_routes_and_drains_with_a_small_bounded_queue(
     pool.stop()
     assert jobs.counts() == {("counting", "done"): 6}
     assert all(a.state is ArrivalState.ROUTED for a in journal.arrivals_in_state(ArrivalState.ROUTED))
+
+
+def test_preload_loads_each_named_pipeline_once_and_reports_a_broken_one() -> None:
+    registry = PipelineRegistry(PipelineSettings(), device="cpu")
+    registry.register("counting", Counting)
+    registry.register("broken", Broken)
+    registry.register("unrouted", Counting)
+    changes: list[dict[str, str]] = []
+    registry.on_change = lambda: changes.append(registry.describe())
+
+    states = registry.preload(["broken", "counting", "broken", "not-installed"])
+
+    assert states == {"broken": "FileNotFoundError: weights missing", "counting": "loaded"}
+    assert registry.describe()["unrouted"] == "not loaded yet"
+    assert REGISTRY.get_sample_value("acqflow_pipeline_up", {"pipeline": "broken"}) == 0
+    assert REGISTRY.get_sample_value("acqflow_pipeline_up", {"pipeline": "counting"}) == 1
+    assert [c["broken"] for c in changes] == ["FileNotFoundError: weights missing"] * 2
+    assert [c["counting"] for c in changes] == ["not loaded yet", "loaded"]
+    loaded = registry.get("counting")
+    assert registry.get("counting") is loaded and len(changes) == 2  # no second load, no change
+    with pytest.raises(PipelineLoadError, match="is disabled: FileNotFoundError"):
+        registry.get("broken")

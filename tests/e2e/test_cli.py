@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,10 @@ def test_status_jobs_and_reprocess_of_a_file_and_an_outside_folder(
     status = daemon.cli("status")
     assert status.returncode == 0, status.stderr
     assert "running" in status.stdout and "test-image" in status.stdout
+    states = daemon.state_file_pipelines  # the routed ones are preloaded; test-series never ran
+    wait_until(lambda: states()["test-series"] == "loaded", 30, "the preload", daemon)
+    assert states()["test-image"] == "loaded"
+    assert {states()[name] for name in ("virtual-staining", "ct-muscle", "mr-muscle")} == {"not loaded yet"}
     listed = json.loads(daemon.cli("jobs", "--json").stdout)
     assert [(j["pipeline"], j["state"]) for j in listed] == [("test-image", "done")]
 
@@ -90,6 +95,59 @@ def test_status_jobs_and_reprocess_of_a_file_and_an_outside_folder(
     missing = daemon.cli("reprocess", str(tmp_path / "nowhere.tif"))
     assert missing.returncode == 2
     assert "is not a file, folder, series UID or job id" in missing.stderr
+
+
+def _daemon_settings(tmp_path: Path, **pipelines: Any) -> dict[str, Any]:
+    return {
+        "paths": {"state_dir": str(tmp_path / "state"), "outputs_dir": str(tmp_path / "outputs")},
+        "workers": {"device": "cpu", "poll_seconds": 0.2},
+        "metrics": {"port": free_port()},
+        "dicom": {"port": free_port()},
+        "routes": [
+            {"name": "images", "kind": ["image"], "pipelines": ["test-image"]},
+            {"name": "series", "kind": ["dicom-series"], "pipelines": ["test-series"]},
+        ],
+        "pipelines": {"modules": TEST_PIPELINES, **pipelines},
+    }
+
+
+def test_a_model_that_cannot_load_is_reported_at_start_without_any_arrival(tmp_path: Path) -> None:
+    settings = _daemon_settings(
+        tmp_path, options={"test-series": {"fail_load": "no weights file test-series.safetensors"}}
+    )
+    daemon = DaemonProcess(tmp_path, settings)
+    daemon.start()
+    try:
+        wait_until(
+            lambda: daemon.state_file_pipelines().get("test-series", "").startswith("FileNotFoundError"),
+            60,
+            "the preload to report test-series",
+            daemon,
+        )
+        assert daemon.state_file_pipelines()["test-image"] == "loaded"
+        status = daemon.cli("status")
+        assert status.returncode == 0, status.stderr
+        assert "failed: FileNotFoundError: no weights file test-series.safetensors" in " ".join(
+            status.stdout.split()
+        )
+        metrics = daemon.metrics_text()
+        assert 'acqflow_pipeline_up{pipeline="test-series"} 0.0' in metrics
+        assert 'acqflow_pipeline_up{pipeline="test-image"} 1.0' in metrics
+        assert journal_rows(daemon, "SELECT COUNT(*) AS n FROM jobs")[0]["n"] == 0
+    finally:
+        assert daemon.terminate() == 0
+
+
+def test_without_preload_pipelines_load_at_their_first_job(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path, _daemon_settings(tmp_path, preload=False))
+    daemon.start()
+    try:
+        time.sleep(1.0)  # what a preload would have done by now (it takes ~0.1 s here)
+        states = daemon.state_file_pipelines()
+        assert {states["test-image"], states["test-series"]} == {"not loaded yet"}
+        assert "not loaded yet" in daemon.cli("status").stdout
+    finally:
+        assert daemon.terminate() == 0
 
 
 def test_reprocess_a_series_by_uid(tmp_path: Path, daemon: DaemonProcess) -> None:

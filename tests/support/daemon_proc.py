@@ -145,6 +145,11 @@ class DaemonProcess:
         except FileNotFoundError:
             return ""
 
+    def state_file_pipelines(self) -> dict[str, str]:
+        """Pipeline states in the daemon's ``daemon.json`` (name → state)."""
+        state = json.loads((self.state_dir / "daemon.json").read_text())
+        return dict(state.get("pipelines") or {})
+
     def metrics_text(self) -> str:
         port = self.state["metrics_port"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:

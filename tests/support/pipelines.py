@@ -4,8 +4,9 @@
 as a derived series with UIDs fixed by the input identity) so that export and
 deduplication can be checked end to end. ``ImageStats`` measures an image. Both can be
 told to fail through ``options["fail_marker"]`` — a file whose presence makes ``run``
-raise — to exercise retries, and to take time through ``options["delay_seconds"]`` to
-exercise draining at shutdown.
+raise — to exercise retries, to take time through ``options["delay_seconds"]`` to
+exercise draining at shutdown, and to fail loading (as with missing weights) through
+``options["fail_load"]``, the error message.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ __all__ = ["ImageStats", "SeriesEcho"]
 class _Failing:
     options: dict[str, object]
 
+    def _configure(self, context: PipelineContext) -> None:
+        self.options = dict(context.options)
+        reason = self.options.get("fail_load")
+        if reason:
+            raise FileNotFoundError(str(reason))
+
     def _maybe_fail(self) -> None:
         time.sleep(float(str(self.options.get("delay_seconds", 0))))
         marker = self.options.get("fail_marker")
@@ -50,7 +57,7 @@ class SeriesEcho(_Failing):
     input_kind = InputKind.DICOM_SERIES
 
     def load(self, context: PipelineContext) -> None:
-        self.options = dict(context.options)
+        self._configure(context)
 
     def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
         if not isinstance(item, SeriesItem):
@@ -80,7 +87,7 @@ class ImageStats(_Failing):
     input_kind = InputKind.IMAGE
 
     def load(self, context: PipelineContext) -> None:
-        self.options = dict(context.options)
+        self._configure(context)
 
     def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
         if not isinstance(item, ImageItem):
