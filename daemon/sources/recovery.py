@@ -30,8 +30,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from daemon import metrics
+from daemon.dicomio import InstanceHeader
 from daemon.journal import Instance, Journal
 from daemon.sources.spool import InstanceSpool, current_boot_id
+from daemon.sources.store import series_attrs
 
 __all__ = ["RECOVERED_ASSOCIATION", "SpoolRecovery", "recover_spool"]
 
@@ -93,30 +95,35 @@ def _register(journal: Journal, path: Path, dataset: Dataset) -> int:
     try:
         meta = dataset.file_meta
         calling_ae = str(meta.get("SourceApplicationEntityTitle", "")).strip()
-        series_uid = str(dataset.SeriesInstanceUID)
         number = dataset.get("InstanceNumber")
+        header = InstanceHeader(
+            sop_class_uid=str(meta.MediaStorageSOPClassUID),
+            sop_instance_uid=str(dataset.SOPInstanceUID),
+            study_uid=str(dataset.StudyInstanceUID),
+            series_uid=str(dataset.SeriesInstanceUID),
+            modality=str(dataset.get("Modality", "")),
+            instance_number=int(number) if number not in (None, "") else None,
+        )
         stat = path.stat()
         instance = Instance(
-            str(dataset.SOPInstanceUID),
+            header.sop_instance_uid,
             0,
             path,
             stat.st_size,
             calling_ae,
             RECOVERED_ASSOCIATION,
             stat.st_mtime,
-            int(number) if number not in (None, "") else None,
+            header.instance_number,
         )
-        attrs = {
-            "modality": str(dataset.get("Modality", "")),
-            "study_uid": str(dataset.StudyInstanceUID),
-            "series_uid": series_uid,
-            "sop_class_uid": str(meta.MediaStorageSOPClassUID),
-            "calling_ae": calling_ae,
-            "transfer_syntax": str(meta.TransferSyntaxUID),
-        }
+        attrs = series_attrs(
+            header,
+            sop_class_uid=header.sop_class_uid,
+            calling_ae=calling_ae,
+            transfer_syntax=str(meta.TransferSyntaxUID),
+        )
     except _UNREADABLE as exc:
         LOG.error("spool file %s cannot be registered again: %s", path.name, exc)
         metrics.INPUT_ERRORS.labels("dicom", "spool-recovery").inc()
         return 0
-    _, is_new = journal.record_instance("series:" + series_uid, path.parent, attrs, instance)
+    _, is_new = journal.record_instance("series:" + header.series_uid, path.parent, attrs, instance)
     return int(is_new)

@@ -25,7 +25,7 @@ from daemon.sources.association import DimseStatus, PeerAssociation
 from daemon.sources.dimse import DimseRequest
 from daemon.sources.spool import IncomingInstance, InstanceSpool
 
-__all__ = ["InstanceReceipt", "ReceiptHost", "StoreRefused", "StoreStatus"]
+__all__ = ["InstanceReceipt", "ReceiptHost", "StoreRefused", "StoreStatus", "series_attrs"]
 
 LOG = logging.getLogger(__name__)
 
@@ -219,14 +219,9 @@ class InstanceReceipt:
             time.time(),
             header.instance_number,
         )
-        attrs = {
-            "modality": header.modality,
-            "study_uid": header.study_uid,
-            "series_uid": header.series_uid,
-            "sop_class_uid": self.sop_class,
-            "calling_ae": self.peer.calling_ae,
-            "transfer_syntax": self.syntax,
-        }
+        attrs = series_attrs(
+            header, sop_class_uid=self.sop_class, calling_ae=self.peer.calling_ae, transfer_syntax=self.syntax
+        )
         try:
             # The synced spool file is the durable record (daemon.sources.recovery redoes
             # a row lost with the machine), so the row only has to survive the process.
@@ -237,6 +232,20 @@ class InstanceReceipt:
             raise StoreRefused(StoreStatus.OUT_OF_RESOURCES, "journal", f"journal: {exc}") from exc
         metrics.DICOM_BYTES.inc(incoming.size)
         return "stored" if is_new else "duplicate"
+
+
+def series_attrs(
+    header: InstanceHeader, *, sop_class_uid: str, calling_ae: str, transfer_syntax: str
+) -> dict[str, str]:
+    """The attributes a series arrival is recorded with (by the SCP, and again by recovery)."""
+    return {
+        "modality": header.modality,
+        "study_uid": header.study_uid,
+        "series_uid": header.series_uid,
+        "sop_class_uid": sop_class_uid,
+        "calling_ae": calling_ae,
+        "transfer_syntax": transfer_syntax,
+    }
 
 
 _INPUT_ERRORS = (

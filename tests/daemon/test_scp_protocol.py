@@ -313,6 +313,36 @@ def test_rows_lost_with_the_machine_are_registered_again(tmp_path: Path,
         again.stop()
 
 
+def test_a_series_lost_with_the_machine_is_recorded_again_as_the_scp_recorded_it(
+        tmp_path: Path, small_ct: SyntheticSeries) -> None:
+    scp = RunningScp(tmp_path)
+    try:
+        assert storescu(scp.receiver.port, small_ct.paths).returncode == 0
+    finally:
+        scp.stop()
+    key = "series:" + small_ct.series_uid
+    columns = "sop_instance_uid, path, size, calling_ae, instance_number"
+    journal = Journal(tmp_path / "journal.sqlite3")
+    recorded = journal.arrival_by_key(key)
+    assert recorded is not None
+    instances = sorted(tuple(r) for r in journal.query(f"SELECT {columns} FROM instances"))
+    with journal.transaction() as db:  # every row of the series lost
+        db.execute("DELETE FROM instances")
+        db.execute("DELETE FROM arrivals")
+    journal.close()
+    marker = tmp_path / "spool" / SERVED_MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "boot_id": "before the power cut"}))
+
+    again = RunningScp(tmp_path)
+    try:
+        arrival = again.journal.arrival_by_key(key)
+        assert arrival is not None and arrival.attrs == recorded.attrs
+        assert (arrival.path, arrival.state) == (recorded.path, recorded.state)
+        assert sorted(tuple(r) for r in again.journal.query(f"SELECT {columns} FROM instances")) == instances
+    finally:
+        again.stop()
+
+
 def test_unrecorded_files_of_the_same_boot_were_never_acknowledged(tmp_path: Path,
                                                                     small_ct: SyntheticSeries) -> None:
     _store_then_lose_rows(tmp_path, small_ct)  # same boot: the process died between file and row
