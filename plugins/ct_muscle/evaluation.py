@@ -22,7 +22,14 @@ from plugins.ct_muscle.training import LabelledVolume, dice_per_class
 if TYPE_CHECKING:
     from models.unet import BayesianUNet
 
-__all__ = ["EvaluationReport", "average_surface_distance", "evaluate_model"]
+__all__ = [
+    "EvaluationReport",
+    "ReviewThreshold",
+    "average_surface_distance",
+    "evaluate_model",
+    "fit_review_threshold",
+    "review_threshold_at",
+]
 
 
 @dataclass
@@ -123,3 +130,93 @@ def evaluate_model(
     report.uncertainty_ratio = report.uncertainty_wrong / max(report.uncertainty_correct, 1e-12)
     report.uncertainty_dice_correlation = _pearson(pairs_u, pairs_d)
     return report
+
+
+@dataclass(frozen=True)
+class ReviewThreshold:
+    """A review threshold fitted on held-out structures, with how well it separates them."""
+
+    threshold: float
+    dice_below: float  # a structure with a Dice below this counts as poorly segmented
+    structures: int  # (structure, volume) pairs fitted on
+    poor: int  # of which poorly segmented
+    sensitivity: float  # poor structures flagged (mean uncertainty above the threshold)
+    specificity: float  # good structures not flagged
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "threshold": round(self.threshold, 4),
+            "dice_below": self.dice_below,
+            "structures": self.structures,
+            "poor": self.poor,
+            "sensitivity": round(self.sensitivity, 4),
+            "specificity": round(self.specificity, 4),
+        }
+
+
+def fit_review_threshold(
+    uncertainty: Sequence[float], dice: Sequence[float], dice_below: float
+) -> ReviewThreshold:
+    """The mean-uncertainty threshold that best flags poorly segmented structures.
+
+    Each pair is one predicted structure in one held-out volume: the mean uncertainty
+    inside it and its Dice. A structure is flagged when its mean uncertainty exceeds the
+    threshold; the threshold maximises Youden's J (sensitivity + specificity - 1) for
+    flagging the structures with a Dice below ``dice_below``. Candidates are the
+    midpoints between consecutive distinct uncertainties (and just below the lowest);
+    on a tie the higher threshold wins (fewer flags). Raises ValueError when the lengths
+    differ or when there are no poor or no good structures to separate.
+    """
+    u, poor = _pairs(uncertainty, dice, dice_below)
+    n_poor, n_good = int(poor.sum()), int((~poor).sum())
+    levels = np.unique(u)
+    candidates = np.concatenate([[levels[0] - 1e-6], (levels[:-1] + levels[1:]) / 2.0])
+    flagged = u[None, :] > candidates[:, None]
+    sensitivity = (flagged & poor).sum(axis=1) / n_poor
+    specificity = (~flagged & ~poor).sum(axis=1) / n_good
+    j = sensitivity + specificity
+    best = int(np.flatnonzero(j == j.max())[-1])
+    return ReviewThreshold(
+        threshold=float(candidates[best]),
+        dice_below=dice_below,
+        structures=int(u.size),
+        poor=n_poor,
+        sensitivity=float(sensitivity[best]),
+        specificity=float(specificity[best]),
+    )
+
+
+def review_threshold_at(
+    uncertainty: Sequence[float], dice: Sequence[float], threshold: float, dice_below: float
+) -> ReviewThreshold:
+    """How a given threshold flags the poorly segmented structures among the pairs.
+
+    Raises ValueError as :func:`fit_review_threshold` does.
+    """
+    u, poor = _pairs(uncertainty, dice, dice_below)
+    flagged = u > threshold
+    return ReviewThreshold(
+        threshold=float(threshold),
+        dice_below=dice_below,
+        structures=int(u.size),
+        poor=int(poor.sum()),
+        sensitivity=float((flagged & poor).sum() / poor.sum()),
+        specificity=float((~flagged & ~poor).sum() / (~poor).sum()),
+    )
+
+
+def _pairs(
+    uncertainty: Sequence[float], dice: Sequence[float], dice_below: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(uncertainties, poor mask); raises ValueError unless both classes are present."""
+    u = np.asarray(uncertainty, dtype=np.float64)
+    d = np.asarray(dice, dtype=np.float64)
+    if u.shape != d.shape or u.ndim != 1:
+        raise ValueError(f"uncertainty and dice must be 1-D and equally long: {u.shape} vs {d.shape}")
+    poor = d < dice_below
+    n_poor, n_good = int(poor.sum()), int((~poor).sum())
+    if n_poor == 0 or n_good == 0:
+        raise ValueError(
+            f"need poor and good structures to separate: {n_poor} with Dice < {dice_below}, {n_good} above"
+        )
+    return u, poor

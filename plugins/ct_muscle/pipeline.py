@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from plugins.api import (
     DicomOutput,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from plugins.common.volume import Volume
     from plugins.ct_muscle.structures import LabelTable
 
-__all__ = ["CtMuscleOptions", "CtMusclePipeline"]
+__all__ = ["CtMuscleOptions", "CtMusclePipeline", "SegmentationOptions"]
 
 PIPELINE_NAME = "ct-muscle"
 PIPELINE_VERSION = "1.0.0"
@@ -54,27 +54,29 @@ DEFAULT_REVIEW_THRESHOLDS = {
 
 
 @dataclass(frozen=True)
-class CtMuscleOptions:
-    """Pipeline options (``context.options``); unknown keys are an error.
+class SegmentationOptions:
+    """Options of the muscle segmentation pipelines (``context.options``, unknown keys
+    are an error); ct-muscle and mr-muscle each add their own.
 
     ``review_threshold`` is in the unit of ``measure`` (nats for entropy and mutual
-    information); when unset, the per-measure default below applies.
-    ``window_center``/``window_width`` override the model card's HU window.
+    information); when unset, the pipeline's calibrated default for the measure applies
+    (:attr:`default_review_thresholds`).
     """
+
+    pipeline: ClassVar[str] = PIPELINE_NAME
+    default_review_thresholds: ClassVar[Mapping[UncertaintyMeasure, float]] = DEFAULT_REVIEW_THRESHOLDS
 
     samples: int = 10
     measure: UncertaintyMeasure = UncertaintyMeasure.ENTROPY
     review_threshold: float | None = None
     batch_images: int | None = None
     labelmap: bool = False
-    window_center: float | None = None
-    window_width: float | None = None
     label_table: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "measure", UncertaintyMeasure(self.measure))
         if self.review_threshold is None:
-            object.__setattr__(self, "review_threshold", DEFAULT_REVIEW_THRESHOLDS[self.measure])
+            object.__setattr__(self, "review_threshold", self.default_review_thresholds[self.measure])
         elif self.review_threshold < 0:
             raise ValueError("review_threshold must be >= 0")
 
@@ -84,17 +86,23 @@ class CtMuscleOptions:
         return float(self.review_threshold or 0.0)
 
     @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> CtMuscleOptions:
+    def from_mapping(cls, options: Mapping[str, Any]) -> Self:
         """Options from the daemon's settings; raises ValueError for unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(options) - known
+        unknown = set(options) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown ct-muscle options: {', '.join(sorted(unknown))}")
+            raise ValueError(f"unknown {cls.pipeline} options: {', '.join(sorted(unknown))}")
         return cls(**dict(options))
 
     def mc(self) -> McOptions:
-        return McOptions(samples=self.samples, measure=self.measure,
-                         batch_images=self.batch_images)
+        return McOptions(samples=self.samples, measure=self.measure, batch_images=self.batch_images)
+
+
+@dataclass(frozen=True)
+class CtMuscleOptions(SegmentationOptions):
+    """ct-muscle's options: ``window_center``/``window_width`` override the model card's HU window."""
+
+    window_center: float | None = None
+    window_width: float | None = None
 
 
 class CtMusclePipeline:

@@ -12,11 +12,19 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from plugins.mr_muscle.losses import GradientMode
+
+if TYPE_CHECKING:
+    from models.cyclegan import ResnetGenerator
+    from models.unet import BayesianUNet
+    from plugins.ct_muscle.inference import InputGeometry
+    from plugins.ct_muscle.structures import LabelTable
+    from plugins.mr_muscle.evaluation import EvaluationOptions
+    from plugins.mr_muscle.translation import IntensityScale
 
 __all__ = ["evaluate", "train"]
 
@@ -233,14 +241,31 @@ def evaluate(
         bool, typer.Option("--write-card", help="Store the metrics in the mr_to_ct card.")
     ] = False,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the MC-dropout sampling.")] = 0,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Instead of Dice: fit the review threshold of each uncertainty measure on these "
+            "phantoms, and show how the pipeline's defaults flag them.",
+        ),
+    ] = False,
+    dice_below: Annotated[
+        float,
+        typer.Option(
+            "--dice-below",
+            min=0.0,
+            max=1.0,
+            help="With --review: a structure below this Dice should be flagged.",
+        ),
+    ] = 0.7,
     device: Device = "cpu",
     threads: Threads = None,
     quiet: Quiet = False,
 ) -> dict[str, Any]:
     """Held-out Dice of MR segmentation via synthetic CT next to the direct-MR baseline.
 
-    Returns the report as a dict. Raises models.store.WeightsError on missing or
-    corrupt weights.
+    With ``--review``, the review thresholds instead (docs/models/mr-muscle.md). Returns
+    the report as a dict. Raises models.store.WeightsError on missing or corrupt weights.
     """
     import torch
 
@@ -250,6 +275,8 @@ def evaluate(
     from plugins.mr_muscle.evaluation import EvaluationOptions, evaluate_held_out
     from plugins.mr_muscle.translation import load_generator
 
+    if review and write_card:
+        raise typer.BadParameter("--write-card stores the Dice report; it does not go with --review")
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -258,6 +285,20 @@ def evaluate(
     generator, card, scale = load_generator(gen_dir, device)
     ct_model, _, geo = load_model(ct_weights or bundled_weights_dir(), device, [s.key for s in table])
     options = EvaluationOptions(phantoms=phantoms, first=first, shape=(slices, 128, 128), samples=samples)
+    held_out = {
+        "mc_seed": seed,
+        "phantoms": phantoms,
+        "first": first,
+        "slices": slices,
+        "samples": samples,
+        "seeds": "generate_mr_phantom(10,000,000 + first + i): anatomy seeds >= 20,000,000",
+    }
+    if review:
+        result = _review(generator, scale, ct_model, geo, table, options, dice_below, seed, quiet)
+        result["held_out"] = held_out
+        if json_out is not None:
+            json_out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
 
     def show(index: int, row: dict[str, Any]) -> None:
         if not quiet:
@@ -267,14 +308,7 @@ def evaluate(
             )
 
     report = evaluate_held_out(generator, scale, ct_model, geo, table, options, show).to_dict()
-    report["held_out"] = {
-        "mc_seed": seed,
-        "phantoms": phantoms,
-        "first": first,
-        "slices": slices,
-        "samples": samples,
-        "seeds": "generate_mr_phantom(10,000,000 + first + i): anatomy seeds >= 20,000,000",
-    }
+    report["held_out"] = held_out
     if not quiet:
         _print_report(report)
     if json_out is not None:
@@ -282,6 +316,49 @@ def evaluate(
     if write_card:
         _write_metrics(gen_dir, card, report)
     return report
+
+
+def _review(
+    generator: ResnetGenerator,
+    scale: IntensityScale,
+    ct_model: BayesianUNet,
+    geo: InputGeometry,
+    table: LabelTable,
+    options: EvaluationOptions,
+    dice_below: float,
+    seed: int,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Fit review thresholds on the phantoms; how the pipeline's defaults do on them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from plugins.mr_muscle.evaluation import calibrate_review_thresholds, review_performance
+    from plugins.mr_muscle.pipeline import MR_REVIEW_THRESHOLDS
+
+    def show(index: int, structures: int) -> None:
+        if not quiet:
+            typer.echo(f"phantom {index + 1}/{options.phantoms}: {structures} structures predicted")
+
+    calibration = calibrate_review_thresholds(
+        generator, scale, ct_model, geo, table, options, dice_below, seed, show
+    )
+    defaults = review_performance(calibration.pairs, MR_REVIEW_THRESHOLDS, dice_below)
+    if not quiet:
+        shown = Table(title=f"review thresholds: flagging structures with Dice < {dice_below}")
+        shown.add_column("measure", no_wrap=True)
+        for column in ("fitted", "sens.", "spec.", "default", "sens.", "spec."):
+            shown.add_column(column, justify="right")
+        for measure, fit in calibration.fits.items():
+            at = defaults[measure]
+            shown.add_row(measure, f"{fit.threshold:.4f}", f"{fit.sensitivity:.2f}", f"{fit.specificity:.2f}",
+                          f"{at.threshold:.4f}", f"{at.sensitivity:.2f}", f"{at.specificity:.2f}")
+        Console().print(shown)
+        fit = next(iter(calibration.fits.values()))
+        typer.echo(f"{fit.structures} predicted structures, {fit.poor} with Dice < {dice_below}")
+    result = calibration.to_dict()
+    result["defaults"] = {m: f.as_dict() for m, f in defaults.items()}
+    return result
 
 
 def _print_report(report: dict[str, Any]) -> None:

@@ -5,16 +5,22 @@ CycleGAN or the CT network trained on), the MR volume is segmented two ways by t
 CT Bayesian U-net: after translation to synthetic CT by the generator, and directly,
 with the intensity-normalised MR stretched over the network's HU window (the baseline).
 Dice is computed per structure present in the ground truth.
+
+:func:`calibrate_review_thresholds` fits the pipeline's review thresholds: per
+uncertainty measure, the mean uncertainty inside a predicted structure above which it is
+likely to be poorly segmented (``plugins.ct_muscle.evaluation.fit_review_threshold``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from plugins.ct_muscle.evaluation import ReviewThreshold, fit_review_threshold, review_threshold_at
+from plugins.ct_muscle.inference import UncertaintyMeasure
 from plugins.ct_muscle.structures import LabelTable
 from plugins.mr_muscle.phantoms import HELD_OUT_SEED_OFFSET, MR_ANATOMY_SEED_OFFSET, MrPhantomOptions
 from plugins.mr_muscle.translation import IntensityScale, normalise_mr
@@ -24,7 +30,16 @@ if TYPE_CHECKING:
     from models.unet import BayesianUNet
     from plugins.ct_muscle.inference import HuWindow, InputGeometry
 
-__all__ = ["EvaluationOptions", "EvaluationReport", "baseline_hu", "dice_scores", "evaluate_held_out"]
+__all__ = [
+    "EvaluationOptions",
+    "EvaluationReport",
+    "ReviewCalibration",
+    "baseline_hu",
+    "calibrate_review_thresholds",
+    "dice_scores",
+    "evaluate_held_out",
+    "review_performance",
+]
 
 
 @dataclass(frozen=True)
@@ -145,3 +160,87 @@ def evaluate_held_out(
         baseline=_mean_per_key(baseline_rows),
         phantoms=per_phantom,
     )
+
+
+@dataclass
+class ReviewCalibration:
+    """Review thresholds per measure, and the (structure, phantom) pairs they were fitted on."""
+
+    fits: dict[str, ReviewThreshold]
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"review_thresholds": {m: f.as_dict() for m, f in self.fits.items()}, "pairs": self.pairs}
+
+
+def calibrate_review_thresholds(
+    generator: ResnetGenerator,
+    scale: IntensityScale,
+    ct_model: BayesianUNet,
+    geo: InputGeometry,
+    table: LabelTable,
+    options: EvaluationOptions | None = None,
+    dice_below: float = 0.7,
+    mc_seed: int = 0,
+    on_phantom: Callable[[int, int], None] | None = None,
+) -> ReviewCalibration:
+    """Fit a review threshold per uncertainty measure on held-out MR phantoms.
+
+    Each phantom is translated once and segmented once per measure with the same
+    dropout masks (the sampling is re-seeded from ``mc_seed`` and the phantom's index),
+    exactly as the pipeline does it. A pair is a structure both predicted and present in
+    the truth: its mean uncertainty inside the prediction (what the pipeline compares
+    with the threshold) and its Dice. Raises ValueError when the phantoms give no poor or
+    no good structures to separate.
+    """
+    import torch
+
+    from plugins.ct_muscle.inference import McOptions, measure_structures, predict_volume
+    from plugins.mr_muscle.phantoms import generate_mr_phantom
+    from plugins.mr_muscle.translation import translate_volume
+
+    opts = options or EvaluationOptions()
+    pairs: list[dict[str, Any]] = []
+    for index, seed in enumerate(opts.seeds()):
+        phantom = generate_mr_phantom(seed, MrPhantomOptions(shape=opts.shape), table)
+        spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
+        synthetic = translate_volume(generator, phantom.signal, spacing, scale)
+        labels: np.ndarray | None = None
+        rows: dict[str, dict[str, Any]] = {}
+        for measure in UncertaintyMeasure:
+            torch.manual_seed(mc_seed * 1_000_003 + index)
+            mc = McOptions(samples=opts.samples, measure=measure)
+            prediction = predict_volume(ct_model, synthetic, spacing, geo, mc)
+            if labels is None:
+                labels = prediction.labels
+                dice = dice_scores(labels, phantom.labels, table)
+                rows = {
+                    key: {"anatomy_seed": phantom.anatomy_seed, "structure": key, "dice": round(value, 4)}
+                    for key, value in dice.items()
+                }
+            elif not np.array_equal(labels, prediction.labels):
+                raise RuntimeError("the same dropout masks gave different labels: not reproducible")
+            for measured in measure_structures(prediction, table, 1.0, float("inf")):
+                if measured.key in rows:
+                    rows[measured.key][measure.value] = round(measured.mean_uncertainty, 5)
+        predicted = [row for row in rows.values() if UncertaintyMeasure.ENTROPY.value in row]
+        pairs.extend(predicted)
+        if on_phantom is not None:
+            on_phantom(index, len(predicted))
+    fits = {
+        m.value: fit_review_threshold([p[m.value] for p in pairs], [p["dice"] for p in pairs], dice_below)
+        for m in UncertaintyMeasure
+    }
+    return ReviewCalibration(fits, pairs)
+
+
+def review_performance(
+    pairs: list[dict[str, Any]], thresholds: Mapping[UncertaintyMeasure, float], dice_below: float
+) -> dict[str, ReviewThreshold]:
+    """How given thresholds flag the pairs of :func:`calibrate_review_thresholds`, per measure."""
+    return {
+        m.value: review_threshold_at(
+            [p[m.value] for p in pairs], [p["dice"] for p in pairs], thresholds[m], dice_below
+        )
+        for m in UncertaintyMeasure
+    }
