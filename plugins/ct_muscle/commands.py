@@ -135,17 +135,23 @@ def evaluate(
     samples: Annotated[int, typer.Option(min=1, help="Monte-Carlo samples T")] = 10,
     measure: Annotated[str, typer.Option(
         help="variance | entropy | mutual_information")] = "entropy",
+    dice_below: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Review threshold: a structure below this Dice should be flagged")] = 0.9,
+    review_threshold: Annotated[float | None, typer.Option(
+        min=0.0, help="Review threshold to score (default: the pipeline's for --measure)")] = None,
     write_card: Annotated[bool, typer.Option(help="Store the metrics in the card")] = False,
     threads: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
-    """Dice and ASSD per structure, uncertainty of wrong vs correct voxels, and the
-    correlation of per-structure uncertainty with Dice, printed as JSON."""
+    """Dice and ASSD per structure, uncertainty of wrong vs correct voxels, the
+    correlation of per-structure uncertainty with Dice, and the review threshold (the
+    best one for these volumes, and how the pipeline's default does), printed as JSON."""
     import torch
 
     from plugins.ct_muscle.datasets import load_dicom_cases, phantom_volumes
     from plugins.ct_muscle.evaluation import evaluate_model
     from plugins.ct_muscle.inference import McOptions, UncertaintyMeasure, load_model
     from plugins.ct_muscle.phantoms import PhantomOptions
+    from plugins.ct_muscle.pipeline import DEFAULT_REVIEW_THRESHOLDS
     from plugins.ct_muscle.structures import default_label_table
 
     torch.set_num_threads(threads)
@@ -157,9 +163,11 @@ def evaluate(
     else:
         volumes = phantom_volumes(range(first_seed, first_seed + phantoms))
         slice_mm = PhantomOptions().slice_spacing_mm
-    report = evaluate_model(model, geo, volumes, table,
-                            McOptions(samples=samples, measure=UncertaintyMeasure(measure)),
-                            slice_spacing_mm=slice_mm)
+    chosen = UncertaintyMeasure(measure)
+    report = evaluate_model(model, geo, volumes, table, McOptions(samples=samples, measure=chosen),
+                            slice_spacing_mm=slice_mm, dice_below=dice_below,
+                            review_threshold=(DEFAULT_REVIEW_THRESHOLDS[chosen] if review_threshold is None
+                                              else review_threshold))
     result = {"model": card.name, "version": card.version, "samples": samples,
               "measure": measure, "held_out_first_seed": first_seed, **report.as_dict()}
     typer.echo(json.dumps(result, indent=2, sort_keys=True))

@@ -44,9 +44,13 @@ class EvaluationReport:
     uncertainty_ratio: float = float("nan")
     uncertainty_dice_correlation: float = float("nan")
     volumes: int = 0
+    review_fitted: ReviewThreshold | None = None  # best threshold on these volumes
+    review_in_use: ReviewThreshold | None = None  # the pipeline's threshold on these volumes
 
     def as_dict(self) -> dict[str, object]:
         return {
+            "review_threshold_fitted": self.review_fitted.as_dict() if self.review_fitted else None,
+            "review_threshold_in_use": self.review_in_use.as_dict() if self.review_in_use else None,
             "volumes": self.volumes,
             "mean_dice": self.mean_dice,
             "dice": self.dice,
@@ -90,10 +94,16 @@ def evaluate_model(
     table: LabelTable,
     options: McOptions | None = None,
     slice_spacing_mm: float = 1.0,
+    review_threshold: float | None = None,
+    dice_below: float = 0.9,
 ) -> EvaluationReport:
     """MC-dropout predictions on ``volumes`` compared with their label maps.
 
-    Raises ValueError when ``volumes`` is empty.
+    Each predicted structure is also a (mean uncertainty, Dice) pair for the review
+    threshold: the best one for flagging structures with a Dice below ``dice_below``
+    (:func:`fit_review_threshold`) and how ``review_threshold`` (the pipeline's) does;
+    both stay None when all structures fall on one side of ``dice_below``. Raises
+    ValueError when ``volumes`` is empty.
     """
     if not volumes:
         raise ValueError("no volumes to evaluate")
@@ -129,6 +139,12 @@ def evaluate_model(
     report.uncertainty_correct = correct_sum / max(correct_n, 1.0)
     report.uncertainty_ratio = report.uncertainty_wrong / max(report.uncertainty_correct, 1e-12)
     report.uncertainty_dice_correlation = _pearson(pairs_u, pairs_d)
+    try:
+        report.review_fitted = fit_review_threshold(pairs_u, pairs_d, dice_below)
+        if review_threshold is not None:
+            report.review_in_use = review_threshold_at(pairs_u, pairs_d, review_threshold, dice_below)
+    except ValueError:  # no poor or no good structure: nothing to separate
+        pass
     return report
 
 

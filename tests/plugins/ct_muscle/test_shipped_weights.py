@@ -12,8 +12,9 @@ import torch
 from models.store import bundled_weights_dir
 from plugins.ct_muscle.datasets import phantom_volumes
 from plugins.ct_muscle.evaluation import evaluate_model
-from plugins.ct_muscle.inference import McOptions, load_model
+from plugins.ct_muscle.inference import McOptions, UncertaintyMeasure, load_model
 from plugins.ct_muscle.phantoms import PhantomOptions
+from plugins.ct_muscle.pipeline import DEFAULT_REVIEW_THRESHOLDS
 from plugins.ct_muscle.structures import default_label_table
 
 HELD_OUT_SEEDS = [31_337_001, 31_337_002]
@@ -27,9 +28,18 @@ def test_shipped_weights_meet_the_acceptance_criteria() -> None:
     table = default_label_table()
     model, card, geometry = load_model(bundled_weights_dir(), expected=[s.key for s in table])
     assert card.training["seed"] is not None and "command" in card.training
+    threshold = DEFAULT_REVIEW_THRESHOLDS[UncertaintyMeasure.ENTROPY]
+    # Dice < 0.95 as "poor": these two phantoms have no structure below the 0.9 of the
+    # calibration (docs/models/ct-muscle.md), so nothing to separate there.
     report = evaluate_model(model, geometry, phantom_volumes(HELD_OUT_SEEDS), table,
                             McOptions(samples=10),
-                            slice_spacing_mm=PhantomOptions().slice_spacing_mm)
+                            slice_spacing_mm=PhantomOptions().slice_spacing_mm,
+                            review_threshold=threshold, dice_below=0.95)
     assert report.mean_dice >= 0.85, report.as_dict()
     assert report.uncertainty_ratio > 1.0, report.as_dict()
     assert report.uncertainty_wrong > report.uncertainty_correct
+    in_use, fitted = report.review_in_use, report.review_fitted
+    assert in_use is not None and fitted is not None, report.as_dict()
+    assert in_use.threshold == threshold and in_use.structures == fitted.structures >= 2 * 20
+    # The default flags poorly segmented structures more often than good ones.
+    assert in_use.sensitivity > 1.0 - in_use.specificity, report.as_dict()

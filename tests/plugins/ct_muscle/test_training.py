@@ -117,7 +117,8 @@ def test_train_and_evaluate_commands(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert set(report) >= {"dice", "assd_mm", "uncertainty_ratio_wrong_to_correct",
-                           "pearson_structure_uncertainty_vs_dice", "mean_dice"}
+                           "pearson_structure_uncertainty_vs_dice", "mean_dice",
+                           "review_threshold_fitted", "review_threshold_in_use"}
     assert "held_out" in json.loads((out / "ct_muscle.json").read_text())["metrics"]
 
 
