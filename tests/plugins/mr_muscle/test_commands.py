@@ -57,9 +57,11 @@ def test_evaluate_review_fits_a_threshold_per_measure_and_scores_the_defaults(tm
         fit = result["review_thresholds"][measure]
         uncertainty, dice = [p[measure] for p in pairs], [p["dice"] for p in pairs]
         again = review_threshold_at(uncertainty, dice, fit["threshold"], dice_below=0.7)
-        assert (fit["sensitivity"], fit["specificity"]) == (
+        assert (fit["sensitivity"], fit["precision"], fit["specificity"], fit["f1"]) == (
             round(again.sensitivity, 4),
+            round(again.precision, 4),
             round(again.specificity, 4),
+            round(again.f1, 4),
         )
         default = result["defaults"][measure]
         assert default["threshold"] == round(MR_REVIEW_THRESHOLDS[measure], 4)  # type: ignore[index]
