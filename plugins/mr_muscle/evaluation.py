@@ -13,7 +13,7 @@ likely to be poorly segmented (``plugins.ct_muscle.evaluation.fit_review_thresho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,12 @@ import numpy as np
 from plugins.ct_muscle.evaluation import ReviewThreshold, fit_review_threshold, review_threshold_at
 from plugins.ct_muscle.inference import UncertaintyMeasure
 from plugins.ct_muscle.structures import LabelTable
-from plugins.mr_muscle.phantoms import HELD_OUT_SEED_OFFSET, MR_ANATOMY_SEED_OFFSET, MrPhantomOptions
+from plugins.mr_muscle.phantoms import (
+    HELD_OUT_SEED_OFFSET,
+    MR_ANATOMY_SEED_OFFSET,
+    MrPhantom,
+    MrPhantomOptions,
+)
 from plugins.mr_muscle.translation import IntensityScale, normalise_mr
 
 if TYPE_CHECKING:
@@ -111,6 +116,19 @@ def baseline_hu(mr: np.ndarray, window: HuWindow, scale: IntensityScale) -> np.n
     return out
 
 
+def _translated_phantoms(
+    generator: ResnetGenerator, scale: IntensityScale, table: LabelTable, options: EvaluationOptions
+) -> Iterator[tuple[MrPhantom, tuple[float, float], np.ndarray]]:
+    """Each held-out phantom of ``options`` with its in-plane spacing and its synthetic CT."""
+    from plugins.mr_muscle.phantoms import generate_mr_phantom
+    from plugins.mr_muscle.translation import translate_volume
+
+    for seed in options.seeds():
+        phantom = generate_mr_phantom(seed, MrPhantomOptions(shape=options.shape), table)
+        spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
+        yield phantom, spacing, translate_volume(generator, phantom.signal, spacing, scale)
+
+
 def _mean_per_key(rows: list[dict[str, float]]) -> dict[str, float]:
     keys = sorted({k for row in rows for k in row})
     return {k: float(np.mean([row[k] for row in rows if k in row])) for k in keys}
@@ -127,18 +145,14 @@ def evaluate_held_out(
 ) -> EvaluationReport:
     """Dice with translation and with the direct baseline on freshly generated held-out phantoms."""
     from plugins.ct_muscle.inference import McOptions, predict_volume
-    from plugins.mr_muscle.phantoms import generate_mr_phantom
-    from plugins.mr_muscle.translation import translate_volume
 
     opts = options or EvaluationOptions()
     mc = McOptions(samples=opts.samples)
     translated_rows: list[dict[str, float]] = []
     baseline_rows: list[dict[str, float]] = []
     per_phantom: list[dict[str, Any]] = []
-    for index, seed in enumerate(opts.seeds()):
-        phantom = generate_mr_phantom(seed, MrPhantomOptions(shape=opts.shape), table)
-        spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
-        synthetic = translate_volume(generator, phantom.signal, spacing, scale)
+    phantoms = _translated_phantoms(generator, scale, table, opts)
+    for index, (phantom, spacing, synthetic) in enumerate(phantoms):
         via_ct = predict_volume(ct_model, synthetic, spacing, geo, mc).labels
         direct = predict_volume(
             ct_model, baseline_hu(phantom.signal, geo.window, scale), spacing, geo, mc
@@ -196,15 +210,11 @@ def calibrate_review_thresholds(
     import torch
 
     from plugins.ct_muscle.inference import McOptions, measure_structures, predict_volume
-    from plugins.mr_muscle.phantoms import generate_mr_phantom
-    from plugins.mr_muscle.translation import translate_volume
 
     opts = options or EvaluationOptions()
     pairs: list[dict[str, Any]] = []
-    for index, seed in enumerate(opts.seeds()):
-        phantom = generate_mr_phantom(seed, MrPhantomOptions(shape=opts.shape), table)
-        spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
-        synthetic = translate_volume(generator, phantom.signal, spacing, scale)
+    phantoms = _translated_phantoms(generator, scale, table, opts)
+    for index, (phantom, spacing, synthetic) in enumerate(phantoms):
         labels: np.ndarray | None = None
         rows: dict[str, dict[str, Any]] = {}
         for measure in UncertaintyMeasure:
