@@ -4,10 +4,12 @@ The same synthetic CT series (default 300 slices of 512x512 16-bit, ~158 MB) is 
 the same dcmtk ``storescu`` invocation (same max PDU, ``TCP_NODELAY=1`` in dcmtk's
 environment) to
 
-  (a) acqflow's DicomReceiver: every instance streamed into the spool, made durable
-      (fdatasync, rename into its series folder, folder fsync) and its journal row
-      committed (SQLite WAL) before Success is returned — see the durability argument in
-      docs/conformance.md §7;
+  (a) acqflow's DicomReceiver with its default settings: every instance streamed into
+      a spool slot written ahead (512 of 1 MiB; the pool is full at the start of each
+      round, as after any idle second of a running daemon), sealed and fdatasync'ed,
+      and its journal row committed (SQLite WAL) before Success is returned — see the
+      durability argument in docs/conformance.md §7. ``--slots 0`` measures new files
+      instead (fdatasync, rename into the series folder, folder fsync);
   (b) dcmtk ``storescp`` writing into a temporary folder (no fsync: its default).
 
 Rounds alternate between the two; the median round of each is reported as instances/s
@@ -16,7 +18,7 @@ medians and, to show how much the machine moved, the ratio within each round. Ex
 non-zero only when the benchmark itself fails (a transfer fails or files are missing);
 missing the targets is reported, not an error.
 
-Usage: ``python bench/ingest.py [--slices 300] [--max-pdu 131072] [--rounds 3]``
+Usage: ``python bench/ingest.py [--slices 300] [--max-pdu 131072] [--rounds 3] [--slots 512]``
 """
 
 from __future__ import annotations
@@ -74,12 +76,16 @@ def _send(port: int, series: SyntheticSeries, max_pdu: int, called_ae: str) -> f
     return elapsed
 
 
-def run_acqflow(series: SyntheticSeries, workdir: Path, max_pdu: int) -> Round:
+def run_acqflow(series: SyntheticSeries, workdir: Path, max_pdu: int, slots: int) -> Round:
     """One transfer into a fresh journal + spool with durable writes."""
     journal = Journal(workdir / "journal.sqlite3")
-    receiver = DicomReceiver(DicomSettings(port=0, max_pdu=max_pdu), journal, workdir / "spool",
+    settings = DicomSettings(port=0, max_pdu=max_pdu, spool_slots=slots)
+    receiver = DicomReceiver(settings, journal, workdir / "spool",
                              lambda _ids: None)
     receiver.start()
+    slots = receiver.spool.slots
+    if slots is not None and not slots.wait_filled(300):  # as after any idle second of a running daemon
+        raise BenchFailure(f"spool slots not written: {slots.free} of {slots.target}")
     handler_before = _store_seconds()
     try:
         seconds = _send(receiver.port, series, max_pdu, "ACQFLOW")
@@ -139,12 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pdu", type=int, default=131072, help="max PDU of both receivers")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="temp folder (same disk)")
+    parser.add_argument("--slots", type=int, default=DicomSettings().spool_slots,
+                        help="acqflow's dicom.spool_slots (0: every instance a new file)")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="acqflow-bench-", dir=args.workdir))
     try:
         series = write_synthetic_ct(root / "series", n_slices=args.slices, seed="bench")
         print(f"series: {len(series.paths)} instances, {series.total_bytes / 1e6:.1f} MB, "
-              f"max PDU {args.max_pdu}, {args.rounds} round(s) each, alternating")
+              f"max PDU {args.max_pdu}, {args.rounds} round(s) each, alternating; "
+              f"acqflow spool slots: {args.slots}")
         print(f"disk: one durable 512 kB write_atomic takes {disk_probe(root):.2f} ms (median); "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPU(s)")
         results: dict[str, list[Round]] = {"acqflow": [], "storescp": []}
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             os.sync()
             results["storescp"].append(run_storescp(series, root / f"scp{index}", args.max_pdu))
             os.sync()
-            results["acqflow"].append(run_acqflow(series, root / f"acq{index}", args.max_pdu))
+            results["acqflow"].append(run_acqflow(series, root / f"acq{index}", args.max_pdu, args.slots))
         report(results)
     except BenchFailure as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
@@ -176,7 +185,7 @@ def report(results: dict[str, list[Round]]) -> None:
     per_instance = 1000 * acq.seconds / acq.instances
     in_handler = 1000 * acq.store_seconds / acq.instances
     print(f"acqflow per instance: {per_instance:.2f} ms, of which {in_handler:.2f} ms completing the "
-          "C-STORE (fdatasync + rename + folder fsync, journal commit)")
+          "C-STORE (durable spool write, journal commit)")
     ratio = acq.mb_per_second / scp.mb_per_second
     rounds = zip(results["acqflow"], results["storescp"], strict=True)
     paired = [a.mb_per_second / s.mb_per_second for a, s in rounds]

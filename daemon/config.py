@@ -143,6 +143,8 @@ class DicomSettings(_Section):
     max_associations: Annotated[int, Field(ge=1, le=256)] = 16
     network_timeout_seconds: PositiveSeconds = 60.0
     series_quiet_seconds: Annotated[float, Field(ge=0)] = 10.0
+    spool_slots: Annotated[int, Field(ge=0, le=65536)] = 512
+    spool_slot_bytes: Annotated[int, Field(ge=8192, le=1 << 30, multiple_of=4096)] = 1 << 20
     tls: TlsSettings | None = None
 
     @field_validator("ae_title")

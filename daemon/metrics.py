@@ -31,6 +31,8 @@ __all__ = [
     "SCHEDULED_TASK_FAILURES",
     "SERIES_COMPLETED",
     "SOURCE_ERRORS",
+    "SPOOL_SLOTS_FREE",
+    "SPOOL_SLOT_ERRORS",
     "UNROUTED",
     "serve_metrics",
 ]
@@ -55,6 +57,14 @@ UNROUTED = Counter("acqflow_unrouted_total", "Arrivals that matched no route", [
 DICOM_INSTANCES = Counter("acqflow_dicom_instances_total", "C-STORE requests by outcome", ["outcome"])
 DICOM_BYTES = Counter("acqflow_dicom_received_bytes_total", "Bytes of DICOM instances stored")
 ASSOCIATIONS = Counter("acqflow_dicom_associations_total", "Associations by outcome", ["outcome"])
+SPOOL_SLOTS_FREE = Gauge(
+    "acqflow_dicom_spool_slots_free",
+    "Pre-written spool slots ready for incoming instances (each made durable with one flush)",
+)
+SPOOL_SLOT_ERRORS = Counter(
+    "acqflow_dicom_spool_slot_errors_total",
+    "Spool slots that could not be written ahead or put in place (the SCP falls back to new files)",
+)
 DICOM_STORE_DURATION = Histogram(
     "acqflow_dicom_store_duration_seconds",
     "C-STORE completion time in the SCP, from the last data set fragment to the response: "

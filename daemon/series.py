@@ -49,6 +49,9 @@ class SeriesAssembler:
         self.journal = journal
         self.quiet_seconds = quiet_seconds
         self.on_ready = on_ready
+        # Waits until the instance files just received are final (DicomReceiver.settle);
+        # False: not yet, the series is completed at a later check.
+        self.settle: Callable[[], bool] = lambda: True
         self._lock = threading.Lock()  # the scheduler and SCP threads both call in
 
     def check(self, now: float | None = None) -> int:
@@ -104,6 +107,9 @@ class SeriesAssembler:
         return self._complete(arrival, "association")
 
     def _complete(self, arrival: Arrival, trigger: str) -> int:
+        if not self.settle():
+            LOG.warning("series arrival %d: instance files not final yet; completing later", arrival.id)
+            return 0
         if not self.journal.mark_series_ready_if_quiet(
             arrival.id, arrival.generation, arrival.last_instance_at
         ):

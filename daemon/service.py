@@ -154,6 +154,7 @@ class Daemon:
         if s.dicom.enabled:
             receiver = DicomReceiver(s.dicom, self.journal, s.paths.spool, assembler.association_closed)
             receiver.start()
+            assembler.settle = receiver.settle
             self.dicom_port = receiver.port
             self._components.append(("dicom", receiver))
         self._folders: list[FolderWatcher] = []

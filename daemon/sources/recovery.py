@@ -1,5 +1,8 @@
 """Spool files without a journal row, sorted out when the DICOM receiver starts.
 
+Slots sealed or cut but not yet in place are put in place first
+(``daemon.sources.slots``); from then on they are committed files like any other.
+
 The SCP commits an instance's row without an fsync (``Journal.record_instance(...,
 durable=False)``): its synced spool file is the durable record. Such a row survives a
 crash of the process but not of the machine. So a committed spool file (``*.dcm`` in a
@@ -49,6 +52,8 @@ class SpoolRecovery:
     """What :func:`recover_spool` did."""
 
     partial_removed: int  # files in .incoming
+    slots_placed: int  # sealed slots put in place (daemon.sources.slots)
+    slots_torn: int  # slots sealed by a crash mid-flush (never acknowledged), reused
     registered: int  # unrecorded files journaled again (machine restarted)
     removed: int  # unrecorded files dropped as never acknowledged (same boot)
 
@@ -59,6 +64,7 @@ def recover_spool(spool: InstanceSpool, journal: Journal) -> SpoolRecovery:
     A file that cannot be read is logged, counted and left where it is.
     """
     partial = spool.prepare()
+    slots = spool.recover_slots()
     boot_id, token = spool.last_served()
     same_session = (
         boot_id is not None
@@ -87,7 +93,8 @@ def recover_spool(spool: InstanceSpool, journal: Journal) -> SpoolRecovery:
     token = uuid.uuid4().hex  # the journal first: a crash in between only means "register"
     journal.set_meta(_TOKEN_KEY, token)
     spool.mark_served(token)
-    return SpoolRecovery(partial, registered, removed)
+    placed, torn = (slots.placed, slots.torn) if slots is not None else (0, 0)
+    return SpoolRecovery(partial, placed, torn, registered, removed)
 
 
 def _register(journal: Journal, path: Path, dataset: Dataset) -> int:

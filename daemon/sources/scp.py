@@ -132,7 +132,7 @@ class DicomReceiver:
         self.journal = journal
         self.spool_dir = spool_dir
         self.on_association_closed = on_association_closed
-        self.spool = InstanceSpool(spool_dir)
+        self.spool = InstanceSpool(spool_dir, settings.spool_slots, settings.spool_slot_bytes)
         self._networks = [ip_network(a, strict=False) for a in settings.allowed_addresses]
         self._supported = [build_context(VERIFICATION)] + [
             build_context(sop_class, list(SCP_TRANSFER_SYNTAXES)) for sop_class in SCP_SOP_CLASSES
@@ -165,6 +165,8 @@ class DicomReceiver:
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="acqflow-dicom-accept"
         )
         self._accepting.start()
+        if self.spool.slots is not None:
+            self.spool.slots.start()
         LOG.info(
             "DICOM SCP %s listening on %s:%d%s",
             self.settings.ae_title,
@@ -190,7 +192,14 @@ class DicomReceiver:
         deadline = time.monotonic() + timeout
         for thread in active.values():
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self.spool.slots is not None:
+            self.spool.slots.stop(max(0.0, deadline - time.monotonic()))
         LOG.info("DICOM SCP stopped (%d association(s) aborted)", len(active))
+
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Wait until every instance file acknowledged so far is final (its spool slot
+        cut to the instance, ``daemon.sources.slots``); False on timeout."""
+        return self.spool.slots.settle(timeout) if self.spool.slots is not None else True
 
     @property
     def port(self) -> int:
@@ -202,6 +211,12 @@ class DicomReceiver:
     def _recover_spool(self) -> None:
         """Sort out spool files the journal does not know (``daemon.sources.recovery``)."""
         done = recover_spool(self.spool, self.journal)
+        if done.slots_placed or done.slots_torn:
+            LOG.info(
+                "spool: %d sealed slot(s) put in place, %d torn slot(s) (never acknowledged) reused",
+                done.slots_placed,
+                done.slots_torn,
+            )
         if done.partial_removed or done.removed:
             LOG.info(
                 "spool: removed %d partial and %d complete unacknowledged instance(s)",

@@ -29,7 +29,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
+import crc32c
+
+from daemon import metrics
 from daemon.fileio import fsync_dir, safe_name, write_atomic
+from daemon.sources.slots import SLOTS, SlotPool, SlotRecovery, make_seal, truncate_sealed
 
 __all__ = ["INCOMING", "SERVED_MARKER", "IncomingInstance", "InstanceSpool", "current_boot_id"]
 
@@ -43,16 +47,28 @@ _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 class IncomingInstance:
     """One instance being received: its File Meta header, then dataset fragments.
 
-    The file is created empty (``InstanceSpool.reserve``, ahead of time while the
-    association waits for its next request), then ``start`` writes the header.
+    Taken by ``InstanceSpool.reserve`` ahead of time, while the association waits for
+    its next request: a free slot when the spool has one (``daemon.sources.slots``),
+    else a new empty file ``path``. ``start`` writes the header. An instance that
+    outgrows its slot moves to ``path`` on the way.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, pool: SlotPool | None = None, slot: Path | None = None) -> None:
         self.path = path
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._pool = pool if slot is not None else None
+        if slot is not None:
+            self._fd: int | None = os.open(slot, os.O_RDWR | os.O_CLOEXEC)
+            self._spill_to, self.path = path, slot
+        else:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.meta_size = 0
         self.size = 0
+        self._crc = 0  # CRC-32C of the bytes so far (slots only)
         self._written_back = 0  # write-back started up to here
+
+    @property
+    def in_slot(self) -> bool:
+        return self._pool is not None
 
     def start(self, meta: bytes) -> None:
         """Write the File Meta header; raises OSError."""
@@ -76,12 +92,39 @@ class IncomingInstance:
             self._written_back = self.size
 
     def _write(self, data: memoryview) -> int:
+        pool = self._pool
+        if pool is not None:
+            if self.size + len(data) > pool.capacity:
+                self._spill(pool)
+            else:
+                self._crc = crc32c.crc32c(data, self._crc)
         fd = self._require_open()
         while data:
-            written = os.write(fd, data)
+            written = os.pwrite(fd, data, self.size)
             data = data[written:]
             self.size += written
         return fd
+
+    def _spill(self, pool: SlotPool) -> None:
+        """Move the bytes so far from the slot to a new file and give the slot back."""
+        slot = self._require_open()
+        fd = os.open(self._spill_to, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            copied = 0
+            while copied < self.size:
+                step = os.copy_file_range(slot, fd, self.size - copied, copied, copied)
+                if step <= 0:
+                    raise OSError(f"copying a spool slot stopped after {copied} bytes")
+                copied += step
+        except OSError:
+            os.close(fd)
+            self._spill_to.unlink(missing_ok=True)
+            raise
+        os.close(slot)
+        pool.give_back(self.path)
+        self._pool = None
+        self._fd, self.path = fd, self._spill_to
+        self._written_back = 0
 
     @contextmanager
     def dataset(self) -> Iterator[memoryview]:
@@ -98,12 +141,16 @@ class IncomingInstance:
             yield dataset
 
     def commit(self, final: Path) -> None:
-        """Make the file durable under ``final`` (see the module docstring); raises OSError.
+        """Make the instance durable under ``final``; raises OSError.
 
-        The fdatasync runs on the calling thread: handing it to another one measured
-        slower, because that thread first waits for the interpreter lock that the
-        caller holds while it parses the header.
+        A slot is sealed (``daemon.sources.slots``: one flush), a new file synced and
+        renamed (the module docstring: two). The fdatasync runs on the calling thread:
+        handing it to another one measured slower, because that thread first waits for
+        the interpreter lock that the caller holds while it parses the header.
         """
+        if self._pool is not None:
+            self._seal(self._pool, final)
+            return
         os.fdatasync(self._require_open())
         self._close()
         folder = final.parent
@@ -113,9 +160,34 @@ class IncomingInstance:
         os.replace(self.path, final)
         fsync_dir(folder)
 
+    def _seal(self, pool: SlotPool, final: Path) -> None:
+        fd = self._require_open()
+        os.pwrite(fd, make_seal(self.size, self._crc, final.relative_to(pool.root).as_posix()), pool.capacity)
+        os.fdatasync(fd)
+        # Durable from here; the rest needs no flush (SlotPool.recover finishes it after a
+        # crash). Should it fail, the instance is refused: the slot stays sealed, out of
+        # the pool, and is put in place at the next start.
+        self._pool = None
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.path, final)
+        except OSError as exc:
+            LOG.error("spool slot %s sealed but not put in place: %s", self.path.name, exc)
+            metrics.SPOOL_SLOT_ERRORS.inc()
+            self._close()
+            raise
+        # Cutting the slot to its instance frees blocks, which can be slow (online discard):
+        # it is done once the response is sent, while the peer prepares its next request.
+        pool.defer_cut(fd, self.size, final)
+        self._fd = None
+
     def discard(self) -> None:
         """Forget an instance that will not be acknowledged (never raises)."""
+        pool, self._pool = self._pool, None
         self._close()
+        if pool is not None:
+            pool.give_back(self.path)
+            return
         try:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
@@ -135,10 +207,11 @@ class IncomingInstance:
 class InstanceSpool:
     """The spool folder: where received instances are written and committed."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, slots: int = 0, slot_bytes: int = 1 << 20) -> None:
         self.root = root
         self.incoming = root / INCOMING
         self._names = itertools.count()
+        self.slots = SlotPool(root, slots, slot_bytes) if slots > 0 else None
 
     def prepare(self) -> int:
         """Create the folders and remove leftovers of unacknowledged instances.
@@ -154,10 +227,35 @@ class InstanceSpool:
         fsync_dir(self.root)
         return removed
 
+    def recover_slots(self) -> SlotRecovery | None:
+        """Put sealed slots in place and cut placed ones still sealed; raises OSError.
+
+        None when the spool has no slots (those left by an earlier setting are still
+        put in place). Run after :meth:`prepare`, before serving.
+        """
+        pool = self.slots
+        if pool is None and (self.root / SLOTS).is_dir():
+            pool = SlotPool(self.root, 0, 1 << 20)
+        if pool is None:
+            return None
+        found = pool.recover(self.path_for)
+        for path in self.committed_files():
+            if truncate_sealed(path):
+                LOG.info("spool: %s/%s was still sealed, cut to its instance", path.parent.name, path.name)
+        return found
+
     def reserve(self) -> IncomingInstance:
-        """A new, empty incoming file; raises OSError."""
-        name = f"{os.getpid()}-{next(self._names)}.part"
-        return IncomingInstance(self.incoming / name)
+        """A free slot, else a new empty incoming file; raises OSError."""
+        name = self.incoming / f"{os.getpid()}-{next(self._names)}.part"
+        slot = self.slots.take() if self.slots is not None else None
+        if slot is None:
+            return IncomingInstance(name)
+        try:
+            return IncomingInstance(name, self.slots, slot)
+        except OSError:
+            if self.slots is not None:
+                self.slots.give_back(slot)
+            raise
 
     def path_for(self, series_uid: str, sop_uid: str) -> Path:
         """Where an instance of ``series_uid`` lives once committed."""
@@ -166,7 +264,7 @@ class InstanceSpool:
     def committed_files(self) -> Iterator[Path]:
         """Every committed instance file (``<series>/<sop uid>.dcm``)."""
         for folder in self.root.iterdir():
-            if folder.name != INCOMING and folder.is_dir():
+            if folder.name not in (INCOMING, SLOTS) and folder.is_dir():
                 yield from folder.glob("*.dcm")
 
     def last_served(self) -> tuple[str | None, str | None]:

@@ -22,6 +22,7 @@ from pynetdicom import AE
 from daemon import metrics
 from daemon.config import TlsSettings
 from daemon.journal import ArrivalState, Journal
+from daemon.sources.slots import SLOTS
 from tests.support.peers import (
     DCMTK_STORESCU,
     LOOPBACK,
@@ -263,18 +264,27 @@ from daemon.journal import Journal
 from daemon.sources.scp import DicomReceiver
 root = Path(sys.argv[1])
 journal = Journal(root / "journal.sqlite3")
-DicomReceiver(DicomSettings(port=int(sys.argv[2])), journal, root / "spool", lambda ids: None).start()
+settings = DicomSettings(port=int(sys.argv[2]), spool_slots=int(sys.argv[3]), spool_slot_bytes=256 * 1024)
+receiver = DicomReceiver(settings, journal, root / "spool", lambda ids: None)
+receiver.start()
+if receiver.spool.slots is not None:
+    assert receiver.spool.slots.wait_filled(120)
+(root / "ready").touch()
 time.sleep(600)
 """
 
 
-def test_kill_9_keeps_every_acknowledged_instance(tmp_path: Path, peers: PeerSet) -> None:
+# 0: every instance a new file (two flushes); 450: every instance in a slot (one flush)
+@pytest.mark.parametrize("slots", [0, 450])
+def test_kill_9_keeps_every_acknowledged_instance(tmp_path: Path, peers: PeerSet, slots: int) -> None:
     # long enough that the kill, ~10 ms after the 10th row, lands mid-transfer
     series = write_synthetic_ct(tmp_path / "ct", n_slices=400, seed="kill", rows=256, cols=256)
     port = free_port()
     state = tmp_path / "state"
-    receiver = peers.spawn("receiver", [sys.executable, "-c", _RECEIVER_PROCESS, str(state), str(port)],
+    receiver = peers.spawn("receiver",
+                           [sys.executable, "-c", _RECEIVER_PROCESS, str(state), str(port), str(slots)],
                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    poll_until(lambda: (state / "ready").exists(), timeout=120)
     wait_for_port(port, timeout=30)
     sender = subprocess.Popen(
         [DCMTK_STORESCU, "-v", "-aec", "ACQFLOW", "-aet", "STORESCU", LOOPBACK, str(port),
@@ -294,7 +304,11 @@ def test_kill_9_keeps_every_acknowledged_instance(tmp_path: Path, peers: PeerSet
         journal.close()
     for index in range(acknowledged):  # storescu sends the files in order, one at a time
         path = rows[series.sop_uids[index]]
-        assert dcmread(path).SOPInstanceUID == series.sop_uids[index]
+        received, sent = dcmread(path), dcmread(series.paths[index])
+        assert received.SOPInstanceUID == sent.SOPInstanceUID and received.PixelData == sent.PixelData
+    if slots:  # each acknowledged instance took a slot (and one more may have been sealed unanswered)
+        left = len(list((state / "spool" / SLOTS).iterdir()))
+        assert slots - acknowledged - 1 <= left <= slots - acknowledged
 
 
 def _journaled(state: Path) -> int:

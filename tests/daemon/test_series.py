@@ -153,7 +153,7 @@ def test_storescu_release_completes_series_without_waiting(journal: Journal,
     series = write_synthetic_ct(tmp_path / "ct", n_slices=4, seed="series", rows=32, cols=32)
     wakes = Wakes()
     assembler = SeriesAssembler(journal, quiet_seconds=3600, on_ready=wakes)
-    receiver = DicomReceiver(DicomSettings(port=0), journal, tmp_path / "spool",
+    receiver = DicomReceiver(DicomSettings(port=0, spool_slots=0), journal, tmp_path / "spool",
                              assembler.association_closed)
     receiver.start()
     try:

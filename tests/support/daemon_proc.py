@@ -26,7 +26,9 @@ from tests.support.waiting import poll_until
 REPO = Path(__file__).resolve().parents[2]
 TEST_PIPELINES = ["tests.support.pipelines:SeriesEcho", "tests.support.pipelines:ImageStats"]
 
-__all__ = ["TEST_PIPELINES", "DaemonProcess", "toml_dumps"]
+__all__ = ["SPOOL_SLOTS", "TEST_PIPELINES", "DaemonProcess", "toml_dumps"]
+
+SPOOL_SLOTS = 8  # dicom.spool_slots of test daemons
 
 
 def _toml_value(value: Any) -> str:
@@ -87,6 +89,9 @@ class DaemonProcess:
         return self.root / "daemon.log"
 
     def start(self, timeout: float = 60.0) -> None:
+        # A small slot pool unless a test sets one: the default (512 slots of 1 MiB) would
+        # have every test daemon write half a gigabyte ahead.
+        self.settings.setdefault("dicom", {}).setdefault("spool_slots", SPOOL_SLOTS)
         self.config_path.write_text(toml_dumps(self.settings))
         state_file = self.state_dir / "daemon.json"
         state_file.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from daemon.config import DicomSettings
 from daemon.journal import Journal
 from daemon.sources.scp import DicomReceiver
+from daemon.sources.slots import SLOTS
 
 __all__ = ["RunningScp"]
 
@@ -14,10 +15,13 @@ __all__ = ["RunningScp"]
 class RunningScp:
     """A started ``DicomReceiver`` with its own journal and spool under ``root``.
 
-    ``closed`` collects the arrival ids of each association as it ends.
+    ``closed`` collects the arrival ids of each association as it ends. Spool slots are
+    off unless ``spool_slots`` is given (the slot tests turn them on): the protocol tests
+    watch instances being written as new files.
     """
 
     def __init__(self, root: Path, **settings: object) -> None:
+        settings.setdefault("spool_slots", 0)
         self.root = root
         self.spool = root / "spool"
         self.journal = Journal(root / "journal.sqlite3")
@@ -41,5 +45,11 @@ class RunningScp:
         return [r["state"] for r in self.journal.query("SELECT state FROM associations ORDER BY started_at")]
 
     def spool_files(self) -> list[Path]:
-        """Instance files, partial (.incoming) or committed (series folders)."""
-        return sorted(p for p in self.spool.rglob("*") if p.is_file() and p.parent != self.spool)
+        """Instance files, partial (.incoming) or committed (series folders); not slots."""
+        outside = (self.spool, self.spool / SLOTS)
+        return sorted(p for p in self.spool.rglob("*") if p.is_file() and p.parent not in outside)
+
+    def wait_for_slots(self, timeout: float = 30.0) -> None:
+        """Block until the spool's slot pool is full."""
+        pool = self.receiver.spool.slots
+        assert pool is not None and pool.wait_filled(timeout), "spool slots were not written in time"
