@@ -38,13 +38,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import crc32c
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from daemon import metrics
-from daemon.fileio import fsync_dir
+from daemon.fileio import fsync_dir, fsync_file
 
 __all__ = [
     "IDLE_SECONDS",
@@ -174,8 +175,7 @@ class SlotPool:
     def _recover_full(self, path: Path, size: int) -> str:
         """"placed", "torn" or "free" for a slot of its full size."""
         with path.open("rb") as handle:
-            handle.seek(size - SEAL_BYTES)
-            seal = read_seal(handle.read(SEAL_BYTES))
+            seal = _seal_at_end(handle, size)
             if seal is None:
                 return "free"
             handle.seek(0)
@@ -192,8 +192,7 @@ class SlotPool:
         final = self.root / seal.place
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, final)
-        os.truncate(final, seal.length)
-        _sync_file(final)
+        _cut(final, seal.length)
         fsync_dir(final.parent)
         LOG.info("spool slot %s: sealed instance put in place as %s", path.name, seal.place)
         return "placed"
@@ -209,7 +208,8 @@ class SlotPool:
         self._filler.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the background thread (a slot being written is finished first)."""
+        """Stop the background threads (a slot being written and the cuts queued are
+        finished first)."""
         filler, self._filler = self._filler, None
         if filler is None:
             return
@@ -364,31 +364,32 @@ def truncate_sealed(path: Path) -> bool:
     if size % SEAL_BYTES or size < 2 * SEAL_BYTES:
         return False
     with path.open("rb") as handle:
-        handle.seek(size - SEAL_BYTES)
-        seal = read_seal(handle.read(SEAL_BYTES))
+        seal = _seal_at_end(handle, size)
     if seal is None or seal.length > size - SEAL_BYTES:
         return False
-    os.truncate(path, seal.length)
-    _sync_file(path)
+    _cut(path, seal.length)
     return True
 
 
-def _crc_of(handle: object, length: int) -> int:
+def _seal_at_end(handle: BinaryIO, size: int) -> Seal | None:
+    """The seal in the last 4 KiB of a file of ``size`` bytes, None where there is none."""
+    handle.seek(size - SEAL_BYTES)
+    return read_seal(handle.read(SEAL_BYTES))
+
+
+def _cut(path: Path, length: int) -> None:
+    """Cut a placed slot to its instance, durably (recovery only: no flush is spared here)."""
+    os.truncate(path, length)
+    fsync_file(path)
+
+
+def _crc_of(handle: BinaryIO, length: int) -> int:
     crc = 0
     left = length
-    read = handle.read  # type: ignore[attr-defined]
     while left:
-        chunk = read(min(left, 1 << 20))
+        chunk = handle.read(min(left, 1 << 20))
         if not chunk:
             return -1
         crc = crc32c.crc32c(chunk, crc)
         left -= len(chunk)
     return crc
-
-
-def _sync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -176,8 +176,8 @@ class IncomingInstance:
             metrics.SPOOL_SLOT_ERRORS.inc()
             self._close()
             raise
-        # Cutting the slot to its instance frees blocks, which can be slow (online discard):
-        # it is done once the response is sent, while the peer prepares its next request.
+        # Cutting the slot to its instance frees blocks, which can be slow (online
+        # discard): the pool's background thread does it.
         pool.defer_cut(fd, self.size, final)
         self._fd = None
 
@@ -247,14 +247,14 @@ class InstanceSpool:
     def reserve(self) -> IncomingInstance:
         """A free slot, else a new empty incoming file; raises OSError."""
         name = self.incoming / f"{os.getpid()}-{next(self._names)}.part"
-        slot = self.slots.take() if self.slots is not None else None
-        if slot is None:
+        pool = self.slots
+        slot = pool.take() if pool is not None else None
+        if pool is None or slot is None:
             return IncomingInstance(name)
         try:
-            return IncomingInstance(name, self.slots, slot)
+            return IncomingInstance(name, pool, slot)
         except OSError:
-            if self.slots is not None:
-                self.slots.give_back(slot)
+            pool.give_back(slot)
             raise
 
     def path_for(self, series_uid: str, sop_uid: str) -> Path:
