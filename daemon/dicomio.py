@@ -8,6 +8,7 @@ pydicom round trip) and parses only the few header attributes it needs.
 from __future__ import annotations
 
 import functools
+import re
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,8 @@ __all__ = [
     "NotSteppable",
     "defined_elements",
     "encode_file_meta",
+    "invalid_uid_attribute",
+    "is_valid_uid",
     "parse_header",
     "parse_header_prefix",
     "read_part10",
@@ -53,6 +56,32 @@ HEADER_TAGS = [
     Tag("Modality"),
     Tag("InstanceNumber"),
 ]
+
+
+# PS3.5 9.1: digits in dot-separated components, no leading zero but a lone "0", at most
+# 64 characters. fullmatch: "$" would also accept a trailing newline.
+_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*", re.ASCII)
+UID_MAX_CHARS = 64
+
+
+def is_valid_uid(text: str) -> bool:
+    """True when ``text`` follows the DICOM UID rules (PS3.5 9.1)."""
+    return len(text) <= UID_MAX_CHARS and _UID.fullmatch(text) is not None
+
+
+_HEADER_UIDS = (
+    ("sop_instance_uid", "SOP Instance UID", 0x00080018),
+    ("series_uid", "Series Instance UID", 0x0020000E),
+    ("study_uid", "Study Instance UID", 0x0020000D),
+)
+
+
+def invalid_uid_attribute(header: InstanceHeader) -> tuple[str, int] | None:
+    """(keyword, tag) of the first instance UID of ``header`` that is not a valid UID."""
+    for field, name, tag in _HEADER_UIDS:
+        if not is_valid_uid(getattr(header, field)):
+            return name, tag
+    return None
 
 
 def _element(element: int, vr: bytes, value: bytes) -> bytes:

@@ -53,10 +53,12 @@ class AssociationEnd(str, Enum):
 
 @dataclass(frozen=True)
 class DimseStatus:
-    """What to answer a request with: a status and, for failures, a comment."""
+    """What to answer a request with: a status and, for failures, a comment and the tag
+    of the attribute at fault."""
 
     status: int
     comment: str | None = None
+    offending: int | None = None
 
 
 class StoreReceipt(Protocol):
@@ -250,6 +252,6 @@ class _DimseLoop:
             raise ProtocolViolation(f"command 0x{request.command_field:04X} is not offered here", 0x05)
 
     def _respond(self, request: DimseRequest, answer: DimseStatus, context_id: int) -> None:
-        command = encode_response(request, answer.status, answer.comment)
+        command = encode_response(request, answer.status, answer.comment, answer.offending)
         self.connection.send(*response_pdus(command, context_id, self.negotiated.peer_max_pdu))
         self.policy.responded(self.peer)
