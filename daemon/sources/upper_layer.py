@@ -64,6 +64,7 @@ _PDV_HEADER = struct.Struct(">LBB")
 MAX_PDU_CAP = 64 * 1024 * 1024  # a peer that ignores our maximum gets this much, then an abort
 _ASSOCIATION_PDU_CAP = 1024 * 1024
 _INITIAL_BUFFER = 16384 + 6
+_GROWTH_STEP = 1024 * 1024  # a larger PDU's buffer starts here, then doubles as bytes arrive
 
 
 class PduType(IntEnum):
@@ -131,6 +132,11 @@ class PduConnection:
         self._carried = 0  # bytes of the next header already in self._header
         self._send_lock = threading.Lock()
 
+    @property
+    def buffer_bytes(self) -> int:
+        """The size of the receive buffer now (it grows only as a large PDU arrives)."""
+        return len(self._buffer)
+
     def read(self, timeout: float | None) -> tuple[int, memoryview]:
         """The next PDU's type and body (valid until the next ``read``).
 
@@ -147,13 +153,35 @@ class PduConnection:
                 raise ProtocolViolation(
                     f"PDU of {length} bytes exceeds {cap}", 0x06, ConnectionRefusal.PDU_TOO_LARGE
                 )
-            self._buffer = bytearray(length + 6)
+            extra = self._fill_growing(length)
+        else:
+            extra = self._fill(memoryview(self._buffer)[: length + 6], minimum=length)
         view = memoryview(self._buffer)
-        extra = self._fill(view[: length + 6], minimum=length)
         if extra:  # the start of the next PDU's header came with this body
             self._header[:extra] = view[length : length + extra]
             self._carried = extra
         return pdu_type, view[:length]
+
+    def _fill_growing(self, length: int) -> int:
+        """Receive a body of ``length`` bytes into a buffer grown (doubling) as its bytes
+        arrive, so that a length a peer declares costs memory only once it is sent.
+
+        Returns what :meth:`_fill` does. The earlier buffer is replaced, not resized: the
+        body :meth:`read` returned last may still be referenced.
+        """
+        received = 0
+        while True:
+            size = min(length + 6, max(2 * len(self._buffer), _GROWTH_STEP))
+            if size > len(self._buffer):
+                grown = bytearray(size)
+                with memoryview(self._buffer) as old:
+                    grown[:received] = old[:received]
+                self._buffer = grown
+            view = memoryview(self._buffer)
+            if size > length:
+                return self._fill(view[received : length + 6], minimum=length - received)
+            self._fill(view[received:size])
+            received = size
 
     def _fill(self, view: memoryview, minimum: int | None = None) -> int:
         """Receive at least ``minimum`` bytes (all of ``view`` by default) into ``view``.
