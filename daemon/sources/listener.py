@@ -111,14 +111,18 @@ class ConnectionListener:
                 metrics.SOURCE_ERRORS.labels("dicom", "accept").inc()
                 time.sleep(_POLL_SECONDS)
                 continue
-            for key, _ in events:
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)  # only sockets are registered
-                if sock is self._socket:
-                    self._accept()
-                else:
-                    self._hand_on(sock)
-            self._expire(time.monotonic())
+            try:
+                for key, _ in events:
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)  # only sockets are registered
+                    if sock is self._socket:
+                        self._accept()
+                    else:
+                        self._hand_on(sock)
+                self._expire(time.monotonic())
+            except Exception:  # a bug must cost a connection at most, never the listener
+                LOG.exception("DICOM listener: unexpected error")
+                metrics.SOURCE_ERRORS.labels("dicom", "accept").inc()
 
     def _accept(self) -> None:
         """Accept every connection queued on the listening socket."""
