@@ -45,7 +45,14 @@ from daemon.sources.listener import ConnectionListener, ListenerLimits
 from daemon.sources.recovery import recover_spool
 from daemon.sources.spool import IncomingInstance, InstanceSpool
 from daemon.sources.store import InstanceReceipt, StoreStatus
-from daemon.sources.upper_layer import Negotiated, PduConnection, PeerClosed, Rejection, negotiate
+from daemon.sources.upper_layer import (
+    ConnectionRefusal,
+    Negotiated,
+    PduConnection,
+    PeerClosed,
+    Rejection,
+    negotiate,
+)
 
 __all__ = ["SCP_SOP_CLASSES", "SCP_TRANSFER_SYNTAXES", "DicomReceiver", "StoreStatus"]
 
@@ -225,6 +232,8 @@ class DicomReceiver:
                 sock = self._tls.wrap_socket(sock, server_side=True)
         except (OSError, ssl.SSLError) as exc:
             LOG.warning("TLS handshake with %s failed: %s", address, exc)
+            if isinstance(exc, TimeoutError):  # no A-ASSOCIATE-RQ in time either
+                ConnectionRefusal.ASSOCIATION_TIMEOUT.counted()
             return
         control = AssociationControl(PduConnection(sock, self.settings.max_pdu))
         thread = threading.current_thread()

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from daemon import metrics
+from daemon.config import TlsSettings
+from tests.daemon.test_scp import _self_signed
 from tests.daemon.test_scp_protocol import RawScu
 from tests.support.peers import (
     LOOPBACK,
@@ -176,5 +178,21 @@ def test_pdu_longer_than_its_bound_is_aborted(
         assert _refused("pdu_too_large") == refused + 1
         assert _rss_bytes() - rss < 16 << 20
         assert echoscu(running.receiver.port).returncode == 0
+    finally:
+        running.stop()
+
+
+def test_a_stalled_tls_handshake_is_cut_off(tmp_path: Path, idle: list[socket.socket]) -> None:
+    cert, key = _self_signed(tmp_path)
+    running = RunningScp(
+        tmp_path, tls=TlsSettings(certificate=cert, private_key=key), association_request_timeout_seconds=1.0
+    )
+    try:
+        timeouts = _refused("association_timeout")
+        sock = socket.create_connection((LOOPBACK, running.receiver.port))
+        idle.append(sock)
+        sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, then silence
+        assert _closed_by_peer(sock, within=10)
+        assert _refused("association_timeout") == timeouts + 1
     finally:
         running.stop()
