@@ -75,7 +75,7 @@ class ConnectionListener:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._limit_logged = -60.0
+        self._limit_logged = self._accept_logged = -60.0
 
     @property
     def port(self) -> int:
@@ -132,8 +132,12 @@ class ConnectionListener:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and the like: the backlog waits for a free slot
-                LOG.warning("DICOM listener: accept failed: %s", exc)
+                now = time.monotonic()
+                if now - self._accept_logged >= 60.0:
+                    self._accept_logged = now
+                    LOG.warning("DICOM listener: accept failed (retried, logged once a minute): %s", exc)
                 metrics.SOURCE_ERRORS.labels("dicom", "accept").inc()
+                self._stop.wait(_POLL_SECONDS / 2)  # the socket stays readable: do not spin
                 return
             address = str(peer[0])
             with self._lock:
