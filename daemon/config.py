@@ -141,6 +141,9 @@ class DicomSettings(_Section):
     allowed_addresses: tuple[str, ...] = ()
     max_pdu: Annotated[int, Field(ge=0)] = 0
     max_associations: Annotated[int, Field(ge=1, le=256)] = 16
+    max_connections_per_address: Annotated[int, Field(ge=1, le=4096)] = 32
+    association_request_timeout_seconds: PositiveSeconds = 10.0
+    max_command_set_bytes: Annotated[int, Field(ge=1024, le=16 << 20)] = 64 * 1024
     network_timeout_seconds: PositiveSeconds = 60.0
     series_quiet_seconds: Annotated[float, Field(ge=0)] = 10.0
     spool_slots: Annotated[int, Field(ge=0, le=65536)] = 512

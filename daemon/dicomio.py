@@ -8,6 +8,7 @@ pydicom round trip) and parses only the few header attributes it needs.
 from __future__ import annotations
 
 import functools
+import re
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,8 @@ __all__ = [
     "NotSteppable",
     "defined_elements",
     "encode_file_meta",
+    "invalid_uid_attribute",
+    "is_valid_uid",
     "parse_header",
     "parse_header_prefix",
     "read_part10",
@@ -53,6 +56,32 @@ HEADER_TAGS = [
     Tag("Modality"),
     Tag("InstanceNumber"),
 ]
+
+
+# PS3.5 9.1: digits in dot-separated components, no leading zero but a lone "0", at most
+# 64 characters. fullmatch: "$" would also accept a trailing newline.
+_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*", re.ASCII)
+UID_MAX_CHARS = 64
+
+
+def is_valid_uid(text: str) -> bool:
+    """True when ``text`` follows the DICOM UID rules (PS3.5 9.1)."""
+    return len(text) <= UID_MAX_CHARS and _UID.fullmatch(text) is not None
+
+
+_HEADER_UIDS = (
+    ("sop_instance_uid", "SOP Instance UID", 0x00080018),
+    ("series_uid", "Series Instance UID", 0x0020000E),
+    ("study_uid", "Study Instance UID", 0x0020000D),
+)
+
+
+def invalid_uid_attribute(header: InstanceHeader) -> tuple[str, int] | None:
+    """(keyword, tag) of the first instance UID of ``header`` that is not a valid UID."""
+    for field, name, tag in _HEADER_UIDS:
+        if not is_valid_uid(getattr(header, field)):
+            return name, tag
+    return None
 
 
 def _element(element: int, vr: bytes, value: bytes) -> bytes:
@@ -112,7 +141,12 @@ def parse_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceH
     """
     syntax = _syntax(transfer_syntax)
     if syntax == DeflatedExplicitVRLittleEndian:
-        dataset = _inflate(dataset)
+        dataset, whole = _inflate(dataset, INFLATED_HEADER_BYTES)
+        if not whole:  # a deflated data set is only ever inflated this far here
+            header = _header_of_prefix(dataset, syntax)
+            if header is None:
+                raise InputRejected(f"DICOM header not within the first {INFLATED_HEADER_BYTES} bytes")
+            return header
     try:
         scanned = _scan_defined(dataset, syntax.is_implicit_VR, syntax.is_little_endian)
         if scanned is not None:
@@ -137,6 +171,10 @@ def parse_header_prefix(prefix: bytes | memoryview, transfer_syntax: str) -> Ins
     syntax = _syntax(transfer_syntax)
     if syntax == DeflatedExplicitVRLittleEndian:
         return None
+    return _header_of_prefix(prefix, syntax)
+
+
+def _header_of_prefix(prefix: bytes | memoryview, syntax: UID) -> InstanceHeader | None:
     try:
         scanned = _scan_defined(prefix, syntax.is_implicit_VR, syntax.is_little_endian)
     except ValueError:
@@ -168,6 +206,7 @@ def _syntax(transfer_syntax: str) -> UID:
 
 
 HEADER_BYTES = 64 * 1024  # headers of CT/MR images end long before this
+INFLATED_HEADER_BYTES = 4 * 1024 * 1024  # how far a deflated data set is inflated for its header
 _HEADER_KEYS = frozenset(int(tag) for tag in HEADER_TAGS)
 _LAST_HEADER_TAG = max(_HEADER_KEYS)
 
@@ -209,6 +248,8 @@ def defined_elements(
         else:
             vr = bytes(data[position + 4 : position + 6])
             if vr in _LONG_VRS:
+                if position + 12 > end:
+                    raise ValueError(f"data set ends inside the header of ({group:04X},{element:04X})")
                 (length,), start = long.unpack_from(data, position + 8), position + 12
             elif vr.isalpha() and vr.isupper():
                 (length,), start = short.unpack_from(data, position + 6), position + 8
@@ -264,11 +305,15 @@ def _text(value: bytes | memoryview) -> str:
     return bytes(value).decode("ascii", "replace").strip("\0 ")
 
 
-def _inflate(data: bytes | memoryview) -> bytes:
+def _inflate(data: bytes | memoryview, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of a deflated data set, and whether that is all of it
+    (a few kB of deflate can stand for gigabytes)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        return zlib.decompress(bytes(data), -zlib.MAX_WBITS)
+        inflated = inflater.decompress(data, limit)
     except zlib.error as exc:
         raise InputRejected(f"deflated dataset cannot be inflated: {exc}") from exc
+    return inflated, inflater.eof or (not inflater.unconsumed_tail and len(inflated) < limit)
 
 
 def _to_int(text: str) -> int | None:

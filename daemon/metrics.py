@@ -14,6 +14,7 @@ __all__ = [
     "ARRIVAL_TO_RESULT",
     "ASSOCIATIONS",
     "CALLBACK_ERRORS",
+    "CONNECTIONS_REFUSED",
     "DICOM_BYTES",
     "DICOM_INSTANCES",
     "DICOM_STORE_DURATION",
@@ -57,6 +58,14 @@ UNROUTED = Counter("acqflow_unrouted_total", "Arrivals that matched no route", [
 DICOM_INSTANCES = Counter("acqflow_dicom_instances_total", "C-STORE requests by outcome", ["outcome"])
 DICOM_BYTES = Counter("acqflow_dicom_received_bytes_total", "Bytes of DICOM instances stored")
 ASSOCIATIONS = Counter("acqflow_dicom_associations_total", "Associations by outcome", ["outcome"])
+CONNECTIONS_REFUSED = Counter(
+    "acqflow_dicom_connections_refused_total",
+    "DICOM connections closed or aborted at the network edge, by reason (address_limit, "
+    "association_timeout, command_too_large, pdu_too_large)",
+    ["reason"],
+)
+for _reason in ("address_limit", "association_timeout", "command_too_large", "pdu_too_large"):
+    CONNECTIONS_REFUSED.labels(_reason)  # shown as 0 before the first one
 SPOOL_SLOTS_FREE = Gauge(
     "acqflow_dicom_spool_slots_free",
     "Pre-written spool slots ready for incoming instances (each made durable with one flush)",

@@ -21,6 +21,7 @@ from pynetdicom.presentation import PresentationContext
 
 from daemon.sources.dimse import CommandField, DimseRequest, decode_request, encode_response, response_pdus
 from daemon.sources.upper_layer import (
+    ConnectionRefusal,
     Negotiated,
     PduConnection,
     PduType,
@@ -35,6 +36,7 @@ from daemon.sources.upper_layer import (
 __all__ = [
     "AssociationControl",
     "AssociationEnd",
+    "AssociationLimits",
     "AssociationPolicy",
     "DimseStatus",
     "PeerAssociation",
@@ -52,11 +54,20 @@ class AssociationEnd(str, Enum):
 
 
 @dataclass(frozen=True)
+class AssociationLimits:
+    """Bounds on what one association may make the SCP hold."""
+
+    max_command_set_bytes: int = 64 * 1024  # a command set's fragments, together
+
+
+@dataclass(frozen=True)
 class DimseStatus:
-    """What to answer a request with: a status and, for failures, a comment."""
+    """What to answer a request with: a status and, for failures, a comment and the tag
+    of the attribute at fault."""
 
     status: int
     comment: str | None = None
+    offending: int | None = None
 
 
 class StoreReceipt(Protocol):
@@ -117,20 +128,34 @@ class AssociationControl:
 
 
 def serve_association(
-    control: AssociationControl, address: str, policy: AssociationPolicy, timeout: float
+    control: AssociationControl,
+    address: str,
+    policy: AssociationPolicy,
+    timeouts: tuple[float, float],
+    limits: AssociationLimits,
 ) -> None:
-    """Run one association to its end; raises only on a bug in the policy or here."""
+    """Run one association to its end; raises only on a bug in the policy or here.
+
+    ``timeouts``: seconds for the A-ASSOCIATE-RQ to arrive, then the idle timeout.
+    """
     connection = control.connection
+    request_timeout, timeout = timeouts
     try:
-        pdu_type, body = connection.read(timeout)
+        pdu_type, body = connection.read(request_timeout)
         if pdu_type != PduType.ASSOCIATE_RQ:
             raise ProtocolViolation(f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ", 0x02)
         request = decode_association_request(body)
-    except (PeerClosed, TimeoutError) as exc:
-        LOG.info("connection from %s ended before an association request: %s", address, exc or "timeout")
+    except PeerClosed as exc:
+        LOG.info("connection from %s ended before an association request: %s", address, exc)
+        return
+    except TimeoutError:
+        LOG.info("connection from %s closed: no whole A-ASSOCIATE-RQ in time", address)
+        ConnectionRefusal.ASSOCIATION_TIMEOUT.counted()
         return
     except ProtocolViolation as exc:
         LOG.warning("connection from %s refused: %s", address, exc)
+        if exc.refusal is not None:
+            exc.refusal.counted()
         connection.abort(exc.reason)
         return
     rejection = policy.admit(address, request)
@@ -142,7 +167,7 @@ def serve_association(
     peer = policy.opened(request, negotiated)
     end = AssociationEnd.ABORTED
     try:
-        end = _DimseLoop(connection, policy, peer, negotiated, timeout).run()
+        end = _DimseLoop(connection, policy, peer, negotiated, (timeout, limits)).run()
     finally:
         if control.aborted.is_set():
             end = AssociationEnd.ABORTED
@@ -158,13 +183,13 @@ class _DimseLoop:
         policy: AssociationPolicy,
         peer: PeerAssociation,
         negotiated: Negotiated,
-        timeout: float,
+        bounds: tuple[float, AssociationLimits],
     ) -> None:
         self.connection = connection
         self.policy = policy
         self.peer = peer
         self.negotiated = negotiated
-        self.timeout = timeout
+        self.timeout, self.limits = bounds
         self.command = bytearray()
         self.receipt: StoreReceipt | None = None
         self.receipt_context = 0
@@ -193,6 +218,8 @@ class _DimseLoop:
                 return AssociationEnd.CLOSED
             except ProtocolViolation as exc:
                 LOG.warning("association %s aborted: %s", self.peer.association, exc)
+                if exc.refusal is not None:
+                    exc.refusal.counted()
                 self.connection.abort(exc.reason)
                 return AssociationEnd.ABORTED
             if pdu_type == PduType.RELEASE_RQ:
@@ -225,6 +252,13 @@ class _DimseLoop:
     def _command_fragment(self, context_id: int, pdv: memoryview, last: bool) -> None:
         if self.receipt is not None:
             raise ProtocolViolation("command fragment inside a data set", 0x05)
+        if len(self.command) + len(pdv) - 1 > self.limits.max_command_set_bytes:
+            self.command = bytearray()  # not clear(): give the memory back now
+            raise ProtocolViolation(
+                f"command set longer than {self.limits.max_command_set_bytes} bytes",
+                0x06,
+                ConnectionRefusal.COMMAND_TOO_LARGE,
+            )
         self.command += pdv[1:]
         if not last:
             return
@@ -250,6 +284,6 @@ class _DimseLoop:
             raise ProtocolViolation(f"command 0x{request.command_field:04X} is not offered here", 0x05)
 
     def _respond(self, request: DimseRequest, answer: DimseStatus, context_id: int) -> None:
-        command = encode_response(request, answer.status, answer.comment)
+        command = encode_response(request, answer.status, answer.comment, answer.offending)
         self.connection.send(*response_pdus(command, context_id, self.negotiated.peer_max_pdu))
         self.policy.responded(self.peer)

@@ -21,6 +21,7 @@ __all__ = ["CommandField", "DimseRequest", "decode_request", "encode_response", 
 
 _NO_DATA_SET = 0x0101  # CommandDataSetType: no data set follows
 _US = struct.Struct("<H")
+_AT = struct.Struct("<HH")  # an attribute tag: group, element
 _ELEMENT_HEADER = struct.Struct("<HHI")
 _P_DATA_HEADER = struct.Struct(">BxLLBB")  # PDU type and length, PDV item length, context, control
 
@@ -64,8 +65,11 @@ def decode_request(encoded: bytes) -> DimseRequest:
     )
 
 
-def encode_response(request: DimseRequest, status: int, comment: str | None = None) -> bytes:
-    """The command set answering ``request`` (C-STORE-RSP or C-ECHO-RSP).
+def encode_response(
+    request: DimseRequest, status: int, comment: str | None = None, offending: int | None = None
+) -> bytes:
+    """The command set answering ``request`` (C-STORE-RSP or C-ECHO-RSP), with Offending
+    Element (0000,0901) when ``offending`` names a tag and Error Comment (0000,0902).
 
     Raises ValueError for a request that is neither a C-STORE nor a C-ECHO.
     """
@@ -82,6 +86,8 @@ def encode_response(request: DimseRequest, status: int, comment: str | None = No
         _element(0x0800, _US.pack(_NO_DATA_SET)),
         _element(0x0900, _US.pack(status)),
     ]
+    if offending is not None:
+        elements.append(_element(0x0901, _AT.pack(offending >> 16, offending & 0xFFFF)))
     if comment:
         elements.append(_element(0x0902, _long_string(comment)))
     if response_field == CommandField.C_STORE_RSP:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import socketserver
 import ssl
 import threading
 import time
@@ -36,15 +35,24 @@ from daemon.journal import Journal
 from daemon.sources.association import (
     AssociationControl,
     AssociationEnd,
+    AssociationLimits,
     DimseStatus,
     PeerAssociation,
     serve_association,
 )
 from daemon.sources.dimse import DimseRequest
+from daemon.sources.listener import ConnectionListener, ListenerLimits
 from daemon.sources.recovery import recover_spool
 from daemon.sources.spool import IncomingInstance, InstanceSpool
 from daemon.sources.store import InstanceReceipt, StoreStatus
-from daemon.sources.upper_layer import Negotiated, PduConnection, PeerClosed, Rejection, negotiate
+from daemon.sources.upper_layer import (
+    ConnectionRefusal,
+    Negotiated,
+    PduConnection,
+    PeerClosed,
+    Rejection,
+    negotiate,
+)
 
 __all__ = ["SCP_SOP_CLASSES", "SCP_TRANSFER_SYNTAXES", "DicomReceiver", "StoreStatus"]
 
@@ -95,25 +103,6 @@ def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
-class _AssociationServer(socketserver.ThreadingTCPServer):
-    """Accepts connections; each one is served by its own thread (``_serve_connection``)."""
-
-    allow_reuse_address = True
-    daemon_threads = True  # the receiver aborts and joins them itself in ``stop``
-
-    def __init__(self, address: tuple[str, int], receiver: DicomReceiver) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.receiver = receiver
-        super().__init__(address, _ConnectionHandler)
-
-
-class _ConnectionHandler(socketserver.BaseRequestHandler):
-    server: _AssociationServer
-
-    def handle(self) -> None:
-        self.server.receiver._serve_connection(self.request, str(self.client_address[0]))
-
-
 class DicomReceiver:
     """C-ECHO/C-STORE SCP writing instances durably to the spool and the journal.
 
@@ -139,11 +128,11 @@ class DicomReceiver:
         ]
         self._lock = threading.Lock()
         self._connections: dict[AssociationControl, threading.Thread] = {}
+        self._associated: set[threading.Thread] = set()  # admitted, counted in max_associations
         self._stopping = False
         # per association: its next incoming file, created ahead (only its thread touches it)
         self._standby: dict[str, IncomingInstance] = {}
-        self._server: _AssociationServer | None = None
-        self._accepting: threading.Thread | None = None
+        self._listener: ConnectionListener | None = None
         self._tls: ssl.SSLContext | None = None
 
     # --- lifecycle ------------------------------------------------------------------
@@ -154,17 +143,18 @@ class DicomReceiver:
         Raises OSError when the port is taken or the spool cannot be prepared, and
         ssl.SSLError/OSError when the TLS files cannot be loaded.
         """
-        if self._server is not None:
+        if self._listener is not None:
             return
         self._recover_spool()
         self._stopping = False
         self._tls = _tls_context(self.settings.tls) if self.settings.tls is not None else None
-        server = _AssociationServer((self.settings.host, self.settings.port), self)
-        self._server = server
-        self._accepting = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="acqflow-dicom-accept"
+        limits = ListenerLimits(
+            self.settings.max_connections_per_address, self.settings.association_request_timeout_seconds
         )
-        self._accepting.start()
+        self._listener = ConnectionListener(
+            (self.settings.host, self.settings.port), limits, self._serve_connection
+        )
+        self._listener.start()
         if self.spool.slots is not None:
             self.spool.slots.start()
         LOG.info(
@@ -177,13 +167,10 @@ class DicomReceiver:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, abort open associations and wait for their threads to end."""
-        server, self._server = self._server, None
-        if server is None:
+        listener, self._listener = self._listener, None
+        if listener is None:
             return
-        server.shutdown()
-        server.server_close()
-        if self._accepting is not None:
-            self._accepting.join(timeout)
+        listener.stop(timeout)
         with self._lock:
             self._stopping = True
             active = dict(self._connections)
@@ -204,9 +191,13 @@ class DicomReceiver:
     @property
     def port(self) -> int:
         """The bound TCP port (useful when ``settings.port`` is 0); raises if not started."""
-        if self._server is None:
+        if self._listener is None:
             raise RuntimeError("DICOM receiver is not started")
-        return int(self._server.server_address[1])
+        return self._listener.port
+
+    def open_connections(self, address: str) -> int:
+        """TCP connections open from ``address``, associated or not (0 when stopped)."""
+        return self._listener.connections(address) if self._listener is not None else 0
 
     def _recover_spool(self) -> None:
         """Sort out spool files the journal does not know (``daemon.sources.recovery``)."""
@@ -229,20 +220,23 @@ class DicomReceiver:
                 done.registered,
             )
 
-    def _serve_connection(self, sock: socket.socket, address: str) -> None:
-        """One connection, in its own thread: TLS, then the association; never raises."""
+    def _serve_connection(self, plain: socket.socket, address: str, request_timeout: float) -> None:
+        """One connection that has sent data, in its own thread: TLS, then the association
+        (its A-ASSOCIATE-RQ within ``request_timeout`` seconds); never raises."""
         timeout = self.settings.network_timeout_seconds
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock: socket.socket | ssl.SSLSocket = plain
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls is not None:
-                sock.settimeout(timeout)
+                sock.settimeout(request_timeout)
                 sock = self._tls.wrap_socket(sock, server_side=True)
         except (OSError, ssl.SSLError) as exc:
             LOG.warning("TLS handshake with %s failed: %s", address, exc)
+            if isinstance(exc, TimeoutError):  # no A-ASSOCIATE-RQ in time either
+                ConnectionRefusal.ASSOCIATION_TIMEOUT.counted()
             return
         control = AssociationControl(PduConnection(sock, self.settings.max_pdu))
         thread = threading.current_thread()
-        thread.name = f"acqflow-dicom-{address}"
         with self._lock:
             stopping = self._stopping
             if not stopping:
@@ -252,7 +246,7 @@ class DicomReceiver:
             sock.close()
             return
         try:
-            serve_association(control, address, self, timeout)
+            serve_association(control, address, self, (request_timeout, timeout), self.limits)
         except PeerClosed as exc:
             LOG.info("connection from %s lost during association setup: %s", address, exc)
         except Exception:  # a bug must cost one association, never the server
@@ -262,10 +256,15 @@ class DicomReceiver:
         finally:
             with self._lock:
                 self._connections.pop(control, None)
-            if isinstance(sock, ssl.SSLSocket):  # socketserver closes only the plain socket
+                self._associated.discard(thread)
+            if isinstance(sock, ssl.SSLSocket):  # the listener closes only the plain socket
                 sock.close()
 
     # --- association policy (called by daemon.sources.association) --------------------
+
+    @property
+    def limits(self) -> AssociationLimits:
+        return AssociationLimits(self.settings.max_command_set_bytes)
 
     def admit(self, address: str, request: A_ASSOCIATE) -> Rejection | None:
         """Address and calling-AE allow-lists and the association limit, in that order."""
@@ -281,9 +280,13 @@ class DicomReceiver:
         elif self.settings.allowed_calling_aes and calling_ae not in self.settings.allowed_calling_aes:
             rejection = Rejection.CALLING_AE_NOT_RECOGNIZED
         else:
+            # counted here, in the connection's own thread, and released when it ends:
+            # connections that have not asked for an association never count
             with self._lock:
-                if len(self._connections) > self.settings.max_associations:
+                if len(self._associated) >= self.settings.max_associations:
                     rejection = Rejection.LOCAL_LIMIT_EXCEEDED
+                else:
+                    self._associated.add(threading.current_thread())
         if rejection is not None and rejection is not Rejection.ADDRESS_NOT_ALLOWED:
             LOG.warning(
                 "association from AE %r at %s rejected (%s)", calling_ae, address, rejection.name.lower()

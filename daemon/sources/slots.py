@@ -24,6 +24,14 @@ thread once the SCP has been idle for :data:`IDLE_SECONDS` (a burst is taken at 
 one-flush rate while the pool lasts, then at the two-flush rate of new files).
 An instance larger than a slot moves to a new file on the way
 (``IncomingInstance``, which writes, seals and places slots).
+
+Free slots hold disk space that incoming instances written as new files may need, so the
+pool is sized to the free space of its file system: free slots never hold more than
+:data:`SPACE_SHARE` of the space that is free or held by them. The pool is sized so at
+start (a warning says when it cannot have its configured size), is not refilled beyond
+it, and gives free slots back to the file system as soon as it fills (checked by the
+filling thread every quarter second). A slot in use costs nothing: the instance is
+written into its blocks, and the rest is freed by the cut.
 """
 
 from __future__ import annotations
@@ -51,8 +59,10 @@ __all__ = [
     "IDLE_SECONDS",
     "SEAL_BYTES",
     "SLOTS",
+    "SPACE_SHARE",
     "SlotPool",
     "SlotRecovery",
+    "free_bytes",
     "make_seal",
     "read_seal",
     "truncate_sealed",
@@ -64,6 +74,7 @@ SLOTS = ".slots"
 SEAL_BYTES = 4096
 IDLE_SECONDS = 1.0  # no slot taken for this long: the pool is refilled
 FILL_BATCH = 16  # new slots per folder fsync
+SPACE_SHARE = 0.25  # of the space free or held by free slots, the most free slots may hold
 _MAGIC = b"ACQFSEAL"
 _VERSION = 1
 _HEADER = struct.Struct("<8sHHQI")  # magic, version, place length, data length, data CRC-32C
@@ -113,15 +124,35 @@ class SlotRecovery:
     removed: int  # unfinished new slots and slots of another size, deleted
 
 
-class SlotPool:
-    """The slots of one spool (``<spool>/.slots``); thread-safe."""
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer can still use on the file system of ``path``; raises
+    OSError."""
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
 
-    def __init__(self, spool_root: Path, count: int, slot_bytes: int) -> None:
+
+class SlotPool:
+    """The slots of one spool (``<spool>/.slots``); thread-safe.
+
+    ``count`` is the configured size; ``target`` what the free space allows of it now.
+    ``free_space(path)`` measures the file system (:func:`free_bytes`; tests pass others).
+    """
+
+    def __init__(
+        self,
+        spool_root: Path,
+        count: int,
+        slot_bytes: int,
+        free_space: Callable[[Path], int] = free_bytes,
+    ) -> None:
         if slot_bytes % SEAL_BYTES or slot_bytes < 2 * SEAL_BYTES:
             raise ValueError(f"slot size must be a multiple of {SEAL_BYTES} bytes and at least two of them")
         self.root = spool_root
         self.folder = spool_root / SLOTS
+        self.configured = count
         self.target = count
+        self._free_space = free_space
+        self._short = False  # the last sizing could not have the configured size
         self.slot_bytes = slot_bytes
         self.capacity = slot_bytes - SEAL_BYTES  # room for the Part-10 bytes
         self._free: list[Path] = []
@@ -158,19 +189,21 @@ class SlotPool:
                 torn += outcome == "torn"
                 if outcome == "placed":
                     placed += 1
-                elif size == self.slot_bytes and len(free) < self.target:
+                elif size == self.slot_bytes and len(free) < self.configured:
                     free.append(path)
                 else:  # a slot of a former size or count setting
                     path.unlink()
                     removed += 1
             elif _place_cut(path, place_of):
                 placed += 1
-        fsync_dir(self.folder)
-        fsync_dir(self.root)
         with self._lock:
             self._free = free
-        metrics.SPOOL_SLOTS_FREE.set(len(free))
-        return SlotRecovery(placed, torn, len(free), removed)
+        removed += self._fit_to_space()
+        fsync_dir(self.folder)
+        fsync_dir(self.root)
+        left = self.free
+        metrics.SPOOL_SLOTS_FREE.set(left)
+        return SlotRecovery(placed, torn, left, removed)
 
     def _recover_full(self, path: Path, size: int) -> str:
         """"placed", "torn" or "free" for a slot of its full size."""
@@ -199,7 +232,7 @@ class SlotPool:
 
     def start(self) -> None:
         """Start the background threads: one keeps the pool at its size, one cuts."""
-        if self.target <= 0 or self._filler is not None:
+        if self.configured <= 0 or self._filler is not None:
             return
         self._stop.clear()
         self._cutter = threading.Thread(target=self._cut_loop, name="acqflow-spool-cuts", daemon=True)
@@ -286,22 +319,69 @@ class SlotPool:
             time.sleep(0.05)
         return True
 
+    # --- sizing to the free space -----------------------------------------------
+
+    def _fit_to_space(self) -> int:
+        """Set :attr:`target` from the free space and delete free slots beyond it (not
+        flushed: a slot deleted again by a crash costs nothing). Returns how many went."""
+        with self._lock:
+            held = len(self._free)
+        try:
+            room = self._free_space(self.root) + held * self.slot_bytes
+        except OSError as exc:  # cannot tell: no new slots, the ones there stay
+            LOG.warning("spool slots: cannot measure free space: %s", exc)
+            self.target = min(self.target, held)
+            return 0
+        self.target = min(self.configured, int(room * SPACE_SHARE) // self.slot_bytes)
+        self._report_size(room)
+        with self._lock:
+            excess = self._free[self.target :]
+            del self._free[self.target :]
+        for path in excess:
+            path.unlink(missing_ok=True)
+        if excess:
+            metrics.SPOOL_SLOTS_FREE.set(self.free)
+        return len(excess)
+
+    def _report_size(self, room: int) -> None:
+        """Log when the pool cannot have its configured size, and when it can again."""
+        short = self.target < self.configured
+        if short and not self._short:
+            LOG.warning(
+                "spool slots: room for %d of the %d configured (%d MB free or in free slots; "
+                "slots take at most %d%% of it, the rest is left to incoming instances)",
+                self.target,
+                self.configured,
+                room >> 20,
+                round(SPACE_SHARE * 100),
+            )
+        elif self._short and not short:
+            LOG.info("spool slots: room for all %d configured again", self.configured)
+        self._short = short
+
     # --- filling ----------------------------------------------------------------
 
     def _fill_loop(self) -> None:
+        retry_at = 0.0  # after a failed fill (disk full): serve with new files until then
         while not self._stop.is_set():
+            try:
+                if self._fit_to_space():
+                    fsync_dir(self.folder)
+            except OSError as exc:
+                LOG.warning("spool slots: cannot give free slots back: %s", exc)
+                metrics.SPOOL_SLOT_ERRORS.inc()
             with self._lock:
                 missing = self.target - len(self._free)
                 idle = time.monotonic() - self._last_take >= IDLE_SECONDS
-            if missing <= 0 or not idle:
+            if missing <= 0 or not idle or time.monotonic() < retry_at:
                 self._stop.wait(IDLE_SECONDS / 4)
                 continue
             try:
                 made = self._fill(min(missing, FILL_BATCH))
-            except OSError as exc:  # disk full: serve with new files, try again later
+            except OSError as exc:
                 LOG.warning("spool slots: cannot write new slots: %s", exc)
                 metrics.SPOOL_SLOT_ERRORS.inc()
-                self._stop.wait(30.0)
+                retry_at = time.monotonic() + 30.0
                 continue
             with self._lock:
                 self._free.extend(made)

@@ -32,7 +32,8 @@ from typing import cast
 import crc32c
 
 from daemon import metrics
-from daemon.fileio import fsync_dir, safe_name, write_atomic
+from daemon.dicomio import is_valid_uid
+from daemon.fileio import fsync_dir, write_atomic
 from daemon.sources.slots import SLOTS, SlotPool, SlotRecovery, make_seal, truncate_sealed
 
 __all__ = ["INCOMING", "SERVED_MARKER", "IncomingInstance", "InstanceSpool", "current_boot_id"]
@@ -258,8 +259,14 @@ class InstanceSpool:
             raise
 
     def path_for(self, series_uid: str, sop_uid: str) -> Path:
-        """Where an instance of ``series_uid`` lives once committed."""
-        return self.root / safe_name(series_uid) / f"{safe_name(sop_uid)}.dcm"
+        """Where an instance of ``series_uid`` lives once committed: the UIDs themselves,
+        so two instances can never share a file. Raises ValueError for anything but a
+        valid UID (digits and dots: never a separator, never ``.`` or ``..``, never one
+        of the spool's own dot-folders)."""
+        for uid in (series_uid, sop_uid):
+            if not is_valid_uid(uid):
+                raise ValueError("not a valid UID: no spool name for it")
+        return self.root / series_uid / f"{sop_uid}.dcm"
 
     def committed_files(self) -> Iterator[Path]:
         """Every committed instance file (``<series>/<sop uid>.dcm``)."""

@@ -18,14 +18,22 @@ from typing import Protocol
 from pynetdicom.presentation import PresentationContext
 
 from daemon import metrics
-from daemon.dicomio import HEADER_BYTES, InstanceHeader, encode_file_meta, parse_header, parse_header_prefix
+from daemon.dicomio import (
+    HEADER_BYTES,
+    InstanceHeader,
+    encode_file_meta,
+    invalid_uid_attribute,
+    is_valid_uid,
+    parse_header,
+    parse_header_prefix,
+)
 from daemon.errors import InputRejected
 from daemon.journal import Instance, Journal
 from daemon.sources.association import DimseStatus, PeerAssociation
 from daemon.sources.dimse import DimseRequest
 from daemon.sources.spool import IncomingInstance, InstanceSpool
 
-__all__ = ["InstanceReceipt", "ReceiptHost", "StoreRefused", "StoreStatus", "series_attrs"]
+__all__ = ["InstanceReceipt", "ReceiptHost", "StoreRefused", "StoreStatus", "invalid_uid", "series_attrs"]
 
 LOG = logging.getLogger(__name__)
 
@@ -36,18 +44,35 @@ class StoreStatus(IntEnum):
     SUCCESS = 0x0000
     OUT_OF_RESOURCES = 0xA700  # spool or journal write failed
     DATASET_MISMATCH = 0xA900  # dataset's SOP class/instance differ from the command
-    CANNOT_UNDERSTAND = 0xC000  # header unreadable or required UIDs missing
+    CANNOT_UNDERSTAND = 0xC000  # header unreadable, required UIDs missing or not valid UIDs
     PROCESSING_FAILURE = 0xC001  # unexpected internal error (logged with traceback)
     SOP_CLASS_NOT_SUPPORTED = 0x0122  # the command's SOP class is not its context's
 
 
 class StoreRefused(Exception):
-    """A C-STORE refused with ``status``; ``reason`` labels the metric."""
+    """A C-STORE refused with ``status``; ``reason`` labels the metric; ``offending`` is
+    the tag of the attribute at fault, answered as Offending Element (0000,0901)."""
 
-    def __init__(self, status: StoreStatus, reason: str, message: str) -> None:
+    def __init__(self, status: StoreStatus, reason: str, message: str, offending: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.offending = offending
+
+
+def invalid_uid(name: str, tag: int) -> StoreRefused:
+    """The refusal of an instance whose ``name`` attribute is not a valid UID.
+
+    Spool names are the UIDs themselves (``InstanceSpool.path_for``), so only valid UIDs
+    can be stored without two instances ever sharing a file. The comment names the
+    attribute, never its value.
+    """
+    return StoreRefused(
+        StoreStatus.CANNOT_UNDERSTAND,
+        "invalid-uid",
+        f"{name} ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not a valid UID",
+        offending=tag,
+    )
 
 
 class ReceiptHost(Protocol):
@@ -88,6 +113,9 @@ class InstanceReceipt:
                 "unsupported",
                 f"SOP class {self.sop_class} sent on a {context.abstract_syntax} context",
             )
+            return
+        if not is_valid_uid(self.sop_uid):  # the data set that follows is read and dropped
+            self._refused = invalid_uid("Affected SOP Instance UID", 0x00001000)
             return
         try:
             meta = encode_file_meta(self.sop_class, self.sop_uid, self.syntax, peer.calling_ae)
@@ -146,6 +174,9 @@ class InstanceReceipt:
 
     def _is_duplicate(self, header: InstanceHeader) -> bool:
         """Check ``header`` against the command; True when the journal has the instance."""
+        invalid = invalid_uid_attribute(header)
+        if invalid is not None:  # first: a sender may cut an over-long UID in the command only
+            raise invalid_uid(*invalid)
         _check_matches(header.sop_class_uid, self.sop_class, header.sop_instance_uid, self.sop_uid)
         return self.receiver.journal.instance_arrival(self.sop_uid) is not None
 
@@ -171,7 +202,7 @@ class InstanceReceipt:
             metrics.DICOM_INSTANCES.labels(refused.reason).inc()
             if refused.status in _INPUT_ERRORS:
                 metrics.INPUT_ERRORS.labels("dicom", refused.reason).inc()
-            return DimseStatus(int(refused.status), str(refused))
+            return DimseStatus(int(refused.status), str(refused), refused.offending)
         except Exception as exc:
             LOG.exception(
                 "C-STORE from %s failed unexpectedly (association %s)", peer.calling_ae, peer.association

@@ -20,7 +20,7 @@ import struct
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 from pydicom.uid import UID
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
@@ -43,7 +43,10 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from daemon import metrics
+
 __all__ = [
+    "ConnectionRefusal",
     "Negotiated",
     "PduConnection",
     "PduType",
@@ -60,6 +63,8 @@ _PDU_HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
 MAX_PDU_CAP = 64 * 1024 * 1024  # a peer that ignores our maximum gets this much, then an abort
 _ASSOCIATION_PDU_CAP = 1024 * 1024
+_INITIAL_BUFFER = 16384 + 6
+_GROWTH_STEP = 1024 * 1024  # a larger PDU's buffer starts here, then doubles as bytes arrive
 
 
 class PduType(IntEnum):
@@ -72,16 +77,30 @@ class PduType(IntEnum):
     ABORT = 0x07
 
 
+class ConnectionRefusal(str, Enum):
+    """Why a connection was closed or aborted at the network edge (a metric label)."""
+
+    ADDRESS_LIMIT = "address_limit"
+    ASSOCIATION_TIMEOUT = "association_timeout"
+    COMMAND_TOO_LARGE = "command_too_large"
+    PDU_TOO_LARGE = "pdu_too_large"
+
+    def counted(self) -> None:
+        metrics.CONNECTIONS_REFUSED.labels(self.value).inc()
+
+
 class PeerClosed(Exception):
     """The peer closed the connection (or it broke) between or inside PDUs."""
 
 
 class ProtocolViolation(Exception):
-    """The peer broke the protocol; ``reason`` is the A-P-ABORT provider reason."""
+    """The peer broke the protocol; ``reason`` is the A-P-ABORT provider reason, ``refusal``
+    the metric label when it is one of the network edge's bounds."""
 
-    def __init__(self, message: str, reason: int = 0x00) -> None:
+    def __init__(self, message: str, reason: int = 0x00, refusal: ConnectionRefusal | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.refusal = refusal
 
 
 class Rejection(IntEnum):
@@ -106,11 +125,17 @@ class PduConnection:
         if self._kernel_timeouts:
             sock.settimeout(None)  # blocking: SO_RCVTIMEO ends a wait, not a poll
         self._timeout: float | None = None if self._kernel_timeouts else sock.gettimeout()
-        # a body, then room for the next PDU's header read along with it
-        self._buffer = bytearray((max(max_pdu, 16384) if max_pdu else 1024 * 1024) + 6)
+        # a body, then room for the next PDU's header read along with it; small until a
+        # PDU needs more, so that a connection still negotiating holds little memory
+        self._buffer = bytearray(min(max_pdu, _INITIAL_BUFFER) if max_pdu else _INITIAL_BUFFER)
         self._header = bytearray(6)
         self._carried = 0  # bytes of the next header already in self._header
         self._send_lock = threading.Lock()
+
+    @property
+    def buffer_bytes(self) -> int:
+        """The size of the receive buffer now (it grows only as a large PDU arrives)."""
+        return len(self._buffer)
 
     def read(self, timeout: float | None) -> tuple[int, memoryview]:
         """The next PDU's type and body (valid until the next ``read``).
@@ -125,14 +150,38 @@ class PduConnection:
         if length + 6 > len(self._buffer):
             cap = MAX_PDU_CAP if pdu_type == PduType.P_DATA_TF else _ASSOCIATION_PDU_CAP
             if length > cap:
-                raise ProtocolViolation(f"PDU of {length} bytes exceeds {cap}", 0x06)
-            self._buffer = bytearray(length + 6)
+                raise ProtocolViolation(
+                    f"PDU of {length} bytes exceeds {cap}", 0x06, ConnectionRefusal.PDU_TOO_LARGE
+                )
+            extra = self._fill_growing(length)
+        else:
+            extra = self._fill(memoryview(self._buffer)[: length + 6], minimum=length)
         view = memoryview(self._buffer)
-        extra = self._fill(view[: length + 6], minimum=length)
         if extra:  # the start of the next PDU's header came with this body
             self._header[:extra] = view[length : length + extra]
             self._carried = extra
         return pdu_type, view[:length]
+
+    def _fill_growing(self, length: int) -> int:
+        """Receive a body of ``length`` bytes into a buffer grown (doubling) as its bytes
+        arrive, so that a length a peer declares costs memory only once it is sent.
+
+        Returns what :meth:`_fill` does. The earlier buffer is replaced, not resized: the
+        body :meth:`read` returned last may still be referenced.
+        """
+        received = 0
+        while True:
+            size = min(length + 6, max(2 * len(self._buffer), _GROWTH_STEP))
+            if size > len(self._buffer):
+                grown = bytearray(size)
+                with memoryview(self._buffer) as old:
+                    grown[:received] = old[:received]
+                self._buffer = grown
+            view = memoryview(self._buffer)
+            if size > length:
+                return self._fill(view[received : length + 6], minimum=length - received)
+            self._fill(view[received:size])
+            received = size
 
     def _fill(self, view: memoryview, minimum: int | None = None) -> int:
         """Receive at least ``minimum`` bytes (all of ``view`` by default) into ``view``.

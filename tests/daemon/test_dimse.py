@@ -82,6 +82,25 @@ def test_c_store_response_matches_pynetdicom(status: int, comment: str | None) -
     assert decoded.MessageIDBeingRespondedTo == 7 and decoded.AffectedSOPInstanceUID == SOP_UID
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_offending_element_matches_pynetdicom() -> None:
+    request = DimseRequest(CommandField.C_STORE_RQ, 7, CT, "1.2.3.", has_data_set=True)
+    comment = "Affected SOP Instance UID (0000,1000) is not a valid UID"
+    ours = encode_response(request, 0xC000, comment, offending=0x00001000)
+
+    expected = C_STORE()
+    expected.MessageIDBeingRespondedTo = 7
+    expected.AffectedSOPClassUID = CT
+    expected.AffectedSOPInstanceUID = "1.2.3."
+    expected.Status = 0xC000
+    expected.OffendingElement = [0x00001000]  # type: ignore[assignment]
+    expected.ErrorComment = comment  # type: ignore[assignment]
+    message = C_STORE_RSP()
+    message.primitive_to_message(expected)
+    assert ours == _command_bytes(message)
+    assert decode(BytesIO(ours), True, True).OffendingElement == 0x00001000
+
+
 def test_c_echo_response_matches_pynetdicom() -> None:
     request = DimseRequest(CommandField.C_ECHO_RQ, 12, "1.2.840.10008.1.1", "", has_data_set=False)
     expected = C_ECHO()
