@@ -18,7 +18,19 @@ Inputs are never modified, moved or deleted. A complete file gets the key
 ``file:<absolute path>``; its fingerprint ``[size, mtime_ns]`` tells a rewritten file
 (new generation) from events repeating for the same one (nothing happens). Zero-byte,
 non-TIFF and truncated files are rejected here: a rejected arrival with the error in the
-journal, a copy in quarantine, ``acqflow_input_errors_total`` counted.
+journal, a copy in quarantine, ``acqflow_input_errors_total`` counted. A file failing the
+header check is *held* first, because its writer may only have paused: it is checked
+again after each change and rejected only once it has not changed for
+``incomplete_grace_seconds``; nothing is journalled while it is held.
+
+Symbolic links are not followed unless ``follow_symlinks`` is set, and then only to a
+file inside the folder or inside one of ``symlink_roots``. A link to anywhere else is
+refused once per version of the link (a rejected arrival, reason ``symlink_outside``,
+nothing copied to quarantine); a link to a file of the folder itself is skipped, the file
+being an input in its own right. Links to folders are never descended. A file whose name
+is not valid UTF-8 cannot be named in the journal: it is rejected once (reason
+``name_not_utf8``, copied to quarantine under its own bytes) instead of failing on every
+rescan.
 
 Every watchdog callback and timer round catches, logs and counts its errors
 (``acqflow_source_errors_total``): an exception escaping a handler would silently stop
@@ -44,12 +56,12 @@ from watchdog.observers.polling import PollingObserver
 
 from daemon.config import FolderMode, FolderSettings
 from daemon.fileio import quarantine
-from daemon.imageio import ImageRejected, metadata_to_json, read_tiff_header
+from daemon.imageio import ImageRejected, TiffHeader, metadata_to_json, read_tiff_header
 from daemon.journal import Arrival, Journal
 from daemon.metrics import ARRIVALS, INPUT_ERRORS, QUARANTINED, SOURCE_ERRORS
 from daemon.sources.naming import check_naming, parse_metadata
 
-__all__ = ["SOURCE", "FolderWatcher", "is_temporary_name"]
+__all__ = ["SOURCE", "FolderWatcher", "display_path", "is_temporary_name"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +76,19 @@ def is_temporary_name(name: str) -> bool:
     return lower.startswith(".") or lower.startswith(_TEMP_PREFIXES) or lower.endswith(_TEMP_SUFFIXES)
 
 
+def display_path(path: Path) -> str:
+    """``path`` as text a log, the journal or a terminal can hold: non-UTF-8 bytes as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode carried undecodable bytes as surrogates
+        return False
+    return True
+
+
 @dataclass
 class _Pending:
     """A file seen changing; complete when closed after writing or quiet long enough."""
@@ -72,6 +97,7 @@ class _Pending:
     mtime_ns: int = -1
     changed_at: float = 0.0  # monotonic time of the last observed change
     closed: bool = False
+    held: bool = False  # failed the header check as it is: waits for a change or the grace
 
 
 class FolderWatcher:
@@ -99,6 +125,9 @@ class FolderWatcher:
         self._pending_lock = threading.Lock()
         self._process_lock = threading.Lock()  # one decision per file at a time
         self._decided: dict[Path, list[int]] = {}  # fingerprints already recorded/rejected
+        self._grace = max(settings.incomplete_grace_seconds, settings.stable_seconds)
+        self._link_roots = tuple(r.expanduser().resolve() for r in settings.symlink_roots)
+        self._folder_links: set[Path] = set()  # symlinked folders already logged
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._observer: BaseObserver | None = None
@@ -232,8 +261,12 @@ class FolderWatcher:
                     hidden = entry.name.startswith(".")
                     if self.settings.recursive and not hidden and path != self._quarantine_dir:
                         stack.append(path)
-                elif entry.is_file() and self.wanted(path):
+                elif entry.is_file() and self.wanted(path):  # a link to a file: _decide judges
                     yield path
+                elif entry.is_dir() and path not in self._folder_links:
+                    self._folder_links.add(path)
+                    log.info("not descending into %s: a symbolic link to a folder (watch its"
+                             " target as a folder of its own)", display_path(path))
 
     # --- pending table ---------------------------------------------------------------
 
@@ -243,11 +276,21 @@ class FolderWatcher:
             return
         with self._pending_lock:
             entry = self._pending.setdefault(path, _Pending(changed_at=time.monotonic()))
-            if not closed:
+            if not closed and not entry.held:  # a held file's quiet time ends on a real change
                 entry.changed_at = time.monotonic()
             entry.closed = closed
         if closed:
             self._wake.set()
+
+    def _hold(self, path: Path, fingerprint: list[int], quiet_for: float) -> None:
+        """Keep ``path`` (found incomplete as it is) pending until it changes or the grace ends."""
+        with self._pending_lock:
+            known = self._pending.get(path)
+            self._pending[path] = _Pending(
+                size=fingerprint[0], mtime_ns=fingerprint[1],
+                changed_at=time.monotonic() - quiet_for,
+                closed=known.closed if known else False, held=True,
+            )
 
     def forget(self, path: Path) -> None:
         """``path`` was deleted or renamed away."""
@@ -275,21 +318,22 @@ class FolderWatcher:
                 log.exception("stability check of %s failed", self.root)
                 SOURCE_ERRORS.labels(source=SOURCE, stage="stability").inc()
                 continue
-            for path, quiet in complete:
+            for path, quiet_for in complete:
                 try:
-                    self._take(path, quiet)
+                    self._take(path, quiet_for)
                 except Exception:
-                    log.exception("taking %s failed; the next rescan retries it", path)
+                    log.exception("taking %s failed; the next rescan retries it", display_path(path))
                     SOURCE_ERRORS.labels(source=SOURCE, stage="process").inc()
 
-    def _complete_files(self) -> list[tuple[Path, bool]]:
-        """Update the pending table from stat(); pop and return the complete files.
+    def _complete_files(self) -> list[tuple[Path, float]]:
+        """Update the pending table from stat(); pop and return the files due for a decision.
 
-        Each comes with whether it has been quiet for ``stable_seconds`` (else it was
-        closed after writing).
+        Each comes with how long it has been quiet. A file is due once quiet for
+        ``stable_seconds`` or closed after writing; a held one once it changed and is due
+        again, or once quiet for the grace period.
         """
         now = time.monotonic()
-        complete: list[tuple[Path, bool]] = []
+        complete: list[tuple[Path, float]] = []
         with self._pending_lock:
             for path, entry in list(self._pending.items()):
                 try:
@@ -299,10 +343,15 @@ class FolderWatcher:
                     continue
                 if (stat.st_size, stat.st_mtime_ns) != (entry.size, entry.mtime_ns):
                     entry.size, entry.mtime_ns, entry.changed_at = stat.st_size, stat.st_mtime_ns, now
-                quiet = now - entry.changed_at >= self.settings.stable_seconds
-                if quiet or (entry.closed and entry.size > 0):
+                    entry.held = False  # written to again: its writer is still at it
+                quiet_for = now - entry.changed_at
+                if entry.held:
+                    due = quiet_for >= self._grace
+                else:
+                    due = quiet_for >= self.settings.stable_seconds or (entry.closed and entry.size > 0)
+                if due:
                     del self._pending[path]
-                    complete.append((path, quiet))
+                    complete.append((path, quiet_for))
         return complete
 
     # --- deciding about one file -----------------------------------------------------
@@ -317,27 +366,32 @@ class FolderWatcher:
                 return 0  # the timer decides
         if self._decided.get(path) == [stat.st_size, stat.st_mtime_ns]:
             return 0
-        if time.time() - stat.st_mtime < self.settings.stable_seconds:
+        quiet_for = time.time() - stat.st_mtime
+        if quiet_for < self.settings.stable_seconds:
             self.note_change(path, closed=False)
             return 0
-        return 1 if self._take(path, quiet=True) is not None else 0
+        return 1 if self._take(path, quiet_for) is not None else 0
 
-    def _take(self, path: Path, quiet: bool) -> Arrival | None:
+    def _take(self, path: Path, quiet_for: float) -> Arrival | None:
         """Record ``path`` (complete) as an arrival or reject it; returns a new arrival.
 
-        A file that fails the header check is rejected only once it has been ``quiet``
-        for ``stable_seconds``: a writer that closes between partial writes gets the
-        time to finish.
+        ``quiet_for``: seconds since it last changed. A file that fails the header check
+        is held, not rejected, until it has been quiet for the grace period: a writer
+        that pauses or closes between partial writes gets the time to finish.
         """
         with self._process_lock:
-            arrival = self._decide(path, quiet)
+            arrival = self._decide(path, quiet_for)
         if arrival is not None:
             ARRIVALS.labels(source=SOURCE, kind="image").inc()
             log.info("arrival %d: %s (generation %d)", arrival.id, path, arrival.generation)
             self._on_ready()
         return arrival
 
-    def _decide(self, path: Path, quiet: bool) -> Arrival | None:
+    def _decide(self, path: Path, quiet_for: float) -> Arrival | None:
+        target = self._link_target(path)
+        if target is not None and not self._may_follow(target):
+            self._refuse_link(path, target)
+            return None
         try:
             stat = path.stat()
         except OSError:
@@ -345,51 +399,142 @@ class FolderWatcher:
         fingerprint = [stat.st_size, stat.st_mtime_ns]
         if self._decided.get(path) == fingerprint:
             return None
-        key = f"file:{path}"
+        key = self._key(path)
         known = self._journal.arrival_by_key(key)
         if known is not None and known.attrs.get("fingerprint") == fingerprint:
             self._decided[path] = fingerprint
             return None
         attrs: dict[str, Any] = {
             "fingerprint": fingerprint,
-            "relative_path": path.relative_to(self.root).as_posix(),
+            "relative_path": display_path(path.relative_to(self.root)),
             "folder": str(self.root),
         }
-        try:
-            header = read_tiff_header(path)
-            after = path.stat()
-        except ImageRejected as exc:
-            if not quiet:
-                self.note_change(path, closed=False)
-                return None
-            attrs["metadata"] = metadata_to_json(parse_metadata(path, self.settings))
-            self._reject(path, key, attrs, exc.reason, str(exc))
-            self._decided[path] = fingerprint
+        if not _is_utf8(path):
+            attrs["name_not_utf8"] = True
+        header = self._checked_header(path, key, attrs, quiet_for)
+        if header is None:
             return None
-        except OSError as exc:
-            if not isinstance(exc, FileNotFoundError):
-                log.warning("cannot read %s (a later rescan retries): %s", path, exc)
-            return None
-        if [after.st_size, after.st_mtime_ns] != fingerprint:
+        after = self._stat_or_none(path)
+        if after is None or [after.st_size, after.st_mtime_ns] != fingerprint or (
+            self._link_target(path) != target
+        ):
             self.note_change(path, closed=False)  # written to while we looked: wait again
+            return None
+        if "name_not_utf8" in attrs:
+            error = (f"{display_path(Path(path.name))}: the file name is not valid UTF-8; rename"
+                     " the file (or mount the share with its character set) to have it processed")
+            self._reject(path, key, attrs, "name_not_utf8", error)
+            self._decided[path] = fingerprint
             return None
         attrs["metadata"] = metadata_to_json(parse_metadata(path, self.settings, header))
         arrival = self._journal.record_file_arrival(SOURCE, key, path, attrs)
         self._decided[path] = fingerprint
         return arrival
 
-    def _reject(self, path: Path, key: str, attrs: dict[str, Any], reason: str, error: str) -> None:
-        """Quarantine a copy first (at-least-once), then record the rejection and count it."""
+    def _checked_header(
+        self, path: Path, key: str, attrs: dict[str, Any], quiet_for: float
+    ) -> TiffHeader | None:
+        """The header of ``path``, or None when it is held (maybe incomplete), rejected or unreadable."""
+        fingerprint: list[int] = attrs["fingerprint"]
         try:
-            entry = quarantine(path, self._quarantine_dir, error, keep_source=True)
-            QUARANTINED.labels(source=SOURCE).inc()
-            attrs = {**attrs, "quarantine": str(entry)}
+            return read_tiff_header(path)
+        except ImageRejected as exc:
+            if quiet_for < self._grace:  # its writer may only have paused: look again later
+                log.debug("holding %s (%s) until it changes or stays unchanged for %.0f s",
+                          display_path(path), exc.reason, self._grace)
+                self._hold(path, fingerprint, quiet_for)
+                return None
+            if "name_not_utf8" not in attrs:
+                attrs["metadata"] = metadata_to_json(parse_metadata(path, self.settings))
+            error = f"{exc} (unchanged for {quiet_for:.0f} s)"
+            self._reject(path, key, attrs, exc.reason, error)
+            self._decided[path] = fingerprint
+            return None
         except OSError as exc:
-            log.error("cannot quarantine %s: %s", path, exc)
-            SOURCE_ERRORS.labels(source=SOURCE, stage="quarantine").inc()
-        self._journal.record_rejected_file(SOURCE, key, path, error, {**attrs, "reason": reason})
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("cannot read %s (a later rescan retries): %s", display_path(path), exc)
+            return None
+
+    @staticmethod
+    def _stat_or_none(path: Path) -> os.stat_result | None:
+        try:
+            return path.stat()
+        except OSError:
+            return None
+
+    def _key(self, path: Path) -> str:
+        """The journal key of ``path``: ``file:<absolute path>``, non-UTF-8 bytes escaped."""
+        key = f"file:{display_path(path)}"
+        if not _is_utf8(path):
+            known = self._journal.arrival_by_key(key)
+            if known is not None and not known.attrs.get("name_not_utf8"):
+                key += "#name-not-utf8"  # a file really is named like the escaped form
+        return key
+
+    # --- symbolic links --------------------------------------------------------------
+
+    def _link_target(self, path: Path) -> Path | None:
+        """Where ``path`` really leads when a symbolic link is on its way, else None."""
+        real = Path(os.path.realpath(path))
+        return None if real == path else real
+
+    def _in_tree(self, target: Path) -> bool:
+        inside = target == self.root or self.root in target.parents
+        return inside and self._quarantine_dir not in (target, *target.parents)
+
+    def _may_follow(self, target: Path) -> bool:
+        if not self.settings.follow_symlinks:
+            return False
+        return self._in_tree(target) or any(
+            target == root or root in target.parents for root in self._link_roots
+        )
+
+    def _refuse_link(self, path: Path, target: Path) -> None:
+        """Skip (its target is watched itself) or refuse a link, once per version of it."""
+        try:
+            link = path.lstat()
+        except OSError:
+            return
+        fingerprint = [link.st_size, link.st_mtime_ns]
+        if self._decided.get(path) == fingerprint:
+            return
+        self._decided[path] = fingerprint
+        if not self.settings.follow_symlinks and self._in_tree(target):
+            log.info("skipping %s: a symbolic link to %s, which is taken as a file of its own",
+                     display_path(path), display_path(target))
+            return
+        key = self._key(path)
+        known = self._journal.arrival_by_key(key)
+        if known is not None and known.attrs.get("fingerprint") == fingerprint:
+            return
+        error = (f"{display_path(Path(path.name))}: a symbolic link to {display_path(target)},"
+                 " outside the watched folder: not followed (folders.follow_symlinks,"
+                 " folders.symlink_roots)")
+        attrs = {"fingerprint": fingerprint, "relative_path": display_path(path.relative_to(self.root)),
+                 "folder": str(self.root), "reason": "symlink_outside"}
+        self._journal.record_rejected_file(SOURCE, key, Path(display_path(path)), error, attrs)
+        INPUT_ERRORS.labels(source=SOURCE, reason="symlink_outside").inc()
+        log.warning("refused %s: %s", display_path(path), error)
+
+    def _reject(self, path: Path, key: str, attrs: dict[str, Any], reason: str, error: str) -> None:
+        """Quarantine a copy first (at-least-once), then record the rejection and count it.
+
+        Never a copy through a symbolic link: what it points to is not an input to copy.
+        """
+        shown = display_path(path)
+        if self._link_target(path) is not None:
+            log.info("not copying %s to quarantine: reached through a symbolic link", shown)
+        else:
+            try:
+                entry = quarantine(path, self._quarantine_dir, error, keep_source=True)
+                QUARANTINED.labels(source=SOURCE).inc()
+                attrs = {**attrs, "quarantine": display_path(entry)}
+            except OSError as exc:
+                log.error("cannot quarantine %s: %s", shown, exc)
+                SOURCE_ERRORS.labels(source=SOURCE, stage="quarantine").inc()
+        self._journal.record_rejected_file(SOURCE, key, Path(shown), error, {**attrs, "reason": reason})
         INPUT_ERRORS.labels(source=SOURCE, reason=reason).inc()
-        log.warning("rejected %s: %s", path, error)
+        log.warning("rejected %s: %s", shown, error)
 
 
 class _FolderEvents(FileSystemEventHandler):
