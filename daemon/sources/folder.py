@@ -45,7 +45,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,7 @@ from daemon.imageio import ImageRejected, TiffHeader, metadata_to_json, read_tif
 from daemon.journal import Arrival, Journal
 from daemon.metrics import ARRIVALS, INPUT_ERRORS, QUARANTINED, SOURCE_ERRORS
 from daemon.sources.naming import check_naming, parse_metadata
+from daemon.sources.pending import PendingFiles
 
 __all__ = ["SOURCE", "FolderWatcher", "display_path", "is_temporary_name"]
 
@@ -89,17 +89,6 @@ def _is_utf8(path: Path) -> bool:
     return True
 
 
-@dataclass
-class _Pending:
-    """A file seen changing; complete when closed after writing or quiet long enough."""
-
-    size: int = -1
-    mtime_ns: int = -1
-    changed_at: float = 0.0  # monotonic time of the last observed change
-    closed: bool = False
-    held: bool = False  # failed the header check as it is: waits for a change or the grace
-
-
 class FolderWatcher:
     """Watches one configured folder and records complete image files in the journal.
 
@@ -121,11 +110,9 @@ class FolderWatcher:
         self._journal = journal
         self._quarantine_dir = quarantine_dir.expanduser().resolve()
         self._on_ready = on_ready
-        self._pending: dict[Path, _Pending] = {}
-        self._pending_lock = threading.Lock()
+        self._pending = PendingFiles(settings.stable_seconds, settings.incomplete_grace_seconds)
         self._process_lock = threading.Lock()  # one decision per file at a time
         self._decided: dict[Path, list[int]] = {}  # fingerprints already recorded/rejected
-        self._grace = max(settings.incomplete_grace_seconds, settings.stable_seconds)
         self._link_roots = tuple(r.expanduser().resolve() for r in settings.symlink_roots)
         self._folder_links: set[Path] = set()  # symlinked folders already logged
         self._wake = threading.Event()
@@ -225,8 +212,7 @@ class FolderWatcher:
     @property
     def pending_count(self) -> int:
         """Files seen changing that are not complete yet."""
-        with self._pending_lock:
-            return len(self._pending)
+        return len(self._pending)
 
     # --- what to watch ---------------------------------------------------------------
 
@@ -253,7 +239,7 @@ class FolderWatcher:
             try:
                 entries = list(os.scandir(folder))
             except OSError as exc:
-                log.warning("cannot list %s: %s", folder, exc)
+                log.warning("cannot list %s: %s", display_path(folder), exc)
                 continue
             for entry in entries:
                 path = Path(entry.path)
@@ -274,28 +260,13 @@ class FolderWatcher:
         """An event says ``path`` changed (``closed``: its writer closed it)."""
         if not self.wanted(path):
             return
-        with self._pending_lock:
-            entry = self._pending.setdefault(path, _Pending(changed_at=time.monotonic()))
-            if not closed and not entry.held:  # a held file's quiet time ends on a real change
-                entry.changed_at = time.monotonic()
-            entry.closed = closed
+        self._pending.note(path, closed)
         if closed:
             self._wake.set()
 
-    def _hold(self, path: Path, fingerprint: list[int], quiet_for: float) -> None:
-        """Keep ``path`` (found incomplete as it is) pending until it changes or the grace ends."""
-        with self._pending_lock:
-            known = self._pending.get(path)
-            self._pending[path] = _Pending(
-                size=fingerprint[0], mtime_ns=fingerprint[1],
-                changed_at=time.monotonic() - quiet_for,
-                closed=known.closed if known else False, held=True,
-            )
-
     def forget(self, path: Path) -> None:
         """``path`` was deleted or renamed away."""
-        with self._pending_lock:
-            self._pending.pop(path, None)
+        self._pending.forget(path)
 
     def note_tree(self, folder: Path) -> None:
         """A folder appeared (created or moved in): its files are pending."""
@@ -313,7 +284,7 @@ class FolderWatcher:
             if self._stopping.is_set():
                 break
             try:
-                complete = self._complete_files()
+                complete = self._pending.due()
             except Exception:
                 log.exception("stability check of %s failed", self.root)
                 SOURCE_ERRORS.labels(source=SOURCE, stage="stability").inc()
@@ -325,35 +296,6 @@ class FolderWatcher:
                     log.exception("taking %s failed; the next rescan retries it", display_path(path))
                     SOURCE_ERRORS.labels(source=SOURCE, stage="process").inc()
 
-    def _complete_files(self) -> list[tuple[Path, float]]:
-        """Update the pending table from stat(); pop and return the files due for a decision.
-
-        Each comes with how long it has been quiet. A file is due once quiet for
-        ``stable_seconds`` or closed after writing; a held one once it changed and is due
-        again, or once quiet for the grace period.
-        """
-        now = time.monotonic()
-        complete: list[tuple[Path, float]] = []
-        with self._pending_lock:
-            for path, entry in list(self._pending.items()):
-                try:
-                    stat = path.stat()
-                except OSError:
-                    del self._pending[path]  # vanished (or unreachable: rescan retries)
-                    continue
-                if (stat.st_size, stat.st_mtime_ns) != (entry.size, entry.mtime_ns):
-                    entry.size, entry.mtime_ns, entry.changed_at = stat.st_size, stat.st_mtime_ns, now
-                    entry.held = False  # written to again: its writer is still at it
-                quiet_for = now - entry.changed_at
-                if entry.held:
-                    due = quiet_for >= self._grace
-                else:
-                    due = quiet_for >= self.settings.stable_seconds or (entry.closed and entry.size > 0)
-                if due:
-                    del self._pending[path]
-                    complete.append((path, quiet_for))
-        return complete
-
     # --- deciding about one file -----------------------------------------------------
 
     def _rescan_one(self, path: Path) -> int:
@@ -361,9 +303,8 @@ class FolderWatcher:
             stat = path.stat()
         except FileNotFoundError:
             return 0
-        with self._pending_lock:
-            if path in self._pending:
-                return 0  # the timer decides
+        if path in self._pending:
+            return 0  # the timer decides
         if self._decided.get(path) == [stat.st_size, stat.st_mtime_ns]:
             return 0
         quiet_for = time.time() - stat.st_mtime
@@ -439,10 +380,10 @@ class FolderWatcher:
         try:
             return read_tiff_header(path)
         except ImageRejected as exc:
-            if quiet_for < self._grace:  # its writer may only have paused: look again later
+            if quiet_for < self._pending.grace_seconds:  # its writer may only have paused
                 log.debug("holding %s (%s) until it changes or stays unchanged for %.0f s",
-                          display_path(path), exc.reason, self._grace)
-                self._hold(path, fingerprint, quiet_for)
+                          display_path(path), exc.reason, self._pending.grace_seconds)
+                self._pending.hold(path, fingerprint, quiet_for)
                 return None
             if "name_not_utf8" not in attrs:
                 attrs["metadata"] = metadata_to_json(parse_metadata(path, self.settings))
