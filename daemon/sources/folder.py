@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -59,9 +60,10 @@ from daemon.imageio import ImageRejected, TiffHeader, metadata_to_json, read_tif
 from daemon.journal import Arrival, Journal
 from daemon.metrics import ARRIVALS, INPUT_ERRORS, QUARANTINED, SOURCE_ERRORS
 from daemon.sources.naming import check_naming, parse_metadata
+from daemon.sources.paths import LinkPolicy, display_path, is_utf8
 from daemon.sources.pending import PendingFiles
 
-__all__ = ["SOURCE", "FolderWatcher", "display_path", "is_temporary_name"]
+__all__ = ["SOURCE", "FolderWatcher", "is_temporary_name"]
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +76,6 @@ def is_temporary_name(name: str) -> bool:
     """True for hidden files and the temporary names of editors, browsers and copiers."""
     lower = name.lower()
     return lower.startswith(".") or lower.startswith(_TEMP_PREFIXES) or lower.endswith(_TEMP_SUFFIXES)
-
-
-def display_path(path: Path) -> str:
-    """``path`` as text a log, the journal or a terminal can hold: non-UTF-8 bytes as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _is_utf8(path: Path) -> bool:
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:  # os.fsdecode carried undecodable bytes as surrogates
-        return False
-    return True
 
 
 class FolderWatcher:
@@ -113,7 +102,8 @@ class FolderWatcher:
         self._pending = PendingFiles(settings.stable_seconds, settings.incomplete_grace_seconds)
         self._process_lock = threading.Lock()  # one decision per file at a time
         self._decided: dict[Path, list[int]] = {}  # fingerprints already recorded/rejected
-        self._link_roots = tuple(r.expanduser().resolve() for r in settings.symlink_roots)
+        self._links = LinkPolicy.resolved(self.root, self._quarantine_dir, settings.follow_symlinks,
+                                          settings.symlink_roots)
         self._folder_links: set[Path] = set()  # symlinked folders already logged
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -197,10 +187,10 @@ class FolderWatcher:
             SOURCE_ERRORS.labels(source=SOURCE, stage="observer").inc()
         present: set[Path] = set()
         recorded = 0
-        for path in self._walk():
+        for path, is_link in self._walk():
             present.add(path)
             try:
-                recorded += self._rescan_one(path)
+                recorded += self._rescan_one(path, is_link)
             except Exception:
                 log.exception("rescan of %s failed", path)
                 SOURCE_ERRORS.labels(source=SOURCE, stage="rescan").inc()
@@ -232,7 +222,8 @@ class FolderWatcher:
         name = parts[-1].lower()
         return any(fnmatch.fnmatchcase(name, glob.lower()) for glob in self.settings.include)
 
-    def _walk(self) -> Iterator[Path]:
+    def _walk(self) -> Iterator[tuple[Path, bool]]:
+        """The wanted files of the tree, each with whether it is a symbolic link."""
         stack = [self.root]
         while stack:
             folder = stack.pop()
@@ -243,16 +234,26 @@ class FolderWatcher:
                 continue
             for entry in entries:
                 path = Path(entry.path)
-                if entry.is_dir(follow_symlinks=False):
-                    hidden = entry.name.startswith(".")
-                    if self.settings.recursive and not hidden and path != self._quarantine_dir:
-                        stack.append(path)
-                elif entry.is_file() and self.wanted(path):  # a link to a file: _decide judges
-                    yield path
-                elif entry.is_dir() and path not in self._folder_links:
-                    self._folder_links.add(path)
-                    log.info("not descending into %s: a symbolic link to a folder (watch its"
-                             " target as a folder of its own)", display_path(path))
+                try:
+                    if entry.is_symlink():
+                        if self.wanted(path):
+                            yield path, True  # where it leads is judged before anything is read
+                        else:
+                            self._note_folder_link(entry, path)
+                    elif entry.is_dir(follow_symlinks=False):
+                        hidden = entry.name.startswith(".")
+                        if self.settings.recursive and not hidden and path != self._quarantine_dir:
+                            stack.append(path)
+                    elif entry.is_file(follow_symlinks=False) and self.wanted(path):
+                        yield path, False
+                except OSError as exc:
+                    log.warning("cannot look at %s: %s", display_path(path), exc)
+
+    def _note_folder_link(self, entry: os.DirEntry[str], path: Path) -> None:
+        if path not in self._folder_links and entry.is_dir():
+            self._folder_links.add(path)
+            log.info("not descending into %s: a symbolic link to a folder (watch its target"
+                     " as a folder of its own)", display_path(path))
 
     # --- pending table ---------------------------------------------------------------
 
@@ -298,7 +299,13 @@ class FolderWatcher:
 
     # --- deciding about one file -----------------------------------------------------
 
-    def _rescan_one(self, path: Path) -> int:
+    def _rescan_one(self, path: Path, is_link: bool) -> int:
+        if is_link:
+            target = self._links.target(path)
+            if target is not None and not self._links.may_follow(target):
+                with self._process_lock:
+                    self._refuse_link(path, target)
+                return 0
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -329,14 +336,16 @@ class FolderWatcher:
         return arrival
 
     def _decide(self, path: Path, quiet_for: float) -> Arrival | None:
-        target = self._link_target(path)
-        if target is not None and not self._may_follow(target):
+        target = self._links.target(path)
+        if target is not None and not self._links.may_follow(target):
             self._refuse_link(path, target)
             return None
         try:
             stat = path.stat()
         except OSError:
             return None  # vanished or unreachable: a later rescan retries
+        if not S_ISREG(stat.st_mode):
+            return None  # a link followed to a folder, a device or a pipe: no input
         fingerprint = [stat.st_size, stat.st_mtime_ns]
         if self._decided.get(path) == fingerprint:
             return None
@@ -350,14 +359,14 @@ class FolderWatcher:
             "relative_path": display_path(path.relative_to(self.root)),
             "folder": str(self.root),
         }
-        if not _is_utf8(path):
+        if not is_utf8(path):
             attrs["name_not_utf8"] = True
         header = self._checked_header(path, key, attrs, quiet_for)
         if header is None:
             return None
         after = self._stat_or_none(path)
         if after is None or [after.st_size, after.st_mtime_ns] != fingerprint or (
-            self._link_target(path) != target
+            self._links.target(path) != target
         ):
             self.note_change(path, closed=False)  # written to while we looked: wait again
             return None
@@ -406,29 +415,13 @@ class FolderWatcher:
     def _key(self, path: Path) -> str:
         """The journal key of ``path``: ``file:<absolute path>``, non-UTF-8 bytes escaped."""
         key = f"file:{display_path(path)}"
-        if not _is_utf8(path):
+        if not is_utf8(path):
             known = self._journal.arrival_by_key(key)
             if known is not None and not known.attrs.get("name_not_utf8"):
                 key += "#name-not-utf8"  # a file really is named like the escaped form
         return key
 
     # --- symbolic links --------------------------------------------------------------
-
-    def _link_target(self, path: Path) -> Path | None:
-        """Where ``path`` really leads when a symbolic link is on its way, else None."""
-        real = Path(os.path.realpath(path))
-        return None if real == path else real
-
-    def _in_tree(self, target: Path) -> bool:
-        inside = target == self.root or self.root in target.parents
-        return inside and self._quarantine_dir not in (target, *target.parents)
-
-    def _may_follow(self, target: Path) -> bool:
-        if not self.settings.follow_symlinks:
-            return False
-        return self._in_tree(target) or any(
-            target == root or root in target.parents for root in self._link_roots
-        )
 
     def _refuse_link(self, path: Path, target: Path) -> None:
         """Skip (its target is watched itself) or refuse a link, once per version of it."""
@@ -440,7 +433,7 @@ class FolderWatcher:
         if self._decided.get(path) == fingerprint:
             return
         self._decided[path] = fingerprint
-        if not self.settings.follow_symlinks and self._in_tree(target):
+        if not self.settings.follow_symlinks and self._links.inside(target):
             log.info("skipping %s: a symbolic link to %s, which is taken as a file of its own",
                      display_path(path), display_path(target))
             return
@@ -463,7 +456,7 @@ class FolderWatcher:
         Never a copy through a symbolic link: what it points to is not an input to copy.
         """
         shown = display_path(path)
-        if self._link_target(path) is not None:
+        if self._links.target(path) is not None:
             log.info("not copying %s to quarantine: reached through a symbolic link", shown)
         else:
             try:
