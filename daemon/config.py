@@ -107,12 +107,19 @@ class FolderSettings(_Section):
     recursive: bool = True
     mode: FolderMode = FolderMode.EVENTS
     stable_seconds: Annotated[float, Field(ge=0)] = 2.0
+    # A file failing the header check is re-checked until unchanged this long (at least
+    # stable_seconds), then rejected: a writer may pause mid-file.
+    incomplete_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
     poll_seconds: PositiveSeconds = 2.0
     rescan_seconds: PositiveSeconds = 60.0
     include: tuple[str, ...] = ("*.tif", "*.tiff", "*.ome.tif", "*.ome.tiff", "*.btf")
     naming: str = "auto"
     patterns: tuple[str, ...] = ()
     experiment: str | None = None
+    # Symbolic links are taken only with follow_symlinks, and only when they lead to a
+    # file inside the folder or inside one of symlink_roots.
+    follow_symlinks: bool = False
+    symlink_roots: tuple[Path, ...] = ()
 
     @field_validator("patterns")
     @classmethod

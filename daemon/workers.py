@@ -128,6 +128,9 @@ class JobRunner:
         return JobState.PENDING
 
     def _quarantine(self, arrival: Arrival, error: str) -> None:
+        if arrival.path.is_symlink():  # a followed link of a watched folder: never copy its target
+            log.warning("arrival %d is a symbolic link: not copied to quarantine", arrival.id)
+            return
         try:
             entry = quarantine(arrival.path, self.quarantine_dir, error, keep_source=True)
         except OSError:

@@ -18,7 +18,19 @@ Inputs are never modified, moved or deleted. A complete file gets the key
 ``file:<absolute path>``; its fingerprint ``[size, mtime_ns]`` tells a rewritten file
 (new generation) from events repeating for the same one (nothing happens). Zero-byte,
 non-TIFF and truncated files are rejected here: a rejected arrival with the error in the
-journal, a copy in quarantine, ``acqflow_input_errors_total`` counted.
+journal, a copy in quarantine, ``acqflow_input_errors_total`` counted. A file failing the
+header check is *held* first, because its writer may only have paused: it is checked
+again after each change and rejected only once it has not changed for
+``incomplete_grace_seconds``; nothing is journalled while it is held.
+
+Symbolic links are not followed unless ``follow_symlinks`` is set, and then only to a
+file inside the folder or inside one of ``symlink_roots``. A link to anywhere else is
+refused once per version of the link (a rejected arrival, reason ``symlink_outside``,
+nothing copied to quarantine); a link to a file of the folder itself is skipped, the file
+being an input in its own right. Links to folders are never descended. A file whose name
+is not valid UTF-8 cannot be named in the journal: it is rejected once (reason
+``name_not_utf8``, copied to quarantine under its own bytes) instead of failing on every
+rescan.
 
 Every watchdog callback and timer round catches, logs and counts its errors
 (``acqflow_source_errors_total``): an exception escaping a handler would silently stop
@@ -33,8 +45,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -44,10 +56,12 @@ from watchdog.observers.polling import PollingObserver
 
 from daemon.config import FolderMode, FolderSettings
 from daemon.fileio import quarantine
-from daemon.imageio import ImageRejected, metadata_to_json, read_tiff_header
+from daemon.imageio import ImageRejected, TiffHeader, metadata_to_json, read_tiff_header
 from daemon.journal import Arrival, Journal
 from daemon.metrics import ARRIVALS, INPUT_ERRORS, QUARANTINED, SOURCE_ERRORS
 from daemon.sources.naming import check_naming, parse_metadata
+from daemon.sources.paths import LinkPolicy, display_path, is_utf8
+from daemon.sources.pending import PendingFiles
 
 __all__ = ["SOURCE", "FolderWatcher", "is_temporary_name"]
 
@@ -62,16 +76,6 @@ def is_temporary_name(name: str) -> bool:
     """True for hidden files and the temporary names of editors, browsers and copiers."""
     lower = name.lower()
     return lower.startswith(".") or lower.startswith(_TEMP_PREFIXES) or lower.endswith(_TEMP_SUFFIXES)
-
-
-@dataclass
-class _Pending:
-    """A file seen changing; complete when closed after writing or quiet long enough."""
-
-    size: int = -1
-    mtime_ns: int = -1
-    changed_at: float = 0.0  # monotonic time of the last observed change
-    closed: bool = False
 
 
 class FolderWatcher:
@@ -95,10 +99,12 @@ class FolderWatcher:
         self._journal = journal
         self._quarantine_dir = quarantine_dir.expanduser().resolve()
         self._on_ready = on_ready
-        self._pending: dict[Path, _Pending] = {}
-        self._pending_lock = threading.Lock()
+        self._pending = PendingFiles(settings.stable_seconds, settings.incomplete_grace_seconds)
         self._process_lock = threading.Lock()  # one decision per file at a time
         self._decided: dict[Path, list[int]] = {}  # fingerprints already recorded/rejected
+        self._links = LinkPolicy.resolved(self.root, self._quarantine_dir, settings.follow_symlinks,
+                                          settings.symlink_roots)
+        self._folder_links: set[Path] = set()  # symlinked folders already logged
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._observer: BaseObserver | None = None
@@ -181,10 +187,10 @@ class FolderWatcher:
             SOURCE_ERRORS.labels(source=SOURCE, stage="observer").inc()
         present: set[Path] = set()
         recorded = 0
-        for path in self._walk():
+        for path, is_link in self._walk():
             present.add(path)
             try:
-                recorded += self._rescan_one(path)
+                recorded += self._rescan_one(path, is_link)
             except Exception:
                 log.exception("rescan of %s failed", path)
                 SOURCE_ERRORS.labels(source=SOURCE, stage="rescan").inc()
@@ -196,8 +202,7 @@ class FolderWatcher:
     @property
     def pending_count(self) -> int:
         """Files seen changing that are not complete yet."""
-        with self._pending_lock:
-            return len(self._pending)
+        return len(self._pending)
 
     # --- what to watch ---------------------------------------------------------------
 
@@ -217,23 +222,38 @@ class FolderWatcher:
         name = parts[-1].lower()
         return any(fnmatch.fnmatchcase(name, glob.lower()) for glob in self.settings.include)
 
-    def _walk(self) -> Iterator[Path]:
+    def _walk(self) -> Iterator[tuple[Path, bool]]:
+        """The wanted files of the tree, each with whether it is a symbolic link."""
         stack = [self.root]
         while stack:
             folder = stack.pop()
             try:
                 entries = list(os.scandir(folder))
             except OSError as exc:
-                log.warning("cannot list %s: %s", folder, exc)
+                log.warning("cannot list %s: %s", display_path(folder), exc)
                 continue
             for entry in entries:
                 path = Path(entry.path)
-                if entry.is_dir(follow_symlinks=False):
-                    hidden = entry.name.startswith(".")
-                    if self.settings.recursive and not hidden and path != self._quarantine_dir:
-                        stack.append(path)
-                elif entry.is_file() and self.wanted(path):
-                    yield path
+                try:
+                    if entry.is_symlink():
+                        if self.wanted(path):
+                            yield path, True  # where it leads is judged before anything is read
+                        else:
+                            self._note_folder_link(entry, path)
+                    elif entry.is_dir(follow_symlinks=False):
+                        hidden = entry.name.startswith(".")
+                        if self.settings.recursive and not hidden and path != self._quarantine_dir:
+                            stack.append(path)
+                    elif entry.is_file(follow_symlinks=False) and self.wanted(path):
+                        yield path, False
+                except OSError as exc:
+                    log.warning("cannot look at %s: %s", display_path(path), exc)
+
+    def _note_folder_link(self, entry: os.DirEntry[str], path: Path) -> None:
+        if path not in self._folder_links and entry.is_dir():
+            self._folder_links.add(path)
+            log.info("not descending into %s: a symbolic link to a folder (watch its target"
+                     " as a folder of its own)", display_path(path))
 
     # --- pending table ---------------------------------------------------------------
 
@@ -241,18 +261,13 @@ class FolderWatcher:
         """An event says ``path`` changed (``closed``: its writer closed it)."""
         if not self.wanted(path):
             return
-        with self._pending_lock:
-            entry = self._pending.setdefault(path, _Pending(changed_at=time.monotonic()))
-            if not closed:
-                entry.changed_at = time.monotonic()
-            entry.closed = closed
+        self._pending.note(path, closed)
         if closed:
             self._wake.set()
 
     def forget(self, path: Path) -> None:
         """``path`` was deleted or renamed away."""
-        with self._pending_lock:
-            self._pending.pop(path, None)
+        self._pending.forget(path)
 
     def note_tree(self, folder: Path) -> None:
         """A folder appeared (created or moved in): its files are pending."""
@@ -270,126 +285,190 @@ class FolderWatcher:
             if self._stopping.is_set():
                 break
             try:
-                complete = self._complete_files()
+                complete = self._pending.due()
             except Exception:
                 log.exception("stability check of %s failed", self.root)
                 SOURCE_ERRORS.labels(source=SOURCE, stage="stability").inc()
                 continue
-            for path, quiet in complete:
+            for path, quiet_for in complete:
                 try:
-                    self._take(path, quiet)
+                    self._take(path, quiet_for)
                 except Exception:
-                    log.exception("taking %s failed; the next rescan retries it", path)
+                    log.exception("taking %s failed; the next rescan retries it", display_path(path))
                     SOURCE_ERRORS.labels(source=SOURCE, stage="process").inc()
-
-    def _complete_files(self) -> list[tuple[Path, bool]]:
-        """Update the pending table from stat(); pop and return the complete files.
-
-        Each comes with whether it has been quiet for ``stable_seconds`` (else it was
-        closed after writing).
-        """
-        now = time.monotonic()
-        complete: list[tuple[Path, bool]] = []
-        with self._pending_lock:
-            for path, entry in list(self._pending.items()):
-                try:
-                    stat = path.stat()
-                except OSError:
-                    del self._pending[path]  # vanished (or unreachable: rescan retries)
-                    continue
-                if (stat.st_size, stat.st_mtime_ns) != (entry.size, entry.mtime_ns):
-                    entry.size, entry.mtime_ns, entry.changed_at = stat.st_size, stat.st_mtime_ns, now
-                quiet = now - entry.changed_at >= self.settings.stable_seconds
-                if quiet or (entry.closed and entry.size > 0):
-                    del self._pending[path]
-                    complete.append((path, quiet))
-        return complete
 
     # --- deciding about one file -----------------------------------------------------
 
-    def _rescan_one(self, path: Path) -> int:
+    def _rescan_one(self, path: Path, is_link: bool) -> int:
+        if is_link:
+            target = self._links.target(path)
+            if target is not None and not self._links.may_follow(target):
+                with self._process_lock:
+                    self._refuse_link(path, target)
+                return 0
         try:
             stat = path.stat()
         except FileNotFoundError:
             return 0
-        with self._pending_lock:
-            if path in self._pending:
-                return 0  # the timer decides
+        if path in self._pending:
+            return 0  # the timer decides
         if self._decided.get(path) == [stat.st_size, stat.st_mtime_ns]:
             return 0
-        if time.time() - stat.st_mtime < self.settings.stable_seconds:
+        quiet_for = time.time() - stat.st_mtime
+        if quiet_for < self.settings.stable_seconds:
             self.note_change(path, closed=False)
             return 0
-        return 1 if self._take(path, quiet=True) is not None else 0
+        return 1 if self._take(path, quiet_for) is not None else 0
 
-    def _take(self, path: Path, quiet: bool) -> Arrival | None:
+    def _take(self, path: Path, quiet_for: float) -> Arrival | None:
         """Record ``path`` (complete) as an arrival or reject it; returns a new arrival.
 
-        A file that fails the header check is rejected only once it has been ``quiet``
-        for ``stable_seconds``: a writer that closes between partial writes gets the
-        time to finish.
+        ``quiet_for``: seconds since it last changed. A file that fails the header check
+        is held, not rejected, until it has been quiet for the grace period: a writer
+        that pauses or closes between partial writes gets the time to finish.
         """
         with self._process_lock:
-            arrival = self._decide(path, quiet)
+            arrival = self._decide(path, quiet_for)
         if arrival is not None:
             ARRIVALS.labels(source=SOURCE, kind="image").inc()
             log.info("arrival %d: %s (generation %d)", arrival.id, path, arrival.generation)
             self._on_ready()
         return arrival
 
-    def _decide(self, path: Path, quiet: bool) -> Arrival | None:
+    def _decide(self, path: Path, quiet_for: float) -> Arrival | None:
+        target = self._links.target(path)
+        if target is not None and not self._links.may_follow(target):
+            self._refuse_link(path, target)
+            return None
         try:
             stat = path.stat()
         except OSError:
             return None  # vanished or unreachable: a later rescan retries
+        if not S_ISREG(stat.st_mode):
+            return None  # a link followed to a folder, a device or a pipe: no input
         fingerprint = [stat.st_size, stat.st_mtime_ns]
         if self._decided.get(path) == fingerprint:
             return None
-        key = f"file:{path}"
+        key = self._key(path)
         known = self._journal.arrival_by_key(key)
         if known is not None and known.attrs.get("fingerprint") == fingerprint:
             self._decided[path] = fingerprint
             return None
         attrs: dict[str, Any] = {
             "fingerprint": fingerprint,
-            "relative_path": path.relative_to(self.root).as_posix(),
+            "relative_path": display_path(path.relative_to(self.root)),
             "folder": str(self.root),
         }
-        try:
-            header = read_tiff_header(path)
-            after = path.stat()
-        except ImageRejected as exc:
-            if not quiet:
-                self.note_change(path, closed=False)
-                return None
-            attrs["metadata"] = metadata_to_json(parse_metadata(path, self.settings))
-            self._reject(path, key, attrs, exc.reason, str(exc))
-            self._decided[path] = fingerprint
+        if not is_utf8(path):
+            attrs["name_not_utf8"] = True
+        header = self._checked_header(path, key, attrs, quiet_for)
+        if header is None:
             return None
-        except OSError as exc:
-            if not isinstance(exc, FileNotFoundError):
-                log.warning("cannot read %s (a later rescan retries): %s", path, exc)
-            return None
-        if [after.st_size, after.st_mtime_ns] != fingerprint:
+        after = self._stat_or_none(path)
+        if after is None or [after.st_size, after.st_mtime_ns] != fingerprint or (
+            self._links.target(path) != target
+        ):
             self.note_change(path, closed=False)  # written to while we looked: wait again
+            return None
+        if "name_not_utf8" in attrs:
+            error = (f"{display_path(Path(path.name))}: the file name is not valid UTF-8; rename"
+                     " the file (or mount the share with its character set) to have it processed")
+            self._reject(path, key, attrs, "name_not_utf8", error)
+            self._decided[path] = fingerprint
             return None
         attrs["metadata"] = metadata_to_json(parse_metadata(path, self.settings, header))
         arrival = self._journal.record_file_arrival(SOURCE, key, path, attrs)
         self._decided[path] = fingerprint
         return arrival
 
-    def _reject(self, path: Path, key: str, attrs: dict[str, Any], reason: str, error: str) -> None:
-        """Quarantine a copy first (at-least-once), then record the rejection and count it."""
+    def _checked_header(
+        self, path: Path, key: str, attrs: dict[str, Any], quiet_for: float
+    ) -> TiffHeader | None:
+        """The header of ``path``, or None when it is held (maybe incomplete), rejected or unreadable."""
+        fingerprint: list[int] = attrs["fingerprint"]
         try:
-            entry = quarantine(path, self._quarantine_dir, error, keep_source=True)
-            QUARANTINED.labels(source=SOURCE).inc()
-            attrs = {**attrs, "quarantine": str(entry)}
+            return read_tiff_header(path)
+        except ImageRejected as exc:
+            if quiet_for < self._pending.grace_seconds:  # its writer may only have paused
+                log.debug("holding %s (%s) until it changes or stays unchanged for %.0f s",
+                          display_path(path), exc.reason, self._pending.grace_seconds)
+                self._pending.hold(path, fingerprint, quiet_for)
+                return None
+            if "name_not_utf8" not in attrs:
+                attrs["metadata"] = metadata_to_json(parse_metadata(path, self.settings))
+            error = f"{exc} (unchanged for {quiet_for:.0f} s)"
+            self._reject(path, key, attrs, exc.reason, error)
+            self._decided[path] = fingerprint
+            return None
         except OSError as exc:
-            log.error("cannot quarantine %s: %s", path, exc)
-            SOURCE_ERRORS.labels(source=SOURCE, stage="quarantine").inc()
-        self._journal.record_rejected_file(SOURCE, key, path, error, {**attrs, "reason": reason})
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("cannot read %s (a later rescan retries): %s", display_path(path), exc)
+            return None
+
+    @staticmethod
+    def _stat_or_none(path: Path) -> os.stat_result | None:
+        try:
+            return path.stat()
+        except OSError:
+            return None
+
+    def _key(self, path: Path) -> str:
+        """The journal key of ``path``: ``file:<absolute path>``, non-UTF-8 bytes escaped."""
+        key = f"file:{display_path(path)}"
+        if not is_utf8(path):
+            known = self._journal.arrival_by_key(key)
+            if known is not None and not known.attrs.get("name_not_utf8"):
+                key += "#name-not-utf8"  # a file really is named like the escaped form
+        return key
+
+    # --- symbolic links --------------------------------------------------------------
+
+    def _refuse_link(self, path: Path, target: Path) -> None:
+        """Skip (its target is watched itself) or refuse a link, once per version of it."""
+        try:
+            link = path.lstat()
+        except OSError:
+            return
+        fingerprint = [link.st_size, link.st_mtime_ns]
+        if self._decided.get(path) == fingerprint:
+            return
+        self._decided[path] = fingerprint
+        if not self.settings.follow_symlinks and self._links.inside(target):
+            log.info("skipping %s: a symbolic link to %s, which is taken as a file of its own",
+                     display_path(path), display_path(target))
+            return
+        key = self._key(path)
+        known = self._journal.arrival_by_key(key)
+        if known is not None and known.attrs.get("fingerprint") == fingerprint:
+            return
+        error = (f"{display_path(Path(path.name))}: a symbolic link to {display_path(target)},"
+                 " outside the watched folder: not followed (folders.follow_symlinks,"
+                 " folders.symlink_roots)")
+        attrs = {"fingerprint": fingerprint, "relative_path": display_path(path.relative_to(self.root)),
+                 "folder": str(self.root), "reason": "symlink_outside"}
+        self._journal.record_rejected_file(SOURCE, key, Path(display_path(path)), error, attrs)
+        INPUT_ERRORS.labels(source=SOURCE, reason="symlink_outside").inc()
+        log.warning("refused %s: %s", display_path(path), error)
+
+    def _reject(self, path: Path, key: str, attrs: dict[str, Any], reason: str, error: str) -> None:
+        """Quarantine a copy first (at-least-once), then record the rejection and count it.
+
+        Never a copy through a symbolic link: what it points to is not an input to copy.
+        """
+        shown = display_path(path)
+        if self._links.target(path) is not None:
+            log.info("not copying %s to quarantine: reached through a symbolic link", shown)
+        else:
+            try:
+                entry = quarantine(path, self._quarantine_dir, error, keep_source=True)
+                QUARANTINED.labels(source=SOURCE).inc()
+                attrs = {**attrs, "quarantine": display_path(entry)}
+            except OSError as exc:
+                log.error("cannot quarantine %s: %s", shown, exc)
+                SOURCE_ERRORS.labels(source=SOURCE, stage="quarantine").inc()
+        self._journal.record_rejected_file(SOURCE, key, Path(shown), error, {**attrs, "reason": reason})
         INPUT_ERRORS.labels(source=SOURCE, reason=reason).inc()
-        log.warning("rejected %s: %s", path, error)
+        log.warning("rejected %s: %s", shown, error)
 
 
 class _FolderEvents(FileSystemEventHandler):

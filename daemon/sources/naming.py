@@ -69,8 +69,10 @@ PATTERN_GROUPS = frozenset(
      "year", "yy", "month", "day", "hour", "minute"}
 )
 _TIFF = r"\.(?:ome\.)?tiff?$"
+_MAX_DIGITS = 18  # a longer "number" in a name is no time point (and int() refuses > 4300 digits)
+_TIMEPOINT_LIMIT = 2**63  # what the journal's integers hold
 _START = r"(?:^|/)"
-_WELL = r"[A-Za-z]{1,2}\d{1,2}"
+_WELL = r"[A-Za-z]{1,2}(?:0?[1-9]|[1-9]\d)"  # columns 1-99: no plate has a column 0
 _INCUCYTE_CHANNELS = r"Phase|Ph|Green|Red|NIR|Blue|Orange|Gray|Grey|Brightfield|C\d"
 
 
@@ -98,7 +100,7 @@ def _compile(*patterns: str) -> tuple[re.Pattern[str], ...]:
 def _split_site(fields: Fields) -> Fields:
     """Micro-Manager HCS positions ``A1-Site_0`` name the well and the site."""
     position = fields.get("position", "")
-    match = re.fullmatch(r"([A-Za-z]{1,2}\d{1,2})-(Site_\d+)", position)
+    match = re.fullmatch(rf"({_WELL})-(Site_\d+)", position)
     if match and not fields.get("well"):
         return {**fields, "well": match.group(1), "position": match.group(2)}
     return fields
@@ -256,13 +258,13 @@ def _relative(path: Path, root: Path) -> PurePosixPath:
 
 
 def _parent_name(relative: PurePosixPath, folder: FolderSettings) -> str:
-    parent = relative.parent.name
+    parent = relative.parent.name.strip()
     return parent or folder.path.name or "unknown"
 
 
 def normalise_well(well: str) -> str:
-    """``b3`` -> ``B03``; anything that is not letters + digits is kept as written."""
-    match = re.fullmatch(r"([A-Za-z]{1,2})0*(\d{1,3})", well.strip())
+    """``b3`` -> ``B03``; anything but one or two letters and a column 1-99 is kept as written."""
+    match = re.fullmatch(r"([A-Za-z]{1,2})0*([1-9]\d?)", well.strip())
     return f"{match.group(1).upper()}{int(match.group(2)):02d}" if match else well
 
 
@@ -270,13 +272,16 @@ def _convert(groups: Mapping[str, str]) -> dict[str, object]:
     """Raw groups to typed fields: well normalised, time point and acquisition time parsed."""
     texts = ("experiment", "plate", "position", "channel")
     fields: dict[str, object] = {k: v.strip() for k, v in groups.items() if k in texts}
-    if "well" in groups:
-        fields["well"] = normalise_well(groups["well"])
-    if groups.get("timepoint", "").isdigit():
-        fields["timepoint"] = int(groups["timepoint"])
-    elif "edays" in groups:
-        days, hours, minutes = (int(groups[k]) for k in ("edays", "ehours", "eminutes"))
-        fields["timepoint"] = (days * 24 + hours) * 60 + minutes
+    well = groups.get("well", "").strip()
+    if well:
+        fields["well"] = normalise_well(well)
+    timepoint = _count(groups.get("timepoint", ""))
+    if timepoint is None and "edays" in groups:
+        days, hours, minutes = (_count(groups[k]) for k in ("edays", "ehours", "eminutes"))
+        if days is not None and hours is not None and minutes is not None:
+            timepoint = (days * 24 + hours) * 60 + minutes
+    if timepoint is not None and timepoint < _TIMEPOINT_LIMIT:
+        fields["timepoint"] = timepoint
     acquired = _acquired_at(groups)
     if acquired is not None:
         fields["acquired_at"] = acquired
@@ -288,14 +293,15 @@ def _acquired_at(groups: Mapping[str, str]) -> float | None:
     year = groups.get("year") or (f"20{groups['yy']}" if "yy" in groups else None)
     if year is None or "month" not in groups or "day" not in groups:
         return None
-    try:
-        moment = datetime(
-            int(year), int(groups["month"]), int(groups["day"]),
-            int(groups.get("hour", 0)), int(groups.get("minute", 0)),
-        )
-    except ValueError:
+    texts = (year, groups["month"], groups["day"], groups.get("hour", "0"), groups.get("minute", "0"))
+    numbers = [n for n in (_count(t) for t in texts) if n is not None]
+    if len(numbers) != len(texts):
         return None
-    return moment.timestamp()
+    years, month, day, hour, minute = numbers
+    try:
+        return datetime(years, month, day, hour, minute).timestamp()
+    except (ValueError, OverflowError, OSError):  # no such date, or out of the platform's range
+        return None
 
 
 def _merge_header(fields: dict[str, object], header: TiffHeader) -> None:
@@ -311,6 +317,11 @@ def _merge_header(fields: dict[str, object], header: TiffHeader) -> None:
 
 def _text(value: object) -> str | None:
     return str(value) if value not in (None, "") else None
+
+
+def _count(text: str) -> int | None:
+    """A number written in decimal digits, None for anything else or absurdly long."""
+    return int(text) if text.isdecimal() and len(text) <= _MAX_DIGITS else None
 
 
 def _int(value: object) -> int | None:

@@ -28,7 +28,8 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
         "workers": {"device": "cpu", "poll_seconds": 0.2, "max_attempts": 2, "retry_initial_seconds": 0.2},
         "metrics": {"port": free_port()},
         "dicom": {"enabled": False},
-        "folders": [{"path": str(inbox), "stable_seconds": 1.0, "rescan_seconds": 30.0}],
+        "folders": [{"path": str(inbox), "stable_seconds": 1.0, "incomplete_grace_seconds": 2.0,
+                     "rescan_seconds": 30.0}],
         "routes": [{"name": "images", "kind": ["image"], "pipelines": ["test-image"]}],
         "pipelines": {"modules": TEST_PIPELINES},
     }
