@@ -26,6 +26,7 @@ from daemon.errors import JournalError
 __all__ = [
     "Arrival",
     "ArrivalState",
+    "ExportState",
     "Instance",
     "JobState",
     "Journal",

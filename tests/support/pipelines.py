@@ -9,12 +9,16 @@ exercise draining at shutdown, and to fail loading (as with missing weights) thr
 ``options["fail_load"]``, the error message. ``options["oom_above_scale"]`` makes ``run``
 raise an error named like torch's ``OutOfMemoryError`` while the run's batch scale is above
 it, and ``options["oom_on_gpu"]`` whenever the pipeline was loaded on a CUDA device.
+``options["kill_marker"]``: while that file exists, ``run`` kills its own process with
+SIGKILL, as the kernel's OOM killer would.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -53,6 +57,9 @@ class _Failing:
             raise FileNotFoundError(str(reason))
 
     def _maybe_fail(self, item: ImageItem | SeriesItem) -> None:
+        kill = self.options.get("kill_marker")
+        if kill and Path(str(kill)).exists():
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.options.get("oom_on_gpu") and self.device.startswith("cuda"):
             raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         limit = self.options.get("oom_above_scale")
