@@ -317,7 +317,11 @@ class WorkerPool:
                 log.info("%d held job(s) back in the queue", released)
                 self._wake.set()
         else:
-            jobs.hold_pending(condition[0].value, condition[1])
+            try:
+                jobs.hold_pending(condition[0].value, condition[1])
+            except Exception as exc:  # the journal's own disk is full: they stay pending, unclaimed
+                if resource_condition(exc) is None:
+                    raise
         counts = jobs.held_counts()
         for reason in ResourceCondition:
             metrics.JOBS_HELD.labels(reason.value).set(counts.get(reason.value, 0))
@@ -329,10 +333,10 @@ class WorkerPool:
     def _dispatch(self) -> None:
         while not self._stopping.is_set():
             try:
-                self.route_ready()
-                room = self._queue.maxsize - self._queue.qsize()
-                pipelines = self._runner.registry.available()
-                if self._claimable():
+                if self._claimable():  # under a resource condition arrivals wait, ready
+                    self.route_ready()
+                    room = self._queue.maxsize - self._queue.qsize()
+                    pipelines = self._runner.registry.available()
                     for job in self._runner.jobs.claim(pipelines, room):
                         self._queue.put(job)
             except Exception:  # the dispatcher must survive a bad row or a busy database
