@@ -236,17 +236,19 @@ class JobQueue:
         rows = self.journal.query("SELECT hold_reason, COUNT(*) n FROM jobs WHERE state='held' GROUP BY 1")
         return {str(r["hold_reason"]): int(r["n"]) for r in rows}
 
-    def complete(self, job: Job, outputs: Sequence[OutputRow], records: Sequence[RecordRow]) -> list[int]:
+    def complete(
+        self, job: Job, outputs: Sequence[OutputRow], records: Sequence[RecordRow]
+    ) -> list[int] | None:
         """Store outputs, records and export rows; mark the job done. Returns export ids.
 
-        Nothing is stored for a job no longer queued or running (given back at a stop:
-        it runs again).
+        Nothing is stored, and None returned, for a job no longer queued or running
+        (given back at a stop: it runs again).
         """
         now = time.time()
         export_ids: list[int] = []
         with self.journal.transaction() as db:
             if not _is_active(db, job.id):
-                return []
+                return None
             for output in outputs:
                 db.execute(
                     "INSERT INTO outputs(job_id, pipeline, kind, path, sop_instance_uid, written_at)"

@@ -123,6 +123,10 @@ class JobRunner:
                 return self._hold(job, condition, f"{type(exc).__name__}: {exc}")
             log.exception("job %d (%s) failed on arrival %d", job.id, job.pipeline, arrival.id)
             return self._failed(job, arrival, f"{type(exc).__name__}: {exc}")
+        if export_ids is None:
+            log.warning("job %d (%s) ended after it was given back: not recorded, it runs again",
+                        job.id, job.pipeline)
+            return JobState.PENDING
         elapsed = time.monotonic() - started
         metrics.JOBS.labels(job.pipeline, "done").inc()
         metrics.JOB_DURATION.labels(job.pipeline).observe(elapsed)

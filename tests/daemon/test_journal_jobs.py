@@ -88,7 +88,7 @@ def test_a_started_job_given_back_at_a_stop_is_pending_and_its_late_result_is_no
     assert queue.requeue([job_id]) == 1
     back = queue.job(job_id)
     assert back is not None and (back.state, back.attempts, back.interrupted) == (JobState.PENDING, 0, 0)
-    assert queue.complete(running, [OutputRow("file", tmp_path / "late.txt")], []) == []
+    assert queue.complete(running, [OutputRow("file", tmp_path / "late.txt")], []) is None
     assert journal.query("SELECT COUNT(*) FROM outputs")[0][0] == 0
     assert queue.start(job) is None  # no longer queued: a worker does not run it
 
