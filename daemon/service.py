@@ -119,18 +119,7 @@ class Daemon:
             settings=s.workers,
             quarantine_dir=s.paths.quarantine,
             on_exports=self._send_exports_soon,
-            resources=RunResources(
-                disks=DiskWatch(
-                    {
-                        DiskPath.STATE: s.paths.state_dir,
-                        DiskPath.SPOOL: s.paths.spool,
-                        DiskPath.OUTPUTS: s.paths.outputs_dir,
-                        DiskPath.OUTBOX: s.paths.outbox,
-                    },
-                    s.workers.min_free_bytes,
-                ),
-                cpu_pipeline=lambda name: self.registry.get_on_device(name, "cpu"),
-            ),
+            resources=self._run_resources(),
         )
         for job in parked:
             runner.quarantine_parked(job)
@@ -146,6 +135,20 @@ class Daemon:
             self._start_preload()
         _sd_notify("READY=1")
         log.info("acqflow ready: %s", self.describe())
+
+    def _run_resources(self) -> RunResources:
+        """The disk watch over the daemon's folders and the CPU fallback for a GPU out of memory."""
+        paths = self.settings.paths
+        folders = {
+            DiskPath.STATE: paths.state_dir,
+            DiskPath.SPOOL: paths.spool,
+            DiskPath.OUTPUTS: paths.outputs_dir,
+            DiskPath.OUTBOX: paths.outbox,
+        }
+        return RunResources(
+            disks=DiskWatch(folders, self.settings.workers.min_free_bytes),
+            cpu_pipeline=lambda name: self.registry.get_on_device(name, "cpu"),
+        )
 
     def _start_preload(self) -> None:
         """Load the pipelines the routes name, in the background, in route order.
