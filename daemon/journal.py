@@ -235,7 +235,12 @@ class Journal:
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:  # disk full, I/O error: never leave the transaction open
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
             finally:
                 if not durable:
                     self._db.execute("PRAGMA synchronous=FULL")

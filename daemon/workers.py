@@ -330,6 +330,18 @@ class WorkerPool:
         for reason in ResourceCondition:
             metrics.JOBS_HELD.labels(reason.value).set(counts.get(reason.value, 0))
 
+    def _note_resource(self, exc: Exception) -> bool:
+        """True when ``exc`` is a resource condition: noted (work pauses until the disk
+        check clears it) and logged once, not as a failure."""
+        condition = resource_condition(exc)
+        disks = self._runner.resources.disks
+        if condition is None or disks is None:
+            return False
+        if disks.condition is None:
+            log.warning("journal write failed (%s), work paused: %s", condition.value, exc)
+        disks.note_failure(condition)
+        return True
+
     def _claimable(self) -> bool:
         disks = self._runner.resources.disks
         return disks is None or disks.condition is None
@@ -343,8 +355,9 @@ class WorkerPool:
                     pipelines = self._runner.registry.available()
                     for job in self._runner.jobs.claim(pipelines, room):
                         self._queue.put(job)
-            except Exception:  # the dispatcher must survive a bad row or a busy database
-                log.exception("dispatcher cycle failed")
+            except Exception as exc:  # the dispatcher must survive a bad row or a busy database
+                if not self._note_resource(exc):
+                    log.exception("dispatcher cycle failed")
             self._wake.wait(self._settings.poll_seconds)
             self._wake.clear()
 
@@ -362,10 +375,11 @@ class WorkerPool:
             try:
                 self._runner.run(job)
             except Exception as exc:  # journal errors: the job re-runs after a restart
-                log.exception("job %d could not be recorded", job.id)
-                if resource_condition(exc) is not None:
+                if self._note_resource(exc):
                     with self._lock:
                         self._unrecorded.append(job.id)
+                else:
+                    log.exception("job %d could not be recorded", job.id)
             finally:
                 with self._lock:
                     self._running.pop(job.id, None)

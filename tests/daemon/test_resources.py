@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,3 +222,71 @@ def test_gpu_out_of_memory_without_the_cpu_fallback_is_a_failed_run(tmp_path: Pa
     assert job.attempts == 1 and "GPU memory" in (job.error or "")
     assert _sample("acqflow_gpu_oom_total", {"pipeline": "test-image", "action": "failed"}) == before + 1
     assert not os.path.exists(tmp_path / "outputs" / "test-image")
+
+
+def test_a_full_state_disk_keeps_the_job_and_it_runs_once_space_returns(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    _mount_tmpfs(state, "2m")
+    try:
+        s = _setup(tmp_path, tmp_path / "outputs", {})
+        s.runner = JobRunner(**{**s.runner.__dict__, "settings": WorkerSettings(poll_seconds=0.05)})
+        s.pool = WorkerPool(s.runner, Router([RouteRule(name="all", pipelines=("test-image",))],
+                                             s.runner.registry.available))
+        _arrive(s, tmp_path)
+        filler = _fill(state)
+        s.pool.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and s.disks.condition is None:
+            time.sleep(0.05)
+        condition = s.disks.condition  # the claim could not be written: work paused
+        assert condition is not None and condition[0] is ResourceCondition.DISK_FULL
+        time.sleep(0.5)
+        s.pool.check_resources()  # no space came back
+        assert s.disks.condition is not None
+        assert s.jobs.counts() == {("test-image", "pending"): 1}
+        assert not (tmp_path / "quarantine").exists()
+        filler.unlink()
+        s.pool.check_resources()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and s.jobs.counts() != {("test-image", "done"): 1}:
+            time.sleep(0.05)
+        s.pool.stop()
+        [job] = s.jobs.jobs()
+        assert (job.state, job.attempts) == (JobState.DONE, 0)
+        assert not (tmp_path / "quarantine").exists()
+        s.journal.close()
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=True)
+
+
+def test_a_job_whose_state_cannot_be_written_goes_back_to_the_queue_once_space_returns(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    _mount_tmpfs(state, "2m")
+    try:
+        s = _setup(tmp_path, tmp_path / "outputs", {})
+        s.runner = JobRunner(**{**s.runner.__dict__, "settings": WorkerSettings(poll_seconds=0.05)})
+        s.pool = WorkerPool(s.runner, Router([RouteRule(name="all", pipelines=("test-image",))],
+                                             s.runner.registry.available))
+        _arrive(s, tmp_path)
+        [job] = s.jobs.claim(["test-image"], 1)  # claimed for a worker, then the disk fills
+        filler = _fill(state)
+        s.pool._queue.put(job)
+        s.pool.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not s.pool._unrecorded:
+            time.sleep(0.05)
+        assert s.pool._unrecorded == [job.id]  # neither start nor hold could be written
+        assert s.jobs.counts() == {("test-image", "queued"): 1}
+        filler.unlink()
+        s.pool.check_resources()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and s.jobs.counts() != {("test-image", "done"): 1}:
+            time.sleep(0.05)
+        s.pool.stop()
+        [done] = s.jobs.jobs()
+        assert (done.state, done.attempts) == (JobState.DONE, 0) and not s.pool._unrecorded
+        s.journal.close()
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=True)
