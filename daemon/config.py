@@ -87,7 +87,7 @@ class WorkerSettings(_Section):
     # SIGTERM: how long running jobs may finish before they go back to the queue
     drain_seconds: Annotated[float, Field(ge=0)] = 60.0
     # below this many free bytes on the state or outputs file system, jobs are held
-    min_free_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    min_free_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
     disk_check_seconds: PositiveSeconds = 10.0
     # GPU out of memory: halve the batch this many times, then run on the CPU if allowed
     gpu_oom_retries: Annotated[int, Field(ge=0, le=8)] = 2
