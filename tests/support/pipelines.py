@@ -10,7 +10,8 @@ exercise draining at shutdown, and to fail loading (as with missing weights) thr
 raise an error named like torch's ``OutOfMemoryError`` while the run's batch scale is above
 it, and ``options["oom_on_gpu"]`` whenever the pipeline was loaded on a CUDA device.
 ``options["kill_marker"]``: while that file exists, ``run`` kills its own process with
-SIGKILL, as the kernel's OOM killer would.
+SIGKILL, as the kernel's OOM killer would. ``options["torch_busy_seconds"]`` keeps torch's
+native thread pool computing that long, like a real model's inference.
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ class _Failing:
         if limit is not None and item.hints.batch_scale > float(str(limit)):
             raise OutOfMemoryError(f"CUDA out of memory at batch scale {item.hints.batch_scale}")
         time.sleep(float(str(self.options.get("delay_seconds", 0))))
+        busy = float(str(self.options.get("torch_busy_seconds", 0)))
+        if busy:
+            import torch  # only where asked: the other tests stay light
+
+            deadline = time.monotonic() + busy
+            matrix = torch.randn(256, 256)
+            while time.monotonic() < deadline:
+                matrix = torch.tanh(matrix @ matrix)
         marker = self.options.get("fail_marker")
         if marker and Path(str(marker)).exists():
             raise RuntimeError(f"failing on purpose while {marker} exists")
