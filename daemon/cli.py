@@ -185,88 +185,16 @@ def status(config: ConfigOption = None) -> None:
     for row in jobs:
         table.add_row(row["pipeline"], row["state"], str(row["n"]))
     console.print(table)
+    from daemon.cli_commands import held_lines
+
+    for line in held_lines(journal):
+        console.print(line, highlight=False)
     exports = journal.query("SELECT destination, state, COUNT(*) n FROM exports GROUP BY 1, 2 ORDER BY 1, 2")
     table = Table("destination", "state", "count", title="exports")
     for row in exports:
         table.add_row(row["destination"], row["state"], str(row["n"]))
     console.print(table)
     journal.close()
-
-
-@app.command()
-@handles_errors
-def jobs(
-    config: ConfigOption = None,
-    state: Annotated[str | None, typer.Option(help="pending, running, done, dead or superseded.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 30,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """List recent jobs with their input and error."""
-    from daemon.jobqueue import JobQueue
-    from daemon.journal import JobState
-
-    settings = _settings(config)
-    journal = _open_journal(settings)
-    try:
-        wanted = JobState(state) if state else None
-    except ValueError:
-        raise _fail(f"--state must be one of {', '.join(s.value for s in JobState)}") from None
-    rows = JobQueue(journal).jobs(wanted, limit)
-    if as_json:
-        console.print_json(
-            json.dumps(
-                [
-                    {
-                        "id": j.id,
-                        "pipeline": j.pipeline,
-                        "state": j.state.value,
-                        "attempts": j.attempts,
-                        "arrival": j.arrival_id,
-                        "error": j.error,
-                    }
-                    for j in rows
-                ]
-            )
-        )
-        return
-    table = Table("job", "pipeline", "state", "attempts", "input", "error", title="jobs")
-    for job in rows:
-        arrival = journal.arrival(job.arrival_id)
-        table.add_row(
-            str(job.id),
-            job.pipeline,
-            job.state.value,
-            str(job.attempts),
-            arrival.path.name,
-            (job.error or "")[:80],
-        )
-    console.print(table)
-    journal.close()
-
-
-@app.command()
-@handles_errors
-def retry(
-    job_ids: Annotated[list[int] | None, typer.Argument(help="Dead job ids to run again.")] = None,
-    all_dead: Annotated[bool, typer.Option("--all-dead", help="Every dead job.")] = False,
-    config: ConfigOption = None,
-) -> None:
-    """Put dead jobs back in the queue with a fresh attempt count."""
-    from daemon.jobqueue import JobQueue
-    from daemon.journal import JobState
-
-    settings = _settings(config)
-    queue = JobQueue(_open_journal(settings))
-    ids = list(job_ids or [])
-    if all_dead:
-        ids += [j.id for j in queue.jobs(JobState.DEAD, limit=1_000_000)]
-    if not ids:
-        raise _fail("name job ids or use --all-dead")
-    retried = [i for i in ids if queue.retry(i)]
-    skipped = sorted(set(ids) - set(retried))
-    console.print(
-        f"{len(retried)} job(s) queued again" + (f"; not dead, skipped: {skipped}" if skipped else "")
-    )
 
 
 @app.command()
@@ -300,7 +228,7 @@ def echo(
 
 
 def main() -> None:
-    from daemon import cli_commands, cli_demo  # register reprocess, models, demo, report
+    from daemon import cli_commands, cli_demo  # register jobs, retry, reprocess, models, demo, report
 
     if len(sys.argv) > 1 and sys.argv[1] in ("train", "evaluate"):
         cli_commands.register_pipeline_commands()

@@ -1,5 +1,6 @@
-"""CLI commands that work through the journal: ``reprocess`` and ``models``, plus the
-``train`` / ``evaluate`` commands that pipelines contribute.
+"""CLI commands that work through the journal: ``jobs``, ``exports``, ``retry``,
+``reprocess`` and ``models``, plus the ``train`` / ``evaluate`` commands that pipelines
+contribute.
 
 ``reprocess`` never runs a pipeline itself: it writes arrivals and jobs into the journal
 and the running daemon (now or at its next start) picks them up, so the same command
@@ -9,6 +10,7 @@ works whether the daemon runs on this machine or not.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import re
 import time
@@ -17,7 +19,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from daemon.cli import (
     ConfigOption,
@@ -33,13 +37,150 @@ from daemon.cli import (
 from daemon.config import FolderSettings, Settings
 from daemon.errors import InputRejected
 from daemon.jobqueue import JobQueue, RouteDecision
-from daemon.journal import Arrival, Journal
+from daemon.journal import Arrival, ExportState, JobState, Journal
 
-__all__ = ["register_pipeline_commands"]
+__all__ = ["held_lines", "register_pipeline_commands"]
 
 log = logging.getLogger(__name__)
 
 SERIES_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+
+
+def held_lines(journal: Journal) -> list[str]:
+    """Lines for ``acqflow status`` saying which work is held and why (none: no lines)."""
+    rows = journal.query(
+        "SELECT hold_reason, COUNT(*) n, MAX(id) latest FROM jobs WHERE state='held' GROUP BY 1 ORDER BY 1"
+    )
+    lines = []
+    for row in rows:
+        [latest] = journal.query("SELECT error FROM jobs WHERE id=?", (row["latest"],))
+        lines.append(
+            f"held: {row['n']} job(s), {row['hold_reason']}: {escape(str(latest['error'] or ''))}"
+            " (they resume by themselves once space returns; nothing is quarantined)"
+        )
+    return lines
+
+
+@app.command()
+@handles_errors
+def jobs(
+    config: ConfigOption = None,
+    state: Annotated[
+        str | None, typer.Option(help="pending, queued, running, held, done, dead or superseded.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List recent jobs with their input and error."""
+    settings = _settings(config)
+    journal = _open_journal(settings)
+    try:
+        wanted = JobState(state) if state else None
+    except ValueError:
+        raise _fail(f"--state must be one of {', '.join(s.value for s in JobState)}") from None
+    rows = JobQueue(journal).jobs(wanted, limit)
+    if as_json:
+        fields = [
+            {
+                "id": j.id,
+                "pipeline": j.pipeline,
+                "state": j.state.value,
+                "attempts": j.attempts,
+                "interrupted": j.interrupted,
+                "hold_reason": j.hold_reason,
+                "arrival": j.arrival_id,
+                "error": j.error,
+            }
+            for j in rows
+        ]
+        console.print_json(json.dumps(fields))
+        return
+    table = Table("job", "pipeline", "state", "attempts", "input", "error", title="jobs")
+    for job in rows:
+        arrival = journal.arrival(job.arrival_id)
+        state_text = f"{job.state.value} ({job.hold_reason})" if job.hold_reason else job.state.value
+        table.add_row(
+            str(job.id),
+            job.pipeline,
+            state_text,
+            str(job.attempts) + (f" +{job.interrupted} cut off" if job.interrupted else ""),
+            arrival.path.name,
+            (job.error or "")[:80],
+        )
+    console.print(table)
+    journal.close()
+
+
+@app.command()
+@handles_errors
+def exports(
+    config: ConfigOption = None,
+    state: Annotated[str | None, typer.Option(help="pending, done or dead.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 30,
+) -> None:
+    """List recent DICOM exports with their destination, attempts and error."""
+    settings = _settings(config)
+    journal = _open_journal(settings)
+    try:
+        wanted = ExportState(state).value if state else None
+    except ValueError:
+        raise _fail(f"--state must be one of {', '.join(s.value for s in ExportState)}") from None
+    rows = journal.query(
+        "SELECT e.id, e.destination, e.state, e.attempts, e.error, o.job_id FROM exports e"
+        " JOIN outputs o ON o.id = e.output_id WHERE ? IS NULL OR e.state = ? ORDER BY e.id DESC LIMIT ?",
+        (wanted, wanted, limit),
+    )
+    table = Table("export", "destination", "state", "attempts", "job", "error", title="exports")
+    for row in rows:
+        table.add_row(
+            str(row["id"]), row["destination"], row["state"], str(row["attempts"]), str(row["job_id"]),
+            escape(str(row["error"] or ""))[:80],
+        )
+    console.print(table)
+    journal.close()
+
+
+@app.command()
+@handles_errors
+def retry(
+    job_ids: Annotated[list[int] | None, typer.Argument(help="Dead job ids to run again.")] = None,
+    export_ids: Annotated[
+        list[int] | None, typer.Option("--export", help="A dead export id to send again (repeatable).")
+    ] = None,
+    all_dead: Annotated[
+        bool, typer.Option("--all-dead", help="Every dead job and every dead export.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Put dead jobs and dead exports back in the queue with a fresh attempt count.
+
+    Nothing dead to retry is not an error (exit 0); ids that are not dead are skipped.
+    """
+    settings = _settings(config)
+    journal = _open_journal(settings)
+    queue = JobQueue(journal)
+    jobs_named = list(job_ids or [])
+    exports_named = list(export_ids or [])
+    if not (jobs_named or exports_named or all_dead):
+        raise _fail("name job ids, --export ids, or use --all-dead")
+    if all_dead:
+        jobs_named += [j.id for j in queue.jobs(JobState.DEAD, limit=1_000_000)]
+        exports_named += journal.dead_exports()
+        if not (jobs_named or exports_named):
+            console.print("nothing dead to retry")
+            journal.close()
+            return
+    retried_jobs = [i for i in dict.fromkeys(jobs_named) if queue.retry(i)]
+    retried_exports = [i for i in dict.fromkeys(exports_named) if journal.retry_export(i)]
+    journal.close()
+    skipped_jobs = sorted(set(jobs_named) - set(retried_jobs))
+    skipped_exports = sorted(set(exports_named) - set(retried_exports))
+    message = f"{len(retried_jobs)} job(s) and {len(retried_exports)} export(s) queued again"
+    if skipped_jobs:
+        message += f"; jobs not dead, skipped: {skipped_jobs}"
+    if skipped_exports:
+        message += f"; exports not dead, skipped: {skipped_exports}"
+    console.print(message)
 
 
 def _progress() -> Progress:

@@ -82,6 +82,16 @@ class WorkerSettings(_Section):
     retry_initial_seconds: PositiveSeconds = 5.0
     retry_max_seconds: PositiveSeconds = 600.0
     poll_seconds: PositiveSeconds = 1.0
+    # runs cut off by the process ending (a kill, an OOM kill) before a job is parked
+    max_interrupted_runs: Annotated[int, Field(ge=1, le=100)] = 3
+    # SIGTERM: how long running jobs may finish before they go back to the queue
+    drain_seconds: Annotated[float, Field(ge=0)] = 60.0
+    # below this many free bytes on the state or outputs file system, jobs are held
+    min_free_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+    disk_check_seconds: PositiveSeconds = 10.0
+    # GPU out of memory: halve the batch this many times, then run on the CPU if allowed
+    gpu_oom_retries: Annotated[int, Field(ge=0, le=8)] = 2
+    gpu_oom_cpu_fallback: bool = False
 
     @field_validator("device")
     @classmethod

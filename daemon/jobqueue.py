@@ -4,6 +4,14 @@ A job names its input by arrival id and generation — never by in-memory object
 it can run in another process. Completing a job writes its outputs, records and export
 rows and marks it done in one transaction: a crash before that commit re-runs the job,
 and because output names are deterministic the re-run replaces, never duplicates.
+
+A job's states say what is true: ``pending`` (waiting in the journal), ``queued`` (taken
+by the dispatcher for a worker), ``running`` (a worker has started it), ``held`` (a
+resource condition stops it), then ``done``, ``dead`` or ``superseded``. ``attempts``
+counts runs that ended in a failure; a run the process never finished (a kill, an OOM
+kill of the whole daemon) counts in ``interrupted`` instead, so that restarts do not
+spend the retry budget, and a job that takes the process down every time is parked
+after ``max_interrupted`` such runs instead of blocking everything after it.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ class Job:
     pipeline: str
     state: JobState
     attempts: int
+    interrupted: int
+    hold_reason: str | None
     export: tuple[str, ...]
     route: str
     error: str | None
@@ -45,6 +55,8 @@ class Job:
             pipeline=row["pipeline"],
             state=JobState(row["state"]),
             attempts=row["attempts"],
+            interrupted=row["interrupted"],
+            hold_reason=row["hold_reason"],
             export=tuple(json.loads(row["export"])),
             route=row["route"],
             error=row["error"],
@@ -116,37 +128,127 @@ class JobQueue:
             )
         return [Job.from_row(r) for r in rows]
 
-    def reset_interrupted(self) -> int:
-        """At start: jobs left running by a crash go back to pending (at-least-once)."""
+    def reset_interrupted(self, max_interrupted: int) -> tuple[int, list[Job]]:
+        """At start: jobs a stop left queued or running go back to pending (at-least-once).
+
+        Queued jobs had not started: nothing is counted. A running job's run never ended,
+        which is counted in ``interrupted`` (not in ``attempts``); a job whose runs were
+        cut off ``max_interrupted`` times is parked as dead, since it is likely what brings
+        the process down. Returns (jobs resumed, jobs parked).
+        """
+        error = (
+            f"the process ended {max_interrupted} times while this job ran (killed, out of memory?);"
+            " parked so that the jobs after it run"
+        )
+        now = time.time()
         with self.journal.transaction() as db:
-            cursor = db.execute("UPDATE jobs SET state='pending', not_before=0 WHERE state='running'")
-        return cursor.rowcount
+            db.execute("UPDATE jobs SET interrupted=interrupted+1 WHERE state='running'")
+            parked = db.execute(
+                "SELECT id FROM jobs WHERE state='running' AND interrupted >= ?", (max_interrupted,)
+            ).fetchall()
+            db.execute(
+                "UPDATE jobs SET state='dead', error=?, finished_at=? WHERE state='running'"
+                " AND interrupted >= ?",
+                (error, now, max_interrupted),
+            )
+            cursor = db.execute(
+                "UPDATE jobs SET state='pending', not_before=0, started_at=NULL"
+                " WHERE state IN ('queued', 'running')"
+            )
+        jobs = [self.job(int(r["id"])) for r in parked]
+        return cursor.rowcount, [j for j in jobs if j is not None]
 
     def claim(self, pipelines: Sequence[str], limit: int) -> list[Job]:
-        """Take up to ``limit`` due pending jobs of the given pipelines, marking them running."""
+        """Take up to ``limit`` due pending jobs of the given pipelines for the workers' queue.
+
+        They become ``queued``, not running: :meth:`start` marks the one a worker runs.
+        """
         if not pipelines or limit <= 0:
             return []
         now = time.time()
         marks = ",".join("?" for _ in pipelines)
         with self.journal.transaction() as db:
             rows = db.execute(
-                f"SELECT * FROM jobs WHERE state='pending' AND not_before <= ? AND pipeline IN ({marks})"
+                f"SELECT id FROM jobs WHERE state='pending' AND not_before <= ? AND pipeline IN ({marks})"
                 " ORDER BY id LIMIT ?",
                 (now, *pipelines, limit),
             ).fetchall()
             for row in rows:
-                db.execute(
-                    "UPDATE jobs SET state='running', attempts=attempts+1, started_at=? WHERE id=?",
-                    (now, row["id"]),
-                )
+                db.execute("UPDATE jobs SET state='queued' WHERE id=?", (row["id"],))
             claimed = [db.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone() for row in rows]
         return [Job.from_row(r) for r in claimed]
 
-    def complete(self, job: Job, outputs: Sequence[OutputRow], records: Sequence[RecordRow]) -> list[int]:
-        """Store outputs, records and export rows; mark the job done. Returns export ids."""
+    def start(self, job: Job) -> Job | None:
+        """A worker starts ``job``: queued → running. None when it is no longer queued
+        (superseded by a newer generation of its input, or given back at a stop)."""
+        with self.journal.transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state='running', started_at=? WHERE id=? AND state='queued'",
+                (time.time(), job.id),
+            )
+            row = db.execute("SELECT * FROM jobs WHERE id=?", (job.id,)).fetchone()
+        return Job.from_row(row) if cursor.rowcount == 1 else None
+
+    def requeue(self, job_ids: Sequence[int]) -> int:
+        """Queued or running jobs go back to pending without counting anything: a
+        graceful stop gives them back. Returns how many went back."""
+        if not job_ids:
+            return 0
+        marks = ",".join("?" for _ in job_ids)
+        with self.journal.transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state='pending', not_before=0, started_at=NULL"
+                f" WHERE id IN ({marks}) AND state IN ('queued', 'running')",
+                list(job_ids),
+            )
+        return cursor.rowcount
+
+    def hold(self, job: Job, reason: str, error: str) -> bool:
+        """A resource condition stopped ``job``: held, not an attempt, until released."""
+        with self.journal.transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state='held', hold_reason=?, error=?, started_at=NULL"
+                " WHERE id=? AND state IN ('pending', 'queued', 'running')",
+                (reason, error, job.id),
+            )
+        return cursor.rowcount == 1
+
+    def hold_pending(self, reason: str, error: str) -> int:
+        """Hold every pending job while a resource condition lasts; returns how many."""
+        with self.journal.transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state='held', hold_reason=?, error=? WHERE state='pending'",
+                (reason, error),
+            )
+        return cursor.rowcount
+
+    def release_held(self) -> int:
+        """Held jobs go back to pending, due now (the condition cleared); returns how many."""
+        with self.journal.transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state='pending', hold_reason=NULL, error=NULL, not_before=0"
+                " WHERE state='held'"
+            )
+        return cursor.rowcount
+
+    def held_counts(self) -> dict[str, int]:
+        """Held jobs per reason."""
+        rows = self.journal.query("SELECT hold_reason, COUNT(*) n FROM jobs WHERE state='held' GROUP BY 1")
+        return {str(r["hold_reason"]): int(r["n"]) for r in rows}
+
+    def complete(
+        self, job: Job, outputs: Sequence[OutputRow], records: Sequence[RecordRow]
+    ) -> list[int] | None:
+        """Store outputs, records and export rows; mark the job done. Returns export ids.
+
+        Nothing is stored, and None returned, for a job no longer queued or running
+        (given back at a stop: it runs again).
+        """
         now = time.time()
         export_ids: list[int] = []
         with self.journal.transaction() as db:
+            if not _is_active(db, job.id):
+                return None
             for output in outputs:
                 db.execute(
                     "INSERT INTO outputs(job_id, pipeline, kind, path, sop_instance_uid, written_at)"
@@ -190,26 +292,31 @@ class JobQueue:
             db.execute("UPDATE jobs SET state='done', error=NULL, finished_at=? WHERE id=?", (now, job.id))
         return export_ids
 
-    def fail(self, job: Job, error: str, retry_at: float | None) -> None:
-        """Back to pending until ``retry_at``, or dead with its error when None."""
+    def fail(self, job: Job, error: str, retry_at: float | None, attempt: bool = True) -> None:
+        """A run ended in a failure: back to pending until ``retry_at``, or dead with its
+        error when None. ``attempt`` False for a job that never ran (superseded input)."""
+        spent = 1 if attempt else 0
         with self.journal.transaction() as db:
+            if not _is_active(db, job.id):
+                return
             if retry_at is None:
                 db.execute(
-                    "UPDATE jobs SET state='dead', error=?, finished_at=? WHERE id=?",
-                    (error, time.time(), job.id),
+                    "UPDATE jobs SET state='dead', attempts=attempts+?, error=?, finished_at=? WHERE id=?",
+                    (spent, error, time.time(), job.id),
                 )
             else:
                 db.execute(
-                    "UPDATE jobs SET state='pending', error=?, not_before=? WHERE id=?",
-                    (error, retry_at, job.id),
+                    "UPDATE jobs SET state='pending', attempts=attempts+?, error=?, not_before=?,"
+                    " started_at=NULL WHERE id=?",
+                    (spent, error, retry_at, job.id),
                 )
 
     def retry(self, job_id: int) -> bool:
-        """A dead job goes back to pending with a fresh attempt count (CLI ``retry``)."""
+        """A dead job goes back to pending with fresh attempt counts (CLI ``retry``)."""
         with self.journal.transaction() as db:
             cursor = db.execute(
-                "UPDATE jobs SET state='pending', attempts=0, not_before=0, finished_at=NULL"
-                " WHERE id=? AND state='dead'",
+                "UPDATE jobs SET state='pending', attempts=0, interrupted=0, not_before=0,"
+                " finished_at=NULL WHERE id=? AND state='dead'",
                 (job_id,),
             )
         return cursor.rowcount == 1
@@ -229,6 +336,11 @@ class JobQueue:
         """(pipeline, state) → number of jobs."""
         rows = self.journal.query("SELECT pipeline, state, COUNT(*) AS n FROM jobs GROUP BY 1, 2")
         return {(r["pipeline"], r["state"]): r["n"] for r in rows}
+
+
+def _is_active(db: sqlite3.Connection, job_id: int) -> bool:
+    row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+    return row is not None and row["state"] in (JobState.QUEUED.value, JobState.RUNNING.value)
 
 
 def _insert_job(

@@ -26,12 +26,14 @@ from daemon.errors import JournalError
 __all__ = [
     "Arrival",
     "ArrivalState",
+    "ExportState",
     "Instance",
+    "JobState",
     "Journal",
     "PendingExport",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,6 +78,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     pipeline TEXT NOT NULL,
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    hold_reason TEXT,
     not_before REAL NOT NULL DEFAULT 0,
     export TEXT NOT NULL DEFAULT '[]',
     route TEXT NOT NULL DEFAULT '',
@@ -131,8 +135,10 @@ class ArrivalState(str, Enum):
 
 
 class JobState(str, Enum):
-    PENDING = "pending"
-    RUNNING = "running"
+    PENDING = "pending"  # waiting in the journal (due at ``not_before``)
+    QUEUED = "queued"  # taken by the dispatcher, waiting for a free worker
+    RUNNING = "running"  # a worker runs it now
+    HELD = "held"  # a resource condition (disk full, read-only) stops it; not an attempt
     DONE = "done"
     DEAD = "dead"
     SUPERSEDED = "superseded"  # a late instance re-opened the series before it ran
@@ -202,10 +208,7 @@ class Journal:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            _migrate(self._db)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
         self._lock = threading.RLock()
@@ -232,7 +235,12 @@ class Journal:
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:  # disk full, I/O error: never leave the transaction open
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
             finally:
                 if not durable:
                     self._db.execute("PRAGMA synchronous=FULL")
@@ -365,7 +373,7 @@ class Journal:
                 if reopen:
                     db.execute(
                         "UPDATE jobs SET state='superseded', finished_at=? WHERE arrival_id=?"
-                        " AND state='pending'",
+                        " AND state IN ('pending', 'queued', 'held')",
                         (now, arrival_id),
                     )
             db.execute(
@@ -523,9 +531,52 @@ class Journal:
                     (error, retry_at, export_id),
                 )
 
+    def dead_exports(self, limit: int = 1_000_000) -> list[int]:
+        """Ids of exports parked as dead, oldest first."""
+        rows = self.query("SELECT id FROM exports WHERE state='dead' ORDER BY id LIMIT ?", (limit,))
+        return [int(r["id"]) for r in rows]
+
+    def retry_export(self, export_id: int) -> bool:
+        """A dead export goes back to pending, due now, with a fresh attempt count and a
+        new ``created_at`` (its give-up time counts from now). False when it is not dead."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE exports SET state='pending', attempts=0, not_before=0, finished_at=NULL,"
+                " created_at=? WHERE id=? AND state='dead'",
+                (time.time(), export_id),
+            )
+        return cursor.rowcount == 1
+
     def pending_exports_by_destination(self) -> dict[str, int]:
         rows = self.query("SELECT destination, COUNT(*) AS n FROM exports WHERE state='pending' GROUP BY 1")
         return {str(r["destination"]): int(r["n"]) for r in rows}
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a journal written by an older version to ``SCHEMA_VERSION``, in one transaction.
+
+    Version 1 had no ``jobs.interrupted`` / ``jobs.hold_reason`` and counted a claim as an
+    attempt, so the attempts of its unfinished jobs say nothing about real failures: they
+    start again from 0 (at most ``max_attempts`` more runs each).
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = SCHEMA_VERSION if row is None else int(row[0])
+        columns = {str(r[1]) for r in db.execute("PRAGMA table_info(jobs)")}
+        for name, declaration in (("interrupted", "INTEGER NOT NULL DEFAULT 0"), ("hold_reason", "TEXT")):
+            if name not in columns:
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
+        if version < 2:
+            db.execute("UPDATE jobs SET attempts=0 WHERE state IN ('pending', 'running')")
+        db.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', ?)",
+            (str(max(version, SCHEMA_VERSION)),),
+        )
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 @dataclass(frozen=True)

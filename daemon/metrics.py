@@ -19,10 +19,13 @@ __all__ = [
     "DICOM_INSTANCES",
     "DICOM_STORE_DURATION",
     "DIFFERENTIATION_EFFICIENCY",
+    "DISK_FREE",
     "EXPORTS",
     "EXPORT_PENDING",
+    "GPU_OOM",
     "INPUT_ERRORS",
     "JOBS",
+    "JOBS_HELD",
     "JOB_DURATION",
     "PIPELINE_FIGURE",
     "PIPELINE_UP",
@@ -88,8 +91,23 @@ CALLBACK_ERRORS = Counter(
 SERIES_COMPLETED = Counter("acqflow_series_completed_total", "Series declared complete", ["trigger"])
 JOBS = Counter("acqflow_jobs_total", "Finished job attempts", ["pipeline", "outcome"])
 QUEUE_DEPTH = Gauge("acqflow_queue_depth_jobs", "Jobs waiting or running", ["pipeline", "state"])
+JOBS_HELD = Gauge(
+    "acqflow_jobs_held",
+    "Jobs held by a resource condition (disk_full, read_only): not attempted, not quarantined",
+    ["reason"],
+)
+DISK_FREE = Gauge(
+    "acqflow_disk_free_bytes",
+    "Free bytes on the file system of each daemon folder (state, spool, outputs, outbox)",
+    ["path"],
+)
 JOB_DURATION = Histogram(
     "acqflow_job_duration_seconds", "Pipeline run time per job", ["pipeline"], buckets=_LATENCY_BUCKETS
+)
+GPU_OOM = Counter(
+    "acqflow_gpu_oom_total",
+    "Runs that ran out of GPU memory, by what the worker did (smaller_batch, cpu, failed)",
+    ["pipeline", "action"],
 )
 ARRIVAL_TO_RESULT = Histogram(
     "acqflow_arrival_to_result_seconds",

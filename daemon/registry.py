@@ -63,6 +63,7 @@ class PipelineRegistry:
         self._requested_device = device
         self._device: str | None = None
         self._entries: dict[str, _Entry] = {}
+        self._on_device: dict[tuple[str, str], Pipeline] = {}
         self._lock = threading.Lock()
         self.on_change: Callable[[], None] | None = None
         """Called after every load attempt, from the loading thread (never under the lock)."""
@@ -142,6 +143,31 @@ class PipelineRegistry:
                     self.on_change()
                 except Exception:  # a listener must not turn a load into a failure
                     log.exception("pipeline load listener failed")
+
+    def get_on_device(self, name: str, device: str) -> Pipeline:
+        """A second instance of ``name`` loaded on ``device`` (the GPU out-of-memory
+        fallback runs on "cpu"), loaded once and kept. Its failure to load does not
+        disable the pipeline. Raises PipelineLoadError."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                raise PipelineLoadError(f"no pipeline named {name!r}")
+            key = (name, device)
+            if key not in self._on_device:
+                weights = self._settings.weights_dir
+                context = PipelineContext(
+                    device=device,
+                    options=dict(self._settings.options.get(name, {})),
+                    weights_dir=Path(weights) if weights else None,
+                )
+                try:
+                    pipeline = entry.load_factory()()
+                    pipeline.load(context)
+                except Exception as exc:  # the fallback fails alone; the pipeline stays up
+                    raise PipelineLoadError(f"pipeline {name} failed to load on {device}: {exc}") from exc
+                log.info("pipeline %s %s loaded on %s", name, pipeline.version, device)
+                self._on_device[key] = pipeline
+            return self._on_device[key]
 
     def preload(self, names: Iterable[str]) -> dict[str, str]:
         """Load each known pipeline of ``names`` now; returns name → describe() state.

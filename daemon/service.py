@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from daemon.fileio import write_atomic
 from daemon.jobqueue import JobQueue
 from daemon.journal import Arrival, JobState, Journal
 from daemon.registry import PipelineRegistry
+from daemon.resources import DiskPath, DiskWatch
 from daemon.router import Router
 from daemon.scheduler import Housekeeping
 from daemon.series import SeriesAssembler
@@ -33,14 +35,14 @@ from daemon.sinks.outbox import ExportOutbox
 from daemon.sinks.results import ResultSink
 from daemon.sources.folder import FolderWatcher
 from daemon.sources.scp import DicomReceiver
-from daemon.workers import JobRunner, WorkerPool
+from daemon.workers import JobRunner, RunResources, WorkerPool
 from plugins.api import ImageItem, SeriesItem
 
 __all__ = ["Daemon", "load_item"]
 
 
 class _Component(Protocol):
-    def stop(self) -> None: ...
+    def stop(self) -> object: ...
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class Daemon:
         self._components: list[tuple[str, _Component]] = []
         self._stop_requested = threading.Event()
         self._stopped = False
+        self._left_running: list[int] = []  # jobs still in their pipeline after the drain
         self._state_lock = threading.Lock()
         self._started_at = 0.0
         self.dicom_port: int | None = None
@@ -92,7 +95,7 @@ class Daemon:
             folder.mkdir(parents=True, exist_ok=True)
         journal = self.journal = Journal(s.paths.journal)
         jobs = JobQueue(journal)
-        resumed = jobs.reset_interrupted()
+        resumed, parked = jobs.reset_interrupted(s.workers.max_interrupted_runs)
         orphans = journal.close_orphan_associations()
         if resumed or orphans:
             log.warning(
@@ -116,7 +119,10 @@ class Daemon:
             settings=s.workers,
             quarantine_dir=s.paths.quarantine,
             on_exports=self._send_exports_soon,
+            resources=self._run_resources(),
         )
+        for job in parked:
+            runner.quarantine_parked(job)
         self.pool = WorkerPool(runner, Router(s.routes, self.registry.available))
         self.pool.start()
         self._components.append(("workers", self.pool))
@@ -129,6 +135,20 @@ class Daemon:
             self._start_preload()
         _sd_notify("READY=1")
         log.info("acqflow ready: %s", self.describe())
+
+    def _run_resources(self) -> RunResources:
+        """The disk watch over the daemon's folders and the CPU fallback for a GPU out of memory."""
+        paths = self.settings.paths
+        folders = {
+            DiskPath.STATE: paths.state_dir,
+            DiskPath.SPOOL: paths.spool,
+            DiskPath.OUTPUTS: paths.outputs_dir,
+            DiskPath.OUTBOX: paths.outbox,
+        }
+        return RunResources(
+            disks=DiskWatch(folders, self.settings.workers.min_free_bytes),
+            cpu_pipeline=lambda name: self.registry.get_on_device(name, "cpu"),
+        )
 
     def _start_preload(self) -> None:
         """Load the pipelines the routes name, in the background, in route order.
@@ -172,11 +192,13 @@ class Daemon:
         house.every("series-quiet", 1.0, assembler.check)
         house.every("exports", s.export.poll_seconds, outbox.send_due)
         house.every("queue-depth", 5.0, lambda: self._refresh_gauges(jobs))
+        house.every("disk-space", s.workers.disk_check_seconds, self.pool.check_resources)
         house.every("retention", s.retention.check_hours * 3600.0, self.purge_spool)
         for watcher, folder in zip(self._folders, s.folders, strict=True):
             house.every(f"rescan {folder.path}", folder.rescan_seconds, watcher.rescan)
         house.start()
         self._refresh_gauges(jobs)
+        self.pool.check_resources()
 
     def _send_exports_soon(self) -> None:
         threading.Thread(target=self._outbox.send_due, name="acqflow-export-now", daemon=True).start()
@@ -184,7 +206,7 @@ class Daemon:
     def _refresh_gauges(self, jobs: JobQueue) -> None:
         counts = jobs.counts()
         for pipeline in {p for p, _ in counts} | set(self.registry.names()):
-            for state in (JobState.PENDING, JobState.RUNNING, JobState.DEAD):
+            for state in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING, JobState.HELD, JobState.DEAD):
                 metrics.QUEUE_DEPTH.labels(pipeline, state.value).set(counts.get((pipeline, state.value), 0))
         for destination, count in self._outbox.pending_count().items():
             metrics.EXPORT_PENDING.labels(destination).set(count)
@@ -197,7 +219,7 @@ class Daemon:
             "SELECT a.id, a.path FROM arrivals a WHERE a.kind='dicom-series'"
             " AND a.state IN ('routed', 'unrouted') AND a.updated_at < ?"
             " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.arrival_id=a.id"
-            " AND j.state IN ('pending', 'running'))",
+            " AND j.state IN ('pending', 'queued', 'running', 'held'))",
             (cutoff,),
         )
         purged = 0
@@ -257,7 +279,7 @@ class Daemon:
         if hasattr(self, "_housekeeping"):
             self._housekeeping.stop()
         if hasattr(self, "pool"):
-            self.pool.stop()
+            self._left_running = self.pool.stop()
         if self.journal is not None:
             self.journal.close()
         with self._state_lock:
@@ -277,3 +299,11 @@ class Daemon:
                 pass
         finally:
             self.stop()
+        if self._left_running:
+            # A worker thread is still inside its pipeline (its job is back in the queue).
+            # A normal interpreter exit would destroy native threads under it (torch:
+            # "terminate called without an active exception", exit 134): end here.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)

@@ -1,16 +1,24 @@
 """Workers: route ready arrivals, claim jobs, run pipelines, write results.
 
 One dispatcher thread routes READY arrivals and claims due jobs into a bounded queue
-(back-pressure: it claims only as many as there is room for); ``count`` worker threads
-take jobs from it. A job that raises is retried with exponential backoff up to
-``max_attempts``, then parked as dead with its error and its input quarantined. Input
-that can never work (unreadable, wrong kind) is dead at once, without retries.
+(back-pressure: it claims only as many as there is room for; a claimed job is
+``queued``, and ``running`` only once a worker starts it); ``count`` worker threads take
+jobs from it. A run that raises is retried with exponential backoff up to
+``max_attempts`` runs, then parked as dead with its error and its input quarantined.
+Input that can never work (unreadable, wrong kind) is dead at once, without retries.
+
+Resource conditions are not failures of the job: a full or read-only disk holds the job
+(no attempt, no quarantine) until :class:`daemon.resources.DiskWatch` sees the condition
+clear, and a GPU out of memory is retried at once with a smaller batch
+(:class:`plugins.api.RunHints`), then on the CPU when ``gpu_oom_cpu_fallback`` allows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,20 +27,50 @@ from pathlib import Path
 
 from daemon import metrics
 from daemon.config import WorkerSettings
-from daemon.errors import InputRejected, PipelineLoadError
+from daemon.errors import InputRejected, PipelineLoadError, TransientError
 from daemon.fileio import quarantine
 from daemon.jobqueue import Job, JobQueue
 from daemon.journal import Arrival, ArrivalState, JobState, Journal
 from daemon.registry import PipelineRegistry
+from daemon.resources import DiskWatch, ResourceCondition, is_gpu_oom, resource_condition
 from daemon.router import Router
 from daemon.sinks.results import ResultSink
-from plugins.api import ImageItem, InputKind, InvalidInputError, Pipeline, SeriesItem, Summarizer
+from plugins.api import (
+    ImageItem,
+    InputKind,
+    InvalidInputError,
+    Pipeline,
+    PipelineResult,
+    RunHints,
+    SeriesItem,
+    Summarizer,
+)
 
-__all__ = ["JobRunner", "WorkerPool"]
+__all__ = ["JobRunner", "RunResources", "WorkerPool"]
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[Arrival], ImageItem | SeriesItem]
+
+
+class GpuOutOfMemory(TransientError):
+    """A run ran out of GPU memory at the smallest batch and no CPU fallback is allowed."""
+
+
+@dataclass(frozen=True)
+class RunResources:
+    """What a runner knows of its resources: the disk watch (None: not measured) and a
+    way to get a pipeline loaded on the CPU (the GPU out-of-memory fallback)."""
+
+    disks: DiskWatch | None = None
+    cpu_pipeline: Callable[[str], Pipeline] | None = None
+
+
+def _free_gpu_memory() -> None:
+    """Give cached GPU blocks back after an out-of-memory error (torch only if in use)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @dataclass(frozen=True)
@@ -47,13 +85,21 @@ class JobRunner:
     settings: WorkerSettings
     quarantine_dir: Path
     on_exports: Callable[[], None] = lambda: None
+    resources: RunResources = RunResources()
 
     def run(self, job: Job) -> JobState:
-        """Run ``job``; returns the state it ended in. Never raises for job failures."""
+        """Start and run ``job``; returns the state it ended in. Never raises for job
+        failures; a job no longer queued (superseded, given back) is not run."""
+        if job.state is JobState.QUEUED:
+            started_job = self.jobs.start(job)
+            if started_job is None:
+                current = self.jobs.job(job.id)
+                return current.state if current is not None else JobState.DEAD
+            job = started_job
         started = time.monotonic()
         arrival = self.journal.arrival(job.arrival_id)
         if arrival.generation != job.generation:
-            self.jobs.fail(job, "superseded by a newer generation of the input", None)
+            self.jobs.fail(job, "superseded by a newer generation of the input", None, attempt=False)
             return JobState.DEAD
         try:
             pipeline = self.registry.get(job.pipeline)
@@ -63,7 +109,7 @@ class JobRunner:
                 raise InvalidInputError(
                     f"pipeline {pipeline.name} takes {pipeline.input_kind.value}, got {arrival.kind}"
                 )
-            result = pipeline.run(item)
+            result = self._run_pipeline(pipeline, item)
             outputs, records = self.sink.write(pipeline, arrival, result, job.export)
             export_ids = self.jobs.complete(job, outputs, records)
         except (InputRejected, InvalidInputError) as exc:
@@ -72,8 +118,15 @@ class JobRunner:
         except PipelineLoadError as exc:
             return self._failed(job, arrival, str(exc))
         except Exception as exc:  # the worker boundary: any pipeline error fails the job
+            condition = resource_condition(exc)
+            if condition is not None:
+                return self._hold(job, condition, f"{type(exc).__name__}: {exc}")
             log.exception("job %d (%s) failed on arrival %d", job.id, job.pipeline, arrival.id)
             return self._failed(job, arrival, f"{type(exc).__name__}: {exc}")
+        if export_ids is None:
+            log.warning("job %d (%s) ended after it was given back: not recorded, it runs again",
+                        job.id, job.pipeline)
+            return JobState.PENDING
         elapsed = time.monotonic() - started
         metrics.JOBS.labels(job.pipeline, "done").inc()
         metrics.JOB_DURATION.labels(job.pipeline).observe(elapsed)
@@ -83,6 +136,42 @@ class JobRunner:
         if export_ids:
             self.on_exports()
         return JobState.DONE
+
+    def _run_pipeline(self, pipeline: Pipeline, item: ImageItem | SeriesItem) -> PipelineResult:
+        """``pipeline.run``; after a GPU out of memory again with half the batch, up to
+        ``gpu_oom_retries`` times, then on the CPU when allowed. Raises the last error."""
+        scale = 1.0
+        retries = self.settings.gpu_oom_retries
+        while True:
+            try:
+                return pipeline.run(dataclasses.replace(item, hints=RunHints(scale)))
+            except Exception as exc:
+                if not is_gpu_oom(exc):
+                    raise
+                _free_gpu_memory()
+                if retries == 0:
+                    break
+            retries -= 1
+            scale /= 2
+            metrics.GPU_OOM.labels(pipeline.name, "smaller_batch").inc()
+            log.warning("%s ran out of GPU memory: again with batch scale %g", pipeline.name, scale)
+        fallback = self.resources.cpu_pipeline
+        if not self.settings.gpu_oom_cpu_fallback or fallback is None:
+            metrics.GPU_OOM.labels(pipeline.name, "failed").inc()
+            raise GpuOutOfMemory(f"{pipeline.name} ran out of GPU memory at batch scale {scale:g}")
+        metrics.GPU_OOM.labels(pipeline.name, "cpu").inc()
+        log.warning("%s ran out of GPU memory at batch scale %g: running on the CPU", pipeline.name, scale)
+        return fallback(pipeline.name).run(dataclasses.replace(item, hints=RunHints()))
+
+    def _hold(self, job: Job, condition: ResourceCondition, error: str) -> JobState:
+        """A full or read-only disk: the job waits, not an attempt, nothing quarantined."""
+        if self.resources.disks is not None:
+            self.resources.disks.note_failure(condition)
+        self.jobs.hold(job, condition.value, error)
+        metrics.JOBS.labels(job.pipeline, "held").inc()
+        log.warning("job %d (%s) held (%s), resumes when space returns: %s", job.id, job.pipeline,
+                    condition.value, error)
+        return JobState.HELD
 
     def _summarize(self, pipeline: Pipeline, records_groups: list[tuple[str, str]]) -> None:
         if not isinstance(pipeline, Summarizer):
@@ -105,15 +194,16 @@ class JobRunner:
         self._quarantine(arrival, error)
 
     def _failed(self, job: Job, arrival: Arrival, error: str) -> JobState:
-        if job.attempts >= self.settings.max_attempts:
+        attempts = job.attempts + 1  # this run ended in a failure
+        if attempts >= self.settings.max_attempts:
             self.jobs.fail(job, error, None)
             metrics.JOBS.labels(job.pipeline, "dead").inc()
-            log.error("job %d (%s) is dead after %d attempts: %s", job.id, job.pipeline, job.attempts, error)
+            log.error("job %d (%s) is dead after %d attempts: %s", job.id, job.pipeline, attempts, error)
             self._quarantine(arrival, error)
             return JobState.DEAD
         delay = min(
             self.settings.retry_max_seconds,
-            self.settings.retry_initial_seconds * 2 ** (job.attempts - 1),
+            self.settings.retry_initial_seconds * 2 ** (attempts - 1),
         )
         self.jobs.fail(job, error, time.time() + delay)
         metrics.JOBS.labels(job.pipeline, "retry").inc()
@@ -121,11 +211,18 @@ class JobRunner:
             "job %d (%s) attempt %d failed, retry in %.0f s: %s",
             job.id,
             job.pipeline,
-            job.attempts,
+            attempts,
             delay,
             error,
         )
         return JobState.PENDING
+
+    def quarantine_parked(self, job: Job) -> None:
+        """Quarantine the input of a job parked at start (its runs kept being cut off)."""
+        arrival = self.journal.arrival(job.arrival_id)
+        metrics.JOBS.labels(job.pipeline, "dead").inc()
+        log.error("job %d (%s) parked: %s", job.id, job.pipeline, job.error)
+        self._quarantine(arrival, job.error or "parked")
 
     def _quarantine(self, arrival: Arrival, error: str) -> None:
         if arrival.path.is_symlink():  # a followed link of a watched folder: never copy its target
@@ -147,11 +244,12 @@ class WorkerPool:
         self._runner = runner
         self._router = router
         self._settings = runner.settings
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self._settings.queue_size)
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize=self._settings.queue_size)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._in_flight = 0
+        self._running: dict[int, Job] = {}
+        self._unrecorded: list[int] = []  # jobs whose hold could not be written (state disk full)
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -166,19 +264,35 @@ class WorkerPool:
     def wake(self) -> None:
         self._wake.set()
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop claiming, let queued and running jobs finish (drain), then join."""
+    def stop(self, timeout: float | None = None) -> list[int]:
+        """Stop claiming; give queued jobs back at once and let running ones finish for
+        ``timeout`` (default ``drain_seconds``). Jobs still running then go back to the
+        queue too, without counting an attempt. Returns the ids of those still running
+        (their threads are left behind: the caller ends the process)."""
+        drain = self._settings.drain_seconds if timeout is None else timeout
+        deadline = time.monotonic() + drain
         self._stopping.set()
         self._wake.set()
-        deadline = time.monotonic() + timeout
-        self._threads[0].join(timeout)
-        for _ in self._threads[1:]:
-            self._queue.put(None)
+        self._threads[0].join(max(0.1, drain))
+        waiting: list[int] = []
+        while True:
+            try:
+                waiting.append(self._queue.get_nowait().id)
+            except queue.Empty:
+                break
+        self._runner.jobs.requeue(waiting)
         for thread in self._threads[1:]:
-            thread.join(max(0.1, deadline - time.monotonic()))
-        alive = [t.name for t in self._threads if t.is_alive()]
-        if alive:
-            log.warning("workers still busy at shutdown: %s (their jobs re-run at next start)", alive)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            cut_off = sorted(self._running)
+        if cut_off:
+            self._runner.jobs.requeue(cut_off)
+            log.warning(
+                "jobs %s still running after the %.0f s drain: back in the queue, they run at the next start",
+                cut_off,
+                drain,
+            )
+        return cut_off
 
     def route_ready(self) -> int:
         """Route every READY arrival; returns how many jobs were created.
@@ -194,31 +308,82 @@ class WorkerPool:
                 log.info("arrival %d (%s) matched no route", arrival.id, arrival.kind)
         return created
 
+    def check_resources(self) -> None:
+        """Measure the disks: hold pending jobs while a condition lasts, release held
+        ones (and jobs whose hold could not be recorded) once it cleared."""
+        disks = self._runner.resources.disks
+        if disks is None:
+            return
+        jobs = self._runner.jobs
+        condition = disks.check()
+        if condition is None:
+            with self._lock:
+                stranded, self._unrecorded = self._unrecorded, []
+            released = jobs.release_held() + jobs.requeue(stranded)
+            if released:
+                log.info("%d held job(s) back in the queue", released)
+                self._wake.set()
+        else:
+            try:
+                jobs.hold_pending(condition[0].value, condition[1])
+            except Exception as exc:  # the journal's own disk is full: they stay pending, unclaimed
+                if resource_condition(exc) is None:
+                    raise
+        counts = jobs.held_counts()
+        for reason in ResourceCondition:
+            metrics.JOBS_HELD.labels(reason.value).set(counts.get(reason.value, 0))
+
+    def _note_resource(self, exc: Exception) -> bool:
+        """True when ``exc`` is a resource condition: noted (work pauses until the disk
+        check clears it) and logged once, not as a failure."""
+        condition = resource_condition(exc)
+        disks = self._runner.resources.disks
+        if condition is None or disks is None:
+            return False
+        if disks.condition is None:
+            log.warning("journal write failed (%s), work paused: %s", condition.value, exc)
+        disks.note_failure(condition)
+        return True
+
+    def _claimable(self) -> bool:
+        disks = self._runner.resources.disks
+        return disks is None or disks.condition is None
+
     def _dispatch(self) -> None:
         while not self._stopping.is_set():
             try:
-                self.route_ready()
-                room = self._queue.maxsize - self._queue.qsize()
-                pipelines = self._runner.registry.available()
-                for job in self._runner.jobs.claim(pipelines, room):
-                    self._queue.put(job)
-            except Exception:  # the dispatcher must survive a bad row or a busy database
-                log.exception("dispatcher cycle failed")
+                if self._claimable():  # under a resource condition arrivals wait, ready
+                    self.route_ready()
+                    room = self._queue.maxsize - self._queue.qsize()
+                    pipelines = self._runner.registry.available()
+                    for job in self._runner.jobs.claim(pipelines, room):
+                        self._queue.put(job)
+            except Exception as exc:  # the dispatcher must survive a bad row or a busy database
+                if not self._note_resource(exc):
+                    log.exception("dispatcher cycle failed")
             self._wake.wait(self._settings.poll_seconds)
             self._wake.clear()
 
     def _work(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
+        while not self._stopping.is_set():
+            try:
+                job = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if self._stopping.is_set():  # taken just as the stop began: give it back
+                self._runner.jobs.requeue([job.id])
                 return
             with self._lock:
-                self._in_flight += 1
+                self._running[job.id] = job
             try:
                 self._runner.run(job)
-            except Exception:  # journal errors: the job stays running and re-runs after restart
-                log.exception("job %d could not be recorded", job.id)
+            except Exception as exc:  # journal errors: the job re-runs after a restart
+                if self._note_resource(exc):
+                    with self._lock:
+                        self._unrecorded.append(job.id)
+                else:
+                    log.exception("job %d could not be recorded", job.id)
             finally:
                 with self._lock:
-                    self._in_flight -= 1
+                    self._running.pop(job.id, None)
             self._wake.set()

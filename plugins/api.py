@@ -35,6 +35,7 @@ __all__ = [
     "PipelineContext",
     "PipelineResult",
     "Record",
+    "RunHints",
     "SeriesItem",
     "Summarizer",
 ]
@@ -79,6 +80,26 @@ class ImageMetadata:
 
 
 @dataclass(frozen=True)
+class RunHints:
+    """How the daemon asks one run to use its device; pipelines may ignore a hint.
+
+    ``batch_scale`` (0 < scale <= 1) multiplies a pipeline's inference batch sizes: the
+    daemon lowers it when a run ran out of GPU memory and retries. A pipeline rounds the
+    scaled batch down but never below one image.
+    """
+
+    batch_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.batch_scale <= 1.0):
+            raise ValueError(f"batch_scale must be in (0, 1], got {self.batch_scale}")
+
+    def scaled(self, batch: int) -> int:
+        """``batch`` times the scale, at least 1."""
+        return max(1, int(batch * self.batch_scale))
+
+
+@dataclass(frozen=True)
 class ImageItem:
     """One image file, read by the daemon.
 
@@ -94,6 +115,7 @@ class ImageItem:
     axes: str
     metadata: ImageMetadata
     channel_names: tuple[str, ...] = ()
+    hints: RunHints = RunHints()
 
     def __post_init__(self) -> None:
         if len(self.axes) != self.array.ndim:
@@ -109,6 +131,7 @@ class SeriesItem:
     series_uid: str
     modality: str
     datasets: Sequence[Dataset]
+    hints: RunHints = RunHints()
 
     def __post_init__(self) -> None:
         if not self.datasets:

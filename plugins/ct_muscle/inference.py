@@ -103,16 +103,20 @@ class McOptions:
     """Monte-Carlo sampling: T samples, the measure, and images per forward batch.
 
     ``batch_images`` None picks by device: T on a CPU (one slice per forward, the fastest
-    there: bigger batches fall out of the caches), 8 x T on a GPU.
+    there: bigger batches fall out of the caches), 8 x T on a GPU. ``batch_scale`` scales
+    the slices per batch down (never below one) after the device ran out of memory.
     """
 
     samples: int = 10
     measure: UncertaintyMeasure = UncertaintyMeasure.ENTROPY
     batch_images: int | None = None
+    batch_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.samples < 1 or (self.batch_images is not None and self.batch_images < 1):
             raise ValueError("samples and batch_images must be >= 1")
+        if not (0.0 < self.batch_scale <= 1.0):
+            raise ValueError("batch_scale must be in (0, 1]")
         object.__setattr__(self, "measure", UncertaintyMeasure(self.measure))
 
 
@@ -293,7 +297,7 @@ def predict_volume(
     labels = np.empty(hu.shape, dtype=np.uint8)
     uncertainty = np.empty(hu.shape, dtype=np.float32)
     batch_images = opts.batch_images or opts.samples * (1 if device.type == "cpu" else 8)
-    per_batch = max(1, batch_images // opts.samples)
+    per_batch = max(1, int(batch_images // opts.samples * opts.batch_scale))
     with torch.inference_mode():
         for start in range(0, hu.shape[0], per_batch):
             chunk = torch.from_numpy(np.ascontiguousarray(hu[start : start + per_batch]))

@@ -95,8 +95,9 @@ class SegmentationOptions:
             raise ValueError(f"unknown {cls.pipeline} options: {', '.join(sorted(unknown))}")
         return cls(**dict(options))
 
-    def mc(self) -> McOptions:
-        return McOptions(samples=self.samples, measure=self.measure, batch_images=self.batch_images)
+    def mc(self, batch_scale: float = 1.0) -> McOptions:
+        return McOptions(samples=self.samples, measure=self.measure, batch_images=self.batch_images,
+                         batch_scale=batch_scale)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class CtMusclePipeline:
             raise InvalidInputError("ct-muscle takes a DICOM series, not an image")
         volume = series_to_volume(item.datasets, VolumeOptions(modalities=("CT",)))
         prediction = predict_volume(self._model, volume.array, volume.geometry.spacing[1:],
-                                    self._geometry, self._options.mc())
+                                    self._geometry, self._options.mc(item.hints.batch_scale))
         measured = measure_structures(prediction, self._table,
                                       volume.geometry.voxel_volume_mm3,
                                       self._options.threshold)

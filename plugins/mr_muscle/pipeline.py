@@ -136,11 +136,14 @@ class MrMusclePipeline:
         spacing = (volume.geometry.spacing[1], volume.geometry.spacing[2])
         try:
             hu = translate_volume(
-                models.generator, volume.array, spacing, models.scale, self._options.translation_batch
+                models.generator, volume.array, spacing, models.scale,
+                item.hints.scaled(self._options.translation_batch),
             )
         except ValueError as exc:  # an all-zero series has no signal to normalise
             raise InvalidInputError(f"MR series cannot be normalised: {exc}") from exc
-        prediction = predict_volume(models.unet, hu, spacing, models.geometry, self._options.mc())
+        prediction = predict_volume(
+            models.unet, hu, spacing, models.geometry, self._options.mc(item.hints.batch_scale)
+        )
         measured = measure_structures(
             prediction, models.table, volume.geometry.voxel_volume_mm3, self._options.threshold
         )

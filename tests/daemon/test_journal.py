@@ -67,8 +67,10 @@ def test_claim_complete_and_idempotent_outputs(journal: Journal, tmp_path: Path)
     assert journal.arrival(arrival.id).state is ArrivalState.ROUTED
     assert queue.claim(["other"], 5) == []
     [job] = queue.claim(["p"], 5)
-    assert job.id == job_id and job.state is JobState.RUNNING and job.attempts == 1
+    assert job.id == job_id and job.state is JobState.QUEUED and job.attempts == 0
     assert queue.claim(["p"], 5) == []
+    job = queue.start(job)
+    assert job is not None and job.state is JobState.RUNNING and job.attempts == 0
     out = [OutputRow("dicom", tmp_path / "seg.dcm", "1.2.3", ("pacs",))]
     rec = [RecordRow("eff", "EXP1", "file:/a#0", {"v": 0.5})]
     exports = queue.complete(job, out, rec)
@@ -92,9 +94,11 @@ def test_retry_backoff_dead_and_reset_after_crash(journal: Journal, tmp_path: Pa
     assert queue.claim(["p"], 1) == []  # not due yet
     journal.query("UPDATE jobs SET not_before = 0")
     [job] = queue.claim(["p"], 1)
-    assert job.attempts == 2
-    assert queue.reset_interrupted() == 1  # as if the process had died mid-job
+    assert job.attempts == 1  # one run ended in a failure; the claims did not count
+    assert queue.start(job) is not None
+    assert queue.reset_interrupted(3) == (1, [])  # as if the process had died mid-job
     [job] = queue.claim(["p"], 1)
+    assert job.attempts == 1 and job.interrupted == 1
     queue.fail(job, "still broken", None)
     assert queue.job(job.id).state is JobState.DEAD and queue.job(job.id).error == "still broken"
     assert queue.retry(job.id) and not queue.retry(job.id)

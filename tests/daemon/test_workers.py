@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -223,3 +224,54 @@ def test_preload_loads_each_named_pipeline_once_and_reports_a_broken_one() -> No
     assert registry.get("counting") is loaded and len(changes) == 2  # no second load, no change
     with pytest.raises(PipelineLoadError, match="is disabled: FileNotFoundError"):
         registry.get("broken")
+
+
+class Blocking:
+    """Runs until ``release`` is set: a job that outlasts the drain."""
+
+    name = "blocking"
+    version = "1"
+    input_kind = InputKind.IMAGE
+    started = threading.Event()
+    release = threading.Event()
+
+    def load(self, context: PipelineContext) -> None:
+        pass
+
+    def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
+        type(self).started.set()
+        type(self).release.wait(30)
+        return PipelineResult(files=(FileOutput("late.txt", b"late"),))
+
+
+def test_stop_gives_back_queued_jobs_and_a_job_that_outlasts_the_drain_without_an_attempt(
+    setup: tuple[Journal, JobQueue, JobRunner], tmp_path: Path
+) -> None:
+    journal, jobs, runner = setup
+    Blocking.started.clear()
+    Blocking.release.clear()
+    runner.registry.register("blocking", Blocking)
+    runner = JobRunner(
+        **{**runner.__dict__, "settings": WorkerSettings(count=1, queue_size=4, poll_seconds=0.05,
+                                                        drain_seconds=0.3)}
+    )
+    router = Router([RouteRule(name="all", pipelines=("blocking",))], runner.registry.available)
+    pool = WorkerPool(runner, router)
+    for index in range(3):
+        _arrive(journal, tmp_path, f"img{index}", index)
+    pool.start()
+    assert Blocking.started.wait(30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and jobs.counts().get(("blocking", "queued"), 0) < 2:
+        time.sleep(0.05)
+    assert jobs.counts() == {("blocking", "running"): 1, ("blocking", "queued"): 2}
+    cut_off = pool.stop()
+    assert len(cut_off) == 1
+    assert jobs.counts() == {("blocking", "pending"): 3}
+    assert all((j.attempts, j.interrupted) == (0, 0) for j in jobs.jobs())
+    Blocking.release.set()  # the cut-off run ends late: its result is not recorded
+    for thread in threading.enumerate():
+        if thread.name.startswith("acqflow-worker"):
+            thread.join(10)
+    assert jobs.counts() == {("blocking", "pending"): 3}
+    assert journal.query("SELECT COUNT(*) FROM outputs")[0][0] == 0

@@ -6,7 +6,6 @@ READY=1 and STOPPING=1 over NOTIFY_SOCKET."""
 from __future__ import annotations
 
 import configparser
-import inspect
 import re
 import shutil
 import socket
@@ -18,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import ExportSettings, load_settings
-from daemon.workers import WorkerPool
+from daemon.config import ExportSettings, WorkerSettings, load_settings
 from tests.deploy import ACQFLOW, REPO, SYSTEMD, daemon_settings, start_daemon
 from tests.support.peers import LOOPBACK, PeerSet, free_port
 
@@ -126,7 +124,7 @@ def test_stop_is_sigterm_with_time_to_drain_jobs_and_finish_an_export() -> None:
     service = unit()["Service"]
     assert service["KillSignal"] == "SIGTERM"
     assert service["KillMode"] == "mixed"  # SIGTERM to the daemon only, SIGKILL to all at the end
-    drain = inspect.signature(WorkerPool.stop).parameters["timeout"].default
+    drain = WorkerSettings().drain_seconds
     export = ExportSettings().timeout_seconds
     assert seconds(service["TimeoutStopSec"]) >= drain + export + 30
 

@@ -6,13 +6,20 @@ deduplication can be checked end to end. ``ImageStats`` measures an image. Both 
 told to fail through ``options["fail_marker"]`` — a file whose presence makes ``run``
 raise — to exercise retries, to take time through ``options["delay_seconds"]`` to
 exercise draining at shutdown, and to fail loading (as with missing weights) through
-``options["fail_load"]``, the error message.
+``options["fail_load"]``, the error message. ``options["oom_above_scale"]`` makes ``run``
+raise an error named like torch's ``OutOfMemoryError`` while the run's batch scale is above
+it, and ``options["oom_on_gpu"]`` whenever the pipeline was loaded on a CUDA device.
+``options["kill_marker"]``: while that file exists, ``run`` kills its own process with
+SIGKILL, as the kernel's OOM killer would. ``options["torch_busy_seconds"]`` keeps torch's
+native thread pool computing that long, like a real model's inference.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -32,20 +39,42 @@ from plugins.api import (
     SeriesItem,
 )
 
-__all__ = ["ImageStats", "SeriesEcho"]
+__all__ = ["ImageStats", "OutOfMemoryError", "SeriesEcho"]
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like ``torch.cuda.OutOfMemoryError``, which the daemon recognises by name."""
 
 
 class _Failing:
     options: dict[str, object]
+    device: str
 
     def _configure(self, context: PipelineContext) -> None:
         self.options = dict(context.options)
+        self.device = context.device
         reason = self.options.get("fail_load")
         if reason:
             raise FileNotFoundError(str(reason))
 
-    def _maybe_fail(self) -> None:
+    def _maybe_fail(self, item: ImageItem | SeriesItem) -> None:
+        kill = self.options.get("kill_marker")
+        if kill and Path(str(kill)).exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.options.get("oom_on_gpu") and self.device.startswith("cuda"):
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        limit = self.options.get("oom_above_scale")
+        if limit is not None and item.hints.batch_scale > float(str(limit)):
+            raise OutOfMemoryError(f"CUDA out of memory at batch scale {item.hints.batch_scale}")
         time.sleep(float(str(self.options.get("delay_seconds", 0))))
+        busy = float(str(self.options.get("torch_busy_seconds", 0)))
+        if busy:
+            import torch  # only where asked: the other tests stay light
+
+            deadline = time.monotonic() + busy
+            matrix = torch.randn(256, 256)
+            while time.monotonic() < deadline:
+                matrix = torch.tanh(matrix @ matrix)
         marker = self.options.get("fail_marker")
         if marker and Path(str(marker)).exists():
             raise RuntimeError(f"failing on purpose while {marker} exists")
@@ -62,7 +91,7 @@ class SeriesEcho(_Failing):
     def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
         if not isinstance(item, SeriesItem):
             raise InvalidInputError("test-series takes DICOM series")
-        self._maybe_fail()
+        self._maybe_fail(item)
         ordered = sorted(item.datasets, key=lambda d: int(getattr(d, "InstanceNumber", 0) or 0))
         middle = copy.deepcopy(ordered[len(ordered) // 2])
         middle.SeriesInstanceUID = generate_uid(entropy_srcs=[item.identity, self.version, "series"])
@@ -92,9 +121,15 @@ class ImageStats(_Failing):
     def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
         if not isinstance(item, ImageItem):
             raise InvalidInputError("test-image takes images")
-        self._maybe_fail()
+        self._maybe_fail(item)
         data = np.asarray(item.array, dtype=np.float64)
-        stats = {"mean": float(data.mean()), "shape": list(item.array.shape), "axes": item.axes}
+        stats = {
+            "mean": float(data.mean()),
+            "shape": list(item.array.shape),
+            "axes": item.axes,
+            "device": self.device,
+            "batch_scale": item.hints.batch_scale,
+        }
         metadata = item.metadata
         return PipelineResult(
             files=(FileOutput("stats.json", json.dumps(stats).encode(), "application/json"),),

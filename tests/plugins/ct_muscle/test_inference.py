@@ -156,3 +156,26 @@ def test_resampled_labels_equal_argmax_of_resampled_probabilities(shape, matrix)
     expected = F.interpolate(mean, size=matrix, mode="bilinear", align_corners=False).argmax(1)
     got = _resampled_labels(mean.permute(0, 2, 3, 1).contiguous(), *matrix)
     assert torch.equal(got, expected)
+
+
+def test_batch_scale_after_a_gpu_out_of_memory_shrinks_the_forward_batches(model_and_geometry) -> None:  # type: ignore[no-untyped-def]
+    model, geometry = model_and_geometry
+    forward_mc = model.forward_mc
+    slices: list[int] = []
+
+    def recording(x, samples):  # type: ignore[no-untyped-def]
+        slices.append(int(x.shape[0]))
+        return forward_mc(x, samples)
+
+    model.forward_mc = recording
+    hu = np.random.default_rng(3).normal(0, 300, size=(8, 32, 32)).astype(np.float32)
+    largest = []
+    for scale in (1.0, 0.5, 0.01):
+        slices.clear()
+        predict_volume(model, hu, (3.0, 3.0), geometry,
+                       McOptions(samples=2, batch_images=8, batch_scale=scale))
+        assert sum(slices) == 8
+        largest.append(max(slices))
+    assert largest == [4, 2, 1]  # slices per forward: 8 images / 2 samples, halved, never below 1
+    with pytest.raises(ValueError, match="batch_scale"):
+        McOptions(batch_scale=0.0)
