@@ -21,8 +21,11 @@ from daemon import metrics
 from daemon.config import WorkerSettings
 from daemon.errors import InputRejected, PipelineLoadError
 from daemon.fileio import quarantine
+from daemon.gpu import job_memory_peak
+from daemon.health import Heartbeat
 from daemon.jobqueue import Job, JobQueue
 from daemon.journal import Arrival, ArrivalState, JobState, Journal
+from daemon.logs import log_context
 from daemon.registry import PipelineRegistry
 from daemon.router import Router
 from daemon.sinks.results import ResultSink
@@ -150,12 +153,18 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._in_flight = 0
         self._lock = threading.Lock()
+        # Progress marks for the systemd watchdog (daemon.health): the dispatcher beats
+        # every cycle; a worker is idle while it waits for a job, busy inside one.
+        self.heartbeats = [Heartbeat("acqflow-dispatch")] + [
+            Heartbeat(f"acqflow-worker-{index}") for index in range(self._settings.count)
+        ]
 
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._dispatch, name="acqflow-dispatch", daemon=True)]
         for index in range(self._settings.count):
             self._threads.append(
-                threading.Thread(target=self._work, name=f"acqflow-worker-{index}", daemon=True)
+                threading.Thread(target=self._work, args=(self.heartbeats[index + 1],),
+                                 name=f"acqflow-worker-{index}", daemon=True)
             )
         for thread in self._threads:
             thread.start()
@@ -193,6 +202,7 @@ class WorkerPool:
 
     def _dispatch(self) -> None:
         while not self._stopping.is_set():
+            self.heartbeats[0].beat()
             try:
                 self.route_ready()
                 room = self._queue.maxsize - self._queue.qsize()
@@ -204,15 +214,21 @@ class WorkerPool:
             self._wake.wait(self._settings.poll_seconds)
             self._wake.clear()
 
-    def _work(self) -> None:
+    def _work(self, heartbeat: Heartbeat) -> None:
         while True:
+            heartbeat.idle()
             job = self._queue.get()
+            heartbeat.busy()
             if job is None:
                 return
             with self._lock:
                 self._in_flight += 1
             try:
-                self._runner.run(job)
+                with (
+                    log_context(job_id=job.id, arrival_id=job.arrival_id, pipeline=job.pipeline),
+                    job_memory_peak(job.pipeline, lambda: self._runner.registry.device),
+                ):
+                    self._runner.run(job)
             except Exception:  # journal errors: the job stays running and re-runs after restart
                 log.exception("job %d could not be recorded", job.id)
             finally:

@@ -44,6 +44,7 @@ from watchdog.observers.polling import PollingObserver
 
 from daemon.config import FolderMode, FolderSettings
 from daemon.fileio import quarantine
+from daemon.health import Heartbeat
 from daemon.imageio import ImageRejected, metadata_to_json, read_tiff_header
 from daemon.journal import Arrival, Journal
 from daemon.metrics import ARRIVALS, INPUT_ERRORS, QUARANTINED, SOURCE_ERRORS
@@ -104,6 +105,7 @@ class FolderWatcher:
         self._observer: BaseObserver | None = None
         self._timer: threading.Thread | None = None
         self._tick = max(0.05, min(0.5, settings.stable_seconds / 4))
+        self.heartbeat = Heartbeat(f"folder-stability:{self.root.name}")  # for the watchdog
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -194,6 +196,12 @@ class FolderWatcher:
         return recorded
 
     @property
+    @property
+    def watching(self) -> bool:
+        """True while the observer and the stability thread run."""
+        observer, timer = self._observer, self._timer
+        return observer is not None and observer.is_alive() and timer is not None and timer.is_alive()
+
     def pending_count(self) -> int:
         """Files seen changing that are not complete yet."""
         with self._pending_lock:
@@ -265,6 +273,7 @@ class FolderWatcher:
 
     def _stability_loop(self) -> None:
         while not self._stopping.is_set():
+            self.heartbeat.beat()
             self._wake.wait(self._tick)
             self._wake.clear()
             if self._stopping.is_set():

@@ -208,6 +208,12 @@ class DicomReceiver:
             raise RuntimeError("DICOM receiver is not started")
         return int(self._server.server_address[1])
 
+    @property
+    def listening(self) -> bool:
+        """True while the server socket is open and its accepting thread runs."""
+        accepting = self._accepting
+        return self._server is not None and accepting is not None and accepting.is_alive()
+
     def _recover_spool(self) -> None:
         """Sort out spool files the journal does not know (``daemon.sources.recovery``)."""
         done = recover_spool(self.spool, self.journal)
