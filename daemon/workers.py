@@ -81,7 +81,8 @@ class JobRunner:
         metrics.JOBS.labels(job.pipeline, "done").inc()
         metrics.JOB_DURATION.labels(job.pipeline).observe(elapsed)
         metrics.ARRIVAL_TO_RESULT.labels(job.pipeline).observe(max(0.0, time.time() - job.created_at))
-        log.info("job %d (%s) done in %.2f s: %s", job.id, job.pipeline, elapsed, result.summary)
+        log.info("job %d (%s) done in %.2f s: %s", job.id, job.pipeline, elapsed, result.summary,
+                 extra={"outcome": "done"})
         self._summarize(pipeline, records_groups=[(r.kind, r.group) for r in records])
         if export_ids:
             self.on_exports()
@@ -100,7 +101,8 @@ class JobRunner:
                 metrics.JOBS.labels(pipeline.name, "summary_failed").inc()
 
     def _reject(self, job: Job, arrival: Arrival, error: str) -> None:
-        log.error("job %d (%s): input refused: %s", job.id, job.pipeline, error)
+        log.error("job %d (%s): input refused: %s", job.id, job.pipeline, error,
+                  extra={"outcome": "rejected"})
         self.jobs.fail(job, error, None)
         self.journal.reject_arrival(arrival.id, error)
         metrics.JOBS.labels(job.pipeline, "rejected").inc()
@@ -111,7 +113,8 @@ class JobRunner:
         if job.attempts >= self.settings.max_attempts:
             self.jobs.fail(job, error, None)
             metrics.JOBS.labels(job.pipeline, "dead").inc()
-            log.error("job %d (%s) is dead after %d attempts: %s", job.id, job.pipeline, job.attempts, error)
+            log.error("job %d (%s) is dead after %d attempts: %s", job.id, job.pipeline, job.attempts, error,
+                      extra={"outcome": "dead"})
             self._quarantine(arrival, error)
             return JobState.DEAD
         delay = min(
@@ -127,6 +130,7 @@ class JobRunner:
             job.attempts,
             delay,
             error,
+            extra={"outcome": "retry"},
         )
         return JobState.PENDING
 

@@ -196,12 +196,12 @@ class FolderWatcher:
         return recorded
 
     @property
-    @property
     def watching(self) -> bool:
         """True while the observer and the stability thread run."""
         observer, timer = self._observer, self._timer
         return observer is not None and observer.is_alive() and timer is not None and timer.is_alive()
 
+    @property
     def pending_count(self) -> int:
         """Files seen changing that are not complete yet."""
         with self._pending_lock:
@@ -342,7 +342,8 @@ class FolderWatcher:
             arrival = self._decide(path, quiet)
         if arrival is not None:
             ARRIVALS.labels(source=SOURCE, kind="image").inc()
-            log.info("arrival %d: %s (generation %d)", arrival.id, path, arrival.generation)
+            log.info("arrival %d: %s (generation %d)", arrival.id, path, arrival.generation,
+                     extra={"arrival_id": arrival.id, "outcome": "recorded"})
             self._on_ready()
         return arrival
 
@@ -398,7 +399,7 @@ class FolderWatcher:
             SOURCE_ERRORS.labels(source=SOURCE, stage="quarantine").inc()
         self._journal.record_rejected_file(SOURCE, key, path, error, {**attrs, "reason": reason})
         INPUT_ERRORS.labels(source=SOURCE, reason=reason).inc()
-        log.warning("rejected %s: %s", path, error)
+        log.warning("rejected %s: %s", path, error, extra={"outcome": "rejected"})
 
 
 class _FolderEvents(FileSystemEventHandler):

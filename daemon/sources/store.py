@@ -167,6 +167,7 @@ class InstanceReceipt:
                 refused.status,
                 refused.reason,
                 refused,
+                extra={"sop_class": self.sop_class, "outcome": refused.reason},
             )
             metrics.DICOM_INSTANCES.labels(refused.reason).inc()
             if refused.status in _INPUT_ERRORS:
@@ -174,7 +175,8 @@ class InstanceReceipt:
             return DimseStatus(int(refused.status), str(refused))
         except Exception as exc:
             LOG.exception(
-                "C-STORE from %s failed unexpectedly (association %s)", peer.calling_ae, peer.association
+                "C-STORE from %s failed unexpectedly (association %s)", peer.calling_ae, peer.association,
+                extra={"sop_class": self.sop_class, "outcome": "error"},
             )
             metrics.DICOM_INSTANCES.labels("error").inc()
             return DimseStatus(int(StoreStatus.PROCESSING_FAILURE), f"internal error: {type(exc).__name__}")

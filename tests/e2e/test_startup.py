@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from tests.support.daemon_proc import REPO, TEST_PIPELINES, DaemonProcess, toml_dumps
+from tests.support.daemon_proc import REPO, TEST_PIPELINES, DaemonProcess, toml_dumps, wait_until
 from tests.support.peers import LOOPBACK, free_port
 
 pytestmark = pytest.mark.integration
@@ -37,14 +37,21 @@ def _settings(root: Path, **sections: Any) -> dict[str, Any]:
     return settings
 
 
-def _acqflow(root: Path, settings: dict[str, Any], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _acqflow(
+    root: Path, settings: dict[str, Any], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     config = root / "acqflow.toml"
     config.write_text(toml_dumps(settings))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACQFLOW_") and k != "NOTIFY_SOCKET"}
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run(
         [sys.executable, "-m", "daemon", *args, "--config", str(config)],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=root, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=root,
+        check=False,
     )
 
 
@@ -83,13 +90,17 @@ def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=True, timeout=30)
 
 
-def test_state_file_system_full_at_start_exits_non_zero_with_one_line(tmp_path: Path, full_tmpfs: Path) -> None:
-    settings = _settings(tmp_path, paths={"state_dir": str(full_tmpfs / "state"),
-                                          "outputs_dir": str(tmp_path / "outputs")})
+def test_state_file_system_full_at_start_exits_non_zero_with_one_line(
+    tmp_path: Path, full_tmpfs: Path
+) -> None:
+    settings = _settings(
+        tmp_path, paths={"state_dir": str(full_tmpfs / "state"), "outputs_dir": str(tmp_path / "outputs")}
+    )
     result = _acqflow(tmp_path, settings, "serve")
     assert result.returncode != 0
     line = _one_error_line(result)
-    assert "start-up failed" in line and "disk is full" in line or "No space left" in line, line
+    assert line.startswith("error: start-up failed while opening the journal"), line
+    assert "disk is full" in line or "No space left" in line, line
     assert not _listening(settings["dicom"]["port"])
 
 
@@ -118,9 +129,25 @@ def test_an_unwritable_state_file_stops_the_start_before_any_listener(tmp_path: 
 def _tls(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     return cert, key
 
@@ -150,8 +177,11 @@ def test_config_check_catches_a_key_that_does_not_match_and_a_missing_ca(tmp_pat
     settings["dicom"]["tls"] = {"certificate": str(cert), "private_key": str(other_key)}
     line = _one_error_line(_acqflow(tmp_path, settings, "config", "check"))
     assert line.startswith("error: dicom.tls: certificate") and "do not load" in line, line
-    settings["dicom"]["tls"] = {"certificate": str(cert), "private_key": str(_key),
-                                "ca_certificates": str(tmp_path / "ca.pem")}
+    settings["dicom"]["tls"] = {
+        "certificate": str(cert),
+        "private_key": str(_key),
+        "ca_certificates": str(tmp_path / "ca.pem"),
+    }
     line = _one_error_line(_acqflow(tmp_path, settings, "config", "check"))
     assert line == f"error: dicom.tls.ca_certificates: file not found: {tmp_path / 'ca.pem'}"
 
@@ -170,14 +200,15 @@ def test_files_the_daemon_creates_are_not_world_readable(tmp_path: Path) -> None
     finally:
         os.umask(old)
     try:
-        tifffile.imwrite(tmp_path / "inbox" / "plate_A01_t000.tif", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
-        from tests.support.daemon_proc import wait_until
-
+        image = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+        tifffile.imwrite(tmp_path / "inbox" / "plate_A01_t000.tif", image)
         wait_until(lambda: any((tmp_path / "outputs").rglob("stats.json")), 60, "a result", daemon)
     finally:
         assert daemon.terminate() == 0, daemon.log_tail()
-    created = {**_modes(tmp_path / "state"), **{f"outputs/{k}": v for k, v in _modes(tmp_path / "outputs").items()}}
-    assert any(k.endswith("journal.sqlite3") for k in created) and any(k.endswith("stats.json") for k in created)
+    outputs = _modes(tmp_path / "outputs")
+    created = {**_modes(tmp_path / "state"), **{f"outputs/{k}": v for k, v in outputs.items()}}
+    assert any(k.endswith("journal.sqlite3") for k in created), created
+    assert any(k.endswith("stats.json") for k in created), created
     for name, mode in created.items():
         assert mode & 0o007 == 0, f"{name} is {mode:04o}"
         assert mode & 0o020 == 0, f"{name} is {mode:04o}"
