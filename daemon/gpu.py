@@ -35,9 +35,12 @@ def _torch_cuda() -> Any | None:
 
 def _nvml() -> ModuleType | None:
     try:
-        module = importlib.import_module("pynvml")
+        module = importlib.import_module("pynvml")  # nvidia-ml-py, the "gpu" extra
+    except ImportError:
+        return None
+    try:
         module.nvmlInit()
-    except Exception:  # noqa: BLE001  # not installed, no driver, no device: no NVML here
+    except module.NVMLError:  # no driver or no device: no GPU as far as metrics go
         return None
     return module
 

@@ -285,6 +285,7 @@ class FolderWatcher:
                 SOURCE_ERRORS.labels(source=SOURCE, stage="stability").inc()
                 continue
             for path, quiet in complete:
+                self.heartbeat.beat()  # a long batch is progress too
                 try:
                     self._take(path, quiet)
                 except Exception:

@@ -57,6 +57,13 @@ def test_without_a_gpu_no_gpu_gauge_is_exported(monkeypatch: pytest.MonkeyPatch)
     assert _samples("acqflow_gpu_utilization_ratio") == {}
 
 
+def test_nvidia_ml_py_without_a_driver_means_no_gpu() -> None:
+    pytest.importorskip("pynvml")
+    sampler = GpuSampler()  # the real NVML bindings: the library is not found on this host
+    assert not sampler.present and sampler.sample() == 0
+    assert _samples("acqflow_gpu_memory_used_bytes") == {}
+
+
 def test_a_job_on_the_cpu_exports_no_gpu_peak() -> None:
     asked: list[str] = []
     with job_memory_peak("test-image", lambda: asked.append("device") or "cpu"):  # type: ignore[func-returns-value]
@@ -71,6 +78,7 @@ def test_device_info_names_loaded_pipelines_only() -> None:
 
 def test_nvml_figures_become_gauges_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
     nvml = ModuleType("pynvml")
+    nvml.NVMLError = RuntimeError  # type: ignore[attr-defined]
     nvml.nvmlInit = lambda: None  # type: ignore[attr-defined]
     nvml.nvmlDeviceGetCount = lambda: 2  # type: ignore[attr-defined]
     nvml.nvmlDeviceGetHandleByIndex = lambda index: index  # type: ignore[attr-defined]
