@@ -1,9 +1,13 @@
 """The daemon: wires sources, journal, router, workers, sinks, scheduler and metrics.
 
-Start order: journal (and crash recovery) → pipelines → metrics → workers → outbox →
-series assembler → sources → scheduler. Shutdown (SIGTERM) runs the other way: sources
-stop first so nothing new is acknowledged, then in-flight jobs drain, then the journal
-is closed.
+Start order: referenced files → umask and state folders → journal (and crash recovery)
+→ ``daemon.json`` (a first, pid-less "starting" copy) → pipelines → workers, outbox,
+series assembler → metrics (with ``/healthz``, ``/readyz``) → scheduler → sources (DICOM
+receiver, folder watchers) last → ``daemon.json`` → watchdog → model preload → READY=1.
+Any failure on the way stops what had started and raises StartupError, so nothing is
+acknowledged by a daemon whose scheduler or workers are not running. Shutdown (SIGTERM)
+runs the other way: sources stop first so nothing new is acknowledged, then in-flight
+jobs drain, then the journal is closed.
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ class Daemon:
         self._preload_beat.idle()
         self._housekeeping_beat = Heartbeat("acqflow-housekeeping")
         self._gpu = GpuSampler()
+        self._loading: str | None = None  # the STATUS= line while models preload
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -133,6 +138,33 @@ class Daemon:
         self._started_at = time.time()
         self._step = "checking the files the settings name"
         check_referenced_files(s)
+        journal, jobs = self._open_state()
+        self._step = "discovering pipelines"
+        if not self.registry.names():
+            self.registry.discover()
+        for name in self.registry.names():
+            metrics.PIPELINE_UP.labels(name).set(1)
+        outbox, assembler = self._start_workers(journal, jobs)
+        self._step = "starting the metrics endpoint"
+        if s.metrics.enabled:
+            self.metrics_port = metrics.serve_metrics(
+                s.metrics.host, s.metrics.port, readiness=self.not_ready
+            )
+        self._start_housekeeping(assembler, outbox, jobs)
+        self._start_sources(assembler)
+        self._step = "writing the state file"
+        self.registry.on_change = self._pipelines_changed
+        self._write_state_file()
+        self._start_watchdog()
+        if s.pipelines.preload:
+            self._start_preload()
+        else:
+            self._ready()
+        log.info("acqflow started: %s", self.describe())
+
+    def _open_state(self) -> tuple[Journal, JobQueue]:
+        """umask, state folders, journal and crash recovery, a first ``daemon.json``."""
+        s = self.settings
         self._step = "preparing the state folders"
         os.umask(s.paths.umask_bits)
         for folder in (s.paths.state_dir, s.paths.outputs_dir, s.paths.spool, s.paths.quarantine):
@@ -148,11 +180,10 @@ class Daemon:
             )
         self._step = "writing the state file"
         self._write_state_file(starting=True)  # proves the state folder writable before any listener
-        self._step = "discovering pipelines"
-        if not self.registry.names():
-            self.registry.discover()
-        for name in self.registry.names():
-            metrics.PIPELINE_UP.labels(name).set(1)
+        return journal, jobs
+
+    def _start_workers(self, journal: Journal, jobs: JobQueue) -> tuple[ExportOutbox, SeriesAssembler]:
+        s = self.settings
         self._step = "starting the workers"
         outbox = ExportOutbox(s.export, journal, s.dicom.ae_title)
         self._outbox = outbox
@@ -170,23 +201,7 @@ class Daemon:
         pool.start()
         self.pool = pool
         self._components.append(("workers", self.pool))
-        assembler = SeriesAssembler(journal, s.dicom.series_quiet_seconds, self.pool.wake)
-        self._step = "starting the metrics endpoint"
-        if s.metrics.enabled:
-            self.metrics_port = metrics.serve_metrics(
-                s.metrics.host, s.metrics.port, readiness=self.not_ready
-            )
-        self._start_housekeeping(assembler, outbox, jobs)
-        self._start_sources(assembler)
-        self._step = "writing the state file"
-        self.registry.on_change = self._pipelines_changed
-        self._write_state_file()
-        self._start_watchdog()
-        if s.pipelines.preload:
-            self._start_preload()
-        else:
-            self._ready()
-        log.info("acqflow started: %s", self.describe())
+        return outbox, SeriesAssembler(journal, s.dicom.series_quiet_seconds, self.pool.wake)
 
     def _ready(self) -> None:
         _sd_notify(f"READY=1\nSTATUS={self._status_line()}")
@@ -209,12 +224,13 @@ class Daemon:
         def preload() -> None:
             for index, name in enumerate(names, 1):
                 heartbeat.busy()
-                status = f"loading models: {name} ({index} of {len(names)})"
-                _sd_notify(f"EXTEND_TIMEOUT_USEC={extend}\nSTATUS={status}")
+                self._loading = f"loading models: {name} ({index} of {len(names)})"
+                _sd_notify(f"EXTEND_TIMEOUT_USEC={extend}\nSTATUS={self._loading}")
                 states = self.registry.preload([name])
                 if states:
                     log.info("pipeline preloaded: %s %s", name, states[name])
             heartbeat.idle()
+            self._loading = None
             self._ready()
 
         thread = threading.Thread(target=preload, name="acqflow-preload", daemon=True)
@@ -254,6 +270,7 @@ class Daemon:
         for watcher, folder in zip(self._folders, s.folders, strict=True):
             house.every(f"rescan {folder.path}", folder.rescan_seconds, watcher.rescan)
         house.start()
+        self._housekeeping_beat.beat()
         self._refresh_gauges(jobs)
 
     def _send_exports_soon(self) -> None:
@@ -340,6 +357,8 @@ class Daemon:
 
     def _status_line(self) -> str:
         """systemd's STATUS=, e.g. ``ready: 3 pipelines, 2 queued, 1 running``."""
+        if self._loading is not None:
+            return self._loading
         loaded = sum(1 for state in self.registry.describe().values() if state == "loaded")
         counts: dict[str, int] = {}
         for (_pipeline, state), count in self._jobs.counts().items():
