@@ -7,7 +7,6 @@ nothing here imports torch at module level, so the CLI starts fast.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -105,14 +104,11 @@ def serve(
     settings = _settings(
         config, **{"dicom.port": dicom_port, "metrics.port": metrics_port, "workers.device": device}
     )
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if settings.log_level != "DEBUG":  # per-association and per-tick chatter
-        for noisy in ("pynetdicom", "apscheduler"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    from daemon.logs import configure_logging
+    from daemon.preflight import check_referenced_files
+
+    check_referenced_files(settings)
+    configure_logging(settings.log_level, settings.log_format)
     from daemon.service import Daemon
 
     Daemon(settings).serve_forever()
@@ -121,8 +117,12 @@ def serve(
 @config_app.command("check")
 @handles_errors
 def config_check(config: ConfigOption = None) -> None:
-    """Validate the settings (file + ACQFLOW_* environment) and print the result."""
+    """Validate the settings (file + ACQFLOW_* environment) and the files they name
+    (TLS certificate, key and CA bundle, weights folder); print the result."""
+    from daemon.preflight import check_referenced_files
+
     settings = _settings(config)
+    check_referenced_files(settings)
     console.print(f"[green]configuration valid[/green] ({config or 'built-in defaults'})")
     console.print_json(settings.model_dump_json(by_alias=True))
 

@@ -29,6 +29,7 @@ __all__ = [
     "ExportSettings",
     "FolderMode",
     "FolderSettings",
+    "HealthSettings",
     "MetricsSettings",
     "PipelineSettings",
     "RouteRule",
@@ -56,6 +57,13 @@ def _check_ae(value: str) -> str:
 class PathSettings(_Section):
     state_dir: Path = Path("var")
     outputs_dir: Path = Path("var/outputs")
+    # Set by the daemon at start, so spool, journal and results are 0640/0750 even
+    # without systemd's UMask=.
+    umask: Annotated[str, Field(pattern=r"^0?[0-7]{3}$")] = "0027"
+
+    @property
+    def umask_bits(self) -> int:
+        return int(self.umask, 8)
 
     @property
     def journal(self) -> Path:
@@ -105,6 +113,17 @@ class MetricsSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 9464
+
+
+class HealthSettings(_Section):
+    """The systemd watchdog's allowances and the readiness check's disk threshold."""
+
+    # A loop (dispatcher, scheduler, folder watcher) silent this long is stuck.
+    stall_seconds: PositiveSeconds = 120.0
+    # A worker inside one job, or one model load, may take this long.
+    busy_seconds: PositiveSeconds = 3600.0
+    # /readyz reports a disk as full below this many free bytes.
+    min_free_bytes: Annotated[int, Field(ge=0)] = 256 * 1024 * 1024
 
 
 class FolderMode(str, Enum):
@@ -279,7 +298,9 @@ class Settings(_Section):
     routes: tuple[RouteRule, ...] = DEFAULT_ROUTES
     pipelines: PipelineSettings = PipelineSettings()
     retention: RetentionSettings = RetentionSettings()
+    health: HealthSettings = HealthSettings()
     log_level: Annotated[str, Field(pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")] = "INFO"
+    log_format: Annotated[str, Field(pattern=r"^(text|json)$")] = "text"
 
     @model_validator(mode="after")
     def _routes_export_known(self) -> Settings:
@@ -351,8 +372,11 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         path = path.expanduser()
         return path if path.is_absolute() else (base / path)
 
-    paths = PathSettings(
-        state_dir=absolute(settings.paths.state_dir), outputs_dir=absolute(settings.paths.outputs_dir)
+    paths = settings.paths.model_copy(
+        update={
+            "state_dir": absolute(settings.paths.state_dir),
+            "outputs_dir": absolute(settings.paths.outputs_dir),
+        }
     )
     folders = tuple(f.model_copy(update={"path": absolute(f.path)}) for f in settings.folders)
     weights = settings.pipelines.weights_dir

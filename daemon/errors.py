@@ -13,6 +13,7 @@ __all__ = [
     "InputRejected",
     "JournalError",
     "PipelineLoadError",
+    "StartupError",
     "TransientError",
 ]
 
@@ -31,6 +32,10 @@ class JournalError(AcqflowError):
 
 class InputRejected(AcqflowError):
     """An input can never be processed (corrupt, truncated, wrong kind): quarantine it."""
+
+
+class StartupError(AcqflowError):
+    """The daemon could not start; whatever had started is stopped again."""
 
 
 class TransientError(AcqflowError):

@@ -7,7 +7,15 @@ identifiers.
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 __all__ = [
     "ARRIVALS",
@@ -23,10 +31,14 @@ __all__ = [
     "EXPORTS",
     "EXPORT_PENDING",
     "GPU_OOM",
+    "GPU_MEMORY_USED",
+    "GPU_UTILIZATION",
     "INPUT_ERRORS",
     "JOBS",
     "JOBS_HELD",
     "JOB_DURATION",
+    "JOB_GPU_MEMORY_PEAK",
+    "PIPELINE_DEVICE_INFO",
     "PIPELINE_FIGURE",
     "PIPELINE_UP",
     "QUARANTINED",
@@ -109,6 +121,11 @@ GPU_OOM = Counter(
     "Runs that ran out of GPU memory, by what the worker did (smaller_batch, cpu, failed)",
     ["pipeline", "action"],
 )
+JOB_GPU_MEMORY_PEAK = Gauge(
+    "acqflow_job_gpu_memory_peak_bytes",
+    "Peak GPU memory allocated by torch during the latest job of a pipeline (only on a GPU)",
+    ["pipeline"],
+)
 ARRIVAL_TO_RESULT = Histogram(
     "acqflow_arrival_to_result_seconds",
     "From the arrival being complete to its results written",
@@ -121,6 +138,18 @@ PIPELINE_UP = Gauge(
     "acqflow_pipeline_up",
     "0 when a pipeline disabled itself (its code or model failed to load), else 1",
     ["pipeline"]
+)
+PIPELINE_DEVICE_INFO = Gauge(
+    "acqflow_pipeline_device_info", "1 for the device a loaded pipeline runs on", ["pipeline", "device"]
+)
+GPU_MEMORY_USED = Gauge(
+    "acqflow_gpu_memory_used_bytes", "GPU memory in use on a device (exported only when a GPU is present)",
+    ["device"],
+)
+GPU_UTILIZATION = Gauge(
+    "acqflow_gpu_utilization_ratio",
+    "Fraction of the last sample period a GPU was busy (exported only when a GPU is present)",
+    ["device"],
 )
 REVIEW_FLAGS = Counter("acqflow_review_flags_total", "Results flagged for human review", ["pipeline"])
 DIFFERENTIATION_EFFICIENCY = Gauge(
@@ -136,7 +165,45 @@ PIPELINE_FIGURE = Gauge(
 )
 
 
-def serve_metrics(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> int:
-    """Start the HTTP endpoint in a daemon thread; returns the bound port (0 picks one)."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+ReadinessCheck = Callable[[], dict[str, str]]
+"""What is not ready: check name → reason; empty when ready."""
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+        pass
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _health_app(metrics_app: Callable[..., Iterable[bytes]], readiness: ReadinessCheck | None) -> Any:
+    """``/healthz`` (200 while the process serves), ``/readyz`` (200 or 503 with a JSON
+    body naming what is not ready), everything else the Prometheus exposition."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in ("/healthz", "/readyz"):
+            return metrics_app(environ, start_response)
+        failures = readiness() if path == "/readyz" and readiness is not None else {}
+        body = json.dumps({"status": "not ready", "not_ready": failures} if failures else {"status": "ok"})
+        status = "503 Service Unavailable" if failures else "200 OK"
+        start_response(status, [("Content-Type", "application/json"), ("Cache-Control", "no-store")])
+        return [body.encode()]
+
+    return app
+
+
+def serve_metrics(
+    host: str, port: int, registry: CollectorRegistry = REGISTRY, readiness: ReadinessCheck | None = None
+) -> int:
+    """Start the HTTP endpoint (``/metrics``, ``/healthz``, ``/readyz``) in a daemon
+    thread; returns the bound port (0 picks one). Raises OSError when it cannot bind."""
+    app = _health_app(make_wsgi_app(registry), readiness)
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]  # IPv4 or IPv6 host
+    server_class = type("_MetricsServer", (_ThreadingServer,), {"address_family": family})
+    server: WSGIServer = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="acqflow-metrics-http", daemon=True).start()
     return int(server.server_address[1])

@@ -1,9 +1,13 @@
 """The daemon: wires sources, journal, router, workers, sinks, scheduler and metrics.
 
-Start order: journal (and crash recovery) → pipelines → metrics → workers → outbox →
-series assembler → sources → scheduler. Shutdown (SIGTERM) runs the other way: sources
-stop first so nothing new is acknowledged, then in-flight jobs drain, then the journal
-is closed.
+Start order: referenced files → umask and state folders → journal (and crash recovery)
+→ ``daemon.json`` (a first, pid-less "starting" copy) → pipelines → workers, outbox,
+series assembler → metrics (with ``/healthz``, ``/readyz``) → scheduler → sources (DICOM
+receiver, folder watchers) last → ``daemon.json`` → watchdog → model preload → READY=1.
+Any failure on the way stops what had started and raises StartupError, so nothing is
+acknowledged by a daemon whose scheduler or workers are not running. Shutdown (SIGTERM)
+runs the other way: sources stop first so nothing new is acknowledged, then in-flight
+jobs drain, then the journal is closed.
 """
 
 from __future__ import annotations
@@ -14,18 +18,24 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
 from daemon import metrics
 from daemon.config import Settings
+from daemon.errors import ConfigError, StartupError
 from daemon.fileio import write_atomic
+from daemon.gpu import GpuSampler, record_pipeline_devices
+from daemon.health import Heartbeat, Readiness, Watchdog, WatchdogRules, watchdog_interval
 from daemon.jobqueue import JobQueue
 from daemon.journal import Arrival, JobState, Journal
+from daemon.preflight import check_referenced_files
 from daemon.registry import PipelineRegistry
 from daemon.resources import DiskPath, DiskWatch
 from daemon.router import Router
@@ -59,15 +69,23 @@ def load_item(journal: Journal, arrival: Arrival) -> ImageItem | SeriesItem:
 
 
 def _sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) about readiness/stopping; a no-op outside systemd."""
+    """Tell systemd (Type=notify) about readiness, status, keep-alives and stopping;
+    a no-op outside systemd. A socket that cannot be reached is logged, not raised."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", address, exc)
+
+
+def _watching(watcher: FolderWatcher) -> Callable[[], str | None]:
+    return lambda: None if watcher.watching else "not watching"
 
 
 class Daemon:
@@ -81,33 +99,97 @@ class Daemon:
         self._stop_requested = threading.Event()
         self._stopped = False
         self._left_running: list[int] = []  # jobs still in their pipeline after the drain
+        self._parked: list[Job] = []  # jobs that ended the process too often: quarantined at start
         self._state_lock = threading.Lock()
         self._started_at = 0.0
         self.dicom_port: int | None = None
         self.metrics_port: int | None = None
+        self._step = "starting"  # what start() is doing: named by a start-up error
+        self._receiver: DicomReceiver | None = None
+        self._folders: list[FolderWatcher] = []
+        self._preload_beat = Heartbeat("acqflow-preload")
+        self._preload_beat.idle()
+        self._housekeeping_beat = Heartbeat("acqflow-housekeeping")
+        self._gpu = GpuSampler()
+        self._loading: str | None = None  # the STATUS= line while models preload
 
     # --- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start every component, the sources last, so nothing is acknowledged before
+        the rest runs. Raises StartupError (one line naming the step) or ConfigError
+        after stopping whatever had started."""
+        try:
+            self._start()
+        except (KeyboardInterrupt, SystemExit):
+            self._abort_start()
+            raise
+        except Exception as exc:
+            step = self._step
+            self._abort_start()
+            if isinstance(exc, ConfigError):
+                raise
+            raise StartupError(f"start-up failed while {step}: {exc}") from exc
+
+    def _abort_start(self) -> None:
+        try:
+            self.stop()
+        except Exception as exc:  # noqa: BLE001  # the start-up error is the one to report
+            log.warning("stopping after the failed start: %s: %s", type(exc).__name__, exc)
+
+    def _start(self) -> None:
         s = self.settings
         self._started_at = time.time()
+        self._step = "checking the files the settings name"
+        check_referenced_files(s)
+        journal, jobs = self._open_state()
+        self._step = "discovering pipelines"
+        if not self.registry.names():
+            self.registry.discover()
+        for name in self.registry.names():
+            metrics.PIPELINE_UP.labels(name).set(1)
+        outbox, assembler = self._start_workers(journal, jobs)
+        self._step = "starting the metrics endpoint"
+        if s.metrics.enabled:
+            self.metrics_port = metrics.serve_metrics(
+                s.metrics.host, s.metrics.port, readiness=self.not_ready
+            )
+        self._start_housekeeping(assembler, outbox, jobs)
+        self._start_sources(assembler)
+        self._step = "writing the state file"
+        self.registry.on_change = self._pipelines_changed
+        self._write_state_file()
+        self._start_watchdog()
+        if s.pipelines.preload:
+            self._start_preload()
+        else:
+            self._ready()
+        log.info("acqflow started: %s", self.describe())
+
+    def _open_state(self) -> tuple[Journal, JobQueue]:
+        """umask, state folders, journal and crash recovery, a first ``daemon.json``."""
+        s = self.settings
+        self._step = "preparing the state folders"
+        os.umask(s.paths.umask_bits)
         for folder in (s.paths.state_dir, s.paths.outputs_dir, s.paths.spool, s.paths.quarantine):
             folder.mkdir(parents=True, exist_ok=True)
+        self._step = "opening the journal"
         journal = self.journal = Journal(s.paths.journal)
-        jobs = JobQueue(journal)
+        jobs = self._jobs = JobQueue(journal)
         resumed, parked = jobs.reset_interrupted(s.workers.max_interrupted_runs)
+        self._parked = parked
         orphans = journal.close_orphan_associations()
         if resumed or orphans:
             log.warning(
                 "recovered after an unclean stop: %d jobs resumed, %d associations closed", resumed, orphans
             )
-        if not self.registry.names():
-            self.registry.discover()
-        for name in self.registry.names():
-            metrics.PIPELINE_UP.labels(name).set(1)
-        if s.metrics.enabled:
-            self.metrics_port = metrics.serve_metrics(s.metrics.host, s.metrics.port)
+        self._step = "writing the state file"
+        self._write_state_file(starting=True)  # proves the state folder writable before any listener
+        return journal, jobs
 
+    def _start_workers(self, journal: Journal, jobs: JobQueue) -> tuple[ExportOutbox, SeriesAssembler]:
+        s = self.settings
+        self._step = "starting the workers"
         outbox = ExportOutbox(s.export, journal, s.dicom.ae_title)
         self._outbox = outbox
         runner = JobRunner(
@@ -121,20 +203,17 @@ class Daemon:
             on_exports=self._send_exports_soon,
             resources=self._run_resources(),
         )
-        for job in parked:
+        pool = WorkerPool(runner, Router(s.routes, self.registry.available))
+        for job in self._parked:
             runner.quarantine_parked(job)
-        self.pool = WorkerPool(runner, Router(s.routes, self.registry.available))
-        self.pool.start()
+        pool.start()
+        self.pool = pool
         self._components.append(("workers", self.pool))
-        assembler = SeriesAssembler(journal, s.dicom.series_quiet_seconds, self.pool.wake)
-        self._start_sources(assembler)
-        self._start_housekeeping(assembler, outbox, jobs)
-        self.registry.on_change = self._write_state_file
-        self._write_state_file()
-        if s.pipelines.preload:
-            self._start_preload()
-        _sd_notify("READY=1")
-        log.info("acqflow ready: %s", self.describe())
+        return outbox, SeriesAssembler(journal, s.dicom.series_quiet_seconds, self.pool.wake)
+
+    def _ready(self) -> None:
+        _sd_notify(f"READY=1\nSTATUS={self._status_line()}")
+        log.info("acqflow ready")
 
     def _run_resources(self) -> RunResources:
         """The disk watch over the daemon's folders and the CPU fallback for a GPU out of memory."""
@@ -151,19 +230,30 @@ class Daemon:
         )
 
     def _start_preload(self) -> None:
-        """Load the pipelines the routes name, in the background, in route order.
+        """Load the pipelines the routes name, in the background, in route order, then
+        tell systemd READY=1.
 
         A model that cannot load is then reported at start (log, ``acqflow_pipeline_up``
-        0, ``acqflow status``) rather than when the first arrival needs it, and the
-        first arrival does not wait for the load. Sources take data meanwhile; a job
-        that needs a pipeline still loading waits for it.
+        0, ``acqflow status``, ``/readyz``) rather than when the first arrival needs it,
+        and the first arrival does not wait for the load. Sources take data meanwhile; a
+        job that needs a pipeline still loading waits for it. Each load extends systemd's
+        start timeout (``EXTEND_TIMEOUT_USEC``) by ``health.busy_seconds``.
         """
-        names = [name for rule in self.settings.routes for name in rule.pipelines]
+        names = list(dict.fromkeys(name for rule in self.settings.routes for name in rule.pipelines))
+        heartbeat = self._preload_beat
+        extend = int(self.settings.health.busy_seconds * 1e6)
 
         def preload() -> None:
-            states = self.registry.preload(names)
-            if states:
-                log.info("pipelines preloaded: %s", ", ".join(f"{n} {s}" for n, s in states.items()))
+            for index, name in enumerate(names, 1):
+                heartbeat.busy()
+                self._loading = f"loading models: {name} ({index} of {len(names)})"
+                _sd_notify(f"EXTEND_TIMEOUT_USEC={extend}\nSTATUS={self._loading}")
+                states = self.registry.preload([name])
+                if states:
+                    log.info("pipeline preloaded: %s %s", name, states[name])
+            heartbeat.idle()
+            self._loading = None
+            self._ready()
 
         thread = threading.Thread(target=preload, name="acqflow-preload", daemon=True)
         thread.start()
@@ -172,24 +262,30 @@ class Daemon:
         assert self.journal is not None
         s = self.settings
         if s.dicom.enabled:
+            self._step = "starting the DICOM receiver"
             receiver = DicomReceiver(s.dicom, self.journal, s.paths.spool, assembler.association_closed)
+            self._components.append(("dicom", receiver))  # stopped again if a later step fails
             receiver.start()
+            self._receiver = receiver
             assembler.settle = receiver.settle
             self.dicom_port = receiver.port
-            self._components.append(("dicom", receiver))
-        self._folders: list[FolderWatcher] = []
-        for folder in s.folders:
-            folder.path.mkdir(parents=True, exist_ok=True)
-            watcher = FolderWatcher(folder, self.journal, s.paths.quarantine, self.pool.wake)
+        for watcher in self._folders:
+            self._step = f"watching {watcher.settings.path}"
+            self._components.append((f"folder {watcher.settings.path}", watcher))
             watcher.start()
             watcher.rescan()
-            self._folders.append(watcher)
-            self._components.append((f"folder {folder.path}", watcher))
 
     def _start_housekeeping(self, assembler: SeriesAssembler, outbox: ExportOutbox, jobs: JobQueue) -> None:
         s = self.settings
+        assert self.journal is not None
+        self._step = "starting housekeeping"
+        self._folders = [
+            FolderWatcher(folder, self.journal, s.paths.quarantine, self.pool.wake) for folder in s.folders
+        ]
         house = self._housekeeping = Housekeeping()
         house.every("series-quiet", 1.0, assembler.check)
+        house.every("heartbeat", min(5.0, s.health.stall_seconds / 4), self._housekeeping_beat.beat)
+        house.every("gpu", 5.0, self._gpu.sample)
         house.every("exports", s.export.poll_seconds, outbox.send_due)
         house.every("queue-depth", 5.0, lambda: self._refresh_gauges(jobs))
         house.every("disk-space", s.workers.disk_check_seconds, self.pool.check_resources)
@@ -197,6 +293,7 @@ class Daemon:
         for watcher, folder in zip(self._folders, s.folders, strict=True):
             house.every(f"rescan {folder.path}", folder.rescan_seconds, watcher.rescan)
         house.start()
+        self._housekeeping_beat.beat()
         self._refresh_gauges(jobs)
         self.pool.check_resources()
 
@@ -232,23 +329,107 @@ class Daemon:
             log.info("retention: removed the spool of %d finished series", purged)
         return purged
 
-    def _write_state_file(self) -> None:
+    def _pipelines_changed(self) -> None:
+        """After each pipeline load attempt: the state file and the device gauge."""
+        self._write_state_file()
+        record_pipeline_devices(self.registry.describe(), self.registry.device)
+
+    def _write_state_file(self, starting: bool = False) -> None:
         """``<state_dir>/daemon.json``: what ``acqflow status`` and the CLI read.
 
-        Rewritten whenever a pipeline loads or fails to (``pipelines``: name → state).
+        Written first while starting (no ``pid`` yet: ``status`` says not running), then
+        once everything runs, then whenever a pipeline loads or fails to
+        (``pipelines``: name → state).
         """
         with self._state_lock:
             if self._stopped:
                 return
-            state = {
-                "pid": os.getpid(),
-                "started_at": self._started_at,
-                "dicom_port": self.dicom_port,
-                "metrics_port": self.metrics_port,
-                "ae_title": self.settings.dicom.ae_title,
-                "pipelines": self.registry.describe(),
-            }
+            state: dict[str, object] = {"starting": True, "started_at": self._started_at}
+            if not starting:
+                state = {
+                    "pid": os.getpid(),
+                    "started_at": self._started_at,
+                    "dicom_port": self.dicom_port,
+                    "metrics_port": self.metrics_port,
+                    "ae_title": self.settings.dicom.ae_title,
+                    "pipelines": self.registry.describe(),
+                }
             write_atomic(self.settings.paths.state_dir / "daemon.json", json.dumps(state).encode())
+
+    # --- health ---------------------------------------------------------------------
+
+    def _start_watchdog(self) -> None:
+        """Keep-alives for systemd's ``WatchdogSec=`` while every loop makes progress."""
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        health = self.settings.health
+        watchdog = Watchdog(
+            _sd_notify,
+            interval,
+            WatchdogRules(loop_allowance=health.stall_seconds, busy_allowance=health.busy_seconds),
+            self._status_line,
+        )
+        watchdog.watch([*self.pool.heartbeats, self._housekeeping_beat, self._preload_beat])
+        watchdog.watch(w.heartbeat for w in self._folders)
+        receiver = self._receiver
+        if receiver is not None:
+            watchdog.probe("dicom", lambda: None if receiver.listening else "not listening")
+        watchdog.start()
+        self._components.append(("watchdog", watchdog))  # stopped first
+        log.info("systemd watchdog: keep-alive every %.1f s", interval)
+
+    def _status_line(self) -> str:
+        """systemd's STATUS=, e.g. ``ready: 3 pipelines, 2 queued, 1 running``."""
+        if self._loading is not None:
+            return self._loading
+        loaded = sum(1 for state in self.registry.describe().values() if state == "loaded")
+        counts: dict[str, int] = {}
+        for (_pipeline, state), count in self._jobs.counts().items():
+            counts[state] = counts.get(state, 0) + count
+        return (
+            f"ready: {loaded} pipelines, {counts.get(JobState.PENDING.value, 0)} queued,"
+            f" {counts.get(JobState.RUNNING.value, 0)} running"
+        )
+
+    def not_ready(self) -> dict[str, str]:
+        """``/readyz``: check → reason for each that fails (journal writable, sources
+        listening, routed pipelines loaded, disks not full); empty when ready."""
+        s = self.settings
+        readiness = Readiness(s.health.min_free_bytes)
+        readiness.add("journal", self._journal_problem)
+        receiver = self._receiver
+        if s.dicom.enabled:
+            readiness.add("dicom", lambda: None if receiver and receiver.listening else "not listening")
+        for watcher in self._folders:
+            readiness.add(f"folder {watcher.settings.path}", _watching(watcher))
+        readiness.add("pipelines", self._pipelines_problem)
+        readiness.add_disk("state", s.paths.state_dir)
+        readiness.add_disk("outputs", s.paths.outputs_dir)
+        return readiness.failures()
+
+    def _journal_problem(self) -> str | None:
+        if self.journal is None or self._stopped:
+            return "not open"
+        try:
+            with self.journal.transaction(durable=False) as db:  # a real write, without a flush
+                db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES('ready_checked_at', ?)",
+                    (repr(time.time()),),
+                )
+        except sqlite3.Error as exc:
+            return f"not writable: {exc}"
+        return None
+
+    def _pipelines_problem(self) -> str | None:
+        states = self.registry.describe()
+        problems = []
+        for name in dict.fromkeys(n for rule in self.settings.routes for n in rule.pipelines):
+            state = states.get(name, "not installed")
+            if state == "loaded" or (state == "not loaded yet" and not self.settings.pipelines.preload):
+                continue
+            problems.append(f"{name} {'loading' if state == 'not loaded yet' else state}")
+        return "; ".join(problems) or None
 
     def describe(self) -> str:
         s = self.settings

@@ -29,8 +29,11 @@ from daemon import metrics
 from daemon.config import WorkerSettings
 from daemon.errors import InputRejected, PipelineLoadError, TransientError
 from daemon.fileio import quarantine
+from daemon.gpu import job_memory_peak
+from daemon.health import Heartbeat
 from daemon.jobqueue import Job, JobQueue
 from daemon.journal import Arrival, ArrivalState, JobState, Journal
+from daemon.logs import log_context
 from daemon.registry import PipelineRegistry
 from daemon.resources import DiskWatch, ResourceCondition, is_gpu_oom, resource_condition
 from daemon.router import Router
@@ -131,7 +134,8 @@ class JobRunner:
         metrics.JOBS.labels(job.pipeline, "done").inc()
         metrics.JOB_DURATION.labels(job.pipeline).observe(elapsed)
         metrics.ARRIVAL_TO_RESULT.labels(job.pipeline).observe(max(0.0, time.time() - job.created_at))
-        log.info("job %d (%s) done in %.2f s: %s", job.id, job.pipeline, elapsed, result.summary)
+        log.info("job %d (%s) done in %.2f s: %s", job.id, job.pipeline, elapsed, result.summary,
+                 extra={"outcome": "done"})
         self._summarize(pipeline, records_groups=[(r.kind, r.group) for r in records])
         if export_ids:
             self.on_exports()
@@ -186,7 +190,8 @@ class JobRunner:
                 metrics.JOBS.labels(pipeline.name, "summary_failed").inc()
 
     def _reject(self, job: Job, arrival: Arrival, error: str) -> None:
-        log.error("job %d (%s): input refused: %s", job.id, job.pipeline, error)
+        log.error("job %d (%s): input refused: %s", job.id, job.pipeline, error,
+                  extra={"outcome": "rejected"})
         self.jobs.fail(job, error, None)
         self.journal.reject_arrival(arrival.id, error)
         metrics.JOBS.labels(job.pipeline, "rejected").inc()
@@ -198,7 +203,8 @@ class JobRunner:
         if attempts >= self.settings.max_attempts:
             self.jobs.fail(job, error, None)
             metrics.JOBS.labels(job.pipeline, "dead").inc()
-            log.error("job %d (%s) is dead after %d attempts: %s", job.id, job.pipeline, attempts, error)
+            log.error("job %d (%s) is dead after %d attempts: %s", job.id, job.pipeline, attempts, error,
+                      extra={"outcome": "dead"})
             self._quarantine(arrival, error)
             return JobState.DEAD
         delay = min(
@@ -214,6 +220,7 @@ class JobRunner:
             attempts,
             delay,
             error,
+            extra={"outcome": "retry"},
         )
         return JobState.PENDING
 
@@ -251,12 +258,18 @@ class WorkerPool:
         self._running: dict[int, Job] = {}
         self._unrecorded: list[int] = []  # jobs whose hold could not be written (state disk full)
         self._lock = threading.Lock()
+        # Progress marks for the systemd watchdog (daemon.health): the dispatcher beats
+        # every cycle; a worker is idle while it waits for a job, busy inside one.
+        self.heartbeats = [Heartbeat("acqflow-dispatch")] + [
+            Heartbeat(f"acqflow-worker-{index}") for index in range(self._settings.count)
+        ]
 
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._dispatch, name="acqflow-dispatch", daemon=True)]
         for index in range(self._settings.count):
             self._threads.append(
-                threading.Thread(target=self._work, name=f"acqflow-worker-{index}", daemon=True)
+                threading.Thread(target=self._work, args=(self.heartbeats[index + 1],),
+                                 name=f"acqflow-worker-{index}", daemon=True)
             )
         for thread in self._threads:
             thread.start()
@@ -351,6 +364,7 @@ class WorkerPool:
 
     def _dispatch(self) -> None:
         while not self._stopping.is_set():
+            self.heartbeats[0].beat()
             try:
                 if self._claimable():  # under a resource condition arrivals wait, ready
                     self.route_ready()
@@ -364,19 +378,25 @@ class WorkerPool:
             self._wake.wait(self._settings.poll_seconds)
             self._wake.clear()
 
-    def _work(self) -> None:
+    def _work(self, heartbeat: Heartbeat) -> None:
         while not self._stopping.is_set():
+            heartbeat.idle()
             try:
                 job = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            heartbeat.busy()
             if self._stopping.is_set():  # taken just as the stop began: give it back
                 self._runner.jobs.requeue([job.id])
                 return
             with self._lock:
                 self._running[job.id] = job
             try:
-                self._runner.run(job)
+                with (
+                    log_context(job_id=job.id, arrival_id=job.arrival_id, pipeline=job.pipeline),
+                    job_memory_peak(job.pipeline, lambda: self._runner.registry.device),
+                ):
+                    self._runner.run(job)
             except Exception as exc:  # journal errors: the job re-runs after a restart
                 if self._note_resource(exc):
                     with self._lock:

@@ -56,6 +56,7 @@ from watchdog.observers.polling import PollingObserver
 
 from daemon.config import FolderMode, FolderSettings
 from daemon.fileio import quarantine
+from daemon.health import Heartbeat
 from daemon.imageio import ImageRejected, TiffHeader, metadata_to_json, read_tiff_header
 from daemon.journal import Arrival, Journal
 from daemon.metrics import ARRIVALS, INPUT_ERRORS, QUARANTINED, SOURCE_ERRORS
@@ -110,6 +111,7 @@ class FolderWatcher:
         self._observer: BaseObserver | None = None
         self._timer: threading.Thread | None = None
         self._tick = max(0.05, min(0.5, settings.stable_seconds / 4))
+        self.heartbeat = Heartbeat(f"folder-stability:{self.root.name}")  # for the watchdog
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -200,6 +202,12 @@ class FolderWatcher:
         return recorded
 
     @property
+    def watching(self) -> bool:
+        """True while the observer and the stability thread run."""
+        observer, timer = self._observer, self._timer
+        return observer is not None and observer.is_alive() and timer is not None and timer.is_alive()
+
+    @property
     def pending_count(self) -> int:
         """Files seen changing that are not complete yet."""
         return len(self._pending)
@@ -280,6 +288,7 @@ class FolderWatcher:
 
     def _stability_loop(self) -> None:
         while not self._stopping.is_set():
+            self.heartbeat.beat()
             self._wake.wait(self._tick)
             self._wake.clear()
             if self._stopping.is_set():
@@ -291,6 +300,7 @@ class FolderWatcher:
                 SOURCE_ERRORS.labels(source=SOURCE, stage="stability").inc()
                 continue
             for path, quiet_for in complete:
+                self.heartbeat.beat()  # a long batch is progress too
                 try:
                     self._take(path, quiet_for)
                 except Exception:
@@ -331,7 +341,8 @@ class FolderWatcher:
             arrival = self._decide(path, quiet_for)
         if arrival is not None:
             ARRIVALS.labels(source=SOURCE, kind="image").inc()
-            log.info("arrival %d: %s (generation %d)", arrival.id, path, arrival.generation)
+            log.info("arrival %d: %s (generation %d)", arrival.id, path, arrival.generation,
+                     extra={"arrival_id": arrival.id, "outcome": "recorded"})
             self._on_ready()
         return arrival
 
@@ -468,7 +479,7 @@ class FolderWatcher:
                 SOURCE_ERRORS.labels(source=SOURCE, stage="quarantine").inc()
         self._journal.record_rejected_file(SOURCE, key, Path(shown), error, {**attrs, "reason": reason})
         INPUT_ERRORS.labels(source=SOURCE, reason=reason).inc()
-        log.warning("rejected %s: %s", shown, error)
+        log.warning("rejected %s: %s", shown, error, extra={"outcome": "rejected"})
 
 
 class _FolderEvents(FileSystemEventHandler):

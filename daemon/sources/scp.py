@@ -199,6 +199,12 @@ class DicomReceiver:
         """TCP connections open from ``address``, associated or not (0 when stopped)."""
         return self._listener.connections(address) if self._listener is not None else 0
 
+    @property
+    def listening(self) -> bool:
+        """True while the server socket is open and its accepting thread runs."""
+        accepting = self._accepting
+        return self._server is not None and accepting is not None and accepting.is_alive()
+
     def _recover_spool(self) -> None:
         """Sort out spool files the journal does not know (``daemon.sources.recovery``)."""
         done = recover_spool(self.spool, self.journal)

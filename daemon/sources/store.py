@@ -198,6 +198,7 @@ class InstanceReceipt:
                 refused.status,
                 refused.reason,
                 refused,
+                extra={"sop_class": self.sop_class, "outcome": refused.reason},
             )
             metrics.DICOM_INSTANCES.labels(refused.reason).inc()
             if refused.status in _INPUT_ERRORS:
@@ -205,7 +206,8 @@ class InstanceReceipt:
             return DimseStatus(int(refused.status), str(refused), refused.offending)
         except Exception as exc:
             LOG.exception(
-                "C-STORE from %s failed unexpectedly (association %s)", peer.calling_ae, peer.association
+                "C-STORE from %s failed unexpectedly (association %s)", peer.calling_ae, peer.association,
+                extra={"sop_class": self.sop_class, "outcome": "error"},
             )
             metrics.DICOM_INSTANCES.labels("error").inc()
             return DimseStatus(int(StoreStatus.PROCESSING_FAILURE), f"internal error: {type(exc).__name__}")
