@@ -96,31 +96,67 @@ class Case:
         return self.outcome is Outcome.REJECTED
 
 
-def _dicom(id: str, title: str, outcome: Outcome, mentions: tuple[str, ...] = (), metric: str = INPUT_ERRORS,
-           labels: Mapping[str, str] | None = None, issue: str = "") -> Case:
+def _dicom(
+    id: str,
+    title: str,
+    outcome: Outcome,
+    mentions: tuple[str, ...] = (),
+    metric: str = INPUT_ERRORS,
+    labels: Mapping[str, str] | None = None,
+    issue: str = "",
+) -> Case:
     default = {"source": "dicom"} if metric == INPUT_ERRORS else {}
     return Case(id, Channel.DICOM, title, outcome, metric, dict(labels or default), mentions, issue=issue)
 
 
 def _done(id: str, title: str, mentions: tuple[str, ...] = (), issue: str = "") -> Case:
-    return Case(id, Channel.DICOM, title, Outcome.PROCESSED, JOBS,
-                {"pipeline": "test-volume-seg", "outcome": "done"}, mentions, issue=issue)
+    return Case(
+        id,
+        Channel.DICOM,
+        title,
+        Outcome.PROCESSED,
+        JOBS,
+        {"pipeline": "test-volume-seg", "outcome": "done"},
+        mentions,
+        issue=issue,
+    )
 
 
-def _folder(id: str, title: str, outcome: Outcome, mentions: tuple[str, ...] = (),
-            metric: str = INPUT_ERRORS, labels: Mapping[str, str] | None = None, increases: bool = True,
-            issue: str = "") -> Case:
-    return Case(id, Channel.FOLDER, title, outcome, metric, dict(labels or {"source": "folder"}), mentions,
-                increases, issue)
+def _folder(
+    id: str,
+    title: str,
+    outcome: Outcome,
+    mentions: tuple[str, ...] = (),
+    metric: str = INPUT_ERRORS,
+    labels: Mapping[str, str] | None = None,
+    increases: bool = True,
+    issue: str = "",
+) -> Case:
+    return Case(
+        id,
+        Channel.FOLDER,
+        title,
+        outcome,
+        metric,
+        dict(labels or {"source": "folder"}),
+        mentions,
+        increases,
+        issue,
+    )
 
 
-def _tcp(id: str, title: str, metric: str = INPUT_ERRORS, labels: Mapping[str, str] | None = None,
-         outcome: Outcome = Outcome.ABORTED, issue: str = "") -> Case:
+def _tcp(
+    id: str,
+    title: str,
+    metric: str = INPUT_ERRORS,
+    labels: Mapping[str, str] | None = None,
+    outcome: Outcome = Outcome.ABORTED,
+    issue: str = "",
+) -> Case:
     return Case(id, Channel.TCP, title, outcome, metric, dict(labels or {"source": "dicom"}), issue=issue)
 
 
-R, J, P, I, A, D = (Outcome.REFUSED, Outcome.REJECTED, Outcome.PROCESSED, Outcome.IGNORED, Outcome.ABORTED,
-                    Outcome.DISTINCT)
+R, J, P, IGN, D = Outcome.REFUSED, Outcome.REJECTED, Outcome.PROCESSED, Outcome.IGNORED, Outcome.DISTINCT
 _VR = "PatientName / PatientID longer than their VR, invalid PatientBirthDate"
 _UIDS = "SOP Instance UIDs that differ only in characters the spool's file naming rewrites or cuts"
 _SIZE = ("size", "limit", "large", "declared", "65535")
@@ -128,15 +164,26 @@ _AFTER_ABORT = {"outcome": "aborted"}
 
 _CASES: tuple[Case, ...] = (
     # --- DICOM over C-STORE ----------------------------------------------------------------
-    _done("dicom-patient-name-too-long", "PatientName of 141 characters (PN allows 64)", ("PatientName",), _VR),
+    _done(
+        "dicom-patient-name-too-long", "PatientName of 141 characters (PN allows 64)", ("PatientName",), _VR
+    ),
     _done("dicom-patient-id-too-long", "PatientID of 100 characters (LO allows 64)", ("PatientID",), _VR),
     _done("dicom-birth-date-month-13", "PatientBirthDate 19721304", ("PatientBirthDate",), _VR),
     _done("dicom-birth-date-truncated", "PatientBirthDate '197'", ("PatientBirthDate",), _VR),
-    _done("dicom-birth-date-iso-format", "PatientBirthDate '1972-03-04' (never in logs, journal, CLI)",
-          ("PatientBirthDate",), "a non-conformant PatientBirthDate (1972-03-04)"),
+    _done(
+        "dicom-birth-date-iso-format",
+        "PatientBirthDate '1972-03-04' (never in logs, journal, CLI)",
+        ("PatientBirthDate",),
+        "a non-conformant PatientBirthDate (1972-03-04)",
+    ),
     _done("dicom-study-date-garbage", "StudyDate 'notadate'", ("StudyDate",)),
-    _dicom("dicom-rows-columns-65535", "Rows = Columns = 65535, 2 slices (32 GiB declared)", J, _SIZE,
-           issue="a series with Rows = Columns = 65535"),
+    _dicom(
+        "dicom-rows-columns-65535",
+        "Rows = Columns = 65535, 2 slices (32 GiB declared)",
+        J,
+        _SIZE,
+        issue="a series with Rows = Columns = 65535",
+    ),
     _dicom("dicom-missing-pixel-data", "one instance without Pixel Data", J, ("pixel data",)),
     _dicom("dicom-truncated-pixel-data", "Pixel Data 1000 of 2048 bytes", J, ("pixel", "length", "decode")),
     _dicom("dicom-wrong-modality", "Modality US on a CT image", J, ("modality",)),
@@ -151,30 +198,74 @@ _CASES: tuple[Case, ...] = (
     _dicom("dicom-missing-position", "no ImagePositionPatient", J, ("position",)),
     _dicom("dicom-localizer", "a LOCALIZER image", J, ("localizer",)),
     _dicom("dicom-colour-image", "RGB slices", J, ("colour", "color", "rgb")),
-    _dicom("dicom-corrupt-jpeg2000-frame", "JPEG 2000 series, middle frame's code stream cut", J,
-           ("decode", "jpeg 2000", "j2k", "frame"), issue="a corrupt JPEG 2000 stream inside a series"),
-    _dicom("dicom-duplicate-instance", "the same instance twice", P, metric=INSTANCES,
-           labels={"outcome": "duplicate"}),
-    _dicom("dicom-reopened-series", "3 slices, processed, then 2 more: new result UIDs", P,
-           metric=JOBS, labels={"pipeline": "test-volume-seg", "outcome": "done"},
-           issue="a re-opened series (40 slices, then completed to 64)"),
-    _dicom("dicom-unknown-transfer-syntax", "only a private transfer syntax proposed", R, ("transfer syntax",)),
+    _dicom(
+        "dicom-corrupt-jpeg2000-frame",
+        "JPEG 2000 series, middle frame's tile data half zeroed (markers intact)",
+        J,
+        ("decode", "jpeg 2000", "j2k", "frame"),
+        issue="a corrupt JPEG 2000 stream inside a series",
+    ),
+    _dicom(
+        "dicom-truncated-jpeg2000-frame",
+        "JPEG 2000 series, middle frame's code stream cut after 20 bytes of tile data",
+        J,
+        ("decode", "jpeg 2000", "j2k", "frame"),
+    ),
+    _dicom(
+        "dicom-duplicate-instance",
+        "the same instance twice",
+        P,
+        metric=INSTANCES,
+        labels={"outcome": "duplicate"},
+    ),
+    _dicom(
+        "dicom-reopened-series",
+        "3 slices, processed, then 2 more: new result UIDs",
+        P,
+        metric=JOBS,
+        labels={"pipeline": "test-volume-seg", "outcome": "done"},
+        issue="a re-opened series (40 slices, then completed to 64)",
+    ),
+    _dicom(
+        "dicom-unknown-transfer-syntax", "only a private transfer syntax proposed", R, ("transfer syntax",)
+    ),
     _dicom("dicom-sop-class-not-offered", "Secondary Capture (not a CT/MR class)", R, ("sop class",)),
     _dicom("dicom-garbage-data-set", "4 KiB of random bytes as the data set", R, ("parse", "header")),
-    _dicom("dicom-part10-preamble-in-data-set", "corrupt preamble: a Part-10 preamble and File Meta sent "
-           "as the data set", R, ("header", "parse", "lacks")),
-    _dicom("dicom-garbage-after-header", "a valid header followed by garbage instead of the pixel module", J,
-           ("pixel data", "dicom", "readable")),
+    _dicom(
+        "dicom-part10-preamble-in-data-set",
+        "corrupt preamble: a Part-10 preamble and File Meta sent as the data set",
+        R,
+        ("header", "parse", "lacks"),
+    ),
+    _dicom(
+        "dicom-garbage-after-header",
+        "a valid header followed by garbage instead of the pixel module",
+        J,
+        ("pixel data", "dicom", "readable"),
+    ),
     _dicom("dicom-empty-data-set", "a C-STORE with an empty data set", R, ("no data set",)),
-    _dicom("dicom-sop-uid-differs-from-command", "data set SOP Instance UID differs from the command", R,
-           ("differs",)),
-    _dicom("dicom-element-length-past-end", "an element length running past the end of the data set", R,
-           ("past the end", "parse", "header")),
+    _dicom(
+        "dicom-sop-uid-differs-from-command",
+        "data set SOP Instance UID differs from the command",
+        R,
+        ("differs",),
+    ),
+    _dicom(
+        "dicom-element-length-past-end",
+        "an element length running past the end of the data set",
+        R,
+        ("past the end", "parse", "header"),
+    ),
     _dicom("dicom-uid-trailing-dot", "SOP Instance UIDs X and X.", D, ("uid",), issue=_UIDS),
     _dicom("dicom-uid-plus-vs-underscore", "SOP Instance UIDs ...+7 and ..._7", D, ("uid",), issue=_UIDS),
     _dicom("dicom-uid-only-dots", "SOP Instance UIDs '..' and '...'", D, ("uid",), issue=_UIDS),
-    _dicom("dicom-uid-over-120-chars", "SOP Instance UIDs of 128 characters differing in the last", D,
-           ("uid",), issue=_UIDS),
+    _dicom(
+        "dicom-uid-over-120-chars",
+        "SOP Instance UIDs of 128 characters differing in the last",
+        D,
+        ("uid",),
+        issue=_UIDS,
+    ),
     # --- watched folder --------------------------------------------------------------------
     _folder("folder-zero-byte", "zero-byte file", J, ("zero-byte", "empty")),
     _folder("folder-truncated-tiff", "TIFF cut at 40 kB of 131 kB", J, ("truncated",)),
@@ -182,36 +273,82 @@ _CASES: tuple[Case, ...] = (
     _folder("folder-png-named-tif", "PNG named .tif", J, ("not a tiff",)),
     _folder("folder-dicom-named-tif", "DICOM Part-10 named .tif", J, ("not a tiff",)),
     _folder("folder-header-only", "8-byte TIFF header, nothing after", J, ("truncated", "directory")),
-    _folder("folder-ifd-offset-past-end", "first IFD offset beyond the end of the file", J,
-            ("truncated", "directory", "corrupt")),
+    _folder(
+        "folder-ifd-offset-past-end",
+        "first IFD offset beyond the end of the file",
+        J,
+        ("truncated", "directory", "corrupt"),
+    ),
     _folder("folder-ifd-loop", "IFD chain pointing at itself", J, ("loop",)),
     _folder("folder-strip-past-end", "strip byte count beyond the end of the file", J, ("truncated",)),
     _folder("folder-strip-offset-past-end", "strip offset beyond the end of the file", J, ("truncated",)),
-    _folder("folder-declared-size-bomb", "declares 50000 x 50000 x 16 bit (5 GB), 300 bytes on disk", J,
-            _SIZE, issue="a 16384 x 16384 16-bit TIFF (beyond the configured limits)"),
+    _folder(
+        "folder-declared-size-bomb",
+        "declares 50000 x 50000 x 16 bit (5 GB), 300 bytes on disk",
+        J,
+        _SIZE,
+        issue="a 16384 x 16384 16-bit TIFF (beyond the configured limits)",
+    ),
     _folder("folder-corrupt-deflate-strip", "deflate strip with garbage inside", J, ("decode", "corrupt")),
     _folder("folder-unsupported-sample-format", "complex 64-bit samples", J, ("unsupported", "sample")),
-    _folder("folder-unknown-compression", "Compression tag 65000 (no such codec)", J,
-            ("unsupported", "compression", "decode")),
+    _folder(
+        "folder-unknown-compression",
+        "Compression tag 65000 (no such codec)",
+        J,
+        ("unsupported", "compression", "decode"),
+    ),
     _folder("folder-last-page-truncated", "4-page TIFF cut inside its last page", J, ("truncated",)),
     _folder("folder-truncated-bigtiff", "BigTIFF cut at 60 kB", J, ("truncated",)),
-    _folder("folder-growing-writer-pauses", "writer pauses 3 stable times mid-write, then completes", P,
-            increases=False, issue="a file whose writer pauses 4 s mid-write (stable time 2 s)"),
-    _folder("folder-symlink-outside-tree", "symlink to a TIFF outside the watched tree", I,
-            metric=ARRIVALS, increases=False, issue="a symlink in a watched folder pointing outside it"),
-    _folder("folder-symlink-outside-to-bad-file", "symlink to a non-TIFF outside the tree (never copied)", I,
-            metric=ARRIVALS, increases=False, issue="a symlink in a watched folder pointing outside it"),
-    _folder("folder-non-utf8-name", "valid TIFF under a name that is not UTF-8", P,
-            metric="acqflow_source_errors_total", increases=False,
-            issue="a file name that is not valid UTF-8"),
-    _folder("folder-non-utf8-name-bad-content", "not-a-TIFF under a name that is not UTF-8", J,
-            ("not a tiff",), issue="a file name that is not valid UTF-8"),
-    _folder("folder-temporary-name-renamed", ".part file kept open, then renamed to .tif", P,
-            increases=False),
+    _folder(
+        "folder-growing-writer-pauses",
+        "writer pauses 3 stable times mid-write, then completes",
+        P,
+        increases=False,
+        issue="a file whose writer pauses 4 s mid-write (stable time 2 s)",
+    ),
+    _folder(
+        "folder-symlink-outside-tree",
+        "symlink to a TIFF outside the watched tree",
+        IGN,
+        metric=ARRIVALS,
+        increases=False,
+        issue="a symlink in a watched folder pointing outside it",
+    ),
+    _folder(
+        "folder-symlink-outside-to-bad-file",
+        "symlink to a non-TIFF outside the tree (never copied)",
+        IGN,
+        metric=ARRIVALS,
+        increases=False,
+        issue="a symlink in a watched folder pointing outside it",
+    ),
+    _folder(
+        "folder-non-utf8-name",
+        "valid TIFF under a name that is not UTF-8",
+        P,
+        metric="acqflow_source_errors_total",
+        increases=False,
+        issue="a file name that is not valid UTF-8",
+    ),
+    _folder(
+        "folder-non-utf8-name-bad-content",
+        "not-a-TIFF under a name that is not UTF-8",
+        J,
+        ("not a tiff",),
+        issue="a file name that is not valid UTF-8",
+    ),
+    _folder(
+        "folder-temporary-name-renamed", ".part file kept open, then renamed to .tif", P, increases=False
+    ),
     _folder("folder-ome-xml-garbage", "broken OME-XML in ImageDescription", P, increases=False),
     # last of the folder cases: a watcher that opens a FIFO blocks and takes nothing after it
-    _folder("folder-fifo-named-tif", "a FIFO named .tif (opening it would block)", I, metric=ARRIVALS,
-            increases=False),
+    _folder(
+        "folder-fifo-named-tif",
+        "a FIFO named .tif (opening it would block)",
+        IGN,
+        metric=ARRIVALS,
+        increases=False,
+    ),
     # --- raw TCP to the SCP ----------------------------------------------------------------
     _tcp("tcp-p-data-before-association", "P-DATA-TF as the first PDU"),
     _tcp("tcp-unknown-pdu-type", "PDU type 0x09 as the first PDU"),
@@ -221,27 +358,68 @@ _CASES: tuple[Case, ...] = (
     _tcp("tcp-garbage-associate-rq", "A-ASSOCIATE-RQ with a random body"),
     _tcp("tcp-http-request", "an HTTP GET on the DICOM port"),
     _tcp("tcp-tls-hello-on-plain-port", "a TLS ClientHello on the plain port"),
-    _tcp("tcp-idle-connections", "more idle connections than max_associations, never associating",
-         metric=ASSOCIATIONS, labels={"outcome": "accepted"},
-         issue="17 idle TCP connections that never send an A-ASSOCIATE-RQ"),
-    _tcp("tcp-never-ending-command-set", "command-set fragments that never end", metric=ASSOCIATIONS,
-         labels=_AFTER_ABORT, issue="300 MB of never-ending command-set fragments"),
-    _tcp("tcp-abort-mid-data-set", "A-ABORT in the middle of a data set", metric=ASSOCIATIONS,
-         labels=_AFTER_ABORT),
-    _tcp("tcp-close-mid-data-set", "TCP close in the middle of a data set", metric=ASSOCIATIONS,
-         labels={"outcome": "closed"}),
-    _tcp("tcp-pdv-unaccepted-context", "PDV on a presentation context that was not accepted",
-         metric=ASSOCIATIONS, labels=_AFTER_ABORT),
-    _tcp("tcp-data-set-without-command", "data set fragment with no C-STORE command", metric=ASSOCIATIONS,
-         labels=_AFTER_ABORT),
-    _tcp("tcp-undecodable-command-set", "command set that is not a DICOM data set", metric=ASSOCIATIONS,
-         labels=_AFTER_ABORT),
-    _tcp("tcp-p-data-length-over-cap", "P-DATA-TF whose length field says 1 GB", metric=ASSOCIATIONS,
-         labels=_AFTER_ABORT),
-    _tcp("tcp-pdv-length-inconsistent", "PDV item longer than its PDU", metric=ASSOCIATIONS,
-         labels=_AFTER_ABORT),
-    _tcp("tcp-calling-ae-not-allowed", "A-ASSOCIATE-RQ from a calling AE not on the allow-list",
-         metric=ASSOCIATIONS, labels={"outcome": "rejected"}),
+    _tcp(
+        "tcp-idle-connections",
+        "more idle connections than max_associations, never associating",
+        metric=ASSOCIATIONS,
+        labels={"outcome": "accepted"},
+        issue="17 idle TCP connections that never send an A-ASSOCIATE-RQ",
+    ),
+    _tcp(
+        "tcp-never-ending-command-set",
+        "command-set fragments that never end",
+        metric=ASSOCIATIONS,
+        labels=_AFTER_ABORT,
+        issue="300 MB of never-ending command-set fragments",
+    ),
+    _tcp(
+        "tcp-abort-mid-data-set",
+        "A-ABORT in the middle of a data set",
+        metric=ASSOCIATIONS,
+        labels=_AFTER_ABORT,
+    ),
+    _tcp(
+        "tcp-close-mid-data-set",
+        "TCP close in the middle of a data set",
+        metric=ASSOCIATIONS,
+        labels={"outcome": "closed"},
+    ),
+    _tcp(
+        "tcp-pdv-unaccepted-context",
+        "PDV on a presentation context that was not accepted",
+        metric=ASSOCIATIONS,
+        labels=_AFTER_ABORT,
+    ),
+    _tcp(
+        "tcp-data-set-without-command",
+        "data set fragment with no C-STORE command",
+        metric=ASSOCIATIONS,
+        labels=_AFTER_ABORT,
+    ),
+    _tcp(
+        "tcp-undecodable-command-set",
+        "command set that is not a DICOM data set",
+        metric=ASSOCIATIONS,
+        labels=_AFTER_ABORT,
+    ),
+    _tcp(
+        "tcp-p-data-length-over-cap",
+        "P-DATA-TF whose length field says 1 GB",
+        metric=ASSOCIATIONS,
+        labels=_AFTER_ABORT,
+    ),
+    _tcp(
+        "tcp-pdv-length-inconsistent",
+        "PDV item longer than its PDU",
+        metric=ASSOCIATIONS,
+        labels=_AFTER_ABORT,
+    ),
+    _tcp(
+        "tcp-calling-ae-not-allowed",
+        "A-ASSOCIATE-RQ from a calling AE not on the allow-list",
+        metric=ASSOCIATIONS,
+        labels={"outcome": "rejected"},
+    ),
 )
 
 CASES: Mapping[str, Case] = MappingProxyType({case.id: case for case in _CASES})

@@ -196,17 +196,27 @@ def _truncated_pixels(datasets: list[Dataset]) -> None:
     datasets[1].PixelData = datasets[1].PixelData[:1000]
 
 
-def _corrupt_j2k(seed: str) -> DicomDelivery:
-    """JPEG 2000 lossless series whose middle frame lost the second half of its code stream."""
+def _cut_stream(stream: bytes) -> bytes:
+    """The main header and 20 bytes of tile data, then the EOC marker."""
+    return stream[: stream.find(b"\xff\x93") + 20] + b"\xff\xd9"
+
+
+def _zeroed_stream(stream: bytes) -> bytes:
+    """Same length, markers intact, the second half of the tile data zeroed (a torn write)."""
+    start = stream.find(b"\xff\x93") + 2
+    middle = (start + len(stream)) // 2
+    return stream[:middle] + b"\0" * (len(stream) - 2 - middle) + b"\xff\xd9"
+
+
+def _jpeg2000(seed: str, damage: Callable[[bytes], bytes]) -> DicomDelivery:
+    """A JPEG 2000 lossless series whose middle frame's code stream is damaged."""
     from imagecodecs import jpeg2k_encode
 
     datasets = base_series(seed)
     for index, ds in enumerate(datasets):
         pixels = np.frombuffer(ds.PixelData, np.uint16).reshape(32, 32)
         stream = bytes(jpeg2k_encode(pixels, level=0, codecformat="J2K"))
-        if index == 1:  # keep the main header, cut the tile data, keep the EOC marker
-            stream = stream[: len(stream) // 2] + b"\xff\xd9"
-        ds.PixelData = encapsulate([stream])
+        ds.PixelData = encapsulate([damage(stream) if index == 1 else stream])
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     instances = tuple(
@@ -230,8 +240,9 @@ def _reopened(seed: str) -> DicomDelivery:
 
 def _unknown_syntax(seed: str) -> DicomDelivery:
     delivery = _delivery(base_series(seed))
-    return DicomDelivery(delivery.series_uid, delivery.instances, peer="raw",
-                         syntaxes=("1.2.826.0.1.3680043.9.9999.1",))
+    return DicomDelivery(
+        delivery.series_uid, delivery.instances, peer="raw", syntaxes=("1.2.826.0.1.3680043.9.9999.1",)
+    )
 
 
 def _not_offered_class(seed: str) -> DicomDelivery:
@@ -239,14 +250,17 @@ def _not_offered_class(seed: str) -> DicomDelivery:
     for ds in datasets:
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
     delivery = _delivery(datasets, peer="raw")
-    return DicomDelivery(delivery.series_uid, delivery.instances, peer="raw",
-                         sop_classes=(SECONDARY_CAPTURE,))
+    return DicomDelivery(
+        delivery.series_uid, delivery.instances, peer="raw", sop_classes=(SECONDARY_CAPTURE,)
+    )
 
 
 # --- bytes no real SCU sends -------------------------------------------------------------
 
 
-def _raw(seed: str, data_for: Callable[[Dataset, bytes], bytes], command_uid: str | None = None) -> DicomDelivery:
+def _raw(
+    seed: str, data_for: Callable[[Dataset, bytes], bytes], command_uid: str | None = None
+) -> DicomDelivery:
     """One instance (the second slice of a valid series) whose data set bytes are replaced."""
     ds = base_series(seed)[1]
     data = data_for(ds, encoded(ds))
@@ -257,9 +271,20 @@ def _raw(seed: str, data_for: Callable[[Dataset, bytes], bytes], command_uid: st
 def _header_then_garbage(ds: Dataset, data: bytes) -> bytes:
     """Everything up to the pixel module, then bytes that are not DICOM elements."""
     head = copy.deepcopy(ds)
-    for keyword in ("PixelData", "RescaleSlope", "RescaleIntercept", "PixelRepresentation", "HighBit",
-                    "BitsStored", "BitsAllocated", "Columns", "Rows", "PhotometricInterpretation",
-                    "SamplesPerPixel", "PixelSpacing"):
+    for keyword in (
+        "PixelData",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "PixelRepresentation",
+        "HighBit",
+        "BitsStored",
+        "BitsAllocated",
+        "Columns",
+        "Rows",
+        "PhotometricInterpretation",
+        "SamplesPerPixel",
+        "PixelSpacing",
+    ):
         if keyword in head:
             delattr(head, keyword)
     return encoded(head) + b"\xff\xff\xff\xff" + np.random.default_rng(7).bytes(3000)
@@ -318,7 +343,8 @@ BUILDERS: dict[str, Callable[[str], DicomDelivery]] = {
     "dicom-missing-position": lambda s: _mutated(s, _delete("ImagePositionPatient", only=0)),
     "dicom-localizer": lambda s: _mutated(s, _set("ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"])),
     "dicom-colour-image": lambda s: _mutated(s, _colour),
-    "dicom-corrupt-jpeg2000-frame": _corrupt_j2k,
+    "dicom-corrupt-jpeg2000-frame": lambda s: _jpeg2000(s, _zeroed_stream),
+    "dicom-truncated-jpeg2000-frame": lambda s: _jpeg2000(s, _cut_stream),
     "dicom-duplicate-instance": _duplicate_instance,
     "dicom-reopened-series": _reopened,
     "dicom-unknown-transfer-syntax": _unknown_syntax,
@@ -327,10 +353,12 @@ BUILDERS: dict[str, Callable[[str], DicomDelivery]] = {
     "dicom-part10-preamble-in-data-set": lambda s: _raw(s, _with_preamble),
     "dicom-garbage-after-header": lambda s: _raw(s, _header_then_garbage),
     "dicom-empty-data-set": lambda s: _raw(s, lambda ds, data: b""),
-    "dicom-sop-uid-differs-from-command": lambda s: _raw(s, lambda ds, data: data,
-                                                         command_uid="1.2.826.0.1.3680043.10.543.99"),
+    "dicom-sop-uid-differs-from-command": lambda s: _raw(
+        s, lambda ds, data: data, command_uid="1.2.826.0.1.3680043.10.543.99"
+    ),
     "dicom-element-length-past-end": lambda s: _raw(
-        s, lambda ds, data: data[:200] + struct.pack("<HH2sH", 0x0008, 0x1030, b"LO", 0xFFF0) + b"x" * 64),
+        s, lambda ds, data: data[:200] + struct.pack("<HH2sH", 0x0008, 0x1030, b"LO", 0xFFF0) + b"x" * 64
+    ),
     "dicom-uid-trailing-dot": lambda s: _uid_pair(s, "{root}."),
     "dicom-uid-plus-vs-underscore": _plus_underscore_pair,
     "dicom-uid-only-dots": _dots_pair,

@@ -49,8 +49,9 @@ def _send_raw(delivery: DicomDelivery, instances: tuple[Instance, ...], port: in
             if instance.sop_class not in peer.contexts:
                 statuses.append((None, "presentation context rejected (SOP class / transfer syntax)"))
                 continue
-            statuses.append(_status(peer.store(instance.sop_class, instance.sop_uid, instance.data,
-                                               message_id=number)))
+            statuses.append(
+                _status(peer.store(instance.sop_class, instance.sop_uid, instance.data, message_id=number))
+            )
         peer.release()
         return statuses
 
@@ -68,8 +69,11 @@ def _send_pynetdicom(delivery: DicomDelivery, instances: tuple[Instance, ...], p
             with warnings.catch_warnings():  # invalid values are the point here
                 warnings.simplefilter("ignore")
                 answer = association.send_c_store(instance.dataset)
-            statuses.append((int(answer.Status), str(answer.get("ErrorComment", ""))) if "Status" in answer
-                            else (None, "no response"))
+            statuses.append(
+                (int(answer.Status), str(answer.get("ErrorComment", "")))
+                if "Status" in answer
+                else (None, "no response")
+            )
     finally:
         association.release()
     return statuses
@@ -108,18 +112,24 @@ def _wait_decided(daemon: DaemonProcess, series_uid: str, observation: Observati
     if not wait_for(decided, DECISION_SECONDS, 0.2):
         arrival = _arrival(daemon, series_uid)
         state = "no arrival" if arrival is None else f"arrival {arrival['state']}"  # type: ignore[index]
-        observation.outcome, observation.error = "undecided", f"not decided in {DECISION_SECONDS:g} s ({state})"
+        observation.outcome, observation.error = (
+            "undecided",
+            f"not decided in {DECISION_SECONDS:g} s ({state})",
+        )
 
 
-def _check_distinct(daemon: DaemonProcess, delivery: DicomDelivery, statuses: list[Status],
-                    observation: Observation) -> None:
+def _check_distinct(
+    daemon: DaemonProcess, delivery: DicomDelivery, statuses: list[Status], observation: Observation
+) -> None:
     """Every acknowledged instance on its own path, holding its own SOP Instance UID."""
     acked = [i.sop_uid for i, (status, _) in zip(delivery.instances, statuses, strict=True) if status == 0]
     rows = {r["sop_instance_uid"]: r["path"] for r in journal_rows(daemon, "SELECT * FROM instances")}
     problems = [f"acknowledged {uid!r} has no journal row" for uid in acked if uid not in rows]
     paths = [rows[uid] for uid in acked if uid in rows]
     if len(set(paths)) != len(paths):
-        problems.append(f"{len(paths)} acknowledged instances on {len(set(paths))} path(s): {sorted(set(paths))}")
+        problems.append(
+            f"{len(paths)} acknowledged instances on {len(set(paths))} path(s): {sorted(set(paths))}"
+        )
     for uid in acked:
         if uid in rows and Path(rows[uid]).exists():
             found = str(pydicom.dcmread(rows[uid], stop_before_pixels=True, force=True).SOPInstanceUID)
@@ -136,13 +146,14 @@ def _check_reopened(daemon: DaemonProcess, delivery: DicomDelivery, observation:
     arrival = _arrival(daemon, delivery.series_uid)
     first_uid = _seg_uid(daemon, arrival["id"]) if arrival is not None else ""  # type: ignore[index]
     send(delivery, daemon.state["dicom_port"], delivery.later)
-    wait_for(lambda: (a := _arrival(daemon, delivery.series_uid)) is not None
-             and a["generation"] >= 1, 10)  # type: ignore[index]
+    wait_for(lambda: (a := _arrival(daemon, delivery.series_uid)) is not None and a["generation"] >= 1, 10)  # type: ignore[index]
     _wait_decided(daemon, delivery.series_uid, observation)
     second_uid = _seg_uid(daemon, arrival["id"]) if arrival is not None else ""  # type: ignore[index]
     observation.notes.append(f"result SOP Instance UIDs {first_uid} then {second_uid}")
     if not first_uid or first_uid == second_uid:
-        observation.failures.append("the re-opened series' result kept the first generation's SOP Instance UID")
+        observation.failures.append(
+            "the re-opened series' result kept the first generation's SOP Instance UID"
+        )
 
 
 def run_dicom_case(daemon: DaemonProcess, root: Path, case: Case, delivery: DicomDelivery) -> Observation:
@@ -150,7 +161,9 @@ def run_dicom_case(daemon: DaemonProcess, root: Path, case: Case, delivery: Dico
     observation = Observation(case.id)
     before = Snapshot.take(daemon)
     statuses = send(delivery, daemon.state["dicom_port"])
-    observation.notes.append("statuses " + ", ".join("none" if s is None else f"0x{s:04X}" for s, _ in statuses))
+    observation.notes.append(
+        "statuses " + ", ".join("none" if s is None else f"0x{s:04X}" for s, _ in statuses)
+    )
     comments = " ".join(c for _, c in statuses if c)
     if case.outcome is Outcome.DISTINCT:
         _check_distinct(daemon, delivery, statuses, observation)

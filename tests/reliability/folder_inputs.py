@@ -43,14 +43,28 @@ def good_tiff(seed: int, shape: tuple[int, int] = (64, 64), dtype: str = "uint16
 
 
 def tiff_by_hand(
-    width: int, height: int, strip: bytes, *, bits: int = 16, compression: int = 1,
-    sample_format: int = 1, strip_offset: int | None = None, next_ifd: int = 0,
+    width: int,
+    height: int,
+    strip: bytes,
+    *,
+    bits: int = 16,
+    compression: int = 1,
+    sample_format: int = 1,
+    strip_offset: int | None = None,
+    next_ifd: int = 0,
     strip_bytes: int | None = None,
 ) -> bytes:
     """A one-strip little-endian classic TIFF whose every field may lie."""
     tags = [
-        (256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, compression), (262, 3, 1),
-        (273, 4, 0), (277, 3, 1), (278, 4, height), (279, 4, len(strip) if strip_bytes is None else strip_bytes),
+        (256, 4, width),
+        (257, 4, height),
+        (258, 3, bits),
+        (259, 3, compression),
+        (262, 3, 1),
+        (273, 4, 0),
+        (277, 3, 1),
+        (278, 4, height),
+        (279, 4, len(strip) if strip_bytes is None else strip_bytes),
         (339, 3, sample_format),
     ]
     ifd_size = 2 + 12 * len(tags) + 4
@@ -144,8 +158,11 @@ def _size_bomb() -> bytes:
 
 
 def _ome_garbage() -> bytes:
-    return good_tiff(13, description='<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/'
-                                     'Schemas/OME/2016-06"><Image><Pixels SizeX="banana"')
+    return good_tiff(
+        13,
+        description='<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/'
+        'Schemas/OME/2016-06"><Image><Pixels SizeX="banana"',
+    )
 
 
 WRITERS: dict[str, Callable[[Path, Path, float], FolderDelivery]] = {
@@ -155,20 +172,24 @@ WRITERS: dict[str, Callable[[Path, Path, float], FolderDelivery]] = {
     "folder-png-named-tif": _file("picture.tif", lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * 400),
     "folder-dicom-named-tif": _file("scan.tif", lambda: b"\0" * 128 + b"DICM" + b"\x02\x00" * 100),
     "folder-header-only": _file("header.tif", lambda: b"II*\x00\x08\x00\x00\x00"),
-    "folder-ifd-offset-past-end": _file("far.tif", lambda: b"II*\x00" + struct.pack("<I", 10**8) + b"\0" * 64),
+    "folder-ifd-offset-past-end": _file(
+        "far.tif", lambda: b"II*\x00" + struct.pack("<I", 10**8) + b"\0" * 64
+    ),
     "folder-ifd-loop": _file("loop.tif", lambda: tiff_by_hand(8, 8, b"\0" * 128, next_ifd=8)),
     "folder-strip-past-end": _file("strip.tif", lambda: tiff_by_hand(64, 64, b"\0" * 64, strip_bytes=8192)),
     "folder-strip-offset-past-end": _file(
-        "offset.tif", lambda: tiff_by_hand(64, 64, b"\0" * 8192, strip_offset=10**7)),
+        "offset.tif", lambda: tiff_by_hand(64, 64, b"\0" * 8192, strip_offset=10**7)
+    ),
     "folder-declared-size-bomb": _file("mosaic.tif", _size_bomb),
     "folder-corrupt-deflate-strip": _file("deflate.tif", _corrupt_deflate),
     "folder-unsupported-sample-format": _file(
-        "complex.tif", lambda: tiff_by_hand(16, 16, b"\0" * 2048, bits=64, sample_format=6)),
+        "complex.tif", lambda: tiff_by_hand(16, 16, b"\0" * 2048, bits=64, sample_format=6)
+    ),
     "folder-unknown-compression": _file(
-        "codec.tif", lambda: tiff_by_hand(64, 64, b"\0" * 8192, compression=65000)),
+        "codec.tif", lambda: tiff_by_hand(64, 64, b"\0" * 8192, compression=65000)
+    ),
     "folder-last-page-truncated": _file("stack.tif", _last_page_truncated),
-    "folder-truncated-bigtiff": _file(
-        "big.tif", lambda: good_tiff(2, (256, 256), bigtiff=True)[:60000]),
+    "folder-truncated-bigtiff": _file("big.tif", lambda: good_tiff(2, (256, 256), bigtiff=True)[:60000]),
     "folder-growing-writer-pauses": _growing,
     "folder-symlink-outside-tree": _symlink(lambda: good_tiff(15)),
     "folder-symlink-outside-to-bad-file": _symlink(lambda: SECRET * 20),

@@ -13,8 +13,8 @@ from tests.reliability.harness import (
     Observation,
     Snapshot,
     decide,
-    judge,
     jobs_of,
+    judge,
     log_since,
     metric_delta,
     quarantine_entries,
@@ -44,10 +44,13 @@ def _observe(daemon: DaemonProcess, case: Case, delivery: FolderDelivery, observ
         return
     if len(arrivals) > 1:
         observation.failures.append(f"{len(arrivals)} arrivals for one file")
-    if not wait_for(lambda: decide(daemon, _arrivals(daemon, delivery.marker)[-1], observation),
-                    DECISION_SECONDS, 0.2):
+    if not wait_for(
+        lambda: decide(daemon, _arrivals(daemon, delivery.marker)[-1], observation), DECISION_SECONDS, 0.2
+    ):
         observation.outcome = "undecided"
-        observation.error = f"arrival {_arrivals(daemon, delivery.marker)[-1]['state']} after {DECISION_SECONDS:g} s"
+        observation.error = (
+            f"arrival {_arrivals(daemon, delivery.marker)[-1]['state']} after {DECISION_SECONDS:g} s"
+        )
     if case.outcome is not Outcome.PROCESSED:
         time.sleep(RESCAN_SECONDS + 0.5)  # a rescan must not take or reject it again
         again = _arrivals(daemon, delivery.marker)
@@ -78,8 +81,9 @@ def good_file_processed(daemon: DaemonProcess, inbox: Path, case: Case) -> bool:
     return wait_for(done, 30, 0.2)
 
 
-def run_folder_case(daemon: DaemonProcess, inbox: Path, outside: Path, case: Case,
-                    write: object) -> Observation:
+def run_folder_case(
+    daemon: DaemonProcess, inbox: Path, outside: Path, case: Case, write: object
+) -> Observation:
     """Write ``case`` into its own folder of the inbox, observe, write a good file, judge."""
     observation = Observation(case.id)
     before = Snapshot.take(daemon)

@@ -61,7 +61,9 @@ class Snapshot:
 
     @classmethod
     def take(cls, daemon: DaemonProcess) -> Snapshot:
-        return cls(daemon.metrics_text(), quarantine_entries(daemon), log_size(daemon), instance_count(daemon))
+        return cls(
+            daemon.metrics_text(), quarantine_entries(daemon), log_size(daemon), instance_count(daemon)
+        )
 
 
 def base_settings(root: Path) -> dict[str, Any]:
@@ -69,11 +71,17 @@ def base_settings(root: Path) -> dict[str, Any]:
     return {
         "log_level": "INFO",
         "paths": {"state_dir": str(root / "state"), "outputs_dir": str(root / "outputs")},
-        "workers": {"device": "cpu", "poll_seconds": 0.2, "max_attempts": 3, "retry_initial_seconds": 0.2,
-                    "retry_max_seconds": 0.5},
+        "workers": {
+            "device": "cpu",
+            "poll_seconds": 0.2,
+            "max_attempts": 3,
+            "retry_initial_seconds": 0.2,
+            "retry_max_seconds": 0.5,
+        },
         "metrics": {"port": free_port()},
-        "pipelines": {"modules": ["tests.support.pipelines:ImageStats",
-                                  "tests.support.seg_pipeline:VolumeSegmentation"]},
+        "pipelines": {
+            "modules": ["tests.support.pipelines:ImageStats", "tests.support.seg_pipeline:VolumeSegmentation"]
+        },
     }
 
 
@@ -120,7 +128,9 @@ def instance_count(daemon: DaemonProcess) -> int:
 
 def metric_delta(daemon: DaemonProcess, before: Snapshot, case: Case) -> float:
     now = daemon.metrics_text()
-    return metric_value(now, case.metric, case.labels) - metric_value(before.metrics, case.metric, case.labels)
+    return metric_value(now, case.metric, case.labels) - metric_value(
+        before.metrics, case.metric, case.labels
+    )
 
 
 def jobs_of(daemon: DaemonProcess, arrival_id: int) -> list[sqlite3.Row]:
@@ -141,7 +151,8 @@ def decide(daemon: DaemonProcess, arrival: sqlite3.Row, observation: Observation
         observation.notes.append(f"job dead after {dead[0]['attempts']} attempt(s)")
         if dead[0]["attempts"] > 1:
             observation.failures.append(
-                f"a bad input was retried: dead after {dead[0]['attempts']} attempts, not on its first")
+                f"a bad input was retried: dead after {dead[0]['attempts']} attempts, not on its first"
+            )
     else:
         observation.outcome = Outcome.PROCESSED.value
     return True
@@ -165,11 +176,17 @@ def judge(case: Case, observation: Observation, mention_text: str) -> list[str]:
     """Every expectation of ``case`` that ``observation`` breaks (empty: contained)."""
     failures = list(observation.failures)
     if observation.outcome != case.outcome.value:
-        failures.append(f"outcome {observation.outcome!r}, expected {case.outcome.value!r}"
-                        + (f" ({observation.error})" if observation.error else ""))
+        failures.append(
+            f"outcome {observation.outcome!r}, expected {case.outcome.value!r}"
+            + (f" ({observation.error})" if observation.error else "")
+        )
     # stored under distinct names with nothing refused: no error to name, nothing to count
     all_stored = case.outcome is Outcome.DISTINCT and not observation.error
-    if case.mentions and not all_stored and not any(word.lower() in mention_text.lower() for word in case.mentions):
+    if (
+        case.mentions
+        and not all_stored
+        and not any(word.lower() in mention_text.lower() for word in case.mentions)
+    ):
         where = "log warning" if case.outcome is Outcome.PROCESSED else "error"
         failures.append(f"{where} mentions none of {list(case.mentions)}: {mention_text[-300:]!r}")
     labels = ",".join(f'{k}="{v}"' for k, v in case.labels.items())

@@ -31,13 +31,20 @@ PHI = (PATIENT_NAME, PATIENT_ID, "1972-03-04", "19720304", "19721304")
 
 def dicom_settings(root: Path) -> dict[str, Any]:
     settings = base_settings(root)
-    settings.update({
-        "dicom": {"port": free_port(), "ae_title": "ACQFLOW", "series_quiet_seconds": 1.0,
-                  "allowed_calling_aes": ["STORESCU", CALLING_AE], "max_associations": 4,
-                  "network_timeout_seconds": 10.0},
-        "folders": [],
-        "routes": [{"name": "series", "kind": ["dicom-series"], "pipelines": ["test-volume-seg"]}],
-    })
+    settings.update(
+        {
+            "dicom": {
+                "port": free_port(),
+                "ae_title": "ACQFLOW",
+                "series_quiet_seconds": 1.0,
+                "allowed_calling_aes": ["STORESCU", CALLING_AE],
+                "max_associations": 4,
+                "network_timeout_seconds": 10.0,
+            },
+            "folders": [],
+            "routes": [{"name": "series", "kind": ["dicom-series"], "pipelines": ["test-volume-seg"]}],
+        }
+    )
     return settings
 
 
@@ -87,6 +94,10 @@ def _written_text(daemon: DaemonProcess) -> dict[str, str]:
 
 def test_no_patient_data_in_anything_the_run_wrote(daemon: DaemonProcess) -> None:
     """Runs after the cases: their inputs all carry the distinctive patient."""
-    leaks = [f"{value!r} in {where}" for where, text in _written_text(daemon).items() for value in PHI
-             if value in text]
+    leaks = [
+        f"{value!r} in {where}"
+        for where, text in _written_text(daemon).items()
+        for value in PHI
+        if value in text
+    ]
     assert not leaks, leaks

@@ -13,9 +13,9 @@ import contextlib
 import socket
 import struct
 import time
-from io import BytesIO
 from collections.abc import Sequence
 from dataclasses import dataclass
+from io import BytesIO
 
 from pydicom.dataset import Dataset
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
@@ -117,8 +117,11 @@ class RawPeer:
         return b"".join(chunks)
 
     def associate(
-        self, contexts: Sequence[tuple[str, Sequence[str]]], calling_ae: str = "STORESCU",
-        called_ae: str = "ACQFLOW", max_pdu: int = 16384,
+        self,
+        contexts: Sequence[tuple[str, Sequence[str]]],
+        calling_ae: str = "STORESCU",
+        called_ae: str = "ACQFLOW",
+        max_pdu: int = 16384,
     ) -> PduReply:
         """Send an A-ASSOCIATE-RQ; on A-ASSOCIATE-AC records the accepted contexts."""
         request = A_ASSOCIATE()
@@ -150,7 +153,11 @@ class RawPeer:
         return reply
 
     def store(
-        self, sop_class: str, sop_uid: str, dataset: bytes, fragment: int = 16000,
+        self,
+        sop_class: str,
+        sop_uid: str,
+        dataset: bytes,
+        fragment: int = 16000,
         message_id: int = 1,
     ) -> Dataset | PduReply:
         """C-STORE ``dataset`` (already encoded) on the context of ``sop_class``.
@@ -160,8 +167,12 @@ class RawPeer:
         """
         context_id = self.contexts[sop_class]
         command = command_set(
-            AffectedSOPClassUID=sop_class, CommandField=0x0001, MessageID=message_id,
-            Priority=0, CommandDataSetType=0x0000, AffectedSOPInstanceUID=sop_uid,
+            AffectedSOPClassUID=sop_class,
+            CommandField=0x0001,
+            MessageID=message_id,
+            Priority=0,
+            CommandDataSetType=0x0000,
+            AffectedSOPInstanceUID=sop_uid,
         )
         self.send(p_data(context_id, 0x03, command))
         chunks = [dataset[i : i + fragment] for i in range(0, len(dataset), fragment)] or [b""]
