@@ -49,12 +49,11 @@ def _tmpfs(path: Path, size: str) -> Iterator[Path]:
 def _fill(folder: Path) -> Path:
     """Fill the file system of ``folder``; returns the filler file (delete it to free space)."""
     filler = folder / "filler.bin"
-    with filler.open("wb") as handle:
+    with filler.open("wb", buffering=0) as handle:
         try:
             while True:
                 handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
+        except OSError:  # ENOSPC: full, which is the point
             pass
     return filler
 
@@ -181,7 +180,9 @@ def spool_full(root: Path) -> dict[str, Any]:
         filler = _fill(state)
         series = write_synthetic_ct(root / "ct", n_slices=20, seed=f"spool-{root.name}", rows=256, cols=256)
         sent = storescu(port, series.paths)
-        refused = sent.stdout.count("Out of Resources") + sent.stderr.count("Out of Resources")
+        logged = daemon.log_tail(20000).splitlines()
+        refused = next((line.split(" ", 3)[-1] for line in logged if "refused" in line or "No space" in line),
+                       "no refusal logged")
         acked_before = len(journal_rows(daemon, "SELECT * FROM instances"))
         os.unlink(filler)
         resend = storescu(port, series.paths)
@@ -197,7 +198,7 @@ def spool_full(root: Path) -> dict[str, Any]:
         "present": present,
         "duplicates": 0,
         "note": f"disk full: {acked_before} acknowledged, storescu exit {sent.returncode} "
-        f"({refused} 'Out of Resources' lines); after space freed the resend (exit "
+        f"; daemon: {refused[:140]}; after space freed the resend (exit "
         f"{resend.returncode}) stored all 20; {quarantined} quarantined",
     }
 
