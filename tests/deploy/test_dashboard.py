@@ -110,10 +110,15 @@ def test_queries_select_only_exported_metrics() -> None:
             assert re.search(r"by \([^)]*\ble\b", expr), f"{where}: quantile must keep the le label"
 
 
-def test_every_metric_is_on_the_dashboard() -> None:
+def test_every_metric_is_on_the_dashboard_and_every_panel_metric_exists() -> None:
+    # Both directions, from the collectors of daemon.metrics: a metric without a panel,
+    # and a panel selecting a series no collector exposes (a typo, a renamed metric).
     shown = set().union(*(referenced_metrics(expr) for _, expr in expressions()))
     missing = [f.name for f in exported_families() if not f.samples & shown]
     assert not missing, f"metrics without a panel: {missing}"
+    exposed = set().union(*(f.samples for f in exported_families()))
+    unknown = sorted(shown - exposed)
+    assert not unknown, f"dashboard series that daemon.metrics does not define: {unknown}"
 
 
 def test_the_dashboard_covers_the_operational_views() -> None:
@@ -132,6 +137,14 @@ def test_the_dashboard_covers_the_operational_views() -> None:
         "acqflow_dicom_received_bytes_total",
         "acqflow_differentiation_efficiency",
         "acqflow_pipeline_up",
+        "acqflow_disk_free_bytes",
+        "acqflow_jobs_held",
+        "acqflow_gpu_oom_total",
+        "acqflow_dicom_connections_refused_total",
+        "acqflow_gpu_memory_used_bytes",
+        "acqflow_gpu_utilization_ratio",
+        "acqflow_job_gpu_memory_peak_bytes_bucket",
+        "acqflow_pipeline_device_info",
     ):
         assert needed in shown, needed
     efficiency = [e for _, e in expressions() if "acqflow_differentiation_efficiency" in e]
