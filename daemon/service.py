@@ -33,7 +33,7 @@ from daemon.errors import ConfigError, StartupError
 from daemon.fileio import write_atomic
 from daemon.gpu import GpuSampler, record_pipeline_devices
 from daemon.health import Heartbeat, Readiness, Watchdog, WatchdogRules, watchdog_interval
-from daemon.jobqueue import JobQueue
+from daemon.jobqueue import Job, JobQueue
 from daemon.journal import Arrival, JobState, Journal
 from daemon.preflight import check_referenced_files
 from daemon.registry import PipelineRegistry

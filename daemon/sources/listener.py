@@ -81,6 +81,11 @@ class ConnectionListener:
     def port(self) -> int:
         return int(self._socket.getsockname()[1])
 
+    @property
+    def accepting(self) -> bool:
+        """True while the accepting thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="acqflow-dicom-accept")
         self._thread.start()

@@ -202,8 +202,7 @@ class DicomReceiver:
     @property
     def listening(self) -> bool:
         """True while the server socket is open and its accepting thread runs."""
-        accepting = self._accepting
-        return self._server is not None and accepting is not None and accepting.is_alive()
+        return self._listener is not None and self._listener.accepting
 
     def _recover_spool(self) -> None:
         """Sort out spool files the journal does not know (``daemon.sources.recovery``)."""
