@@ -19,9 +19,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from daemon import __version__
+from daemon import __version__, redaction
 from daemon.config import Settings, load_settings
 from daemon.errors import AcqflowError, ConfigError
+from daemon.redaction import scrub
 
 __all__ = ["app", "main"]
 
@@ -110,6 +111,7 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redaction.install()  # no patient value in any log line, whichever logger writes it
     if settings.log_level != "DEBUG":  # per-association and per-tick chatter
         for noisy in ("pynetdicom", "apscheduler"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -222,7 +224,7 @@ def jobs(
                         "state": j.state.value,
                         "attempts": j.attempts,
                         "arrival": j.arrival_id,
-                        "error": j.error,
+                        "error": scrub(j.error) if j.error else None,
                     }
                     for j in rows
                 ]
@@ -238,7 +240,7 @@ def jobs(
             job.state.value,
             str(job.attempts),
             arrival.path.name,
-            (job.error or "")[:80],
+            scrub(job.error or "")[:80],
         )
     console.print(table)
     journal.close()

@@ -34,6 +34,7 @@ from daemon.config import FolderSettings, Settings
 from daemon.errors import InputRejected
 from daemon.jobqueue import JobQueue, RouteDecision
 from daemon.journal import Arrival, Journal
+from daemon.redaction import scrub
 
 __all__ = ["register_pipeline_commands"]
 
@@ -207,7 +208,7 @@ def _wait_for(journal: Journal, job_ids: list[int], arrival_ids: list[int], time
         job_ids,
     )
     for row in dead:
-        console.print(f"[red]job {row['id']} dead:[/red] {row['error']}")
+        console.print(f"[red]job {row['id']} dead:[/red] {scrub(row['error'] or '')}")
     if dead:
         raise typer.Exit(1)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.journal import ArrivalState, JobState, Journal
+from daemon.redaction import scrub
 
 __all__ = ["Job", "JobQueue", "OutputRow", "RecordRow", "RouteDecision"]
 
@@ -192,6 +193,7 @@ class JobQueue:
 
     def fail(self, job: Job, error: str, retry_at: float | None) -> None:
         """Back to pending until ``retry_at``, or dead with its error when None."""
+        error = scrub(error)  # never a patient value in the journal (daemon.redaction)
         with self.journal.transaction() as db:
             if retry_at is None:
                 db.execute(

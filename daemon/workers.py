@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon import metrics
+from daemon import metrics, redaction
 from daemon.config import WorkerSettings
 from daemon.errors import InputRejected, PipelineLoadError
 from daemon.fileio import quarantine
@@ -51,6 +51,7 @@ class JobRunner:
     def run(self, job: Job) -> JobState:
         """Run ``job``; returns the state it ended in. Never raises for job failures."""
         started = time.monotonic()
+        redaction.remember(None)
         arrival = self.journal.arrival(job.arrival_id)
         if arrival.generation != job.generation:
             self.jobs.fail(job, "superseded by a newer generation of the input", None)
@@ -58,6 +59,7 @@ class JobRunner:
         try:
             pipeline = self.registry.get(job.pipeline)
             item = self.loader(arrival)
+            redaction.remember(item.datasets if isinstance(item, SeriesItem) else None)
             expected = ImageItem if pipeline.input_kind is InputKind.IMAGE else SeriesItem
             if not isinstance(item, expected):
                 raise InvalidInputError(
@@ -97,6 +99,7 @@ class JobRunner:
                 metrics.JOBS.labels(pipeline.name, "summary_failed").inc()
 
     def _reject(self, job: Job, arrival: Arrival, error: str) -> None:
+        error = redaction.scrub(error)
         log.error("job %d (%s): input refused: %s", job.id, job.pipeline, error)
         self.jobs.fail(job, error, None)
         self.journal.reject_arrival(arrival.id, error)
@@ -105,6 +108,7 @@ class JobRunner:
         self._quarantine(arrival, error)
 
     def _failed(self, job: Job, arrival: Arrival, error: str) -> JobState:
+        error = redaction.scrub(error)
         if job.attempts >= self.settings.max_attempts:
             self.jobs.fail(job, error, None)
             metrics.JOBS.labels(job.pipeline, "dead").inc()
