@@ -11,9 +11,12 @@ applied wherever exception text is stored or logged:
   names and their components, IDs, birth dates in either form) are replaced by
   ``<redacted>`` wherever they appear, quoted or not.
 
-:func:`install` makes every log record go through :func:`scrub` (message and traceback),
-whichever handler or format writes it, and routes Python warnings (pydicom's value
-warnings) into logging so that they are scrubbed too.
+:func:`install` makes every log record go through this, whichever handler or format
+writes it, and routes Python warnings (pydicom's value warnings) into logging: the
+remembered values leave every record; quoted values leave records at WARNING and above,
+tracebacks, and everything the libraries that handle DICOM values log
+(:data:`VALUE_LOGGERS`), while DEBUG and INFO chatter of the scheduler and the daemon
+itself keeps its quoted names (job ids, plugin names) for whoever debugs.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["REDACTED", "identifying_values", "install", "remember", "scrub"]
+__all__ = ["REDACTED", "VALUE_LOGGERS", "identifying_values", "install", "redact_known", "remember", "scrub"]
 
 REDACTED = "<redacted>"
 QUOTED_VALUE = "'…'"
@@ -38,8 +41,11 @@ IDENTIFYING_KEYWORDS = (
     "ReferringPhysicianName", "PatientComments",
 )
 _MIN_LENGTH = 3  # shorter fragments ("M", "JO") would blank out ordinary words
+VALUE_LOGGERS = frozenset({"pydicom", "highdicom", "pynetdicom", "py.warnings", "plugins"})
 _QUOTED = re.compile(r"""'([^'\n]*)'|"([^"\n]*)\"""")
-_HARMLESS = re.compile(r"^(?:\d{1,4}|\d+(?:\.\d+){2,}|/[^\s]*|[A-Z]{2})$")
+# Numbers of up to 4 digits, UIDs, absolute paths, VR names, dotted module names.
+_HARMLESS = re.compile(
+    r"^(?:\d{1,4}|\d+(?:\.\d+){2,}|/[^\s]*|[A-Z]{2}|[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+)$")
 _DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
 
 _known: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
@@ -58,12 +64,18 @@ def _harmless(text: str) -> bool:
     return not text or bool(_HARMLESS.match(text)) or text in _keywords()
 
 
+def redact_known(text: str, known: Iterable[str] = ()) -> str:
+    """``text`` with the identifying values :func:`remember` set for this thread (and
+    ``known``) replaced by :data:`REDACTED`."""
+    for value in sorted({*_known.get(), *known}, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
+
+
 def scrub(text: str, known: Iterable[str] = ()) -> str:
     """``text`` with quoted values and identifying values replaced (module docstring);
     ``known`` adds values to those :func:`remember` set for this thread."""
-    values = sorted({*_known.get(), *known}, key=len, reverse=True)
-    for value in values:
-        text = text.replace(value, REDACTED)
+    text = redact_known(text, known)
 
     def quoted(match: re.Match[str]) -> str:
         inner = match.group(1) if match.group(1) is not None else match.group(2)
@@ -132,8 +144,11 @@ class _ScrubbedRecordFactory:
 
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
         record: logging.LogRecord = self.inner(*args, **kwargs)
+        strict = (record.levelno >= logging.WARNING or bool(record.exc_info)
+                  or any(record.name == n or record.name.startswith(f"{n}.") for n in VALUE_LOGGERS))
         try:
-            record.msg, record.args = scrub(record.getMessage()), None
+            message = record.getMessage()
+            record.msg, record.args = scrub(message) if strict else redact_known(message), None
             if record.exc_info and record.exc_info[1] is not None:
                 record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
         except (TypeError, ValueError, KeyError):  # %-arguments that do not fit the message

@@ -97,11 +97,14 @@ def installed() -> Iterator[io.StringIO]:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
     root = logging.getLogger()
+    level = root.level
     root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
     redaction.install()
     try:
         yield stream
     finally:
+        root.setLevel(level)
         root.removeHandler(handler)
         logging.setLogRecordFactory(factory)
         logging.captureWarnings(False)
@@ -129,3 +132,13 @@ def test_install_is_idempotent(installed: io.StringIO) -> None:
     redaction.install()
     logging.getLogger("acqflow.test.redaction").warning("'%s'", "value")
     assert installed.getvalue().count("'…'") == 1
+
+
+def test_debug_chatter_keeps_quoted_names_but_never_remembered_values(installed: io.StringIO) -> None:
+    remember([_patient()])
+    logging.getLogger("apscheduler.scheduler").info("Added job '%s' for %s", "tick", PID)
+    logging.getLogger("pydicom").info("Invalid value for VR LO: '%s'", "SOMEVALUE")
+    logging.getLogger("plugins.ct_muscle").info("value '%s'", "OTHERVALUE")
+    written = installed.getvalue()
+    assert "Added job 'tick' for <redacted>" in written
+    assert "SOMEVALUE" not in written and "OTHERVALUE" not in written

@@ -58,7 +58,7 @@ def _received(datasets: list[Dataset], keyword: str, value: bytes) -> list[Datas
     padded = value + (b" " if len(value) % 2 else b"")
     tag = tag_for_keyword(keyword)
     assert tag is not None
-    out = []
+    out: list[Dataset] = []
     for ds in datasets:
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
@@ -70,7 +70,7 @@ def _received(datasets: list[Dataset], keyword: str, value: bytes) -> list[Datas
 
 
 def _measured(labels: np.ndarray) -> list[StructureMeasurement]:
-    out = []
+    out: list[StructureMeasurement] = []
     for s in TABLE:
         inside = labels == s.label
         if inside.any():
@@ -92,6 +92,7 @@ def _raw_value(path: Path, keyword: str) -> bytes | None:
     """The bytes of ``keyword`` in the file, as written (None when absent)."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     tag = tag_for_keyword(keyword)
+    assert tag is not None
     element = ds.get_item(tag) if tag in ds else None
     if element is None:
         return None
@@ -155,7 +156,7 @@ def test_received_datasets_are_not_changed() -> None:
     labels = labels_in_volume_order(phantom, datasets, [s.sop_instance_uid for s in volume.sources])
     _build(datasets, labels)
     for ds in datasets:
-        raw = ds.get_item(tag_for_keyword("PatientBirthDate"))
+        raw = ds.get_item("PatientBirthDate")
         assert raw is not None and raw.value == b"1972-03-04"
 
 
