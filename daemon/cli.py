@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from daemon import __version__
+from daemon import __version__, redaction
 from daemon.config import Settings, load_settings
 from daemon.errors import AcqflowError, ConfigError
 
@@ -109,6 +109,7 @@ def serve(
 
     check_referenced_files(settings)
     configure_logging(settings.log_level, settings.log_format)
+    redaction.install()  # no patient value in any log line, whichever logger writes it
     from daemon.service import Daemon
 
     Daemon(settings).serve_forever()

@@ -38,6 +38,7 @@ from daemon.config import FolderSettings, Settings
 from daemon.errors import InputRejected
 from daemon.jobqueue import JobQueue, RouteDecision
 from daemon.journal import Arrival, ExportState, JobState, Journal
+from daemon.redaction import scrub
 
 __all__ = ["held_lines", "register_pipeline_commands"]
 
@@ -89,7 +90,7 @@ def jobs(
                 "interrupted": j.interrupted,
                 "hold_reason": j.hold_reason,
                 "arrival": j.arrival_id,
-                "error": j.error,
+                "error": scrub(j.error) if j.error else None,
             }
             for j in rows
         ]
@@ -105,7 +106,7 @@ def jobs(
             state_text,
             str(job.attempts) + (f" +{job.interrupted} cut off" if job.interrupted else ""),
             arrival.path.name,
-            (job.error or "")[:80],
+            scrub(job.error or "")[:80],
         )
     console.print(table)
     journal.close()
@@ -348,7 +349,7 @@ def _wait_for(journal: Journal, job_ids: list[int], arrival_ids: list[int], time
         job_ids,
     )
     for row in dead:
-        console.print(f"[red]job {row['id']} dead:[/red] {row['error']}")
+        console.print(f"[red]job {row['id']} dead:[/red] {scrub(row['error'] or '')}")
     if dead:
         raise typer.Exit(1)
 

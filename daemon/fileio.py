@@ -14,6 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
+from daemon.redaction import scrub
+
 __all__ = ["fsync_dir", "quarantine", "safe_name", "write_atomic"]
 
 
@@ -83,6 +85,6 @@ def quarantine(source: Path, quarantine_dir: Path, reason: str, keep_source: boo
                 shutil.copy2(source, target)
         else:
             shutil.move(str(source), target)
-    note = {"source": str(source), "reason": reason, "quarantined_at": time.time()}
+    note = {"source": str(source), "reason": scrub(reason), "quarantined_at": time.time()}
     write_atomic(entry / "reason.json", json.dumps(note, indent=2).encode())
     return entry

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon import metrics
+from daemon import metrics, redaction
 from daemon.config import WorkerSettings
 from daemon.errors import InputRejected, PipelineLoadError, TransientError
 from daemon.fileio import quarantine
@@ -100,6 +100,7 @@ class JobRunner:
                 return current.state if current is not None else JobState.DEAD
             job = started_job
         started = time.monotonic()
+        redaction.remember(None)
         arrival = self.journal.arrival(job.arrival_id)
         if arrival.generation != job.generation:
             self.jobs.fail(job, "superseded by a newer generation of the input", None, attempt=False)
@@ -107,6 +108,7 @@ class JobRunner:
         try:
             pipeline = self.registry.get(job.pipeline)
             item = self.loader(arrival)
+            redaction.remember(item.datasets if isinstance(item, SeriesItem) else None)
             expected = ImageItem if pipeline.input_kind is InputKind.IMAGE else SeriesItem
             if not isinstance(item, expected):
                 raise InvalidInputError(
@@ -190,6 +192,7 @@ class JobRunner:
                 metrics.JOBS.labels(pipeline.name, "summary_failed").inc()
 
     def _reject(self, job: Job, arrival: Arrival, error: str) -> None:
+        error = redaction.scrub(error)
         log.error("job %d (%s): input refused: %s", job.id, job.pipeline, error,
                   extra={"outcome": "rejected"})
         self.jobs.fail(job, error, None)
@@ -199,6 +202,7 @@ class JobRunner:
         self._quarantine(arrival, error)
 
     def _failed(self, job: Job, arrival: Arrival, error: str) -> JobState:
+        error = redaction.scrub(error)
         attempts = job.attempts + 1  # this run ended in a failure
         if attempts >= self.settings.max_attempts:
             self.jobs.fail(job, error, None)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from plugins.common.carried_metadata import CarriedMetadata, plan_carried_metadata
 from plugins.common.volume import Volume
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ __all__ = [
     "build_measurement_report",
     "build_parametric_map",
     "build_segmentation",
+    "content_digest",
 ]
 
 
@@ -112,6 +114,27 @@ class RoiReport:
     evaluations: Sequence[tuple[CodeSpec, CodeSpec]] = field(default_factory=tuple)
 
 
+def content_digest(datasets: Sequence[Dataset]) -> str:
+    """A digest of what a result is computed from: each source instance's SOP Instance
+    UID and pixel data, whatever order they arrived in.
+
+    It goes into the UIDs of derived objects, so processing the same instances again
+    gives the same UIDs (a PACS replaces the objects) and a new generation of the input
+    (instances added, removed or replaced) gives new ones (a PACS keeps no stale result
+    under the current UIDs).
+    """
+    import hashlib
+
+    entries = sorted(
+        (str(ds.get("SOPInstanceUID", "")), hashlib.sha256(bytes(ds.get("PixelData") or b"")).hexdigest())
+        for ds in datasets
+    )
+    digest = hashlib.sha256()
+    for uid, pixels in entries:
+        digest.update(f"{uid}\0{pixels}\n".encode())
+    return digest.hexdigest()
+
+
 def _source_order(volume: Volume) -> tuple[list[Dataset], np.ndarray]:
     """Source images for highdicom and the permutation from volume to source order."""
     if volume.is_multiframe:
@@ -120,6 +143,14 @@ def _source_order(volume: Volume) -> tuple[list[Dataset], np.ndarray]:
             raise ValueError("a multi-frame volume must come from one instance")
         return [volume.datasets[0]], np.argsort(numbers, kind="stable")
     return list(volume.datasets), np.arange(len(volume.sources))
+
+
+def _conformant_sources(sources: Sequence[Dataset]) -> tuple[list[Dataset], CarriedMetadata]:
+    """Sources highdicom accepts whatever patient and study values they carry, and the
+    decisions to :meth:`~CarriedMetadata.apply` to the built object
+    (:mod:`plugins.common.carried_metadata`)."""
+    carried = plan_carried_metadata(sources[0])
+    return carried.conformant(sources), carried
 
 
 def _check_shape(volume: Volume, array: np.ndarray) -> None:
@@ -162,6 +193,7 @@ def build_segmentation(
         lut[segment.label] = segment.number
     sources, order = _source_order(volume)
     pixels = lut[label_map[order]]
+    sources, carried = _conformant_sources(sources)
     algorithm_id = hd.AlgorithmIdentificationSequence(
         name=algorithm.name, version=algorithm.version, family=codes.cid7162.ArtificialIntelligence)
     descriptions = [
@@ -188,6 +220,7 @@ def build_segmentation(
         series_description=ids.series_description or None,
         omit_empty_frames=False,
     )
+    carried.apply(seg, "segmentation")
     _declare_private_schemes(seg, [c for s in segments for c in (s.category, s.type)])
     return seg
 
@@ -206,6 +239,7 @@ def build_parametric_map(
     if not np.all(np.isfinite(values)) or values.min() < 0:
         raise ValueError("parametric map values must be finite and non-negative")
     sources, order = _source_order(volume)
+    sources, carried = _conformant_sources(sources)
     stored = np.clip(np.rint(values[order] / spec.scale), 0, 65535).astype(np.uint16)
     top = max(int(stored.max()), 1)
     mapping = hd.pm.RealWorldValueMapping(
@@ -227,6 +261,7 @@ def build_parametric_map(
         series_description=ids.series_description or None,
         content_label=spec.label.upper().replace(" ", "_")[:16],
     )
+    carried.apply(pm, "parametric map")
     if "Laterality" not in pm:
         # Type 2C (paired body parts, no frame laterality): validators cannot tell that a
         # map of both hips has no single side, so it is present and empty (unknown).
@@ -290,17 +325,19 @@ def build_measurement_report(
             name=algorithm.name, manufacturer_name=device.manufacturer,
             model_name=device.model_name),
     )
+    evidence, carried = _conformant_sources(volume.datasets)
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=procedure.concept(),
         imaging_measurements=[_roi_group(r, seg, source_series, algorithm) for r in reports],
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*volume.datasets, seg], content=content,
+        evidence=[*evidence, seg], content=content,
         series_instance_uid=ids.series_instance_uid, series_number=ids.series_number,
         sop_instance_uid=ids.sop_instance_uid, instance_number=ids.instance_number,
         manufacturer=device.manufacturer, series_description=ids.series_description or None,
     )
+    carried.apply(sr, "measurement report")
     _declare_private_schemes(sr, [c for r in reports for c in _codes_of(r)])
     return sr
 

@@ -174,13 +174,14 @@ class CtMusclePipeline:
         self, item: SeriesItem, volume: Volume, labels: Any, uncertainty: Any,
         measured: list[StructureMeasurement],
     ) -> list[DicomOutput]:
+        from plugins.common.dicom_outputs import content_digest
         from plugins.ct_muscle.reporting import OutputContext, dicom_outputs
 
         assert self._card is not None and self._table is not None
         context = OutputContext(
             identity=item.identity, pipeline_version=self.version, card=self._card,
             table=self._table, measure=self._options.measure,
-            review_threshold=self._options.threshold)
+            review_threshold=self._options.threshold, content=content_digest(volume.datasets))
         return dicom_outputs(context, volume, labels, uncertainty, measured,
                              labelmap=self._options.labelmap)
 

@@ -1,8 +1,11 @@
 """The DICOM objects of one ct-muscle result: SEG, uncertainty map and TID 1500 SR.
 
-UIDs are derived from the input identity, the pipeline version and the model version,
-so processing the same series again yields the same instances (a PACS replaces them)
-instead of duplicates.
+UIDs are derived from the input identity, the content of its instances
+(:func:`plugins.common.dicom_outputs.content_digest`), the pipeline version and the model
+version: processing the same series again yields the same instances (a PACS replaces
+them) instead of duplicates, and a new generation of the series (a re-opened series
+completed with more slices) yields new ones. Tracking UIDs leave the content out: they
+name a structure of this input across its results.
 """
 
 from __future__ import annotations
@@ -67,11 +70,19 @@ class OutputContext:
     table: LabelTable
     measure: UncertaintyMeasure
     review_threshold: float
+    content: str  # content_digest() of the source instances
+
+    def run_entropy(self) -> list[str]:
+        """What identifies the run apart from the content: input, pipeline, model."""
+        return [self.identity, "ct-muscle", self.pipeline_version, self.card.version]
 
     def uid(self, kind: str, part: str) -> str:
-        """A UID fixed by input identity, pipeline and model version, object and part."""
-        return str(generate_uid(entropy_srcs=[
-            self.identity, "ct-muscle", self.pipeline_version, self.card.version, kind, part]))
+        """A UID fixed by the run (:meth:`run_entropy`), the content, object and part."""
+        return str(generate_uid(entropy_srcs=[*self.run_entropy(), self.content, kind, part]))
+
+    def tracking_uid(self, key: str) -> str:
+        """The tracking UID of structure ``key``: the same for every generation of the input."""
+        return str(generate_uid(entropy_srcs=[*self.run_entropy(), "tracking", key]))
 
     def ids(self, kind: str, number: int, description: str) -> InstanceIds:
         return InstanceIds(series_instance_uid=self.uid(kind, "series"),
@@ -100,7 +111,7 @@ def segment_specs(
             number=number, label=s.label, name=s.name,
             category=CodeSpec(s.category.value, s.category.scheme, s.category.meaning),
             type=CodeSpec(s.type.value, s.type.scheme, s.type.meaning),
-            tracking_uid=context.uid("tracking", s.key), color=s.color))
+            tracking_uid=context.tracking_uid(s.key), color=s.color))
     return specs
 
 

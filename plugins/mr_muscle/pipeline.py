@@ -177,6 +177,7 @@ class MrMusclePipeline:
         uncertainty: np.ndarray,
         measured: list[StructureMeasurement],
     ) -> list[DicomOutput]:
+        from plugins.common.dicom_outputs import content_digest
         from plugins.ct_muscle.reporting import dicom_outputs
         from plugins.mr_muscle.reporting import MrOutputContext, renamed
 
@@ -188,6 +189,7 @@ class MrMusclePipeline:
             table=models.table,
             measure=self._options.measure,
             review_threshold=self._options.threshold,
+            content=content_digest(volume.datasets),
             generator_card=models.generator_card,
         )
         outputs = dicom_outputs(
@@ -196,11 +198,14 @@ class MrMusclePipeline:
         return renamed(outputs)
 
     def _synthetic_ct(self, item: SeriesItem, volume: Volume, hu: np.ndarray) -> list[DicomOutput]:
+        from plugins.common.dicom_outputs import content_digest
         from plugins.mr_muscle.synthetic_ct import SyntheticCtIdentity, build_synthetic_ct_series
 
         models = self._require_models()
         who = SyntheticCtIdentity(
-            identity=item.identity, version=f"{self.version} model {models.generator_card.version}"
+            identity=item.identity,
+            version=f"{self.version} model {models.generator_card.version}",
+            content=content_digest(volume.datasets),
         )
         series = build_synthetic_ct_series(volume, hu, who)
         return [DicomOutput(f"mr-muscle-synthetic-ct/{k + 1:04d}.dcm", ds) for k, ds in enumerate(series)]

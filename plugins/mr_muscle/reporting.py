@@ -3,17 +3,15 @@
 The SEG, uncertainty Parametric Map and TID 1500 SR are exactly those of ct-muscle
 (:func:`plugins.ct_muscle.reporting.dicom_outputs`), computed on the MR volume so that
 they reference the MR instances and frame of reference. Only what identifies the run
-differs: UIDs derive from the input identity, the mr-muscle pipeline version and both
-model versions; the device is "mr-muscle"; the algorithm names the generator and the
-U-net; output names start with ``mr-muscle-``.
+differs: UIDs derive from the input identity, its content, the mr-muscle pipeline
+version and both model versions; the device is "mr-muscle"; the algorithm names the
+generator and the U-net; output names start with ``mr-muscle-``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from pydicom.uid import generate_uid
 
 from models.store import ModelCard
 from plugins.api import DicomOutput
@@ -29,22 +27,10 @@ class MrOutputContext(OutputContext):
 
     generator_card: ModelCard | None = None
 
-    def uid(self, kind: str, part: str) -> str:
-        """A UID fixed by input identity, pipeline version, both model versions, object and part."""
+    def run_entropy(self) -> list[str]:
+        """What identifies the run apart from the content: input, pipeline, both models."""
         generator = self.generator_card.version if self.generator_card is not None else ""
-        return str(
-            generate_uid(
-                entropy_srcs=[
-                    self.identity,
-                    "mr-muscle",
-                    self.pipeline_version,
-                    generator,
-                    self.card.version,
-                    kind,
-                    part,
-                ]
-            )
-        )
+        return [self.identity, "mr-muscle", self.pipeline_version, generator, self.card.version]
 
     @property
     def device(self) -> DeviceInfo:

@@ -4,8 +4,10 @@ One CT Image Storage instance per MR slice, in the MR series' study and frame of
 reference, on the MR geometry: Image Type DERIVED\\SECONDARY\\AXIAL, a series
 description and image comments saying "synthetic CT, not for diagnosis", a derivation
 description, and a Source Image Sequence pointing at the MR instance (and
-frame) each slice was computed from. UIDs derive from the item identity and the
-pipeline version, so a re-run replaces rather than duplicates.
+frame) each slice was computed from. UIDs derive from the item identity, the content of
+its instances and the pipeline version, so a re-run replaces rather than duplicates and
+a new generation of the series gets new UIDs. Patient and study attributes that do not
+conform to their VR are carried, emptied or omitted (:mod:`plugins.common.carried_metadata`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from plugins.common.carried_metadata import plan_carried_metadata
 from plugins.common.volume import Volume
 
 __all__ = ["CT_IMAGE_STORAGE", "NOT_FOR_DIAGNOSIS", "SyntheticCtIdentity", "build_synthetic_ct_series"]
@@ -46,21 +49,23 @@ class SyntheticCtIdentity:
 
     identity: str
     version: str
+    content: str = ""  # plugins.common.dicom_outputs.content_digest of the MR instances
     algorithm: str = "acqflow mr-muscle CycleGAN MR-to-CT"
     series_number: int = 9902
 
     def uid(self, *parts: object) -> UID:
-        return generate_uid(
-            entropy_srcs=[self.identity, "mr-muscle", self.version, "synthetic-ct", *map(str, parts)]
-        )
+        return generate_uid(entropy_srcs=[
+            self.identity, "mr-muscle", self.version, self.content, "synthetic-ct", *map(str, parts)])
 
 
 def _header(volume: Volume, who: SyntheticCtIdentity) -> Dataset:
-    source = volume.datasets[0]
+    carried = plan_carried_metadata(volume.datasets[0])
+    source = carried.conformant(volume.datasets[:1])[0]
     ds = Dataset()
     ds.SpecificCharacterSet = source.get("SpecificCharacterSet", "ISO_IR 100")
     for keyword in _PATIENT_STUDY:
         ds.__setattr__(keyword, source.get(keyword, ""))
+    carried.apply(ds, "synthetic CT")
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "CT", who.uid("series"), who.series_number
     ds.SeriesDescription = NOT_FOR_DIAGNOSIS
     ds.ImageComments = f"{NOT_FOR_DIAGNOSIS}. Computed from MR by {who.algorithm} {who.version}."

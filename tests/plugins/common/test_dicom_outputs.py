@@ -17,6 +17,7 @@ import pytest
 from pydicom import Dataset
 
 from models.store import ModelCard
+from plugins.common.dicom_outputs import content_digest
 from plugins.common.volume import Volume, series_to_volume
 from plugins.ct_muscle.inference import StructureMeasurement, UncertaintyMeasure
 from plugins.ct_muscle.reporting import OutputContext, dicom_outputs
@@ -62,7 +63,8 @@ def _outputs(volume: Volume, labels: np.ndarray, labelmap: bool = False) -> tupl
     rng = np.random.default_rng(0)
     uncertainty = (rng.random(labels.shape) * (labels > 0)).astype(np.float32)
     measured = _measured(labels, uncertainty)
-    context = OutputContext("identity-1", "1.0.0", CARD, TABLE, UncertaintyMeasure.ENTROPY, 0.3)
+    context = OutputContext("identity-1", "1.0.0", CARD, TABLE, UncertaintyMeasure.ENTROPY, 0.3,
+                            content_digest(volume.datasets))
     outputs = dicom_outputs(context, volume, labels, uncertainty, measured, labelmap=labelmap)
     return {o.name: o.dataset for o in outputs}, uncertainty, measured
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -108,3 +109,66 @@ def test_labelmap_and_window_options(tiny_weights: Path) -> None:
     segs = [o.dataset for o in result.dicom if o.name == "ct-muscle-seg.dcm"]
     assert all(seg.SegmentationType == "LABELMAP" for seg in segs)
     assert all(r.fields["uncertainty_measure"] == "mutual_information" for r in result.records)
+
+
+def _result_uids(pipeline: CtMusclePipeline, datasets: list[Dataset]) -> dict[str, tuple[str, str]]:
+    return {o.name: (str(o.dataset.SeriesInstanceUID), str(o.dataset.SOPInstanceUID))
+            for o in pipeline.run(_item(datasets)).dicom}
+
+
+def test_a_new_generation_of_the_series_gets_new_uids(pipeline: CtMusclePipeline) -> None:
+    """A re-opened series (first 4 slices, then completed to 6) is the same input
+    (identity) with new content: none of its result UIDs may be those of the stale result,
+    or a PACS keeps the stale objects; processing either generation again is reproducible."""
+    complete = sorted(demo_ct_series(4, SMALL), key=lambda ds: int(ds.InstanceNumber))
+    partial = complete[:4]
+    first = _result_uids(pipeline, partial)
+    completed = _result_uids(pipeline, complete)
+    assert set(first) <= set(completed)
+    for name, (series_uid, sop_uid) in first.items():
+        assert series_uid != completed[name][0] and sop_uid != completed[name][1], name
+    assert _result_uids(pipeline, list(reversed(partial))) == first
+    assert _result_uids(pipeline, complete) == completed
+
+
+def test_replaced_pixels_with_the_same_instance_uids_get_new_uids(
+    pipeline: CtMusclePipeline,
+) -> None:
+    datasets = demo_ct_series(5, SMALL)
+    replaced = list(datasets)
+    changed = copy.deepcopy(datasets[2])
+    pixels = bytearray(datasets[2].PixelData)
+    pixels[:2] = (int.from_bytes(pixels[:2], "little") ^ 1).to_bytes(2, "little")
+    changed.PixelData = bytes(pixels)
+    replaced[2] = changed
+    first, second = _result_uids(pipeline, datasets), _result_uids(pipeline, replaced)
+    assert all(first[name][1] != second[name][1] for name in first)
+
+
+def test_tracking_uids_stay_with_the_input_across_generations(pipeline: CtMusclePipeline) -> None:
+    """Tracking UIDs name a structure of the input, so the new result's findings link
+    to the earlier one's."""
+    complete = sorted(demo_ct_series(4, SMALL), key=lambda ds: int(ds.InstanceNumber))
+
+    def tracking(datasets: list[Dataset]) -> dict[str, str]:
+        seg = next(o.dataset for o in pipeline.run(_item(datasets)).dicom
+                   if o.name == "ct-muscle-seg.dcm")
+        return {str(s.SegmentLabel): str(s.TrackingUID) for s in seg.SegmentSequence}
+
+    partial, full = tracking(complete[:4]), tracking(complete)
+    common = set(partial) & set(full)
+    assert common and all(partial[k] == full[k] for k in common)
+
+
+def test_non_conformant_patient_values_still_give_every_output(
+    pipeline: CtMusclePipeline,
+) -> None:
+    """Real PACS data: a dashed birth date, a too-long name and ID, a word for sex."""
+    datasets = demo_ct_series(6, SMALL)
+    for ds in datasets:
+        ds.PatientName = "ZZTOPSECRET^" + "N" * 70
+        ds.PatientID = "PIDXYZ123" + "9" * 70
+        ds.PatientBirthDate = "1972-03-04"
+        ds.PatientSex = "male"
+    names = {o.name for o in pipeline.run(_item(datasets)).dicom}
+    assert names == {"ct-muscle-seg.dcm", "ct-muscle-sr.dcm", "ct-muscle-uncertainty.dcm"}

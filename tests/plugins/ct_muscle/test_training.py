@@ -137,7 +137,7 @@ def test_dicom_cases_load_as_labelled_volumes(tmp_path: Path) -> None:
     prediction = Prediction(truth.copy(), np.zeros(truth.shape, np.float32),
                             UncertaintyMeasure.ENTROPY)
     context = OutputContext("case", "1.0.0", ModelCard("ct_muscle", "1", "BayesianUNet", {}),
-                            table, UncertaintyMeasure.ENTROPY, 1.0)
+                            table, UncertaintyMeasure.ENTROPY, 1.0, "content")
     outputs = dicom_outputs(context, volume, truth, prediction.uncertainty,
                             measure_structures(prediction, table, 1.0, 1.0))
     case = tmp_path / "case1"

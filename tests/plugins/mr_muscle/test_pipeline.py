@@ -132,3 +132,16 @@ def test_unknown_option_and_use_before_load(tiny_weights: Path, series: list[pyd
         )
     with pytest.raises(RuntimeError):
         MrMusclePipeline().run(_item(series))
+
+
+def test_a_new_generation_of_the_series_gets_new_uids(pipeline: MrMusclePipeline) -> None:
+    """A re-opened MR series (4 slices, completed to 6): new UIDs for every output,
+    the synthetic CT included; each generation again gives its own UIDs back."""
+    complete = sorted(demo_mr_series(1, (6, 64, 64)), key=lambda ds: int(ds.InstanceNumber))
+
+    def uids(datasets: list[pydicom.Dataset]) -> dict[str, str]:
+        return {o.name: str(o.dataset.SOPInstanceUID) for o in pipeline.run(_item(datasets)).dicom}
+
+    partial, full = uids(complete[:4]), uids(complete)
+    assert not set(partial.values()) & set(full.values())
+    assert uids(complete[:4][::-1]) == partial
