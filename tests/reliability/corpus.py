@@ -448,7 +448,7 @@ OPEN_DEFECTS: Mapping[str, str] = MappingProxyType(
             'the declared-size limits (the [limits] work) are not merged yet: the job runs out of memory three times'  # noqa: E501
         ),
         'dicom-bits-stored-over-allocated': (
-            "the redaction scrubs the quoted attribute name out of pydicom's error, so the error no longer says which attribute"
+            "the redaction scrubs the quoted attribute name out of pydicom's error, so the error no longer says which attribute"  # noqa: E501
         ),
         'dicom-missing-position': (
             'a series without Image Position (Patient) is processed by the test SEG pipeline instead of being rejected'  # noqa: E501
