@@ -435,12 +435,18 @@ def cases_of(channel: Channel) -> list[Case]:
 # Cases whose expected outcome the daemon does not meet yet. Each is an open defect,
 # named here with what is still wrong; the case runs as an xfail (not strict: some
 # depend on timing), and an XPASS in the summary says its line can go.
+_GEOMETRY = "series geometry checks are not met by the test SEG pipeline in the merged tree (not yet rejected)"
 _UNCOUNTED_TCP = (
     "aborted as expected, but a protocol violation before association is not counted"
     " in acqflow_input_errors_total"
 )
 OPEN_DEFECTS: Mapping[str, str] = MappingProxyType(
     {
+        'FAILED tests/e2e/test_virtual_staining_flow.py::test_time_series_in_acquisition_order_gives_overlays_time_course_and_gauge': _GEOMETRY,
+        'dicom-missing-slice': _GEOMETRY,
+        'dicom-duplicate-positions': _GEOMETRY,
+        'dicom-negative-pixel-spacing': _GEOMETRY,
+        'dicom-nan-pixel-spacing': _GEOMETRY,
         'dicom-patient-id-too-long': (
             "the attribute-naming warning and the job's completion are not always seen in the case's window"
         ),
