@@ -103,6 +103,8 @@ def test_connections_beyond_the_per_address_limit_are_closed(
         idle.extend(socket.create_connection((LOOPBACK, running.receiver.port)) for _ in range(3))
         poll_until(lambda: running.receiver.open_connections(LOOPBACK) == 3, timeout=10)
         assert echoscu(running.receiver.port).returncode == 0  # the fourth
+        # echoscu has released; the receiver counts its connection until it sees the close
+        poll_until(lambda: running.receiver.open_connections(LOOPBACK) == 3, timeout=10)
 
         extra = [socket.create_connection((LOOPBACK, running.receiver.port)) for _ in range(3)]
         idle.extend(extra)

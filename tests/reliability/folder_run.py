@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -69,6 +70,20 @@ def _check_never_copied(delivery: FolderDelivery, entries: set[Path], observatio
             observation.failures.append(f"the symlink's target was copied into the quarantine: {path}")
 
 
+def _entries_of(entries: set[Path], sources: tuple[Path, ...]) -> set[Path]:
+    """The quarantine entries whose ``reason.json`` names a source at or under ``sources``."""
+    kept = set()
+    for entry in entries:
+        try:
+            source = Path(json.loads((entry / "reason.json").read_text())["source"])
+        except (OSError, ValueError, KeyError):
+            kept.add(entry)  # an entry without a readable note cannot be attributed: count it
+            continue
+        if any(source == root or root in source.parents for root in sources):
+            kept.add(entry)
+    return kept
+
+
 def good_file_processed(daemon: DaemonProcess, inbox: Path, case: Case) -> bool:
     target = inbox / "good" / f"{case.id}.tif"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +108,11 @@ def run_folder_case(
     logged = log_since(daemon, before.log_offset)
     observation.good_after = good_file_processed(daemon, inbox, case)
     new_entries = quarantine_entries(daemon) - before.quarantine
-    observation.quarantined = len(new_entries)
+    # a case earlier in the run can still be quarantined late; count only this case's entries
+    ours = _entries_of(new_entries, (inbox / case.id, inbox / "good" / f"{case.id}.tif"))
+    if len(ours) != len(new_entries):
+        observation.notes.append(f"{len(new_entries) - len(ours)} quarantine entries of other cases")
+    observation.quarantined = len(ours)
     _check_never_copied(delivery, quarantine_entries(daemon), observation)
     mention_text = logged if case.outcome is Outcome.PROCESSED else observation.error
     observation.failures = judge(case, observation, mention_text)

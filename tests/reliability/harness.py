@@ -137,13 +137,16 @@ def jobs_of(daemon: DaemonProcess, arrival_id: int) -> list[sqlite3.Row]:
     return journal_rows(daemon, "SELECT * FROM jobs WHERE arrival_id = ? ORDER BY id", (arrival_id,))
 
 
+_ENDED = frozenset({"done", "dead", "superseded"})  # a job in any other state may still run
+
+
 def decide(daemon: DaemonProcess, arrival: sqlite3.Row, observation: Observation) -> bool:
     """Fill outcome and error from one arrival's journal rows; False while undecided."""
     if arrival["state"] == "rejected":
         observation.outcome, observation.error = Outcome.REJECTED.value, str(arrival["error"] or "")
         return True
     jobs = [j for j in jobs_of(daemon, arrival["id"]) if j["generation"] == arrival["generation"]]
-    if arrival["state"] != "routed" or not jobs or any(j["state"] in ("pending", "running") for j in jobs):
+    if arrival["state"] != "routed" or not jobs or any(j["state"] not in _ENDED for j in jobs):
         return False
     dead = [j for j in jobs if j["state"] == "dead"]
     if dead:
