@@ -95,6 +95,7 @@ class WorkerSettings(_Section):
     # SIGTERM: how long running jobs may finish before they go back to the queue
     drain_seconds: Annotated[float, Field(ge=0)] = 60.0
     # below this many free bytes on the state or outputs file system, jobs are held
+    # and /readyz reports the disk as full
     min_free_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
     disk_check_seconds: PositiveSeconds = 10.0
     # GPU out of memory: halve the batch this many times, then run on the CPU if allowed
@@ -116,14 +117,13 @@ class MetricsSettings(_Section):
 
 
 class HealthSettings(_Section):
-    """The systemd watchdog's allowances and the readiness check's disk threshold."""
+    """The systemd watchdog's allowances (``/readyz`` takes its disk threshold from
+    ``workers.min_free_bytes``: not ready exactly when jobs are held for space)."""
 
     # A loop (dispatcher, scheduler, folder watcher) silent this long is stuck.
     stall_seconds: PositiveSeconds = 120.0
     # A worker inside one job, or one model load, may take this long.
     busy_seconds: PositiveSeconds = 3600.0
-    # /readyz reports a disk as full below this many free bytes.
-    min_free_bytes: Annotated[int, Field(ge=0)] = 256 * 1024 * 1024
 
 
 class FolderMode(str, Enum):

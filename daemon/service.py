@@ -396,7 +396,7 @@ class Daemon:
         """``/readyz``: check → reason for each that fails (journal writable, sources
         listening, routed pipelines loaded, disks not full); empty when ready."""
         s = self.settings
-        readiness = Readiness(s.health.min_free_bytes)
+        readiness = Readiness(s.workers.min_free_bytes)
         readiness.add("journal", self._journal_problem)
         receiver = self._receiver
         if s.dicom.enabled:

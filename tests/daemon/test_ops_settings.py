@@ -35,7 +35,7 @@ def test_values_from_the_file_and_the_environment_survive_path_resolution(tmp_pa
         ({"ACQFLOW_PATHS__UMASK": '"0089"'}, "paths.umask"),
         ({"ACQFLOW_PATHS__UMASK": '"27"'}, "paths.umask"),
         ({"ACQFLOW_HEALTH__STALL_SECONDS": "0"}, "health.stall_seconds"),
-        ({"ACQFLOW_HEALTH__MIN_FREE_BYTES": "-1"}, "health.min_free_bytes"),
+        ({"ACQFLOW_WORKERS__MIN_FREE_BYTES": "-1"}, "workers.min_free_bytes"),
     ],
 )
 def test_invalid_values_name_their_key(environ: dict[str, str], key: str) -> None:

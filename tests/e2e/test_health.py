@@ -80,7 +80,7 @@ def test_readyz_names_a_routed_pipeline_that_failed_to_load(running: DaemonProce
     assert _get(running, "/healthz")[0] == 200  # alive all the same
 
 
-@pytest.mark.parametrize("running", [{"health": {"min_free_bytes": 1 << 60}}], indirect=True)
+@pytest.mark.parametrize("running", [{"workers": {"min_free_bytes": 1 << 60}}], indirect=True)
 def test_readyz_reports_full_disks(running: DaemonProcess) -> None:
     status, body = _get(running, "/readyz")
     assert status == 503

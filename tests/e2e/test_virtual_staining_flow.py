@@ -19,12 +19,16 @@ from tests.support.peers import free_port
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _done(daemon: DaemonProcess) -> int:
+def _job_states(daemon: DaemonProcess) -> dict[str, int]:
     db = sqlite3.connect(daemon.state_dir / "journal.sqlite3", timeout=10)
     try:
-        return int(db.execute("SELECT COUNT(*) FROM jobs WHERE state='done'").fetchone()[0])
+        return dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
     finally:
         db.close()
+
+
+def _done(daemon: DaemonProcess) -> int:
+    return _job_states(daemon).get("done", 0)
 
 
 def test_time_series_in_acquisition_order_gives_overlays_time_course_and_gauge(tmp_path: Path) -> None:
@@ -50,7 +54,14 @@ def test_time_series_in_acquisition_order_gives_overlays_time_course_and_gauge(t
             shutil.copy2(path, experiment / f".{path.name}.part")
             (experiment / f".{path.name}.part").rename(experiment / path.name)
             time.sleep(0.2)
-        wait_until(lambda: _done(daemon) == len(phase), 300, f"{len(phase)} virtual-staining jobs", daemon)
+        # below pytest's own timeout, so that a failure shows the job states and the daemon's log
+        wait_until(
+            lambda: _done(daemon) == len(phase),
+            200,
+            f"{len(phase)} virtual-staining jobs done",
+            daemon,
+            describe=lambda: str(_job_states(daemon)),
+        )
 
         root = next((tmp_path / "outputs" / "virtual-staining").iterdir())  # the model version
         overlays = sorted(root.rglob("overlay.png"))

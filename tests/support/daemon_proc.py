@@ -197,10 +197,19 @@ def journal_rows(daemon: DaemonProcess, sql: str, params: Sequence[Any] = ()) ->
 
 
 def wait_until(
-    predicate: Callable[[], bool], timeout: float, what: str, daemon: DaemonProcess, poll: float = 0.2
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    daemon: DaemonProcess,
+    poll: float = 0.2,
+    describe: Callable[[], str] | None = None,
 ) -> None:
-    """Poll ``predicate`` until true; fails with the daemon's log after ``timeout`` seconds."""
+    """Poll ``predicate`` until true; fails with the daemon's log after ``timeout`` seconds.
+
+    ``describe``, when given, adds what was seen at the end (journal states, say) to the failure.
+    """
     try:
         poll_until(predicate, timeout, poll, what)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- daemon log ---\n{daemon.log_tail()}") from None
+        seen = f"\nseen: {describe()}" if describe is not None else ""
+        raise AssertionError(f"{exc}{seen}\n--- daemon log ---\n{daemon.log_tail()}") from None
