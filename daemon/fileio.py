@@ -16,7 +16,7 @@ from pathlib import Path
 
 from daemon.redaction import scrub
 
-__all__ = ["fsync_dir", "quarantine", "safe_name", "write_atomic"]
+__all__ = ["fsync_dir", "quarantine", "remove_stale_temporaries", "safe_name", "write_atomic"]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -56,6 +56,31 @@ def write_atomic(path: Path, data: bytes | memoryview, durable: bool = True) -> 
     os.replace(tmp, path)
     if durable:
         fsync_dir(path.parent)
+
+
+# write_atomic's temporary names: ".<name>.<pid>.<monotonic ns>.tmp"
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.\d+\.tmp$")
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Remove what :func:`write_atomic` left in ``folder`` when an earlier process was
+    killed mid-write; returns how many. Temporaries of this process (a write in progress
+    on another thread) are kept, and nothing but that naming pattern is touched."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or int(match.group(1)) == os.getpid() or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 _UNSAFE = re.compile(r"[^\w.-]")  # \w: what str.isalnum() accepts, and "_"

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from pydicom import dcmwrite
 
 from daemon import metrics
-from daemon.fileio import safe_name, write_atomic
+from daemon.fileio import remove_stale_temporaries, safe_name, write_atomic
 from daemon.jobqueue import OutputRow, RecordRow
 from daemon.journal import Arrival
 from plugins.api import Figure, FileOutput, Pipeline, PipelineResult
@@ -57,6 +57,13 @@ def publish_figure(pipeline: str, figure: Figure) -> None:
     metrics.PIPELINE_FIGURE.labels(pipeline, figure.name, label).set(figure.value)
 
 
+def _sweep(folder: Path) -> None:
+    """A run cut off by a kill mid-write left a temporary name; the re-run clears it."""
+    removed = remove_stale_temporaries(folder)
+    if removed:
+        log.info("removed %d partial file(s) a killed run left in %s", removed, folder)
+
+
 class ResultSink:
     """Writes results under ``outputs_dir``; returns the rows for the journal."""
 
@@ -76,6 +83,7 @@ class ResultSink:
         """Write files and DICOM objects durably; the caller commits the returned rows."""
         folder = input_folder(arrival)
         base = self.pipeline_root(pipeline) / folder
+        _sweep(base)
         outputs = [self._write_file(base, f) for f in result.files]
         for item in result.dicom:
             buffer = io.BytesIO()
@@ -102,6 +110,7 @@ class ResultSink:
     def write_summary(self, pipeline: Pipeline, group: str, result: PipelineResult) -> None:
         """Write a summary's files (replaced on every refresh, so not journaled) and figures."""
         base = self.pipeline_root(pipeline) / SUMMARY_FOLDER / safe_name(group)
+        _sweep(base)
         for figure in result.figures:
             publish_figure(pipeline.name, figure)
         for output in result.files:

@@ -220,3 +220,12 @@ def test_retry_requeues_dead_jobs_and_dead_exports_and_nothing_dead_is_exit_0(tm
     assert nothing.returncode == 0, nothing.stderr
     assert "nothing dead to retry" in nothing.stdout
     assert process.cli("retry").returncode == 2  # naming nothing is a usage error
+
+
+def test_kill_9_while_results_are_written_leaves_one_whole_result_and_no_partial_file(tmp_path: Path) -> None:
+    from tests.reliability.kill9 import kill_during_file_write
+
+    figures = kill_during_file_write(tmp_path)
+    assert figures["note"].startswith("1 partial file(s) after the kill"), figures  # it was cut midway
+    assert figures["present"] == 1, figures  # the re-run wrote the whole result
+    assert figures["duplicates"] == 0 and figures["stale"] == 0, figures

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
+import tifffile
 
 from tests.support.daemon_proc import TEST_PIPELINES, DaemonProcess, journal_rows, wait_until
 from tests.support.peers import (
@@ -37,8 +39,15 @@ from tests.support.peers import (
     storescu,
     write_synthetic_ct,
 )
+from tests.support.pipelines import padding_pattern
 
-__all__ = ["kill_during_export", "kill_during_inference", "kill_during_receive", "main"]
+__all__ = [
+    "kill_during_export",
+    "kill_during_file_write",
+    "kill_during_inference",
+    "kill_during_receive",
+    "main",
+]
 
 
 def _settings(root: Path, dicom_port: int, **extra: Any) -> dict[str, Any]:
@@ -182,6 +191,50 @@ def kill_during_inference(root: Path) -> dict[str, Any]:
     }
 
 
+def kill_during_file_write(root: Path, padding_bytes: int = 256 << 20) -> dict[str, Any]:
+    """SIGKILL while a folder image's job writes its results (a ``padding_bytes`` output
+    file half-written under its temporary name), then restart on the same state."""
+    inbox, outputs = root / "inbox", root / "outputs"
+    inbox.mkdir(parents=True)
+    settings = _settings(root, free_port())
+    settings.update(
+        dicom={"enabled": False},
+        folders=[{"path": str(inbox), "stable_seconds": 0.3}],
+        routes=[{"name": "images", "kind": ["image"], "pipelines": ["test-image"]}],
+        pipelines={"modules": TEST_PIPELINES, "options": {"test-image": {"padding_bytes": padding_bytes}}},
+    )
+    daemon = DaemonProcess(root, settings)
+    daemon.start()
+    tifffile.imwrite(inbox / "well_A01.tif", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+
+    def partial() -> bool:
+        return any(p.stat().st_size > 0 for p in outputs.rglob(".padding.bin.*.tmp"))
+
+    wait_until(partial, 60, "a result file half-written", daemon, poll=0.002)
+    daemon.kill()
+    left = len(list(outputs.rglob(".padding.bin.*.tmp")))
+    daemon.start()
+    wait_until(lambda: _jobs_done(daemon), 60, "the job after restart", daemon)
+    written = list(outputs.rglob("padding.bin"))
+    whole = sum(1 for p in written if p.read_bytes() == padding_pattern(padding_bytes))
+    stale = list(outputs.rglob("*.tmp"))
+    rows = journal_rows(daemon, "SELECT path FROM outputs")
+    [job] = journal_rows(daemon, "SELECT * FROM jobs")
+    daemon.terminate()
+    return {
+        "sent": 1,
+        "acknowledged": 1,
+        "present": whole,
+        "duplicates": max(0, len(written) - 1) + (len(rows) - len({r["path"] for r in rows})),
+        "stale": len(stale),
+        "note": (
+            f"{left} partial file(s) after the kill, {len(stale)} after the re-run; "
+            f"{whole} complete {padding_bytes >> 20} MiB result;"
+            f" job {job['state']}, attempts {job['attempts']}"
+        ),
+    }
+
+
 def kill_during_export(root: Path) -> dict[str, Any]:
     """SIGKILL while the result's export to a PACS (Orthanc, down) is outstanding."""
     peers = PeerSet(root / "peers")
@@ -250,6 +303,7 @@ def main() -> int:
     scenarios = [("kill -9 during receive (DICOM, after 40 acks)", kill_during_receive)] * args.rounds
     scenarios += [
         ("kill -9 during inference", kill_during_inference),
+        ("kill -9 during file write (a 256 MiB result of a folder image)", kill_during_file_write),
         ("kill -9 with an export outstanding (PACS down, then up)", kill_during_export),
     ]
     for name, scenario in scenarios:

@@ -12,6 +12,8 @@ it, and ``options["oom_on_gpu"]`` whenever the pipeline was loaded on a CUDA dev
 ``options["kill_marker"]``: while that file exists, ``run`` kills its own process with
 SIGKILL, as the kernel's OOM killer would. ``options["torch_busy_seconds"]`` keeps torch's
 native thread pool computing that long, like a real model's inference.
+``ImageStats``'s ``options["padding_bytes"]`` adds a ``padding.bin`` output of that many
+bytes (a fixed pattern), so that writing the results takes long enough to kill it midway.
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ from plugins.api import (
     SeriesItem,
 )
 
-__all__ = ["ImageStats", "OutOfMemoryError", "SeriesEcho"]
+__all__ = ["ImageStats", "OutOfMemoryError", "SeriesEcho", "padding_pattern"]
+
+
+def padding_pattern(size: int) -> bytes:
+    """``size`` bytes of a fixed, non-constant pattern (a truncated copy shows)."""
+    block = bytes(range(256)) * 4096  # 1 MiB
+    return (block * (size // len(block) + 1))[:size]
 
 
 class OutOfMemoryError(RuntimeError):
@@ -131,8 +139,12 @@ class ImageStats(_Failing):
             "batch_scale": item.hints.batch_scale,
         }
         metadata = item.metadata
+        files = [FileOutput("stats.json", json.dumps(stats).encode(), "application/json")]
+        padding = int(str(self.options.get("padding_bytes", 0)))
+        if padding:
+            files.append(FileOutput("padding.bin", padding_pattern(padding), "application/octet-stream"))
         return PipelineResult(
-            files=(FileOutput("stats.json", json.dumps(stats).encode(), "application/json"),),
+            files=tuple(files),
             records=(
                 Record(
                     "stats",
