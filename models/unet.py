@@ -7,11 +7,13 @@ Ghahramani 2016); the spread of the samples is the model's uncertainty.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["BayesianUNet", "McDropout"]
+__all__ = ["BayesianUNet", "McDropout", "SeededMasks"]
 
 
 class McDropout(nn.Module):
@@ -26,6 +28,39 @@ class McDropout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout2d(x, self.p, training=self.training or self.always_on)
+
+
+class SeededMasks:
+    """Dropout masks drawn per image from its own seeded generator, for reproducible
+    Monte-Carlo sampling.
+
+    Image ``i`` of a batch draws every mask from ``torch.Generator`` seeded with
+    ``seeds[i]``, layer after layer in the order of the network, so its samples depend
+    on its seed only — not on the other images in the batch, the batch size, the device
+    or the process's global random state (which is never touched). Masks are drawn on
+    the CPU (a few hundred values per layer) and moved to the activations' device.
+    """
+
+    def __init__(self, seeds: Sequence[int]) -> None:
+        if not seeds:
+            raise ValueError("at least one seed is required")
+        self._generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+
+    @property
+    def images(self) -> int:
+        return len(self._generators)
+
+    def draw(self, count: int, channels: int, keep: float) -> torch.Tensor:
+        """``(count, channels)`` 0/1 masks, sample-major (row ``t * images + i``).
+
+        Raises ValueError when ``count`` is not a multiple of the number of images.
+        """
+        samples, rest = divmod(count, self.images)
+        if rest or samples < 1:
+            raise ValueError(f"{count} masks for {self.images} seeded images")
+        per_image = [torch.empty((samples, channels)).bernoulli_(keep, generator=g)
+                     for g in self._generators]
+        return torch.stack(per_image, dim=1).reshape(count, channels)
 
 
 class _Block(nn.Sequential):
@@ -93,8 +128,15 @@ class BayesianUNet(nn.Module):
         self._check_size(x)
         return self._after_first_block(self.encoders[0](x))
 
-    def forward_mc(self, x: torch.Tensor, samples: int) -> torch.Tensor:
+    def forward_mc(
+        self, x: torch.Tensor, samples: int, seeds: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """``samples`` stochastic passes of each image in one call, sample-major.
+
+        With ``seeds`` (one per image) every dropout mask comes from
+        :class:`SeededMasks`: the samples of an image are fixed by its seed, whatever
+        it is batched with, and the global random state is left alone. Without, masks
+        come from the global random state as ``forward`` draws them.
 
         Returns logits ``(samples * N, num_classes, H, W)``: row ``t * N + i`` is sample
         ``t`` of image ``i``, the same as ``forward(x.repeat(samples, 1, 1, 1))`` up to
@@ -122,6 +164,9 @@ class BayesianUNet(nn.Module):
         self._check_size(x)
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
+        if seeds is not None and len(seeds) != x.shape[0]:
+            raise ValueError(f"{len(seeds)} seeds for {x.shape[0]} images")
+        seeded = SeededMasks(seeds) if seeds is not None else None
         first = list(self.encoders[0].children())  # conv-norm-relu x2, dropout
         shared = x
         for layer in first[:-1]:  # no randomness
@@ -129,15 +174,17 @@ class BayesianUNet(nn.Module):
         n = shared.shape[0]
         dropout = first[-1]
         assert isinstance(dropout, McDropout)
-        masks = _channel_masks(dropout, samples * n, shared)  # drawn as F.dropout2d would
+        masks = _channel_masks(dropout, samples * n, shared, seeded)  # as F.dropout2d would
         following = [*self.encoders[1:], self.bottleneck]
         block = list(following[0].children())
         h = _masked_conv(block[0], F.max_pool2d(shared, 2), masks, samples)
         for layer in block[1:]:
-            h = layer(h)
+            h = _apply(layer, h, seeded)
         skips = [h]
         for encoder in following[1:]:
-            h = encoder(F.max_pool2d(h, 2))
+            h = F.max_pool2d(h, 2)
+            for layer in encoder.children():
+                h = _apply(layer, h, seeded)
             skips.append(h)
         last = len(self.decoders) - 1
         for index, (upsample, decoder) in enumerate(zip(self.upsamplers, self.decoders, strict=True)):
@@ -153,14 +200,14 @@ class BayesianUNet(nn.Module):
             else:
                 h = conv(torch.cat([up, skips[-2 - index]], dim=1))
             for layer in layers[1:-1] if index == last else layers[1:]:
-                h = layer(h)
+                h = _apply(layer, h, seeded)
         # The last dropout and the 1 x 1 classifier: the masks scale the classifier's
         # input columns per sample, a batched matrix product into classes-last logits.
         final = layers[-1]
         assert isinstance(final, McDropout) and self.head.kernel_size == (1, 1)
         count, channels, height, width = h.shape
         scaled = (self.head.weight.flatten(1).unsqueeze(0)
-                  * _channel_masks(final, count, h).unsqueeze(1))  # (count, classes, C)
+                  * _channel_masks(final, count, h, seeded).unsqueeze(1))  # (count, classes, C)
         pixels = h.permute(0, 2, 3, 1).reshape(count, height * width, channels)
         if self.head.bias is None:
             logits = torch.bmm(pixels, scaled.transpose(1, 2))
@@ -185,13 +232,28 @@ class BayesianUNet(nn.Module):
         return out
 
 
-def _channel_masks(dropout: McDropout, count: int, like: torch.Tensor) -> torch.Tensor:
+def _apply(layer: nn.Module, h: torch.Tensor, seeded: SeededMasks | None) -> torch.Tensor:
+    """``layer(h)``, with the masks of ``seeded`` for a dropout layer when given."""
+    if seeded is None or not isinstance(layer, McDropout):
+        out: torch.Tensor = layer(h)
+        return out
+    masks = _channel_masks(layer, h.shape[0], h, seeded)
+    return h * masks.view(*masks.shape, 1, 1)
+
+
+def _channel_masks(
+    dropout: McDropout, count: int, like: torch.Tensor, seeded: SeededMasks | None = None
+) -> torch.Tensor:
     """The ``(count, C)`` multipliers ``F.dropout2d`` would apply to ``count`` copies of
-    ``like`` — the same draw from the same random state — or ones when dropout is off."""
+    ``like`` — the same draw from the same random state, or from ``seeded`` — or ones
+    when dropout is off."""
     channels = like.shape[1]
     if not (dropout.training or dropout.always_on) or dropout.p == 0:
         return like.new_ones((count, channels))
     keep = 1.0 - dropout.p
+    if seeded is not None:
+        drawn = seeded.draw(count, channels, keep)
+        return drawn.to(device=like.device, dtype=like.dtype).div_(keep)
     masks = like.new_empty((count, channels, 1, 1)).bernoulli_(keep).div_(keep)
     return masks.view(count, channels)
 

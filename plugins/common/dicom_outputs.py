@@ -5,6 +5,11 @@ source frame of every slice) and arrays in the same ``(slices, rows, cols)`` ord
 are handed to highdicom in the order of their source images (instances for single-frame
 series, frame numbers for multi-frame), so every derived frame references exactly the
 source frame it was computed from, whatever order the series arrived in.
+
+What consumers need: a BINARY SEG leaves out frames without any segment (half of a
+hip/thigh series is empty), a LABELMAP SEG keeps every frame; the Parametric Map holds
+float32 values (Float Pixel Data, identity real-world value mapping) and the Frame
+Anatomy functional group, which dcmqi's ``paramap2itkimage`` (3D Slicer) reads.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ __all__ = [
     "DeviceInfo",
     "InstanceIds",
     "MapSpec",
+    "MeasurementSpec",
     "RoiReport",
     "SegmentSpec",
     "build_measurement_report",
@@ -96,13 +102,29 @@ class SegmentSpec:
 
 @dataclass(frozen=True)
 class MapSpec:
-    """What a parametric map holds; stored as uint16 ``round(value / scale)``."""
+    """What a parametric map holds (stored as float32) and the anatomy it covers
+    (Frame Anatomy: region and frame laterality, B = both sides)."""
 
     label: str
     explanation: str
     quantity: CodeSpec
     unit: CodeSpec = CodeSpec("1", "UCUM", "no units")
-    scale: float = 1e-4
+    anatomy: CodeSpec = CodeSpec("61685007", "SCT", "Lower limb")
+    laterality: str = "B"
+
+    def __post_init__(self) -> None:
+        if self.laterality not in ("R", "L", "U", "B"):
+            raise ValueError(f"frame laterality must be R, L, U or B, got {self.laterality!r}")
+
+
+@dataclass(frozen=True)
+class MeasurementSpec:
+    """One numeric TID 1419 measurement; ``derivation`` (e.g. Mean) qualifies ``name``."""
+
+    name: CodeSpec
+    value: float
+    unit: CodeSpec
+    derivation: CodeSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +132,7 @@ class RoiReport:
     """TID 1411 content for one segment: numeric measurements and qualitative findings."""
 
     segment: SegmentSpec
-    measurements: Sequence[tuple[CodeSpec, float, CodeSpec]] = field(default_factory=tuple)
+    measurements: Sequence[MeasurementSpec] = field(default_factory=tuple)
     evaluations: Sequence[tuple[CodeSpec, CodeSpec]] = field(default_factory=tuple)
 
 
@@ -180,7 +202,8 @@ def build_segmentation(
     """A SEG (BINARY, or LABELMAP when ``labelmap``) of ``label_map`` on ``volume``.
 
     Segment numbers must be 1..N in order; voxels whose label has no segment are left
-    empty. Raises ValueError for a shape mismatch or an empty or mis-numbered segment list.
+    empty. A BINARY SEG has no frames for slices without any segment. Raises ValueError
+    for a shape mismatch or an empty or mis-numbered segment list.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -218,9 +241,10 @@ def build_segmentation(
         software_versions=device.software_version,
         device_serial_number=device.device_serial_number,
         series_description=ids.series_description or None,
-        omit_empty_frames=False,
+        omit_empty_frames=not labelmap,
     )
     carried.apply(seg, "segmentation")
+    _derive_dimension_organization(seg)
     _declare_private_schemes(seg, [c for s in segments for c in (s.category, s.type)])
     return seg
 
@@ -228,8 +252,9 @@ def build_segmentation(
 def build_parametric_map(
     volume: Volume, values: np.ndarray, spec: MapSpec, ids: InstanceIds, device: DeviceInfo
 ) -> hd.pm.ParametricMap:
-    """A Parametric Map of non-negative ``values`` on ``volume``, uint16 with a
-    real-world value mapping (value = stored * scale) that viewers can window and read.
+    """A Parametric Map of non-negative ``values`` on ``volume``: float32 (Float Pixel
+    Data) with an identity real-world value mapping over the values' range, a window
+    that spans it, and the Frame Anatomy of ``spec``.
 
     Raises ValueError for a shape mismatch or negative/non-finite values.
     """
@@ -240,11 +265,11 @@ def build_parametric_map(
         raise ValueError("parametric map values must be finite and non-negative")
     sources, order = _source_order(volume)
     sources, carried = _conformant_sources(sources)
-    stored = np.clip(np.rint(values[order] / spec.scale), 0, 65535).astype(np.uint16)
-    top = max(int(stored.max()), 1)
+    stored = np.ascontiguousarray(values[order], dtype=np.float32)
+    top = max(float(stored.max()), 1e-6)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=spec.label[:16], lut_explanation=spec.explanation[:64],
-        unit=spec.unit.concept(), value_range=(0, 65535), slope=spec.scale, intercept=0.0,
+        unit=spec.unit.concept(), value_range=(0.0, top), slope=1.0, intercept=0.0,
         quantity_definition=spec.quantity.concept(),
     )
     pm = hd.pm.ParametricMap(
@@ -256,17 +281,75 @@ def build_parametric_map(
         device_serial_number=device.device_serial_number,
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
-        voi_lut_transformations=[hd.VOILUTTransformation(window_center=top / 2,
-                                                          window_width=top)],
+        # LINEAR_EXACT: the window of a map below 1 is narrower than LINEAR allows.
+        voi_lut_transformations=[hd.VOILUTTransformation(
+            window_center=top / 2, window_width=top,
+            voi_lut_function=hd.VOILUTFunctionValues.LINEAR_EXACT)],
         series_description=ids.series_description or None,
         content_label=spec.label.upper().replace(" ", "_")[:16],
     )
     carried.apply(pm, "parametric map")
-    if "Laterality" not in pm:
-        # Type 2C (paired body parts, no frame laterality): validators cannot tell that a
-        # map of both hips has no single side, so it is present and empty (unknown).
-        pm.Laterality = None
+    _derive_dimension_organization(pm)
+    _add_frame_anatomy(pm, spec)
+    _frames_ascending(pm, volume)
     return pm
+
+
+def _derive_dimension_organization(ds: Dataset) -> None:
+    """Replace highdicom's random Dimension Organization UID by one derived from the SOP
+    Instance UID, so that the same instance is the same bytes on every run."""
+    from pydicom.uid import generate_uid
+
+    organizations = ds.get("DimensionOrganizationSequence") or []
+    old = {str(item.DimensionOrganizationUID) for item in organizations}
+    if not old:
+        return
+    new = str(generate_uid(entropy_srcs=[str(ds.SOPInstanceUID), "dimension organization"]))
+    for item in [*organizations, *(ds.get("DimensionIndexSequence") or [])]:
+        if str(item.get("DimensionOrganizationUID", "")) in old:
+            item.DimensionOrganizationUID = new
+
+
+def _frames_ascending(pm: Dataset, volume: Volume) -> None:
+    """Put the frames in order of ascending position along the slice normal.
+
+    highdicom writes them descending, and dcmqi's ``paramap2itkimage`` (3D Slicer)
+    stacks frames in file order from the lowest position, so it showed the map flipped
+    along the slices. Each frame keeps its functional groups and dimension index values.
+    """
+    from pydicom.sequence import Sequence as PydicomSequence
+
+    frames = list(pm.PerFrameFunctionalGroupsSequence)
+    normal = volume.geometry.normal
+    distance = [float(np.dot(normal, [float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient]))
+                for f in frames]
+    order = np.argsort(distance, kind="stable")
+    if np.array_equal(order, np.arange(len(frames))):
+        return
+    data = np.frombuffer(pm.FloatPixelData, dtype=np.float32).reshape(len(frames), -1)
+    pm.FloatPixelData = np.ascontiguousarray(data[order]).tobytes()
+    pm.PerFrameFunctionalGroupsSequence = PydicomSequence([frames[k] for k in order])
+
+
+def _add_frame_anatomy(pm: Dataset, spec: MapSpec) -> None:
+    """The Frame Anatomy functional group (shared by all frames), which highdicom does
+    not write; mandatory in a Parametric Map and read by dcmqi."""
+    from pydicom import Dataset as PydicomDataset
+    from pydicom.sequence import Sequence as PydicomSequence
+
+    region = PydicomDataset()
+    region.CodeValue = spec.anatomy.value
+    region.CodingSchemeDesignator = spec.anatomy.scheme
+    region.CodeMeaning = spec.anatomy.meaning
+    anatomy = PydicomDataset()
+    anatomy.AnatomicRegionSequence = PydicomSequence([region])
+    # A series laterality of one side carried from the source wins over the spec's; the
+    # General Series attribute must then go (Type 2C: only without Frame Laterality).
+    carried = str(pm.get("Laterality") or "")
+    anatomy.FrameLaterality = carried if carried in ("R", "L") else spec.laterality
+    if "Laterality" in pm:
+        del pm.Laterality
+    pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = PydicomSequence([anatomy])
 
 
 def _roi_group(
@@ -286,9 +369,10 @@ def _roi_group(
         finding_type=segment.type.concept(), finding_category=segment.category.concept(),
         algorithm_id=algorithm_id,
         measurements=[
-            hd.sr.Measurement(name=name.concept(), value=value, unit=unit.concept(),
-                              algorithm_id=algorithm_id)
-            for name, value, unit in report.measurements
+            hd.sr.Measurement(name=m.name.concept(), value=m.value, unit=m.unit.concept(),
+                              algorithm_id=algorithm_id,
+                              derivation=m.derivation.concept() if m.derivation else None)
+            for m in report.measurements
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=name.concept(), value=value.concept())
@@ -343,7 +427,7 @@ def build_measurement_report(
 
 
 def _codes_of(report: RoiReport) -> list[CodeSpec]:
-    return [*(m[0] for m in report.measurements), *(e[0] for e in report.evaluations),
+    return [*(m.name for m in report.measurements), *(e[0] for e in report.evaluations),
             report.segment.type, report.segment.category]
 
 

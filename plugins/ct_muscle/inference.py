@@ -8,6 +8,12 @@ responses of the two convolutions that read its output — runs once per slice
 (``BayesianUNet.forward_mc``). The uncertainty and the label map (the argmax of the
 bilinearly resampled mean softmax) are resampled back to the original matrix, so any
 field of view and matrix size works.
+
+Given a ``seed`` (the pipelines derive it from the input's content digest and the
+model's weight hash, :func:`mc_seed`), slice ``k`` draws its dropout masks from its own
+generator seeded with ``slice_seed(seed, k)``: the same input, model and options give
+the same samples on every run, whatever the slices are batched with, and the process's
+global random state is left alone.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
     from models.unet import BayesianUNet
 
 __all__ = [
+    "LOW_ATTENUATION_HU",
     "HuWindow",
     "InputGeometry",
     "McOptions",
@@ -37,12 +44,17 @@ __all__ = [
     "StructureMeasurement",
     "UncertaintyMeasure",
     "load_model",
+    "mc_seed",
     "measure_structures",
     "predict_volume",
     "preprocess_slices",
+    "slice_seed",
 ]
 
 MODEL_NAME = "ct_muscle"
+# Muscle below 30 HU is low-attenuation (fatty infiltration, myosteatosis); the fraction
+# of a muscle's voxels below it is the usual density measure next to the mean HU.
+LOW_ATTENUATION_HU = 30.0
 
 
 class UncertaintyMeasure(str, Enum):
@@ -131,7 +143,8 @@ class Prediction:
 
 @dataclass(frozen=True)
 class StructureMeasurement:
-    """Volume and mean uncertainty of one predicted structure."""
+    """Volume and mean uncertainty of one predicted structure and, on CT, its density:
+    mean HU and the fraction of its voxels below :data:`LOW_ATTENUATION_HU`."""
 
     key: str
     name: str
@@ -140,6 +153,24 @@ class StructureMeasurement:
     volume_ml: float
     mean_uncertainty: float
     review_required: bool
+    mean_hu: float | None = None
+    low_attenuation_fraction: float | None = None
+
+
+def mc_seed(*parts: str) -> str:
+    """The MC-dropout seed of a run: a digest of what fixes its samples (the input's
+    content digest, the model's weight hash, ...)."""
+    import hashlib
+
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def slice_seed(seed: str, index: int) -> int:
+    """The 63-bit generator seed of slice ``index`` of a run seeded with ``seed``."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}\0slice\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
 def model_grid(
@@ -189,7 +220,7 @@ def _uncertainty(probs: torch.Tensor, measure: UncertaintyMeasure) -> torch.Tens
 
 
 def _mc_on_model_grid(
-    model: BayesianUNet, x: torch.Tensor, options: McOptions
+    model: BayesianUNet, x: torch.Tensor, options: McOptions, seeds: Sequence[int] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean softmax ``(n, H, W, C)`` (classes last) and uncertainty ``(n, H, W)`` on the
     padded grid.
@@ -202,7 +233,8 @@ def _mc_on_model_grid(
     n = x.shape[0]
     # The deterministic part runs once per slice (BayesianUNet.forward_mc); the
     # result is sample-major (T * n, C, H, W), the same layout as repeating the input.
-    logits = model.forward_mc(x.contiguous(memory_format=torch.channels_last), options.samples)
+    logits = model.forward_mc(x.contiguous(memory_format=torch.channels_last), options.samples,
+                              seeds)
     # Channels-last logits viewed as (T * n, H, W, C): the softmax runs over the
     # innermost dimension without a layout copy.
     probs = torch.softmax(logits.permute(0, 2, 3, 1), dim=-1)
@@ -257,14 +289,14 @@ def _resampled_labels(mean: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 def _predict_chunk(
     model: BayesianUNet, hu: torch.Tensor, spacing: tuple[float, float], geo: InputGeometry,
-    options: McOptions,
+    options: McOptions, seeds: Sequence[int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels and uncertainty for ``(n, rows, cols)`` slices, all T samples in one batch."""
     from torch.nn import functional as F
 
     _, rows, cols = hu.shape
     x = preprocess_slices(hu, spacing, geo)
-    mean_grid, unc_grid = _mc_on_model_grid(model, x, options)
+    mean_grid, unc_grid = _mc_on_model_grid(model, x, options, seeds)
     size, _ = model_grid(rows, cols, spacing, geo.pixel_spacing_mm, geo.divisor)
     mean = mean_grid[:, : size[0], : size[1]]
     unc = unc_grid[:, None, : size[0], : size[1]]
@@ -280,11 +312,13 @@ def predict_volume(
     spacing: tuple[float, float],
     geo: InputGeometry,
     options: McOptions | None = None,
+    seed: str | None = None,
 ) -> Prediction:
     """MC-dropout label map and uncertainty of a ``(slices, rows, cols)`` HU volume.
 
-    ``spacing`` is the in-plane (row, column) spacing in mm. Raises ValueError for a
-    volume that is not 3-D.
+    ``spacing`` is the in-plane (row, column) spacing in mm. With ``seed`` the samples
+    are reproducible (slice ``k`` seeded by :func:`slice_seed`); without, they come from
+    the global random state. Raises ValueError for a volume that is not 3-D.
     """
     import torch
 
@@ -301,7 +335,9 @@ def predict_volume(
     with torch.inference_mode():
         for start in range(0, hu.shape[0], per_batch):
             chunk = torch.from_numpy(np.ascontiguousarray(hu[start : start + per_batch]))
-            lab, unc = _predict_chunk(model, chunk.float().to(device), spacing, geo, opts)
+            seeds = (None if seed is None else
+                     [slice_seed(seed, k) for k in range(start, start + chunk.shape[0])])
+            lab, unc = _predict_chunk(model, chunk.float().to(device), spacing, geo, opts, seeds)
             labels[start : start + per_batch] = lab.cpu().numpy()
             uncertainty[start : start + per_batch] = unc.cpu().numpy()
     model.set_mc_dropout(False)
@@ -309,23 +345,30 @@ def predict_volume(
 
 
 def measure_structures(
-    prediction: Prediction, table: LabelTable, voxel_volume_mm3: float, threshold: float
+    prediction: Prediction, table: LabelTable, voxel_volume_mm3: float, threshold: float,
+    hu: np.ndarray | None = None,
 ) -> list[StructureMeasurement]:
-    """Volume (mL) and mean uncertainty inside each predicted structure, label order.
+    """Volume (mL) and mean uncertainty inside each predicted structure, label order,
+    and with ``hu`` (the CT volume, same shape) its mean HU and low-attenuation fraction.
 
     A structure is flagged for review when its mean uncertainty exceeds ``threshold``.
-    Structures absent from the prediction are left out.
+    Structures absent from the prediction are left out. Raises ValueError when ``hu``
+    does not have the shape of the label map.
     """
     flat_labels = prediction.labels.ravel()
     counts = np.bincount(flat_labels, minlength=table.num_classes)
     sums = np.bincount(flat_labels, weights=prediction.uncertainty.ravel().astype(np.float64),
                        minlength=table.num_classes)
+    density = None if hu is None else _density(flat_labels, hu, prediction.labels.shape,
+                                               counts, table.num_classes)
     out: list[StructureMeasurement] = []
     for structure in table:
         voxels = int(counts[structure.label])
         if voxels == 0:
             continue
         mean_unc = float(sums[structure.label] / voxels)
+        mean_hu, low = (None, None) if density is None else (
+            float(density[0][structure.label]), float(density[1][structure.label]))
         out.append(
             StructureMeasurement(
                 key=structure.key,
@@ -335,9 +378,25 @@ def measure_structures(
                 volume_ml=voxels * voxel_volume_mm3 / 1000.0,
                 mean_uncertainty=mean_unc,
                 review_required=mean_unc > threshold,
+                mean_hu=mean_hu,
+                low_attenuation_fraction=low,
             )
         )
     return out
+
+
+def _density(
+    flat_labels: np.ndarray, hu: np.ndarray, shape: tuple[int, ...], counts: np.ndarray,
+    classes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean HU and the fraction below :data:`LOW_ATTENUATION_HU` per label (0 where empty)."""
+    if hu.shape != shape:
+        raise ValueError(f"HU volume {hu.shape} differs from the label map {shape}")
+    flat_hu = hu.ravel()
+    total = np.bincount(flat_labels, weights=flat_hu.astype(np.float64), minlength=classes)
+    low = np.bincount(flat_labels[flat_hu < LOW_ATTENUATION_HU], minlength=classes)
+    safe = np.maximum(counts, 1)
+    return total / safe, low / safe
 
 
 def load_model(
@@ -357,7 +416,8 @@ def load_model(
     card = read_card(weights_dir, MODEL_NAME)
     if card.architecture != "BayesianUNet":
         raise WeightsError(f"{MODEL_NAME} card names architecture {card.architecture!r}")
-    model = BayesianUNet(**card.arguments)
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: keep the RNG
+        model = BayesianUNet(**card.arguments)
     load_weights(model, weights_dir, MODEL_NAME, device=device)
     # Channels-last lets oneDNN/cuDNN run the batched convolutions much faster.
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

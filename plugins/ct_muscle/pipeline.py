@@ -95,6 +95,11 @@ class SegmentationOptions:
             raise ValueError(f"unknown {cls.pipeline} options: {', '.join(sorted(unknown))}")
         return cls(**dict(options))
 
+    def content_options(self) -> list[str]:
+        """``name=value`` of the options that change the result (not the batch sizes,
+        which only change how it is computed); they go into the result's UIDs."""
+        return [f"samples={self.samples}", f"labelmap={self.labelmap}"]
+
     def mc(self, batch_scale: float = 1.0) -> McOptions:
         return McOptions(samples=self.samples, measure=self.measure, batch_images=self.batch_images,
                          batch_scale=batch_scale)
@@ -147,21 +152,26 @@ class CtMusclePipeline:
     def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
         """Segment one CT series; raises InvalidInputError for input that cannot work and
         RuntimeError when :meth:`load` has not run."""
+        from plugins.common.dicom_outputs import content_digest
         from plugins.common.volume import VolumeOptions, series_to_volume
-        from plugins.ct_muscle.inference import measure_structures, predict_volume
+        from plugins.ct_muscle.inference import mc_seed, measure_structures, predict_volume
 
         if self._model is None or self._card is None or self._table is None:
             raise RuntimeError("ct-muscle pipeline used before load()")
         if not isinstance(item, SeriesItem):
             raise InvalidInputError("ct-muscle takes a DICOM series, not an image")
         volume = series_to_volume(item.datasets, VolumeOptions(modalities=("CT",)))
+        content = content_digest(volume.datasets)
+        # Seeded from what fixes the result, so a re-run gives the same samples.
+        seed = mc_seed(self.name, content, self._card.sha256, self._card.version)
         prediction = predict_volume(self._model, volume.array, volume.geometry.spacing[1:],
-                                    self._geometry, self._options.mc(item.hints.batch_scale))
+                                    self._geometry, self._options.mc(item.hints.batch_scale),
+                                    seed=seed)
         measured = measure_structures(prediction, self._table,
                                       volume.geometry.voxel_volume_mm3,
-                                      self._options.threshold)
-        dicom = self._dicom_outputs(item, volume, prediction.labels, prediction.uncertainty,
-                                    measured)
+                                      self._options.threshold, hu=volume.array)
+        dicom = self._dicom_outputs(item, volume, content, prediction.labels,
+                                    prediction.uncertainty, measured)
         flagged = [m.name for m in measured if m.review_required]
         summary = (f"{len(measured)} structures segmented, "
                    f"{len(flagged)} flagged for review" + (f": {', '.join(flagged)}"
@@ -171,17 +181,19 @@ class CtMusclePipeline:
             figures=structure_figures(self.name, measured), review_required=bool(flagged), summary=summary)
 
     def _dicom_outputs(
-        self, item: SeriesItem, volume: Volume, labels: Any, uncertainty: Any,
+        self, item: SeriesItem, volume: Volume, content: str, labels: Any, uncertainty: Any,
         measured: list[StructureMeasurement],
     ) -> list[DicomOutput]:
-        from plugins.common.dicom_outputs import content_digest
         from plugins.ct_muscle.reporting import OutputContext, dicom_outputs
 
         assert self._card is not None and self._table is not None
+        window = self._geometry.window
         context = OutputContext(
             identity=item.identity, pipeline_version=self.version, card=self._card,
             table=self._table, measure=self._options.measure,
-            review_threshold=self._options.threshold, content=content_digest(volume.datasets))
+            review_threshold=self._options.threshold, content=content,
+            options=(*self._options.content_options(),
+                     f"window={window.center!r}/{window.width!r}"))
         return dicom_outputs(context, volume, labels, uncertainty, measured,
                              labelmap=self._options.labelmap)
 
@@ -191,6 +203,7 @@ class CtMusclePipeline:
             Record(kind="ct-structure", group=item.series_uid, fields={
                 "structure": m.key, "label": m.label, "volume_ml": round(m.volume_ml, 3),
                 "mean_uncertainty": m.mean_uncertainty,
+                "mean_hu": m.mean_hu, "low_attenuation_fraction": m.low_attenuation_fraction,
                 "uncertainty_measure": self._options.measure.value,
                 "review_required": m.review_required,
                 "model_version": self._card.version, "pipeline_version": self.version,

@@ -125,8 +125,9 @@ class MrMusclePipeline:
         Raises InvalidInputError for input that can never work (not a series, not MR,
         gaps, localizers, ...) and RuntimeError when :meth:`load` has not run.
         """
+        from plugins.common.dicom_outputs import content_digest
         from plugins.common.volume import VolumeOptions, series_to_volume
-        from plugins.ct_muscle.inference import measure_structures, predict_volume
+        from plugins.ct_muscle.inference import mc_seed, measure_structures, predict_volume
         from plugins.mr_muscle.translation import translate_volume
 
         models = self._require_models()
@@ -141,13 +142,19 @@ class MrMusclePipeline:
             )
         except ValueError as exc:  # an all-zero series has no signal to normalise
             raise InvalidInputError(f"MR series cannot be normalised: {exc}") from exc
+        content = content_digest(volume.datasets)
+        # Seeded from what fixes the result, so a re-run gives the same samples.
+        seed = mc_seed(self.name, content, models.generator_card.sha256, models.unet_card.sha256)
         prediction = predict_volume(
-            models.unet, hu, spacing, models.geometry, self._options.mc(item.hints.batch_scale)
+            models.unet, hu, spacing, models.geometry, self._options.mc(item.hints.batch_scale),
+            seed=seed,
         )
+        # No density: the synthetic CT's HU are a model's output, not a measurement.
         measured = measure_structures(
             prediction, models.table, volume.geometry.voxel_volume_mm3, self._options.threshold
         )
-        dicom = self._dicom_outputs(item, volume, prediction.labels, prediction.uncertainty, measured)
+        dicom = self._dicom_outputs(item, volume, content, prediction.labels, prediction.uncertainty,
+                                    measured)
         if self._options.synthetic_ct_series:
             dicom += self._synthetic_ct(item, volume, hu)
         flagged = [m.name for m in measured if m.review_required]
@@ -173,11 +180,11 @@ class MrMusclePipeline:
         self,
         item: SeriesItem,
         volume: Volume,
+        content: str,
         labels: np.ndarray,
         uncertainty: np.ndarray,
         measured: list[StructureMeasurement],
     ) -> list[DicomOutput]:
-        from plugins.common.dicom_outputs import content_digest
         from plugins.ct_muscle.reporting import dicom_outputs
         from plugins.mr_muscle.reporting import MrOutputContext, renamed
 
@@ -189,7 +196,9 @@ class MrMusclePipeline:
             table=models.table,
             measure=self._options.measure,
             review_threshold=self._options.threshold,
-            content=content_digest(volume.datasets),
+            content=content,
+            options=(*self._options.content_options(),
+                     f"generator_weights={models.generator_card.sha256}"),
             generator_card=models.generator_card,
         )
         outputs = dicom_outputs(

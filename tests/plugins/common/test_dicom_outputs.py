@@ -137,12 +137,17 @@ def test_parametric_map_round_trip(tmp_path: Path, variant: str) -> None:
     assert dciodvfy_errors(path) == []
     pm = pydicom.dcmread(path)
     assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
-    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
-    slope = float(mapping.RealWorldValueSlope)
+    assert "FloatPixelData" in pm and "PixelData" not in pm
+    shared = pm.SharedFunctionalGroupsSequence[0]
+    mapping = shared.RealWorldValueMappingSequence[0]
+    assert (float(mapping.RealWorldValueSlope), float(mapping.RealWorldValueIntercept)) == (1.0, 0.0)
+    anatomy = shared.FrameAnatomySequence[0]
+    assert anatomy.FrameLaterality == "B" and anatomy.AnatomicRegionSequence[0].CodeValue
     expected = dict(zip(uids, uncertainty, strict=True))
     for index, frame in enumerate(pm.PerFrameFunctionalGroupsSequence):
         uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        np.testing.assert_allclose(pm.pixel_array[index] * slope, expected[uid], atol=slope)
+        assert pm.pixel_array[index].dtype == np.float32
+        np.testing.assert_array_equal(pm.pixel_array[index], expected[uid])
 
 
 @needs_dciodvfy

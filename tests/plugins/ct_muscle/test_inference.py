@@ -163,9 +163,9 @@ def test_batch_scale_after_a_gpu_out_of_memory_shrinks_the_forward_batches(model
     forward_mc = model.forward_mc
     slices: list[int] = []
 
-    def recording(x, samples):  # type: ignore[no-untyped-def]
+    def recording(x, samples, seeds=None):  # type: ignore[no-untyped-def]
         slices.append(int(x.shape[0]))
-        return forward_mc(x, samples)
+        return forward_mc(x, samples, seeds)
 
     model.forward_mc = recording
     hu = np.random.default_rng(3).normal(0, 300, size=(8, 32, 32)).astype(np.float32)
@@ -179,3 +179,44 @@ def test_batch_scale_after_a_gpu_out_of_memory_shrinks_the_forward_batches(model
     assert largest == [4, 2, 1]  # slices per forward: 8 images / 2 samples, halved, never below 1
     with pytest.raises(ValueError, match="batch_scale"):
         McOptions(batch_scale=0.0)
+
+
+def _devices() -> list[str]:
+    import torch
+
+    return ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_seeded_sampling_is_reproducible_and_leaves_the_global_rng_alone(
+    tiny_weights: Path, device: str
+) -> None:
+    import torch
+
+    model, _, geometry = load_model(tiny_weights, device=device)
+    hu = np.random.default_rng(4).normal(0, 300, size=(4, 40, 40)).astype(np.float32)
+    options = McOptions(samples=4)
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    first = predict_volume(model, hu, (6.0, 6.0), geometry, options, seed="input-a")
+    second = predict_volume(model, hu, (6.0, 6.0), geometry, options, seed="input-a")
+    assert torch.equal(torch.get_rng_state(), cpu_state)
+    if cuda_states:
+        assert all(torch.equal(a, b)
+                   for a, b in zip(torch.cuda.get_rng_state_all(), cuda_states, strict=True))
+    assert first.labels.tobytes() == second.labels.tobytes()
+    assert first.uncertainty.tobytes() == second.uncertainty.tobytes()
+    other = predict_volume(model, hu, (6.0, 6.0), geometry, options, seed="input-b")
+    assert other.uncertainty.tobytes() != first.uncertainty.tobytes()
+
+
+def test_seeded_samples_of_a_slice_do_not_depend_on_its_batch(model_and_geometry) -> None:  # type: ignore[no-untyped-def]
+    model, geometry = model_and_geometry
+    hu = np.random.default_rng(5).normal(0, 300, size=(5, 40, 40)).astype(np.float32)
+    batched = predict_volume(model, hu, (6.0, 6.0), geometry,
+                             McOptions(samples=3, batch_images=15), seed="s")
+    single = predict_volume(model, hu, (6.0, 6.0), geometry,
+                            McOptions(samples=3, batch_images=3), seed="s")
+    np.testing.assert_allclose(batched.uncertainty, single.uncertainty, atol=1e-5)
+    unseeded = predict_volume(model, hu, (6.0, 6.0), geometry, McOptions(samples=3))
+    assert np.abs(unseeded.uncertainty - single.uncertainty).max() > 1e-3

@@ -172,3 +172,65 @@ def test_non_conformant_patient_values_still_give_every_output(
         ds.PatientSex = "male"
     names = {o.name for o in pipeline.run(_item(datasets)).dicom}
     assert names == {"ct-muscle-seg.dcm", "ct-muscle-sr.dcm", "ct-muscle-uncertainty.dcm"}
+
+
+def _run_fresh(tiny_weights: Path, options: dict[str, object], datasets: list[Dataset]) -> dict[str, Dataset]:
+    p = CtMusclePipeline()
+    p.load(PipelineContext(device="cpu", options=options, weights_dir=tiny_weights))
+    return {o.name: o.dataset for o in p.run(_item(datasets)).dicom}
+
+
+def test_rerun_gives_identical_objects_without_touching_the_global_rng(tiny_weights: Path) -> None:
+    """Seeded MC dropout: a re-run (a new pipeline, as after a restart, other arrival
+    order) gives byte-identical objects apart from their creation timestamps, whatever
+    the global random state; the run does not change that state."""
+    import torch
+
+    from tests.support.reproducibility import without_timestamps
+
+    datasets = demo_ct_series(7, SMALL)
+    torch.manual_seed(1)
+    first = _run_fresh(tiny_weights, {"samples": 3}, datasets)
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    again = _run_fresh(tiny_weights, {"samples": 3}, list(reversed(datasets)))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert set(first) == set(again)
+    for name, ds in first.items():
+        assert without_timestamps(ds) == without_timestamps(again[name]), name
+
+
+@pytest.mark.parametrize("options", [{"samples": 4}, {"samples": 3, "labelmap": True},
+                                     {"samples": 3, "measure": "variance"}],
+                         ids=["samples", "labelmap", "measure"])
+def test_changed_options_give_new_instances_in_new_series(
+    tiny_weights: Path, options: dict[str, object]
+) -> None:
+    datasets = demo_ct_series(7, SMALL)
+    base = _run_fresh(tiny_weights, {"samples": 3}, datasets)
+    changed = _run_fresh(tiny_weights, options, datasets)
+    for name, ds in base.items():
+        assert changed[name].SOPInstanceUID != ds.SOPInstanceUID, name
+        assert changed[name].SeriesInstanceUID != ds.SeriesInstanceUID, name
+
+
+def test_records_carry_density_next_to_volume_and_uncertainty(pipeline: CtMusclePipeline) -> None:
+    from plugins.common.volume import series_to_volume
+
+    datasets = demo_ct_series(8, SMALL)
+    result = pipeline.run(_item(datasets))
+    hu = series_to_volume(datasets).array
+    for record in result.records:
+        assert -1024.0 <= record.fields["mean_hu"] <= float(hu.max())
+        assert 0.0 <= record.fields["low_attenuation_fraction"] <= 1.0
+    sr = next(o.dataset for o in result.dicom if o.name == "ct-muscle-sr.dcm")
+    import highdicom as hd
+
+    groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_volumetric_roi_measurement_groups()  # type: ignore[attr-defined]
+    by_key = {r.fields["structure"]: r.fields for r in result.records}
+    for group, record in zip(groups, result.records, strict=True):
+        values = {m.name.meaning: m.value for m in group.get_measurements()}
+        fields = by_key[record.fields["structure"]]
+        assert float(values["Attenuation Coefficient"]) == pytest.approx(fields["mean_hu"])
+        assert float(values["Fraction of voxels below 30 HU"]) == pytest.approx(
+            fields["low_attenuation_fraction"])

@@ -145,3 +145,41 @@ def test_a_new_generation_of_the_series_gets_new_uids(pipeline: MrMusclePipeline
     partial, full = uids(complete[:4]), uids(complete)
     assert not set(partial.values()) & set(full.values())
     assert uids(complete[:4][::-1]) == partial
+
+
+def test_dcmqi_reads_the_mr_seg_and_uncertainty_map(pipeline: MrMusclePipeline, tmp_path: Path) -> None:
+    from tests.support.dcmqi import frames_by_position, paramap_volume, seg_volume
+
+    series = demo_mr_series(1, (6, 64, 64))
+    by_name = {o.name: o.dataset for o in pipeline.run(_item(series)).dicom}
+    seg_path, map_path = tmp_path / "seg.dcm", tmp_path / "map.dcm"
+    by_name["mr-muscle-seg.dcm"].save_as(seg_path, enforce_file_format=True)
+    by_name["mr-muscle-uncertainty.dcm"].save_as(map_path, enforce_file_format=True)
+    masks = seg_volume(seg_path, tmp_path / "seg")
+    assert len(masks) == len(by_name["mr-muscle-seg.dcm"].SegmentSequence)
+    assert all(mask.shape == (len(series), 64, 64) for mask in masks.values())
+    pm = pydicom.dcmread(map_path)
+    np.testing.assert_array_equal(paramap_volume(map_path, tmp_path / "map"),
+                                  pm.pixel_array[frames_by_position(pm)])
+
+
+def test_rerun_gives_identical_objects_and_other_samples_new_instances(tiny_weights: Path) -> None:
+    """Seeded MC dropout: a re-run (a new pipeline, as after a restart) gives the same
+    objects apart from their creation timestamps; other samples or a label map SEG give
+    new instances in new series."""
+    from tests.support.reproducibility import without_timestamps
+
+    series = demo_mr_series(2, (6, 64, 64))
+    def run(options: dict[str, object]) -> dict[str, pydicom.Dataset]:
+        p = MrMusclePipeline()
+        p.load(PipelineContext(device="cpu", options=options, weights_dir=tiny_weights))
+        return {o.name: o.dataset for o in p.run(_item(series)).dicom}
+
+    first, again = run({"samples": 3}), run({"samples": 3})
+    for name, ds in first.items():
+        assert without_timestamps(ds) == without_timestamps(again[name]), name
+    for options in ({"samples": 4}, {"samples": 3, "labelmap": True}):
+        changed = run(options)
+        for name, ds in first.items():
+            assert changed[name].SOPInstanceUID != ds.SOPInstanceUID, (options, name)
+            assert changed[name].SeriesInstanceUID != ds.SeriesInstanceUID, (options, name)
