@@ -11,6 +11,7 @@ import json
 import shlex
 import sys
 from dataclasses import asdict
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -40,7 +41,8 @@ def _command_line() -> str:
 
 
 def _training_sets(
-    table: LabelTable, data_dir: Path | None, phantoms: int, validation: int, seed: int
+    table: LabelTable, data_dir: Path | None, phantoms: int, validation: int, seed: int,
+    generator: PhantomSource, grid_mm: float,
 ) -> tuple[list[LabelledVolume], list[LabelledVolume], dict[str, object]]:
     """Training and validation volumes plus a summary for the card."""
     from plugins.ct_muscle.datasets import load_dicom_cases, phantom_volumes
@@ -51,12 +53,38 @@ def _training_sets(
             raise typer.BadParameter(f"{len(cases)} cases cannot leave {validation} for validation")
         return cases[validation:], cases[:validation], {
             "source": "dicom", "directory": str(data_dir), "cases": len(cases)}
-    return (
-        phantom_volumes(_phantom_seeds(seed, phantoms)),
-        phantom_volumes(_phantom_seeds(seed, validation, VALIDATION_OFFSET)),
-        {"source": "phantoms", "train_phantoms": phantoms, "validation_phantoms": validation,
-         "train_seeds": f"{seed * TRAIN_SEED_STRIDE}+[0,{phantoms})"},
-    )
+    summary: dict[str, object] = {
+        "source": "phantoms", "generator": generator.value, "train_phantoms": phantoms,
+        "validation_phantoms": validation,
+        "train_seeds": f"{seed * TRAIN_SEED_STRIDE}+[0,{phantoms})"}
+    train_seeds = _phantom_seeds(seed, phantoms)
+    validation_seeds = _phantom_seeds(seed, validation, VALIDATION_OFFSET)
+    if generator is PhantomSource.FIXED:
+        return phantom_volumes(train_seeds), phantom_volumes(validation_seeds), summary
+    from plugins.ct_muscle.anatomy import TRAINING_VARIETY, randomised_volumes
+
+    size = round(RANDOMISED_FOV_MM / grid_mm / 8) * 8
+    shape = (RANDOMISED_SLICES, size, size)
+    summary["variety"] = asdict(TRAINING_VARIETY)
+    return (randomised_volumes(train_seeds, shape=shape, pixel_spacing_mm=grid_mm, table=table),
+            randomised_volumes(validation_seeds, shape=shape, pixel_spacing_mm=grid_mm,
+                               table=table), summary)
+
+
+class PhantomSource(str, Enum):
+    """Which phantom generator trains (and evaluates) the network."""
+
+    RANDOMISED = "randomised"  # plugins.ct_muscle.anatomy: three anatomy models, wide ranges
+    FIXED = "fixed"  # plugins.ct_muscle.phantoms: the demo series' generator
+
+
+class Augmentation(str, Enum):
+    ROBUST = "robust"  # plugins.ct_muscle.augmentation (nnU-Net / SynthSeg style)
+    BASIC = "basic"  # small flips, rotations and contrast changes
+
+
+RANDOMISED_FOV_MM = 480.0  # field of view of a randomised training phantom
+RANDOMISED_SLICES = 24
 
 
 def train(
@@ -80,21 +108,49 @@ def train(
         min=0, help="Extra augmentation: largest noise SD (HU) added to slices; 0 = off")] = 0.0,
     blur_sigma_max: Annotated[float, typer.Option(
         min=0, help="Extra augmentation: largest Gaussian blur sigma (pixels); 0 = off")] = 0.0,
+    generator: Annotated[PhantomSource, typer.Option(
+        help="Phantom generator when there is no data dir")] = PhantomSource.RANDOMISED,
+    augmentation: Annotated[Augmentation, typer.Option(
+        help="robust: scale, rotation, elastic, per-structure HU, random intensities, bias, "
+             "noise, blur, low resolution; basic: small flips, rotations, contrast")] = (
+        Augmentation.ROBUST),
+    grid_mm: Annotated[float, typer.Option(
+        min=0.3, help="Model pixel spacing in mm (3 = CPU demo; 1 or 0.8 for GPU sites)")] = 3.0,
+    size: Annotated[int | None, typer.Option(
+        help="Training slice size in pixels (multiple of 8; default 480 mm of field)")] = None,
+    base_channels: Annotated[int, typer.Option(min=4, help="U-net width")] = 16,
+    depth: Annotated[int, typer.Option(min=1, max=6, help="U-net depth")] = 3,
 ) -> None:
     """Train (or fine-tune) the hip/thigh Bayesian U-net and write its weights and card."""
     import torch
 
     from models.store import ModelCard, save_weights
+    from plugins.ct_muscle.inference import InputGeometry
     from plugins.ct_muscle.structures import default_label_table
-    from plugins.ct_muscle.training import AppearanceAugmentation, TrainingOptions, train_network
+    from plugins.ct_muscle.training import (
+        AppearanceAugmentation,
+        NetworkOptions,
+        RobustAugmentation,
+        TrainingOptions,
+        train_network,
+    )
 
     torch.set_num_threads(threads)
     table = default_label_table()
-    train_set, val_set, data = _training_sets(table, data_dir, phantoms, validation, seed)
+    train_set, val_set, data = _training_sets(table, data_dir, phantoms, validation, seed,
+                                              generator, grid_mm)
     appearance = (AppearanceAugmentation(noise_hu_max=noise_hu_max, blur_sigma_max=blur_sigma_max)
                   if noise_hu_max > 0 or blur_sigma_max > 0 else None)
-    options = TrainingOptions(epochs=epochs, batch_size=batch_size,
-                              learning_rate=learning_rate, seed=seed, appearance=appearance)
+    robust = RobustAugmentation() if augmentation is Augmentation.ROBUST else None
+    side = size if size is not None else round(RANDOMISED_FOV_MM / grid_mm / 8) * 8
+    try:
+        options = TrainingOptions(
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+            size=side, geometry=InputGeometry(pixel_spacing_mm=grid_mm),
+            network=NetworkOptions(base_channels=base_channels, depth=depth),
+            appearance=appearance, robust=robust)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     initial, base = None, None
     if init_weights is not None:
         from plugins.ct_muscle.inference import load_model
@@ -111,7 +167,10 @@ def train(
                   "seed": seed, "data": data, "epochs": epochs, "batch_size": batch_size,
                   "learning_rate": learning_rate, "input": options.geometry.to_dict(),
                   "labels": [s.key for s in table], "threads": threads,
-                  "augmentation": asdict(appearance) if appearance else None,
+                  "augmentation": {"kind": augmentation.value,
+                                   "robust": asdict(robust) if robust else None,
+                                   "appearance": asdict(appearance) if appearance else None},
+                  "size": side,
                   "fine_tuned_from": ({"version": base.version, "sha256": base.sha256,
                                        "command": base.training.get("command")}
                                       if base is not None else None),
@@ -141,6 +200,13 @@ def evaluate(
         min=0.0, help="Review threshold to score (default: the pipeline's for --measure)")] = None,
     write_card: Annotated[bool, typer.Option(help="Store the metrics in the card")] = False,
     threads: Annotated[int, typer.Option(min=1)] = 1,
+    generator: Annotated[PhantomSource, typer.Option(
+        help="Phantom generator when there is no data dir")] = PhantomSource.RANDOMISED,
+    variety: Annotated[str, typer.Option(
+        help="Randomised phantoms: held-out (settings training never used) or training")] = (
+        "held-out"),
+    failure_dice: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Failure detection: a structure below this Dice is a failure")] = 0.8,
 ) -> None:
     """Dice and ASSD per structure, uncertainty of wrong vs correct voxels, the
     correlation of per-structure uncertainty with Dice, and the review threshold (the
@@ -160,16 +226,28 @@ def evaluate(
     model, card, geo = load_model(weights_dir, expected=[s.key for s in table])
     if data_dir is not None:
         volumes, slice_mm = load_dicom_cases(data_dir, table), 1.0
-    else:
+    elif generator is PhantomSource.FIXED:
         volumes = phantom_volumes(range(first_seed, first_seed + phantoms))
         slice_mm = PhantomOptions().slice_spacing_mm
+    else:
+        from plugins.ct_muscle.anatomy import VARIETIES, randomised_volumes
+
+        if variety not in VARIETIES:
+            raise typer.BadParameter(f"variety must be one of {', '.join(VARIETIES)}, got {variety!r}")
+        size = round(RANDOMISED_FOV_MM / geo.pixel_spacing_mm / 8) * 8
+        volumes = randomised_volumes(range(first_seed, first_seed + phantoms), VARIETIES[variety],
+                                     (RANDOMISED_SLICES, size, size), geo.pixel_spacing_mm, table)
+        slice_mm = 6.0
     chosen = UncertaintyMeasure(measure)
     report = evaluate_model(model, geo, volumes, table, McOptions(samples=samples, measure=chosen),
                             slice_spacing_mm=slice_mm, dice_below=dice_below,
                             review_threshold=(DEFAULT_REVIEW_THRESHOLDS[chosen] if review_threshold is None
-                                              else review_threshold))
+                                              else review_threshold), failure_dice=failure_dice)
+    source = ({"data_dir": str(data_dir)} if data_dir is not None else
+              {"generator": generator.value, "phantoms": phantoms,
+               **({"variety": variety} if generator is PhantomSource.RANDOMISED else {})})
     result = {"model": card.name, "version": card.version, "samples": samples,
-              "measure": measure, "held_out_first_seed": first_seed, **report.as_dict()}
+              "measure": measure, "held_out_first_seed": first_seed, **source, **report.as_dict()}
     typer.echo(json.dumps(result, indent=2, sort_keys=True))
     if write_card:
         from dataclasses import replace

@@ -27,6 +27,7 @@ __all__ = [
     "ReviewThreshold",
     "average_surface_distance",
     "evaluate_model",
+    "failure_auroc",
     "fit_review_threshold",
     "review_threshold_at",
 ]
@@ -44,6 +45,10 @@ class EvaluationReport:
     uncertainty_ratio: float = float("nan")
     uncertainty_dice_correlation: float = float("nan")
     volumes: int = 0
+    failure_dice: float = 0.8  # a structure below this Dice is a failure to detect
+    failure_auroc: float = float("nan")  # structure uncertainty vs failure, over predicted ones
+    failures: int = 0  # predicted structures with a Dice below failure_dice
+    missed: int = 0  # structures in the truth that the prediction lacks (no uncertainty)
     review_fitted: ReviewThreshold | None = None  # best threshold on these volumes
     review_in_use: ReviewThreshold | None = None  # the pipeline's threshold on these volumes
 
@@ -52,6 +57,8 @@ class EvaluationReport:
             "review_threshold_fitted": self.review_fitted.as_dict() if self.review_fitted else None,
             "review_threshold_in_use": self.review_in_use.as_dict() if self.review_in_use else None,
             "volumes": self.volumes,
+            "failure_detection": {"dice_below": self.failure_dice, "auroc": self.failure_auroc,
+                                  "failures": self.failures, "missed": self.missed},
             "mean_dice": self.mean_dice,
             "dice": self.dice,
             "assd_mm": self.assd_mm,
@@ -87,6 +94,21 @@ def _pearson(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def failure_auroc(uncertainty: Sequence[float], dice: Sequence[float], dice_below: float) -> float:
+    """Area under the ROC curve of structure uncertainty as a detector of structures with a
+    Dice below ``dice_below`` (the Mann-Whitney U statistic, ties counted half); NaN when
+    there are no failures or no successes."""
+    from scipy.stats import rankdata
+
+    u = np.asarray(uncertainty, dtype=np.float64)
+    failed = np.asarray(dice, dtype=np.float64) < dice_below
+    n_failed, n_good = int(failed.sum()), int((~failed).sum())
+    if n_failed == 0 or n_good == 0:
+        return float("nan")
+    ranks = rankdata(u)
+    return float((ranks[failed].sum() - n_failed * (n_failed + 1) / 2) / (n_failed * n_good))
+
+
 def evaluate_model(
     model: BayesianUNet,
     geo: InputGeometry,
@@ -96,6 +118,7 @@ def evaluate_model(
     slice_spacing_mm: float = 1.0,
     review_threshold: float | None = None,
     dice_below: float = 0.9,
+    failure_dice: float = 0.8,
 ) -> EvaluationReport:
     """MC-dropout predictions on ``volumes`` compared with their label maps.
 
@@ -112,6 +135,7 @@ def evaluate_model(
     wrong_sum = wrong_n = correct_sum = correct_n = 0.0
     pairs_u: list[float] = []
     pairs_d: list[float] = []
+    missed = 0
     for volume in volumes:
         pred = predict_volume(model, volume.hu, volume.spacing, geo, options)
         region = (volume.labels > 0) | (pred.labels > 0)
@@ -131,7 +155,11 @@ def evaluate_model(
             if inside.any():
                 pairs_u.append(float(pred.uncertainty[inside].mean()))
                 pairs_d.append(value)
-    report = EvaluationReport(volumes=len(volumes))
+            else:
+                missed += 1
+    report = EvaluationReport(volumes=len(volumes), failure_dice=failure_dice, missed=missed)
+    report.failures = int(sum(d < failure_dice for d in pairs_d))
+    report.failure_auroc = failure_auroc(pairs_u, pairs_d, failure_dice)
     report.dice = {k: float(np.mean(v)) for k, v in dice.items()}
     report.assd_mm = {k: float(np.mean(v)) for k, v in assd.items()}
     report.mean_dice = float(np.mean(list(report.dice.values())))

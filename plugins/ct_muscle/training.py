@@ -9,7 +9,6 @@ an interrupted run resume where it stopped. Everything is seeded.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from plugins.ct_muscle.augmentation import RobustAugmentation, gaussian_blur, robust_augment
 from plugins.ct_muscle.inference import MODEL_NAME, InputGeometry
 from plugins.ct_muscle.structures import LabelTable
 
@@ -30,6 +30,7 @@ __all__ = [
     "AppearanceAugmentation",
     "LabelledVolume",
     "NetworkOptions",
+    "RobustAugmentation",
     "TrainingOptions",
     "TrainingResult",
     "dice_per_class",
@@ -90,6 +91,7 @@ class TrainingOptions:
     geometry: InputGeometry = field(default_factory=InputGeometry)
     network: NetworkOptions = field(default_factory=NetworkOptions)
     appearance: AppearanceAugmentation | None = None
+    robust: RobustAugmentation | None = None  # replaces the basic augmentation when given
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -150,25 +152,6 @@ def _fit(x: torch.Tensor, size: int) -> torch.Tensor:
     return x
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Blur each ``(1, H, W)`` image of ``x`` with its own sigma (pixels; ~0 leaves it)."""
-    import torch
-    from torch.nn import functional as F
-
-    out = x.clone()
-    for i, s in enumerate(sigma.tolist()):
-        if s <= 0.05:
-            continue
-        radius = max(1, math.ceil(3 * s))
-        t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-        kernel = torch.exp(-0.5 * (t / s) ** 2)
-        kernel = kernel / kernel.sum()
-        image = F.pad(x[i : i + 1], (radius, radius, radius, radius), mode="replicate")
-        image = F.conv2d(image, kernel.view(1, 1, 1, -1))
-        out[i : i + 1] = F.conv2d(image, kernel.view(1, 1, -1, 1))
-    return out
-
-
 def _appearance(
     x: torch.Tensor, aug: AppearanceAugmentation, window_width: float,
     generator: torch.Generator,
@@ -179,11 +162,11 @@ def _appearance(
     n = x.shape[0]
     blurred = torch.rand(n, generator=generator) < aug.blur_probability
     sigma = torch.rand(n, generator=generator) * aug.blur_sigma_max
-    x = _gaussian_blur(x, torch.where(blurred, sigma, torch.zeros_like(sigma)))
+    x = gaussian_blur(x, torch.where(blurred, sigma, torch.zeros_like(sigma)))
     level = torch.rand(n, 1, 1, 1, generator=generator) * aug.noise_hu_max / window_width
     noise = torch.randn(x.shape, generator=generator)
     correlated = torch.rand(n, generator=generator) < 0.5
-    smooth = _gaussian_blur(noise, torch.where(correlated, 0.6 + 0.6 * torch.rand(n, generator=generator),
+    smooth = gaussian_blur(noise, torch.where(correlated, 0.6 + 0.6 * torch.rand(n, generator=generator),
                                                torch.zeros(n)))
     spread = smooth.flatten(1).std(dim=1).clamp_min(1e-6).view(n, 1, 1, 1)
     return x + level * smooth / spread
@@ -312,8 +295,11 @@ def _epoch(
     total = 0.0
     for start in range(0, len(order), options.batch_size):
         index = order[start : start + options.batch_size]
-        x, y = _augment(torch.from_numpy(x_all[index]), torch.from_numpy(y_all[index]),
-                        generator, options.appearance, options.geometry.window.width)
+        x, y = torch.from_numpy(x_all[index]), torch.from_numpy(y_all[index])
+        if options.robust is not None:
+            x, y = robust_augment(x, y, generator, options.robust, options.geometry.window.width)
+        else:
+            x, y = _augment(x, y, generator, options.appearance, options.geometry.window.width)
         optimizer.zero_grad()
         loss = _loss(model(x), y, model.head.out_channels)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -338,9 +324,9 @@ def train_network(
     training data.
     """
     import torch
-    from rich.progress import Progress
 
     from models.unet import BayesianUNet
+    from plugins.common.progress import TrainingProgress
 
     if not train:
         raise ValueError("no training volumes")
@@ -356,21 +342,19 @@ def train_network(
     val = slices_for_training(validation, options.geometry, options.size)
     first, history = _resume(checkpoint_dir, model, optimizer, generator)
     batches = -(-len(data[0]) // options.batch_size)
-    with Progress() as progress:
-        task = progress.add_task("training ct-muscle", total=options.epochs * batches,
-                                 completed=first * batches)
+    with TrainingProgress("training ct-muscle", options.epochs * batches,
+                          first * batches) as progress:
         for epoch in range(first, options.epochs):
             for group in optimizer.param_groups:  # cosine decay, resumable from the epoch
                 group["lr"] = options.learning_rate * 0.5 * (
                     1 + np.cos(np.pi * epoch / scheduler_steps))
-            loss = _epoch(model, optimizer, data, options, generator,
-                          lambda: progress.advance(task))
+            loss = _epoch(model, optimizer, data, options, generator, progress.advance)
             dice = _validate(model, *val, table, options.batch_size) if len(val[0]) else {}
             mean = float(np.mean(list(dice.values()))) if dice else float("nan")
             history.append({"epoch": epoch + 1, "loss": loss, "validation_mean_dice": mean,
                             "validation_dice": dice})
-            progress.console.print(f"epoch {epoch + 1}: loss {loss:.4f}, validation mean "
-                                   f"Dice {mean:.3f}")
+            progress.line(f"epoch {epoch + 1}/{options.epochs}: loss {loss:.4f}, validation "
+                          f"mean Dice {mean:.3f}")
             if checkpoint_dir is not None:
                 _save_checkpoint(checkpoint_dir, model, optimizer, epoch, history, generator)
     last = history[-1]["validation_dice"] if history else {}

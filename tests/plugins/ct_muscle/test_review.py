@@ -86,3 +86,16 @@ def test_option_errors_name_the_pipeline() -> None:
         MrMuscleOptions(translation_batch=0)
     with pytest.raises(ValueError, match="review_threshold must be >= 0"):
         MrMuscleOptions(review_threshold=-1.0)
+
+
+def test_failure_auroc_ranks_failures_above_successes() -> None:
+    import math
+
+    from plugins.ct_muscle.evaluation import failure_auroc
+
+    dice = [0.9, 0.95, 0.5, 0.3]
+    assert failure_auroc([0.1, 0.2, 0.8, 0.9], dice, 0.8) == 1.0
+    assert failure_auroc([0.9, 0.8, 0.2, 0.1], dice, 0.8) == 0.0
+    assert failure_auroc([0.5, 0.5, 0.5, 0.5], dice, 0.8) == 0.5
+    assert failure_auroc([0.1, 0.3, 0.2, 0.9], dice, 0.8) == 0.75
+    assert math.isnan(failure_auroc([0.1, 0.2], [0.9, 0.95], 0.8))
