@@ -198,11 +198,13 @@ def build_segmentation(
     device: DeviceInfo,
     algorithm: AlgorithmInfo,
     labelmap: bool = False,
+    keep_empty_frames: bool = False,
 ) -> hd.seg.Segmentation:
     """A SEG (BINARY, or LABELMAP when ``labelmap``) of ``label_map`` on ``volume``.
 
     Segment numbers must be 1..N in order; voxels whose label has no segment are left
-    empty. A BINARY SEG has no frames for slices without any segment. Raises ValueError
+    empty. A BINARY SEG has no frames for slices without any segment (unless
+    ``keep_empty_frames``: how it was written before, kept for comparison). Raises ValueError
     for a shape mismatch or an empty or mis-numbered segment list.
     """
     import highdicom as hd
@@ -241,7 +243,7 @@ def build_segmentation(
         software_versions=device.software_version,
         device_serial_number=device.device_serial_number,
         series_description=ids.series_description or None,
-        omit_empty_frames=not labelmap,
+        omit_empty_frames=not (labelmap or keep_empty_frames),
     )
     carried.apply(seg, "segmentation")
     _derive_dimension_organization(seg)

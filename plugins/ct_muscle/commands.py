@@ -120,6 +120,7 @@ def train(
         help="Training slice size in pixels (multiple of 8; default 480 mm of field)")] = None,
     base_channels: Annotated[int, typer.Option(min=4, help="U-net width")] = 16,
     depth: Annotated[int, typer.Option(min=1, max=6, help="U-net depth")] = 3,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
 ) -> None:
     """Train (or fine-tune) the hip/thigh Bayesian U-net and write its weights and card."""
     import torch
@@ -148,7 +149,7 @@ def train(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
             size=side, geometry=InputGeometry(pixel_spacing_mm=grid_mm),
             network=NetworkOptions(base_channels=base_channels, depth=depth),
-            appearance=appearance, robust=robust)
+            appearance=appearance, robust=robust, device=device)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     initial, base = None, None
@@ -166,7 +167,7 @@ def train(
         training={"command": _command_line(),
                   "seed": seed, "data": data, "epochs": epochs, "batch_size": batch_size,
                   "learning_rate": learning_rate, "input": options.geometry.to_dict(),
-                  "labels": [s.key for s in table], "threads": threads,
+                  "labels": [s.key for s in table], "threads": threads, "device": device,
                   "augmentation": {"kind": augmentation.value,
                                    "robust": asdict(robust) if robust else None,
                                    "appearance": asdict(appearance) if appearance else None},

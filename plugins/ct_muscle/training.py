@@ -92,6 +92,7 @@ class TrainingOptions:
     network: NetworkOptions = field(default_factory=NetworkOptions)
     appearance: AppearanceAugmentation | None = None
     robust: RobustAugmentation | None = None  # replaces the basic augmentation when given
+    device: str = "cpu"  # where the network trains (augmentation runs on the CPU, seeded)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -239,8 +240,9 @@ def _validate(
     preds = []
     with torch.inference_mode():
         for start in range(0, len(x), batch):
-            logits = model(torch.from_numpy(x[start : start + batch]))
-            preds.append(logits.argmax(dim=1).numpy())
+            device = next(model.parameters()).device
+            logits = model(torch.from_numpy(x[start : start + batch]).to(device))
+            preds.append(logits.argmax(dim=1).cpu().numpy())
     dice = dice_per_class(np.concatenate(preds), y, table.num_classes)
     return {table.by_label(label).key: value for label, value in dice.items()}
 
@@ -274,11 +276,12 @@ def _resume(
 
     if directory is None or not _checkpoint_path(directory).is_file():
         return 0, []
-    state = torch.load(_checkpoint_path(directory), weights_only=False)
+    device = next(model.parameters()).device
+    state = torch.load(_checkpoint_path(directory), weights_only=False, map_location=device)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate(state["python"])
     return int(state["epoch"]) + 1, list(state["history"])
 
@@ -300,6 +303,7 @@ def _epoch(
             x, y = robust_augment(x, y, generator, options.robust, options.geometry.window.width)
         else:
             x, y = _augment(x, y, generator, options.appearance, options.geometry.window.width)
+        x, y = x.to(options.device), y.to(options.device)
         optimizer.zero_grad()
         loss = _loss(model(x), y, model.head.out_channels)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -336,6 +340,7 @@ def train_network(
     model = BayesianUNet(1, table.num_classes, **asdict(options.network))
     if initial is not None:
         model.load_state_dict(initial)
+    model = model.to(options.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate)
     scheduler_steps = options.epochs
     data = slices_for_training(train, options.geometry, options.size)
@@ -358,4 +363,5 @@ def train_network(
             if checkpoint_dir is not None:
                 _save_checkpoint(checkpoint_dir, model, optimizer, epoch, history, generator)
     last = history[-1]["validation_dice"] if history else {}
+    model = model.cpu()
     return TrainingResult(model=model, history=history, validation_dice=dict(last))

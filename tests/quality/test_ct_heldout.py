@@ -1,0 +1,27 @@
+"""The bundled CT muscle weights on held-out phantoms (an anatomy model and settings that
+training never used), through the daemon: dcmtk storescu -> acqflow serve -> SEG on disk,
+decoded by highdicom and scored against the truth instance by instance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.quality.ct_heldout import FIRST_SEED, held_out_series, run_through_daemon
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Two encodings and orientations of the plan, other seeds than the card's measurement.
+SERIES = [(FIRST_SEED + 900, "jpeg-ls", "oblique"), (FIRST_SEED + 901, "int16", "descending")]
+
+
+@pytest.mark.timeout(600)
+def test_bundled_weights_segment_held_out_phantoms_through_the_daemon(tmp_path: Path) -> None:
+    series = [held_out_series(seed, encoding, orientation, matrix=256)
+              for seed, encoding, orientation in SERIES]
+    results = run_through_daemon(series, tmp_path)
+    mean = float(np.mean([r["mean_dice"] for r in results]))
+    assert mean >= 0.80, results
+    assert all(r["mean_dice"] >= 0.7 for r in results), results
