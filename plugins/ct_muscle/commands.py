@@ -95,7 +95,7 @@ def train(
     label_map: Annotated[Path | None, typer.Option(help=LABEL_MAP_HELP)] = None,
     phantoms: Annotated[int, typer.Option(help="Training phantoms when no data dir")] = 30,
     validation: Annotated[int, typer.Option(
-        min=0, help="Validation phantoms, or cases (whole cases, the first by name)")] = 6,
+        min=1, help="Validation phantoms, or cases (whole cases, the first by name)")] = 6,
     epochs: Annotated[int, typer.Option(min=1)] = 16,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     learning_rate: Annotated[float, typer.Option()] = 3e-3,

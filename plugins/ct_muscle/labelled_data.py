@@ -112,9 +112,10 @@ def load_labelled_data(
             raise InvalidInputError(f"{label_map}: a label map applies to NIfTI/NRRD/nnU-Net data; "
                                     f"DICOM SEG segments in {directory} are matched by their codes")
         return _finish(directory, table, layout, ("dicom",), _dicom_cases(directory, table),
-                       "SEG segment codes", {})
+                       "SEG segment codes", {}, [])
+    notes: list[str] = []
     if layout is DataLayout.NNUNET:
-        pairs, names = _nnunet_pairs(directory)
+        pairs, names = _nnunet_pairs(directory, notes)
     else:
         pairs, names = _plain_pairs(directory)
     if not pairs:
@@ -124,22 +125,23 @@ def load_labelled_data(
     unmapped: dict[int, int] = {}
     formats: set[str] = set()
     for name, (image_path, label_path) in sorted(pairs.items()):
-        case, left = _read_case(name, image_path, label_path, mapping)
+        case, left = _read_case(name, image_path, label_path, mapping, notes)
         cases.append(case)
         formats.update(f.value for f in (format_of(image_path), format_of(label_path)) if f)
         for value in left:
             unmapped[value] = unmapped.get(value, 0) + 1
     by_source = {mapping.describe(v): n for v, n in sorted(unmapped.items())}
-    return _finish(directory, table, layout, tuple(sorted(formats)), cases, mapping.how, by_source)
+    return _finish(directory, table, layout, tuple(sorted(formats)), cases, mapping.how, by_source,
+                   notes)
 
 
 def _finish(
     directory: Path, table: LabelTable, layout: DataLayout, formats: tuple[str, ...],
-    cases: list[LabelledCase], how: str, unmapped: dict[str, int],
+    cases: list[LabelledCase], how: str, unmapped: dict[str, int], notes: list[str],
 ) -> LabelledData:
     if not cases:
         raise InvalidInputError(f"{directory}: no cases found; expected {_EXPECTED}")
-    warnings = [f"label {source} in {count} of {len(cases)} cases maps to no structure; "
+    warnings = [*notes] + [f"label {source} in {count} of {len(cases)} cases maps to no structure; "
                 "treated as background" for source, count in unmapped.items()]
     present: set[int] = set()
     for case in cases:
@@ -213,7 +215,7 @@ def _json(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _ct_channel(meta: dict[str, Any], where: Path) -> int:
+def _ct_channel(meta: dict[str, Any], where: Path, notes: list[str]) -> int:
     channels = meta.get("channel_names", meta.get("modality", {"0": "CT"}))
     if not isinstance(channels, dict) or not channels:
         raise InvalidInputError(f"{where}: 'channel_names' must map channel numbers to names")
@@ -221,13 +223,15 @@ def _ct_channel(meta: dict[str, Any], where: Path) -> int:
     if len(channels) == 1 or not ct:
         channel = int(next(iter(channels)))
         if not ct:
-            log.warning("%s: channel %d is %r, not 'CT'; its values are taken as HU",
-                        where, channel, channels[next(iter(channels))])
+            notes.append(f"{where}: channel {channel} is {channels[next(iter(channels))]!r}, not "
+                         "'CT'; its values are taken as HU")
         return channel
     return ct[0]
 
 
-def _nnunet_pairs(directory: Path) -> tuple[dict[str, tuple[Path, Path]], dict[int, str]]:
+def _nnunet_pairs(
+    directory: Path, notes: list[str]
+) -> tuple[dict[str, tuple[Path, Path]], dict[int, str]]:
     meta_path = directory / "dataset.json"
     if not meta_path.is_file():
         raise InvalidInputError(f"{directory}: nnU-Net layout (imagesTr/, labelsTr/) without dataset.json")
@@ -239,7 +243,7 @@ def _nnunet_pairs(directory: Path) -> tuple[dict[str, tuple[Path, Path]], dict[i
     if format_of(Path(f"x{ending}")) is None:
         raise InvalidInputError(f"{meta_path}: file_ending {ending!r} is not NIfTI or NRRD")
     names = label_names(meta.get("labels"), meta_path)
-    suffix = f"_{_ct_channel(meta, meta_path):04d}"
+    suffix = f"_{_ct_channel(meta, meta_path, notes):04d}"
     images = {s: p for p in sorted((directory / "imagesTr").iterdir())
               if p.name.endswith(ending) and (s := _pair_stem(p, suffix))}
     labels = {p.name[: -len(ending)]: p for p in sorted((directory / "labelsTr").iterdir())
@@ -248,10 +252,11 @@ def _nnunet_pairs(directory: Path) -> tuple[dict[str, tuple[Path, Path]], dict[i
 
 
 def _read_case(
-    name: str, image_path: Path, label_path: Path, mapping: LabelMapping
+    name: str, image_path: Path, label_path: Path, mapping: LabelMapping, notes: list[str]
 ) -> tuple[LabelledCase, set[int]]:
     image = read_volume(image_path)
     label = read_volume(label_path, labels=True)
+    notes.extend(image.notes + label.notes)
     _same_grid(image, label)
     labels, unmapped = mapping.apply(label.array)
     volume = LabelledVolume(hu=image.array, labels=labels, spacing=image.spacing[1:])

@@ -11,7 +11,6 @@ order is taken, as ``nibabel.as_closest_canonical`` does.
 
 from __future__ import annotations
 
-import logging
 import zlib
 from dataclasses import dataclass
 from enum import Enum
@@ -23,9 +22,6 @@ import numpy as np
 from plugins.api import InvalidInputError
 
 __all__ = ["VolumeFile", "VolumeFormat", "format_of", "read_volume", "strip_ending"]
-
-log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())  # the command prints what matters; no stray lastResort lines
 
 
 class VolumeFormat(str, Enum):
@@ -59,6 +55,7 @@ class VolumeFile:
     origin: tuple[float, float, float]
     format: VolumeFormat
     path: Path
+    notes: tuple[str, ...] = ()  # assumptions made reading it, for the user
 
 
 def format_of(path: Path) -> VolumeFormat | None:
@@ -86,8 +83,12 @@ def read_volume(path: Path, *, labels: bool = False) -> VolumeFile:
     fmt = format_of(path)
     if fmt is None:
         raise InvalidInputError(f"{path}: not a NIfTI (.nii, .nii.gz) or NRRD (.nrrd, .nhdr) file")
+    notes: list[str] = []
     try:
-        data, affine = _read_nifti(path, labels) if fmt is VolumeFormat.NIFTI else _read_nrrd(path)
+        if fmt is VolumeFormat.NIFTI:
+            data, affine = _read_nifti(path, labels)
+        else:
+            data, affine = _read_nrrd(path, notes)
     except InvalidInputError:
         raise
     except (OSError, EOFError, ValueError, zlib.error) as exc:  # truncated, corrupt, not the format
@@ -97,7 +98,7 @@ def read_volume(path: Path, *, labels: bool = False) -> VolumeFile:
     if data.ndim != 3:
         raise InvalidInputError(f"{path}: expected a 3-D volume, found shape {data.shape}")
     array = _label_values(data, path) if labels else np.asarray(data, dtype=np.float32)
-    return _oriented(array, affine, fmt, path)
+    return _oriented(array, affine, fmt, path, tuple(notes))
 
 
 def _read_nifti(path: Path, labels: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -114,23 +115,23 @@ def _read_nifti(path: Path, labels: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(data), np.asarray(image.affine, dtype=np.float64)
 
 
-def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_nrrd(path: Path, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     import nrrd
 
     try:
         data, header = nrrd.read(str(path))
     except nrrd.NRRDError as exc:
         raise InvalidInputError(f"{path}: not a readable NRRD file: {exc}") from exc
-    return np.asarray(data), _nrrd_affine(header, data.ndim, path)
+    return np.asarray(data), _nrrd_affine(header, data.ndim, path, notes)
 
 
-def _nrrd_affine(header: dict[str, Any], ndim: int, path: Path) -> np.ndarray:
+def _nrrd_affine(header: dict[str, Any], ndim: int, path: Path, notes: list[str]) -> np.ndarray:
     """RAS affine of the first three (spatial) axes of an NRRD header."""
     affine = np.eye(4)
     directions = header.get("space directions")
     if directions is None:
         # No world frame: take the axes as DICOM's (columns, rows, slices) in LPS.
-        log.warning("%s: no 'space directions'; axes taken as LPS columns, rows, slices", path)
+        notes.append(f"{path}: no 'space directions'; axes taken as LPS columns, rows, slices")
         spacings = [float(s) for s in header.get("spacings", [1.0] * ndim)][:3]
         affine[:3, :3] = np.diag(np.array(spacings + [1.0] * (3 - len(spacings))) * [-1, -1, 1])
         return affine
@@ -163,7 +164,9 @@ def _label_values(data: np.ndarray, path: Path) -> np.ndarray:
     return out
 
 
-def _oriented(array: np.ndarray, affine: np.ndarray, fmt: VolumeFormat, path: Path) -> VolumeFile:
+def _oriented(
+    array: np.ndarray, affine: np.ndarray, fmt: VolumeFormat, path: Path, notes: tuple[str, ...]
+) -> VolumeFile:
     from nibabel import orientations
 
     orient: Any = orientations  # untyped library functions
@@ -178,5 +181,5 @@ def _oriented(array: np.ndarray, affine: np.ndarray, fmt: VolumeFormat, path: Pa
         array=np.ascontiguousarray(reoriented.transpose(2, 1, 0)),
         spacing=(float(size[2]), float(size[1]), float(size[0])),
         origin=(float(new_affine[0, 3]), float(new_affine[1, 3]), float(new_affine[2, 3])),
-        format=fmt, path=path,
+        format=fmt, path=path, notes=notes,
     )

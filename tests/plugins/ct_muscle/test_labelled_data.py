@@ -285,7 +285,6 @@ def test_cases_split_whole_and_unknown_key_is_a_usage_error(tmp_path: Path) -> N
     assert "no_such_muscle" in result.output and "--label-map" in result.output
 
 
-@pytest.mark.slow
 def test_train_and_evaluate_on_nifti_cases(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     for sub in ("images", "labels"):
@@ -333,3 +332,34 @@ def test_nifti_matches_the_dicom_loader_for_the_same_world_geometry(tmp_path: Pa
     np.testing.assert_array_equal(case.volume.labels, phantom.labels[::-1])
     assert case.volume.spacing == dicom.geometry.spacing[1:]
     assert case.slice_spacing_mm == pytest.approx(dicom.geometry.spacing[0])
+
+
+def test_assumptions_and_unmapped_labels_are_printed(tmp_path: Path, tiny_weights: Path) -> None:
+    data_dir = tmp_path / "nnunet"
+    labels = {"background": 0, **{s.key: s.label + 10 for s in TABLE if s.key != "femur"}}
+    _nnunet(data_dir, [20], labels, channel_names={"0": "noNorm"}, file_ending=".nrrd")
+    with pytest.raises(InvalidInputError, match="no image/label pairs"):  # .nii.gz files, .nrrd ending
+        load_labelled_data(data_dir, TABLE)
+    phantom = _phantom(20)
+    for sub in ("imagesTr", "labelsTr"):
+        for path in (data_dir / sub).iterdir():
+            path.unlink()
+    # NRRD without a world frame: axes are taken as DICOM's columns, rows, slices
+    nrrd.write(str(data_dir / "imagesTr" / "c_0000.nrrd"), np.ascontiguousarray(_canonical(phantom.hu)))
+    nrrd.write(str(data_dir / "labelsTr" / "c.nrrd"),
+               np.ascontiguousarray(_canonical(_renumbered(phantom.labels))))
+    data = load_labelled_data(data_dir, TABLE)
+    np.testing.assert_array_equal(data.cases[0].volume.labels,
+                                  np.where(phantom.labels == TABLE.by_key("femur").label, 0, phantom.labels))
+    assert data.cases[0].volume.spacing == (1.0, 1.0) and "femur" in data.missing
+    result = CliRunner().invoke(_app(), ["evaluate", "--weights-dir", str(tiny_weights),
+                                         "--data-dir", str(data_dir), "--samples", "1"])
+    assert result.exit_code == 0, result.output
+    printed = result.stderr
+    assert "warning:" in printed and "'noNorm', not 'CT'" in printed
+    assert "no 'space directions'" in printed
+    femur = TABLE.by_key("femur").label + 10
+    assert f"label {femur} in 1 of 1 cases maps to no structure" in printed
+    assert "structures in no case" in printed and "femur" in printed
+    report = json.loads(result.stdout)
+    assert report["data"]["source"] == "nrrd" and report["data"]["missing_structures"] == list(data.missing)
