@@ -88,8 +88,12 @@ def detect_layout(directory: Path) -> DataLayout:
         raise InvalidInputError(f"{directory}: not a folder; expected {_EXPECTED}")
     if (directory / "imagesTr").is_dir() or (directory / "labelsTr").is_dir():
         return DataLayout.NNUNET
-    if (directory / "images").is_dir() and (directory / "labels").is_dir():
+    folders = [(directory / sub).is_dir() for sub in ("images", "labels")]
+    if all(folders):
         return DataLayout.PAIRS
+    if any(folders):
+        raise InvalidInputError(f"{directory}: an images/ folder needs a labels/ folder beside it "
+                                "(same case names), and the other way round")
     if any(_pair_stem(p, "_image") for p in directory.iterdir()):
         return DataLayout.PAIRS
     if any(p.is_dir() for p in directory.iterdir()):

@@ -254,6 +254,10 @@ def test_bad_inputs_name_the_folder_or_file(tmp_path: Path) -> None:
     _save_nifti(lonely / "x_image.nii.gz", _nifti_ras(phantom.hu))
     with pytest.raises(InvalidInputError, match="no label file for case 'x'"):
         load_labelled_data(lonely, TABLE)
+    half = tmp_path / "half"
+    (half / "images").mkdir(parents=True)
+    with pytest.raises(InvalidInputError, match=f"{half}: an images/ folder needs a labels/ folder"):
+        load_labelled_data(half, TABLE)
 
 
 def _app() -> typer.Typer:
