@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from plugins.ct_muscle.labelled_data import LabelledData
     from plugins.ct_muscle.structures import LabelTable
     from plugins.ct_muscle.training import LabelledVolume
 
@@ -40,25 +41,54 @@ def _command_line() -> str:
     return shlex.join([Path(sys.argv[0]).name if sys.argv else "acqflow", *sys.argv[1:]])
 
 
+DATA_DIR_HELP = ("Labelled cases: nnU-Net raw folder, images/ + labels/ (or <case>_image/<case>_label) "
+                 "NIfTI/NRRD files, or DICOM series + SEG per folder; see docs/models/ct-muscle.md")
+LABEL_MAP_HELP = ("TOML/JSON [labels] table: label value or dataset.json name -> structure key "
+                  "(default: dataset.json names matched to the structure table)")
+
+
+def _labelled_data(data_dir: Path, table: LabelTable, label_map: Path | None) -> LabelledData:
+    """The cases of ``data_dir`` with the mapping warnings printed; bad data as BadParameter."""
+    from plugins.api import InvalidInputError
+    from plugins.ct_muscle.labelled_data import load_labelled_data
+
+    try:
+        data = load_labelled_data(data_dir, table, label_map)
+    except InvalidInputError as exc:
+        about_map = label_map is not None and str(exc).startswith(str(label_map))
+        hint = "--label-map" if about_map else "--data-dir"
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
+    for message in data.warnings:
+        typer.echo(f"warning: {message}", err=True)
+    return data
+
+
 def _training_sets(
-    table: LabelTable, data_dir: Path | None, phantoms: int, validation: int, seed: int,
-    generator: PhantomSource, grid_mm: float,
+    table: LabelTable, data_dir: Path | None, label_map: Path | None, phantoms: int,
+    validation: int, seed: int, generator: PhantomSource | None = None, grid_mm: float = 3.0,
 ) -> tuple[list[LabelledVolume], list[LabelledVolume], dict[str, object]]:
-    """Training and validation volumes plus a summary for the card."""
-    from plugins.ct_muscle.datasets import load_dicom_cases, phantom_volumes
+    """Training and validation volumes plus a summary for the card.
+
+    Cases split whole: the first ``validation`` cases by name validate, the rest train.
+    """
+    from plugins.ct_muscle.datasets import phantom_volumes
 
     if data_dir is not None:
-        cases = load_dicom_cases(data_dir, table)
+        data = _labelled_data(data_dir, table, label_map)
+        cases = [c.volume for c in data.cases]
         if len(cases) <= validation:
-            raise typer.BadParameter(f"{len(cases)} cases cannot leave {validation} for validation")
+            raise typer.BadParameter(f"{len(cases)} cases cannot leave {validation} for validation",
+                                     param_hint="--validation")
         return cases[validation:], cases[:validation], {
-            "source": "dicom", "directory": str(data_dir), "cases": len(cases)}
+            **data.summary(), "train_cases": len(cases) - validation, "validation_cases": validation}
     summary: dict[str, object] = {
-        "source": "phantoms", "generator": generator.value, "train_phantoms": phantoms,
+        "source": "phantoms", "train_phantoms": phantoms,
         "validation_phantoms": validation,
         "train_seeds": f"{seed * TRAIN_SEED_STRIDE}+[0,{phantoms})"}
     train_seeds = _phantom_seeds(seed, phantoms)
     validation_seeds = _phantom_seeds(seed, validation, VALIDATION_OFFSET)
+    generator = generator or PhantomSource.RANDOMISED
+    summary["generator"] = generator.value
     if generator is PhantomSource.FIXED:
         return phantom_volumes(train_seeds), phantom_volumes(validation_seeds), summary
     from plugins.ct_muscle.anatomy import TRAINING_VARIETY, randomised_volumes
@@ -90,10 +120,11 @@ RANDOMISED_SLICES = 24
 def train(
     output: Annotated[Path, typer.Option(help="Folder for ct_muscle.safetensors + .json")] = Path(
         "models/weights"),
-    data_dir: Annotated[Path | None, typer.Option(
-        help="DICOM cases (series + SEG per folder); phantoms when absent")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP + "; phantoms when absent")] = None,
+    label_map: Annotated[Path | None, typer.Option(help=LABEL_MAP_HELP)] = None,
     phantoms: Annotated[int, typer.Option(help="Training phantoms when no data dir")] = 30,
-    validation: Annotated[int, typer.Option(help="Validation phantoms (or cases)")] = 6,
+    validation: Annotated[int, typer.Option(
+        min=1, help="Validation phantoms, or cases (whole cases, the first by name)")] = 6,
     epochs: Annotated[int, typer.Option(min=1)] = 16,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     learning_rate: Annotated[float, typer.Option()] = 3e-3,
@@ -138,8 +169,8 @@ def train(
 
     torch.set_num_threads(threads)
     table = default_label_table()
-    train_set, val_set, data = _training_sets(table, data_dir, phantoms, validation, seed,
-                                              generator, grid_mm)
+    train_set, val_set, data = _training_sets(table, data_dir, label_map, phantoms, validation,
+                                              seed, generator, grid_mm)
     appearance = (AppearanceAugmentation(noise_hu_max=noise_hu_max, blur_sigma_max=blur_sigma_max)
                   if noise_hu_max > 0 or blur_sigma_max > 0 else None)
     robust = RobustAugmentation() if augmentation is Augmentation.ROBUST else None
@@ -178,7 +209,10 @@ def train(
                   "history": [{k: v for k, v in h.items() if k != "validation_dice"}
                               for h in result.history]},
         metrics={"validation_dice": result.validation_dice},
-        notes="Demo weights trained on synthetic phantoms only; not for clinical use.",
+        notes=("Demo weights trained on synthetic phantoms only; not for clinical use."
+               if data_dir is None else
+               f"Trained on {data['cases']} labelled cases ({data['source']}, {data['layout']} layout); "
+               "not validated for clinical use."),
     )
     path = save_weights(result.model, card, output)
     typer.echo(f"wrote {path}")
@@ -188,7 +222,8 @@ def evaluate(
     weights_dir: Annotated[Path, typer.Option(help="Folder holding ct_muscle.json")] = Path(
         "models/weights"),
     data_dir: Annotated[Path | None, typer.Option(
-        help="DICOM cases (series + SEG per folder); held-out phantoms when absent")] = None,
+        help=DATA_DIR_HELP + "; held-out phantoms when absent")] = None,
+    label_map: Annotated[Path | None, typer.Option(help=LABEL_MAP_HELP)] = None,
     phantoms: Annotated[int, typer.Option(help="Held-out phantoms when no data dir")] = 6,
     first_seed: Annotated[int, typer.Option(help="Seed of the first held-out phantom")] = (
         HELD_OUT_FIRST_SEED),
@@ -214,7 +249,7 @@ def evaluate(
     best one for these volumes, and how the pipeline's default does), printed as JSON."""
     import torch
 
-    from plugins.ct_muscle.datasets import load_dicom_cases, phantom_volumes
+    from plugins.ct_muscle.datasets import phantom_volumes
     from plugins.ct_muscle.evaluation import evaluate_model
     from plugins.ct_muscle.inference import McOptions, UncertaintyMeasure, load_model
     from plugins.ct_muscle.phantoms import PhantomOptions
@@ -225,11 +260,17 @@ def evaluate(
     torch.manual_seed(first_seed % 2**31)  # the dropout masks, so the report is repeatable
     table = default_label_table()
     model, card, geo = load_model(weights_dir, expected=[s.key for s in table])
+    data: dict[str, object]
     if data_dir is not None:
-        volumes, slice_mm = load_dicom_cases(data_dir, table), 1.0
+        labelled = _labelled_data(data_dir, table, label_map)
+        volumes = [c.volume for c in labelled.cases]
+        slices_mm = [c.slice_spacing_mm for c in labelled.cases]
+        data = labelled.summary()
     elif generator is PhantomSource.FIXED:
         volumes = phantom_volumes(range(first_seed, first_seed + phantoms))
-        slice_mm = PhantomOptions().slice_spacing_mm
+        slices_mm = [PhantomOptions().slice_spacing_mm] * len(volumes)
+        data = {"source": "phantoms", "generator": generator.value,
+                "held_out_first_seed": first_seed, "phantoms": phantoms}
     else:
         from plugins.ct_muscle.anatomy import VARIETIES, randomised_volumes
 
@@ -238,17 +279,16 @@ def evaluate(
         size = round(RANDOMISED_FOV_MM / geo.pixel_spacing_mm / 8) * 8
         volumes = randomised_volumes(range(first_seed, first_seed + phantoms), VARIETIES[variety],
                                      (RANDOMISED_SLICES, size, size), geo.pixel_spacing_mm, table)
-        slice_mm = 6.0
+        slices_mm = [6.0] * len(volumes)
+        data = {"source": "phantoms", "generator": generator.value, "variety": variety,
+                "held_out_first_seed": first_seed, "phantoms": phantoms}
     chosen = UncertaintyMeasure(measure)
     report = evaluate_model(model, geo, volumes, table, McOptions(samples=samples, measure=chosen),
-                            slice_spacing_mm=slice_mm, dice_below=dice_below,
+                            slice_spacings_mm=slices_mm, dice_below=dice_below,
                             review_threshold=(DEFAULT_REVIEW_THRESHOLDS[chosen] if review_threshold is None
                                               else review_threshold), failure_dice=failure_dice)
-    source = ({"data_dir": str(data_dir)} if data_dir is not None else
-              {"generator": generator.value, "phantoms": phantoms,
-               **({"variety": variety} if generator is PhantomSource.RANDOMISED else {})})
     result = {"model": card.name, "version": card.version, "samples": samples,
-              "measure": measure, "held_out_first_seed": first_seed, **source, **report.as_dict()}
+              "measure": measure, "held_out_first_seed": first_seed, "data": data, **report.as_dict()}
     typer.echo(json.dumps(result, indent=2, sort_keys=True))
     if write_card:
         from dataclasses import replace

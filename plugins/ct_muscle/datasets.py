@@ -2,7 +2,8 @@
 
 A DICOM data folder holds one sub-folder per case with the CT instances and one SEG
 instance whose segments are coded with the label table's property types (the SEGs this
-pipeline writes qualify). NIfTI is not read: nibabel is not a dependency of acqflow.
+pipeline writes qualify). NIfTI, NRRD and nnU-Net folders are read by
+:mod:`plugins.ct_muscle.labelled_data`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
 from plugins.ct_muscle.structures import LabelTable
 from plugins.ct_muscle.training import LabelledVolume
 
-__all__ = ["load_dicom_cases", "phantom_volumes"]
+__all__ = ["load_dicom_case", "load_dicom_cases", "phantom_volumes"]
 
 _SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -71,25 +72,30 @@ def load_dicom_cases(directory: Path, table: LabelTable) -> list[LabelledVolume]
     cases = sorted(p for p in directory.iterdir() if p.is_dir())
     if not cases:
         raise FileNotFoundError(f"no case folders in {directory}")
-    out = []
-    for case in cases:
-        images: list[tuple[Path, pydicom.Dataset]] = []
-        segs: list[tuple[Path, pydicom.Dataset]] = []
-        for path in sorted(case.rglob("*")):
-            if not path.is_file():
-                continue
-            try:
-                ds = pydicom.dcmread(path)
-            except InvalidDicomError:
-                continue
-            (segs if str(ds.SOPClassUID) == _SEG_CLASS else images).append((path, ds))
-        if len(segs) != 1:
-            raise InvalidInputError(f"{case}: expected one SEG, found {len(segs)}")
-        volume = series_to_volume([ds for _, ds in images], VolumeOptions(modalities=("CT",)))
-        if volume.is_multiframe:
-            raise InvalidInputError(f"{case}: multi-frame training series are not supported")
-        uids = [s.sop_instance_uid for s in volume.sources]
-        labels = _seg_labels(segs[0][0], uids, table)
-        out.append(LabelledVolume(hu=volume.array, labels=labels,
-                                  spacing=volume.geometry.spacing[1:]))
-    return out
+    return [load_dicom_case(case, table)[0] for case in cases]
+
+
+def load_dicom_case(case: Path, table: LabelTable) -> tuple[LabelledVolume, float]:
+    """One case folder (CT series + SEG) as a labelled volume and its slice spacing (mm).
+
+    Raises InvalidInputError for a case without exactly one SEG or with an unusable series.
+    """
+    images: list[tuple[Path, pydicom.Dataset]] = []
+    segs: list[tuple[Path, pydicom.Dataset]] = []
+    for path in sorted(case.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(path)
+        except InvalidDicomError:
+            continue
+        (segs if str(ds.SOPClassUID) == _SEG_CLASS else images).append((path, ds))
+    if len(segs) != 1:
+        raise InvalidInputError(f"{case}: expected one SEG, found {len(segs)}")
+    volume = series_to_volume([ds for _, ds in images], VolumeOptions(modalities=("CT",)))
+    if volume.is_multiframe:
+        raise InvalidInputError(f"{case}: multi-frame training series are not supported")
+    uids = [s.sop_instance_uid for s in volume.sources]
+    labels = _seg_labels(segs[0][0], uids, table)
+    labelled = LabelledVolume(hu=volume.array, labels=labels, spacing=volume.geometry.spacing[1:])
+    return labelled, float(volume.geometry.spacing[0])

@@ -119,8 +119,12 @@ def evaluate_model(
     review_threshold: float | None = None,
     dice_below: float = 0.9,
     failure_dice: float = 0.8,
+    slice_spacings_mm: Sequence[float] | None = None,
 ) -> EvaluationReport:
     """MC-dropout predictions on ``volumes`` compared with their label maps.
+
+    ``slice_spacings_mm`` gives each volume its own slice spacing for the surface
+    distances (else all have ``slice_spacing_mm``).
 
     Each predicted structure is also a (mean uncertainty, Dice) pair for the review
     threshold: the best one for flagging structures with a Dice below ``dice_below``
@@ -130,13 +134,17 @@ def evaluate_model(
     """
     if not volumes:
         raise ValueError("no volumes to evaluate")
+    if slice_spacings_mm is not None and len(slice_spacings_mm) != len(volumes):
+        raise ValueError(f"{len(slice_spacings_mm)} slice spacings for {len(volumes)} volumes")
+    slices_mm = (list(slice_spacings_mm) if slice_spacings_mm is not None
+                 else [slice_spacing_mm] * len(volumes))
     dice: dict[str, list[float]] = {}
     assd: dict[str, list[float]] = {}
     wrong_sum = wrong_n = correct_sum = correct_n = 0.0
     pairs_u: list[float] = []
     pairs_d: list[float] = []
     missed = 0
-    for volume in volumes:
+    for volume, slice_mm in zip(volumes, slices_mm, strict=True):
         pred = predict_volume(model, volume.hu, volume.spacing, geo, options)
         region = (volume.labels > 0) | (pred.labels > 0)
         wrong = region & (pred.labels != volume.labels)
@@ -145,7 +153,7 @@ def evaluate_model(
         wrong_n += float(wrong.sum())
         correct_sum += float(pred.uncertainty[correct].sum())
         correct_n += float(correct.sum())
-        spacing = (slice_spacing_mm, *volume.spacing)
+        spacing = (slice_mm, *volume.spacing)
         for label, value in dice_per_class(pred.labels, volume.labels, table.num_classes).items():
             key = table.by_label(label).key
             dice.setdefault(key, []).append(value)
