@@ -115,14 +115,28 @@ class ExportOutbox:
         ae = self._application_entity(destination, self.settings.timeout_seconds)
         ae.requested_contexts = [cx for listed in contexts.values() for cx in listed]
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        # A SOP class the peer refused in every context it was offered can never be sent
+        # there: dead at once with the class named (pynetdicom aborts an association in
+        # which the peer accepted no context at all, so this is checked first).
+        refused = _refused_classes(assoc)
+        sendable = []
+        for item in items:
+            if item.syntaxes[0] in refused:
+                self._failed(item.export, name, _refusal(item.syntaxes[0], destination), now,
+                             permanent=True)
+            else:
+                sendable.append(item)
+        if not sendable:
+            _release(assoc)
+            return 0
         if not assoc.is_established:
             reason = _why_not_established(assoc, destination)
-            LOG.warning("export to %s: %s; %d object(s) will be retried", name, reason, len(items))
-            for item in items:
+            LOG.warning("export to %s: %s; %d object(s) will be retried", name, reason, len(sendable))
+            for item in sendable:
                 self._failed(item.export, name, reason, now)
             return 0
         try:
-            return self._store_all(assoc, name, items, now)
+            return self._store_all(assoc, name, sendable, now)
         finally:
             _release(assoc)
 
@@ -229,6 +243,26 @@ def _store(assoc: Association, path: Path) -> str | None:
         return None
     comment = status.get("ErrorComment", "")
     return f"C-STORE failed with status 0x{code:04X}{': ' + str(comment) if comment else ''}"
+
+
+def _refused_classes(assoc: Association) -> set[str]:
+    """SOP classes for which the peer rejected every proposed presentation context."""
+    rejected = {str(cx.abstract_syntax) for cx in assoc.rejected_contexts}
+    accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+    return rejected - accepted
+
+
+# Storage SOP classes newer than pydicom's UID dictionary (PS3.4 2024).
+_NEWER_CLASS_NAMES = {"1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation Storage"}
+
+
+def _refusal(sop_class: str, destination: ExportDestination) -> str:
+    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    name = UID(sop_class).name
+    if name == sop_class:
+        name = _NEWER_CLASS_NAMES.get(sop_class, "SOP class")
+    return (f"{name} ({sop_class}) not accepted by {where}: the destination does not "
+            "support this SOP class")
 
 
 def _why_not_established(assoc: Association, destination: ExportDestination) -> str:

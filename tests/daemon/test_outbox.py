@@ -164,3 +164,43 @@ def test_object_sent_with_its_own_class_and_syntax(setup: Setup, tmp_path: Path)
     metadata = setup.orthanc.get(f"/instances/{orthanc_id}/metadata?expand")
     assert metadata["TransferSyntax"] == "1.2.840.10008.1.2.4.91"
     assert metadata["SopClassUid"] == "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _as_label_map_seg(source: Path, target: Path) -> Path:
+    """``source`` relabelled as Label Map Segmentation Storage, which Orthanc 1.10 refuses
+    at association negotiation (it never looks inside)."""
+    import pydicom
+
+    ds = pydicom.dcmread(source)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = LABEL_MAP_SEG
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+LABEL_MAP_SEG = "1.2.840.10008.5.1.4.1.1.66.7"
+
+
+def test_refused_sop_class_is_dead_at_once_with_the_class_named(setup: Setup, tmp_path: Path) -> None:
+    label_map = _as_label_map_seg(setup.objects.paths[0], tmp_path / "labelmap-seg.dcm")
+    dead = metrics.EXPORTS.labels("pacs", "dead")._value.get()
+    _queue_exports(setup.journal, [label_map, setup.objects.paths[1]], tmp_path / "outputs")
+
+    assert setup.outbox.send_due() == 1  # the CT object, in the same run
+    assert setup.orthanc.sop_instance_uids() == {setup.objects.sop_uids[1]}
+    (refused, attempts, _, error), (delivered, *_) = _export_rows(setup.journal)
+    assert refused == "dead" and attempts == 1 and delivered == "done"
+    assert error is not None and "Label Map Segmentation Storage" in error
+    assert LABEL_MAP_SEG in error and "not accepted by" in error and "unreachable" not in error
+    assert metrics.EXPORTS.labels("pacs", "dead")._value.get() == dead + 1
+
+
+def test_only_refused_objects_still_get_a_clear_refusal(setup: Setup, tmp_path: Path) -> None:
+    # With nothing else to send the peer accepts no context, and pynetdicom aborts the
+    # association: still a refusal of the class, not an unreachable destination.
+    label_map = _as_label_map_seg(setup.objects.paths[0], tmp_path / "labelmap-seg.dcm")
+    _queue_exports(setup.journal, [label_map], tmp_path / "outputs")
+    assert setup.outbox.send_due() == 0
+    ((state, attempts, _, error),) = _export_rows(setup.journal)
+    assert state == "dead" and attempts == 1
+    assert error is not None and "Label Map Segmentation Storage" in error
