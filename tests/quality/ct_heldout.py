@@ -40,6 +40,7 @@ __all__ = ["ENCODINGS", "ORIENTATIONS", "HeldOutSeries", "held_out_series", "run
 ENCODINGS = ("uint16-intercept", "int16", "slope-0.5", "rle", "jpeg-ls")
 ORIENTATIONS = ("ascending", "descending", "oblique")
 FIRST_SEED = 700_000_000  # apart from every training, validation and card seed
+_PROPOSE = {"rle": ["-xr"], "jpeg-ls": ["-xt"]}  # storescu: propose the files' own syntax
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,7 @@ def run_through_daemon(series: list[HeldOutSeries], root: Path,
                 ds.save_as(path, enforce_file_format=True)
                 paths.append(path)
             started = time.monotonic()
-            sent = storescu(port, paths, calling_ae="HELDOUT", extra=["-xs"] if item.encoding in (
-                "rle", "jpeg-ls") else [])
+            sent = storescu(port, paths, calling_ae="HELDOUT", extra=_PROPOSE.get(item.encoding, []))
             if sent.returncode != 0:
                 raise RuntimeError(f"storescu failed: {sent.stdout}{sent.stderr}")
             uid = str(item.datasets[0].SeriesInstanceUID)
