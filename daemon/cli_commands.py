@@ -135,7 +135,7 @@ def exports(
     for row in rows:
         table.add_row(
             str(row["id"]), row["destination"], row["state"], str(row["attempts"]), str(row["job_id"]),
-            escape(str(row["error"] or ""))[:80],
+            escape(str(row["error"] or "")[:300]),  # rich wraps it in the cell
         )
     console.print(table)
     journal.close()

@@ -7,19 +7,28 @@ stores each object with its own SOP class and transfer syntax (plus explicit and
 implicit little endian), marks successes done, and reschedules failures with
 exponential backoff until ``give_up_after_seconds`` after the export was created, when
 the export is parked as dead with its last error.
+
+A destination that refuses an object's SOP class (its presentation contexts rejected,
+whether the association still carries other classes or the peer accepted none of them)
+or accepts the class only in a transfer syntax the object is not encoded in is not a
+transient failure: that export is dead at once, its error naming the class (and syntax)
+and the peer, until the operator reconfigures the peer and runs ``acqflow retry``.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import AE, build_context, sop_class
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
@@ -115,32 +124,37 @@ class ExportOutbox:
         ae = self._application_entity(destination, self.settings.timeout_seconds)
         ae.requested_contexts = [cx for listed in contexts.values() for cx in listed]
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-        # A SOP class the peer refused in every context it was offered can never be sent
-        # there: dead at once with the class named (pynetdicom aborts an association in
-        # which the peer accepted no context at all, so this is checked first).
-        refused = _refused_classes(assoc)
-        sendable = []
-        for item in items:
-            if item.syntaxes[0] in refused:
-                self._failed(item.export, name, _refusal(item.syntaxes[0], destination), now,
-                             permanent=True)
-            else:
-                sendable.append(item)
-        if not sendable:
-            _release(assoc)
-            return 0
-        if not assoc.is_established:
+        if not assoc.is_established and not _answered_contexts(assoc):
             reason = _why_not_established(assoc, destination)
-            LOG.warning("export to %s: %s; %d object(s) will be retried", name, reason, len(sendable))
-            for item in sendable:
+            LOG.warning("export to %s: %s; %d object(s) will be retried", name, reason, len(items))
+            for item in items:
                 self._failed(item.export, name, reason, now)
             return 0
         try:
-            return self._store_all(assoc, name, sendable, now)
+            return self._store_all(assoc, name, self._accepted(assoc, destination, items, now), now)
         finally:
             _release(assoc)
 
+    def _accepted(
+        self, assoc: Association, destination: ExportDestination, items: Sequence[_Item], now: float
+    ) -> list[_Item]:
+        """The items the peer's answer lets us send; the others are refused: dead at once.
+
+        Also called when the peer accepted none of the contexts (pynetdicom then aborts
+        the association itself): every item is refused.
+        """
+        sendable: list[_Item] = []
+        for item in items:
+            refusal = _refusal(assoc, item, _peer(destination))
+            if refusal is None:
+                sendable.append(item)
+            else:
+                self._failed(item.export, destination.name, refusal, now, permanent=True)
+        return sendable
+
     def _store_all(self, assoc: Association, name: str, items: Sequence[_Item], now: float) -> int:
+        if not items:
+            return 0
         sent = 0
         for index, item in enumerate(items):
             if not assoc.is_established:
@@ -245,28 +259,72 @@ def _store(assoc: Association, path: Path) -> str | None:
     return f"C-STORE failed with status 0x{code:04X}{': ' + str(comment) if comment else ''}"
 
 
-def _refused_classes(assoc: Association) -> set[str]:
-    """SOP classes for which the peer rejected every proposed presentation context."""
-    rejected = {str(cx.abstract_syntax) for cx in assoc.rejected_contexts}
-    accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-    return rejected - accepted
+def _answered_contexts(assoc: Association) -> bool:
+    """Whether the peer answered the proposed presentation contexts (accepted or not).
+
+    dcmtk storescp and Orthanc answer a proposal they accept no context of with an
+    A-ASSOCIATE-AC that rejects every context (pynetdicom then aborts): that is a refusal
+    of the SOP classes, not an unreachable peer. An A-ASSOCIATE-RJ carries no
+    per-context answers, so a rejected association stays a retried failure.
+    """
+    return bool(assoc.accepted_contexts or assoc.rejected_contexts)
 
 
-# Storage SOP classes newer than pydicom's UID dictionary (PS3.4 2024).
-_NEWER_CLASS_NAMES = {"1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation Storage"}
+def _refusal(assoc: Association, item: _Item, where: str) -> str | None:
+    """Why the peer's answer does not let ``item`` be sent (None: it does)."""
+    accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == item.sop_class]
+    if not accepted:
+        answers = sorted(
+            {cx.status.lower() for cx in assoc.rejected_contexts if cx.abstract_syntax == item.sop_class}
+        )
+        because = f" ({', '.join(answers)})" if answers else ""
+        return f"{_described(item.sop_class)} not accepted by {where}{because}"
+    if any(_carries(str(cx.transfer_syntax[0]), item.transfer_syntax) for cx in accepted):
+        return None
+    offered = ", ".join(sorted({_described(str(cx.transfer_syntax[0])) for cx in accepted}))
+    return (
+        f"{_described(item.sop_class)} in {_described(item.transfer_syntax)} not accepted by {where}"
+        f" (only in {offered}; acqflow does not transcode)"
+    )
 
 
-def _refusal(sop_class: str, destination: ExportDestination) -> str:
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
-    name = UID(sop_class).name
-    if name == sop_class:
-        name = _NEWER_CLASS_NAMES.get(sop_class, "SOP class")
-    return (f"{name} ({sop_class}) not accepted by {where}: the destination does not "
-            "support this SOP class")
+def _carries(context_syntax: str, object_syntax: str) -> bool:
+    """Whether a context in ``context_syntax`` can carry an object encoded in ``object_syntax``.
+
+    pynetdicom's rule: the same syntax, or both uncompressed little endian (explicit and
+    implicit VR are converted); compressed data is never transcoded.
+    """
+    if context_syntax == object_syntax:
+        return True
+    a, b = UID(context_syntax), UID(object_syntax)
+    if not (a.is_transfer_syntax and b.is_transfer_syntax):
+        return False
+    return not (a.is_compressed or b.is_compressed) and a.is_little_endian == b.is_little_endian
+
+
+def _described(uid: str) -> str:
+    """``Name (uid)``: pydicom's name, else pynetdicom's SOP class keyword, else the uid."""
+    name = UID(uid).name
+    if name == uid:
+        name = _sop_class_names().get(uid, uid)
+    return uid if name == uid else f"{name} ({uid})"
+
+
+@cache
+def _sop_class_names() -> dict[str, str]:
+    """pynetdicom's SOP classes, uid → name (it knows classes pydicom's table lacks, such
+    as Label Map Segmentation Storage)."""
+    members = inspect.getmembers(sop_class, lambda value: isinstance(value, sop_class.SOPClass))
+    return {str(uid): re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", keyword)
+            for keyword, uid in members}
+
+
+def _peer(destination: ExportDestination) -> str:
+    return f"{destination.ae_title}@{destination.host}:{destination.port}"
 
 
 def _why_not_established(assoc: Association, destination: ExportDestination) -> str:
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    where = _peer(destination)
     if assoc.is_rejected:
         return f"association rejected by {where}"
     # pynetdicom reports a refused or timed-out connection as an abort as well
