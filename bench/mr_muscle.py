@@ -77,7 +77,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     weights = args.weights or bundled_weights_dir()
     generator, gen_card, scale = load_generator(weights, args.device)
-    unet, unet_card, geometry = load_model(weights, args.device, [s.key for s in default_label_table()])
+    from plugins.mr_muscle.pipeline import bundled_segmenter_dir
+
+    segmenter = args.weights or bundled_segmenter_dir()
+    unet, unet_card, geometry = load_model(segmenter, args.device, [s.key for s in default_label_table()])
     seed = HELD_OUT_SEED_OFFSET - MR_ANATOMY_SEED_OFFSET + 9999
     options = MrPhantomOptions(shape=(args.slices, args.size, args.size), pixel_spacing_mm=args.spacing)
     mr = generate_mr_phantom(seed, options).signal

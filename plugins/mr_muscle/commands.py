@@ -283,7 +283,9 @@ def evaluate(
     table = default_label_table()
     gen_dir = weights or bundled_weights_dir()
     generator, card, scale = load_generator(gen_dir, device)
-    ct_model, _, geo = load_model(ct_weights or bundled_weights_dir(), device, [s.key for s in table])
+    from plugins.mr_muscle.pipeline import bundled_segmenter_dir
+
+    ct_model, _, geo = load_model(ct_weights or bundled_segmenter_dir(), device, [s.key for s in table])
     options = EvaluationOptions(phantoms=phantoms, first=first, shape=(slices, 128, 128), samples=samples)
     held_out = {
         "mc_seed": seed,

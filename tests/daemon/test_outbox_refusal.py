@@ -163,9 +163,12 @@ def test_association_rejected_for_another_reason_is_still_retried(
 
     assert _outbox(journal, "STORESCP", port).send_due(now=t0) == 0
 
-    assert _export_rows(journal) == [
-        ("pending", 1, t0 + 5.0, f"association rejected by STORESCP@127.0.0.1:{port}")
-    ]
+    # Retried, not a refusal. storescp --refuse sends A-ASSOCIATE-RJ and closes at once:
+    # pynetdicom reads the reject or, when the close wins the race (seen under load), an abort.
+    ((state, attempts, not_before, error),) = _export_rows(journal)
+    assert (state, attempts, not_before) == ("pending", 1, t0 + 5.0)
+    assert error in (f"association rejected by STORESCP@127.0.0.1:{port}",
+                     f"STORESCP@127.0.0.1:{port} unreachable, not answering or aborted the association")
 
 
 def test_cli_shows_the_whole_refusal(

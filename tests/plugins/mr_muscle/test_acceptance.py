@@ -28,12 +28,14 @@ def report() -> Any:
     from plugins.mr_muscle.translation import load_generator
 
     torch.manual_seed(0)
-    weights = bundled_weights_dir()
-    if not (weights / "ct_muscle.json").is_file() or not (weights / "mr_to_ct.json").is_file():
-        pytest.fail("shipped weights models/weights/{ct_muscle,mr_to_ct} are missing")
+    from plugins.mr_muscle.pipeline import bundled_segmenter_dir
+
+    weights, segmenter = bundled_weights_dir(), bundled_segmenter_dir()
+    if not (segmenter / "ct_muscle.json").is_file() or not (weights / "mr_to_ct.json").is_file():
+        pytest.fail("shipped weights models/weights/{mr_muscle_segmenter/ct_muscle,mr_to_ct} are missing")
     table = default_label_table()
     generator, _, scale = load_generator(weights)
-    unet, _, geometry = load_model(weights, "cpu", [s.key for s in table])
+    unet, _, geometry = load_model(segmenter, "cpu", [s.key for s in table])  # what the pipeline uses
     # Indices 100+ are not the ones `acqflow evaluate mr-muscle` reports by default.
     options = EvaluationOptions(phantoms=2, first=100, shape=(16, 128, 128), samples=2)
     result = evaluate_held_out(generator, scale, unet, geometry, table, options)
