@@ -27,9 +27,13 @@ def _torch_cuda() -> Any | None:
     torch = sys.modules.get("torch")
     if torch is None:
         return None
+    # Another thread (a pipeline preload) may be importing torch right now: the module is
+    # in sys.modules but half initialised. Not imported yet, as far as metrics go.
+    if getattr(getattr(torch, "__spec__", None), "_initializing", False):
+        return None
     try:
         return torch.cuda if torch.cuda.is_available() else None
-    except RuntimeError:  # a broken driver: no GPU as far as metrics go
+    except (RuntimeError, AttributeError):  # a broken driver, or an import still running
         return None
 
 

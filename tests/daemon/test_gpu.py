@@ -95,3 +95,23 @@ def test_nvml_figures_become_gauges_per_device(monkeypatch: pytest.MonkeyPatch) 
         (("device", "cuda:0"),): 0.25,
         (("device", "cuda:1"),): 0.5,
     }
+
+
+def test_torch_half_imported_by_another_thread_counts_as_not_imported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A pipeline preload imports torch while a worker starts a job: the module is already
+    # in sys.modules, without its attributes yet. That job failed to be recorded before.
+    import importlib.machinery
+    import sys
+    import types
+
+    from daemon import gpu
+
+    half = types.ModuleType("torch")
+    half.__spec__ = importlib.machinery.ModuleSpec("torch", None)
+    half.__spec__._initializing = True  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch", half)
+    assert gpu._torch_cuda() is None
+    with gpu.job_memory_peak("virtual-staining", lambda: "cpu"):
+        pass
