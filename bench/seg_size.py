@@ -56,10 +56,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         source = sum(_size(ds, folder / f"src{k}.dcm") for k, ds in enumerate(datasets))
-        sizes = {o.name: _size(o.dataset, folder / o.name)
-                 for o in dicom_outputs(context, volume, labels, uncertainty, measured)}
-        seg = next(o.dataset for o in dicom_outputs(context, volume, labels, uncertainty, measured)
-                   if o.name == "ct-muscle-seg.dcm")
+        outputs = {o.name: o.dataset
+                   for o in dicom_outputs(context, volume, labels, uncertainty, measured)}
+        sizes = {name: _size(dataset, folder / name) for name, dataset in outputs.items()}
+        seg = outputs["ct-muscle-seg.dcm"]
         before = build_segmentation(volume, labels, segment_specs(context, measured),
                                     context.ids("seg", 2, "before"), context.device,
                                     context.algorithm, keep_empty_frames=True)

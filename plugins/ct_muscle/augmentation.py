@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["RobustAugmentation", "gaussian_blur", "robust_augment"]
+__all__ = ["RobustAugmentation", "add_noise", "affine_theta", "blur_some", "gaussian_blur", "robust_augment"]
 
 Range = tuple[float, float]
 
@@ -66,6 +66,21 @@ def _uniform(n: int, bounds: Range, generator: torch.Generator) -> torch.Tensor:
     return bounds[0] + (bounds[1] - bounds[0]) * torch.rand(n, generator=generator)
 
 
+def affine_theta(angle: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, flip: torch.Tensor,
+                 shift: torch.Tensor) -> torch.Tensor:
+    """``(n, 2, 3)`` matrices for ``F.affine_grid``: rotation by ``angle``, scale ``sx`` /
+    ``sy`` of the two axes, mirror (``flip`` -1) and ``shift`` (grid units)."""
+    import torch
+
+    theta = torch.zeros(angle.shape[0], 2, 3)
+    theta[:, 0, 0] = torch.cos(angle) * sx * flip
+    theta[:, 0, 1] = -torch.sin(angle) * sy
+    theta[:, 1, 0] = torch.sin(angle) * sx * flip
+    theta[:, 1, 1] = torch.cos(angle) * sy
+    theta[:, :, 2] = shift
+    return theta
+
+
 def _warp(x: torch.Tensor, y: torch.Tensor, aug: RobustAugmentation,
           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One affine-plus-elastic warp per slice, bilinear for images, nearest for labels."""
@@ -81,13 +96,8 @@ def _warp(x: torch.Tensor, y: torch.Tensor, aug: RobustAugmentation,
     shift = (torch.rand(n, 2, generator=generator) - 0.5) * 0.2
     # The grid maps output to input coordinates: a zoom z shows the anatomy z times larger.
     sx, sy = stretch[:, 0] / zoom, stretch[:, 1] / zoom
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = torch.cos(angle) * sx * flip
-    theta[:, 0, 1] = -torch.sin(angle) * sy
-    theta[:, 1, 0] = torch.sin(angle) * sx * flip
-    theta[:, 1, 1] = torch.cos(angle) * sy
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
+    grid = F.affine_grid(affine_theta(angle, sx, sy, flip, shift), [n, 1, height, width],
+                         align_corners=False)
     if aug.elastic > 0:
         cells = aug.elastic_cells
         coarse = torch.randn(n, 2, cells, cells, generator=generator) * aug.elastic * 2
@@ -158,9 +168,7 @@ def _degrade(x: torch.Tensor, aug: RobustAugmentation, hu: float,
     from torch.nn import functional as F
 
     n, _, height, width = x.shape
-    blurred = torch.rand(n, generator=generator) < aug.blur_probability
-    sigma = torch.rand(n, generator=generator) * aug.blur_sigma_max
-    x = gaussian_blur(x, torch.where(blurred, sigma, torch.zeros_like(sigma)))
+    x = blur_some(x, aug.blur_probability, aug.blur_sigma_max, generator)
     low = (torch.rand(n, generator=generator) < aug.low_resolution_probability).tolist()
     factor = _uniform(n, (1.0, 2.5), generator).tolist()
     for i in [i for i, chosen in enumerate(low) if chosen]:
@@ -169,6 +177,27 @@ def _degrade(x: torch.Tensor, aug: RobustAugmentation, hu: float,
         x[i: i + 1] = F.interpolate(small, size=(height, width), mode="bilinear",
                                     align_corners=False)
     level = torch.rand(n, 1, 1, 1, generator=generator) * aug.noise_hu_max * hu
+    return add_noise(x, level, generator)
+
+
+def blur_some(x: torch.Tensor, probability: float, sigma_max: float,
+              generator: torch.Generator) -> torch.Tensor:
+    """A Gaussian blur with sigma drawn from [0, ``sigma_max``] on each image with
+    ``probability``."""
+    import torch
+
+    n = x.shape[0]
+    blurred = torch.rand(n, generator=generator) < probability
+    sigma = torch.rand(n, generator=generator) * sigma_max
+    return gaussian_blur(x, torch.where(blurred, sigma, torch.zeros_like(sigma)))
+
+
+def add_noise(x: torch.Tensor, level: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``x`` plus Gaussian noise of standard deviation ``level`` ``(n, 1, 1, 1)``, spatially
+    correlated (blurred, then rescaled to that SD) on half of the images."""
+    import torch
+
+    n = x.shape[0]
     noise = torch.randn(x.shape, generator=generator)
     correlated = torch.rand(n, generator=generator) < 0.5
     sigma = torch.where(correlated, 0.6 + 0.6 * torch.rand(n, generator=generator), torch.zeros(n))

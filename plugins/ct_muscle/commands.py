@@ -93,7 +93,7 @@ def _training_sets(
         return phantom_volumes(train_seeds), phantom_volumes(validation_seeds), summary
     from plugins.ct_muscle.anatomy import TRAINING_VARIETY, randomised_volumes
 
-    size = round(RANDOMISED_FOV_MM / grid_mm / 8) * 8
+    size = _randomised_size(grid_mm)
     shape = (RANDOMISED_SLICES, size, size)
     summary["variety"] = asdict(TRAINING_VARIETY)
     return (randomised_volumes(train_seeds, shape=shape, pixel_spacing_mm=grid_mm, table=table),
@@ -115,6 +115,11 @@ class Augmentation(str, Enum):
 
 RANDOMISED_FOV_MM = 480.0  # field of view of a randomised training phantom
 RANDOMISED_SLICES = 24
+
+
+def _randomised_size(grid_mm: float) -> int:
+    """Pixels across :data:`RANDOMISED_FOV_MM` on a ``grid_mm`` grid, a multiple of 8."""
+    return round(RANDOMISED_FOV_MM / grid_mm / 8) * 8
 
 
 def train(
@@ -174,7 +179,7 @@ def train(
     appearance = (AppearanceAugmentation(noise_hu_max=noise_hu_max, blur_sigma_max=blur_sigma_max)
                   if noise_hu_max > 0 or blur_sigma_max > 0 else None)
     robust = RobustAugmentation() if augmentation is Augmentation.ROBUST else None
-    side = size if size is not None else round(RANDOMISED_FOV_MM / grid_mm / 8) * 8
+    side = size if size is not None else _randomised_size(grid_mm)
     try:
         options = TrainingOptions(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
@@ -276,7 +281,7 @@ def evaluate(
 
         if variety not in VARIETIES:
             raise typer.BadParameter(f"variety must be one of {', '.join(VARIETIES)}, got {variety!r}")
-        size = round(RANDOMISED_FOV_MM / geo.pixel_spacing_mm / 8) * 8
+        size = _randomised_size(geo.pixel_spacing_mm)
         volumes = randomised_volumes(range(first_seed, first_seed + phantoms), VARIETIES[variety],
                                      (RANDOMISED_SLICES, size, size), geo.pixel_spacing_mm, table)
         slices_mm = [6.0] * len(volumes)

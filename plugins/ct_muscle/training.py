@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from plugins.ct_muscle.augmentation import RobustAugmentation, gaussian_blur, robust_augment
+from plugins.ct_muscle.augmentation import (
+    RobustAugmentation,
+    add_noise,
+    affine_theta,
+    blur_some,
+    robust_augment,
+)
 from plugins.ct_muscle.inference import MODEL_NAME, InputGeometry
 from plugins.ct_muscle.structures import LabelTable
 
@@ -160,17 +166,9 @@ def _appearance(
     """Blur and noise of :class:`AppearanceAugmentation` on windowed slices (0..1)."""
     import torch
 
-    n = x.shape[0]
-    blurred = torch.rand(n, generator=generator) < aug.blur_probability
-    sigma = torch.rand(n, generator=generator) * aug.blur_sigma_max
-    x = gaussian_blur(x, torch.where(blurred, sigma, torch.zeros_like(sigma)))
-    level = torch.rand(n, 1, 1, 1, generator=generator) * aug.noise_hu_max / window_width
-    noise = torch.randn(x.shape, generator=generator)
-    correlated = torch.rand(n, generator=generator) < 0.5
-    smooth = gaussian_blur(noise, torch.where(correlated, 0.6 + 0.6 * torch.rand(n, generator=generator),
-                                               torch.zeros(n)))
-    spread = smooth.flatten(1).std(dim=1).clamp_min(1e-6).view(n, 1, 1, 1)
-    return x + level * smooth / spread
+    x = blur_some(x, aug.blur_probability, aug.blur_sigma_max, generator)
+    level = torch.rand(x.shape[0], 1, 1, 1, generator=generator) * aug.noise_hu_max / window_width
+    return add_noise(x, level, generator)
 
 
 def _augment(
@@ -187,13 +185,8 @@ def _augment(
     scale = 0.9 + 0.2 * torch.rand(n, generator=generator)
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     shift = (torch.rand(n, 2, generator=generator) - 0.5) * 0.15
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = torch.cos(angle) * scale * flip
-    theta[:, 0, 1] = -torch.sin(angle) * scale
-    theta[:, 1, 0] = torch.sin(angle) * scale * flip
-    theta[:, 1, 1] = torch.cos(angle) * scale
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(affine_theta(angle, scale, scale, flip, shift), list(x.shape),
+                         align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     y = F.grid_sample(y[:, None].float(), grid, mode="nearest", align_corners=False)
     gain = 1.0 + (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.1

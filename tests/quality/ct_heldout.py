@@ -161,11 +161,16 @@ def run_through_daemon(series: list[HeldOutSeries], root: Path,
             if sent.returncode != 0:
                 raise RuntimeError(f"storescu failed: {sent.stdout}{sent.stderr}")
             uid = str(item.datasets[0].SeriesInstanceUID)
-            wait_until(lambda uid=uid: _seg_of(root / "outputs", uid) is not None, timeout,
-                       f"the SEG of held-out series {item.seed}", daemon)
+            found: list[Dataset] = []
+
+            def written(uid: str = uid, found: list[Dataset] = found) -> bool:
+                seg = _seg_of(root / "outputs", uid)
+                found[:] = [seg] if seg is not None else []
+                return bool(found)
+
+            wait_until(written, timeout, f"the SEG of held-out series {item.seed}", daemon)
             seconds = time.monotonic() - started
-            seg = _seg_of(root / "outputs", uid)
-            assert seg is not None
+            seg = found[0]
             dice = score(seg, item)
             results.append({"seed": item.seed, "encoding": item.encoding,
                             "orientation": item.orientation, "matrix": item.matrix,
