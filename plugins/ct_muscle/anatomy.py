@@ -33,16 +33,20 @@ from plugins.ct_muscle.training import LabelledVolume
 
 __all__ = [
     "HELD_OUT_VARIETY",
+    "TISSUES",
     "TRAINING_VARIETY",
     "VARIETIES",
     "Anatomy",
     "Variety",
+    "randomised_anatomy",
     "randomised_phantom",
     "randomised_volumes",
 ]
 
 _REFERENCE_MM = 128 * 3.0  # the fixed phantoms' field of view: an adult fills ~93 % of it
 _BONES = ("pelvis", "femur", "sacrum")
+# Tissue classes of the drawing (randomised_anatomy); marrow is the bones' cancellous core.
+TISSUES = ("air", "fat", "muscle", "cortex", "marrow")
 
 
 class Anatomy(str, Enum):
@@ -301,17 +305,12 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], cells: int) 
     return np.asarray(field_[tuple(slice(0, s) for s in shape)], dtype=np.float64)
 
 
-def randomised_phantom(
-    seed: int, shape: tuple[int, int, int] = (24, 160, 160), pixel_spacing_mm: float = 3.0,
-    slice_spacing_mm: float = 6.0, variety: Variety = TRAINING_VARIETY,
-    table: LabelTable | None = None,
-) -> Phantom:
-    """A phantom drawn from ``seed`` and ``variety``; the same arguments give the same one.
-
-    Raises ValueError for a shape too small to draw, KeyError when ``table`` lacks one of
-    the drawn structures.
-    """
-    if shape[0] < 1 or min(shape[1:]) < 32 or pixel_spacing_mm <= 0 or slice_spacing_mm <= 0:
+def _anatomy(
+    seed: int, shape: tuple[int, int, int], pixel_spacing_mm: float, variety: Variety,
+    table: LabelTable | None,
+) -> tuple[np.random.Generator, _Drawn, np.ndarray, np.ndarray]:
+    """The random state after drawing, the drawn parameters, labels and tissue classes."""
+    if shape[0] < 1 or min(shape[1:]) < 32 or pixel_spacing_mm <= 0:
         raise ValueError(f"cannot draw a phantom of shape {shape} at {pixel_spacing_mm} mm")
     tbl = table or default_label_table()
     rng = np.random.default_rng(seed)
@@ -322,6 +321,36 @@ def randomised_phantom(
     for k in range(shape[0]):
         t = first + (last - first) * k / max(shape[0] - 1, 1)
         labels[k], tissue[k] = _draw_slice(t, shape[1:], pixel_spacing_mm, drawn, tbl)
+    return rng, drawn, labels, tissue
+
+
+def randomised_anatomy(
+    seed: int, shape: tuple[int, int, int] = (24, 160, 160), pixel_spacing_mm: float = 3.0,
+    variety: Variety = TRAINING_VARIETY, table: LabelTable | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The label map and tissue classes (:data:`TISSUES`) of :func:`randomised_phantom`
+    with the same arguments, without its intensities: what other modalities are drawn
+    from (the MR phantoms, plugins.mr_muscle.randomised).
+
+    Raises ValueError for a shape too small to draw.
+    """
+    _, _, labels, tissue = _anatomy(seed, shape, pixel_spacing_mm, variety, table)
+    return labels, tissue
+
+
+def randomised_phantom(
+    seed: int, shape: tuple[int, int, int] = (24, 160, 160), pixel_spacing_mm: float = 3.0,
+    slice_spacing_mm: float = 6.0, variety: Variety = TRAINING_VARIETY,
+    table: LabelTable | None = None,
+) -> Phantom:
+    """A phantom drawn from ``seed`` and ``variety``; the same arguments give the same one.
+
+    Raises ValueError for a shape too small to draw, KeyError when ``table`` lacks one of
+    the drawn structures.
+    """
+    if slice_spacing_mm <= 0:
+        raise ValueError(f"slice spacing must be positive, got {slice_spacing_mm}")
+    rng, drawn, labels, tissue = _anatomy(seed, shape, pixel_spacing_mm, variety, table)
     hu = np.full(shape, -1000.0)
     hu[tissue == 1] = drawn.fat_hu
     muscle = tissue == 2

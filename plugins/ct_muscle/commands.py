@@ -110,6 +110,7 @@ class PhantomSource(str, Enum):
 
 class Augmentation(str, Enum):
     ROBUST = "robust"  # plugins.ct_muscle.augmentation (nnU-Net / SynthSeg style)
+    CONTRAST_AGNOSTIC = "contrast-agnostic"  # random tissue intensities on most slices (MR route)
     BASIC = "basic"  # small flips, rotations and contrast changes
 
 
@@ -148,7 +149,9 @@ def train(
         help="Phantom generator when there is no data dir")] = PhantomSource.RANDOMISED,
     augmentation: Annotated[Augmentation, typer.Option(
         help="robust: scale, rotation, elastic, per-structure HU, random intensities, bias, "
-             "noise, blur, low resolution; basic: small flips, rotations, contrast")] = (
+             "noise, blur, low resolution; contrast-agnostic: the same with random tissue "
+             "intensities on most slices and a gain field (weights for MR without "
+             "translation); basic: small flips, rotations, contrast")] = (
         Augmentation.ROBUST),
     grid_mm: Annotated[float, typer.Option(
         min=0.3, help="Model pixel spacing in mm (3 = CPU demo; 1 or 0.8 for GPU sites)")] = 3.0,
@@ -162,6 +165,7 @@ def train(
     import torch
 
     from models.store import ModelCard, save_weights
+    from plugins.ct_muscle.augmentation import CONTRAST_AGNOSTIC
     from plugins.ct_muscle.inference import InputGeometry
     from plugins.ct_muscle.structures import default_label_table
     from plugins.ct_muscle.training import (
@@ -178,7 +182,8 @@ def train(
                                               seed, generator, grid_mm)
     appearance = (AppearanceAugmentation(noise_hu_max=noise_hu_max, blur_sigma_max=blur_sigma_max)
                   if noise_hu_max > 0 or blur_sigma_max > 0 else None)
-    robust = RobustAugmentation() if augmentation is Augmentation.ROBUST else None
+    robust = {Augmentation.ROBUST: RobustAugmentation(),
+              Augmentation.CONTRAST_AGNOSTIC: CONTRAST_AGNOSTIC}.get(augmentation)
     side = size if size is not None else _randomised_size(grid_mm)
     try:
         options = TrainingOptions(

@@ -293,7 +293,8 @@ def _epoch(
         index = order[start : start + options.batch_size]
         x, y = torch.from_numpy(x_all[index]), torch.from_numpy(y_all[index])
         if options.robust is not None:
-            x, y = robust_augment(x, y, generator, options.robust, options.geometry.window.width)
+            window = options.geometry.window
+            x, y = robust_augment(x, y, generator, options.robust, window.width, window.center)
         else:
             x, y = _augment(x, y, generator, options.appearance, options.geometry.window.width)
         x, y = x.to(options.device), y.to(options.device)

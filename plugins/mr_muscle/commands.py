@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,11 +25,26 @@ if TYPE_CHECKING:
     from plugins.ct_muscle.inference import InputGeometry
     from plugins.ct_muscle.structures import LabelTable
     from plugins.mr_muscle.evaluation import EvaluationOptions
+    from plugins.mr_muscle.pipeline import MrRoute
     from plugins.mr_muscle.translation import IntensityScale
 
 __all__ = ["evaluate", "train"]
 
 DEFAULT_OUTPUT = Path("mr_to_ct_model")
+
+
+class PhantomGenerator(str, Enum):
+    """plugins.mr_muscle.data.Generator, here so the CLI starts without numpy."""
+
+    FIXED = "fixed"
+    RANDOMISED = "randomised"
+
+
+GeneratorOption = Annotated[PhantomGenerator, typer.Option(
+    "--generator", help="Synthetic phantoms: fixed (the demo series' generator) or randomised "
+    "(randomised anatomy, a T1 contrast per phantom, 160 px; held-out phantoms draw the held-out "
+    "anatomy and contrast variety).")]
+
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed for data generation, crops and weights.")]
 Threads = Annotated[
     int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's).")
@@ -59,6 +75,8 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "--version": "1.0.0",
     "--resume": True,
     "--device": "cpu",
+    "--generator": "fixed",
+    "--mr-augmentation": False,
 }
 
 
@@ -72,12 +90,13 @@ def _command_line(values: dict[str, Any]) -> str:
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])
         else:
-            parts += [flag, str(value.value if isinstance(value, GradientMode) else value)]
+            parts += [flag, str(value.value if isinstance(value, Enum) else value)]
     return shlex.join(parts)
 
 
 def _domain(
-    folder: Path | None, modality: str, synthetic: int, seed: int, scale: Any, noise: float = 0.0
+    folder: Path | None, modality: str, synthetic: int, seed: int, scale: Any, noise: float = 0.0,
+    generator: str = "fixed",
 ) -> Any:
     """Slices of one domain from a DICOM folder or the synthetic generator."""
     from plugins.mr_muscle import data
@@ -87,9 +106,10 @@ def _domain(
             return data.dicom_slices(folder, modality, scale)
         if synthetic < 1:
             raise typer.BadParameter(f"no {modality} data: give a folder or --synthetic N")
+        kind = data.Generator(generator)
         if modality == "MR":
-            return data.synthetic_mr_slices(synthetic, seed, scale)
-        return data.synthetic_ct_slices(synthetic, seed, scale, noise)
+            return data.synthetic_mr_slices(synthetic, seed, scale, kind)
+        return data.synthetic_ct_slices(synthetic, seed, scale, noise, kind)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
@@ -137,6 +157,11 @@ def train(
     pixel_spacing: Annotated[
         float, typer.Option("--pixel-spacing", min=0.1, help="Generator grid (mm).")
     ] = 3.0,
+    generator: GeneratorOption = PhantomGenerator.FIXED,
+    mr_augmentation: Annotated[
+        bool, typer.Option("--mr-augmentation/--no-mr-augmentation",
+                           help="Random gain field and gamma on every MR crop."),
+    ] = False,
     seed: Seed = 0,
     output: Annotated[
         Path, typer.Option("--output", help="Folder for mr_to_ct.safetensors/.json.")
@@ -167,10 +192,11 @@ def train(
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     scale = IntensityScale(pixel_spacing_mm=pixel_spacing)
-    mr = _domain(mr_data, "MR", synthetic, seed, scale)
-    ct = _domain(ct_data, "CT", synthetic, seed, scale, ct_noise)
+    mr = _domain(mr_data, "MR", synthetic, seed, scale, generator=generator.value)
+    ct = _domain(ct_data, "CT", synthetic, seed, scale, ct_noise, generator.value)
     net = NetworkOptions(base_channels, residual_blocks, discriminator_channels, discriminator_layers)
-    sched = ScheduleOptions(iterations, batch_size, crop, learning_rate, decay_from, pool_size, seed)
+    sched = ScheduleOptions(iterations, batch_size, crop, learning_rate, decay_from, pool_size, seed,
+                            mr_augmentation)
     weights = LossWeights(adversarial_weight, cycle_weight, identity_weight, gradient_weight, gradient_mode)
     out = OutputOptions(work_dir or output / "work", resume=resume, progress=not quiet)
     result = train_cyclegan(mr.slices, ct.slices, net, sched, out, weights, device=device)
@@ -182,7 +208,8 @@ def train(
         "data": {"mr": mr.summary(), "ct": ct.summary(), "unpaired": _UNPAIRED},
         "schedule": {
             k: params[k]
-            for k in ("iterations", "batch_size", "crop", "learning_rate", "decay_from", "pool_size")
+            for k in ("iterations", "batch_size", "crop", "learning_rate", "decay_from", "pool_size",
+                      "mr_augmentation")
         },
         "loss_weights": {
             "adversarial": adversarial_weight,
@@ -230,6 +257,16 @@ def evaluate(
     ct_weights: Annotated[
         Path | None, typer.Option("--ct-weights", help="Folder of ct_muscle weights (default: bundled).")
     ] = None,
+    contrast_agnostic_weights: Annotated[
+        Path | None,
+        typer.Option("--contrast-agnostic-weights",
+                     help="Folder of the contrast-agnostic ct_muscle network, measured as a third "
+                     "column (default: the bundled one when present)."),
+    ] = None,
+    generator: GeneratorOption = PhantomGenerator.FIXED,
+    route: Annotated[
+        str, typer.Option("--route", help="With --review: synthetic-ct or contrast-agnostic.")
+    ] = "synthetic-ct",
     phantoms: Annotated[int, typer.Option("--phantoms", min=1, help="Held-out MR phantoms.")] = 4,
     first: Annotated[int, typer.Option("--first", min=0, help="Index of the first held-out phantom.")] = 0,
     slices: Annotated[int, typer.Option("--slices", min=1, help="Slices per phantom.")] = 24,
@@ -282,21 +319,46 @@ def evaluate(
     torch.manual_seed(seed)
     table = default_label_table()
     gen_dir = weights or bundled_weights_dir()
-    generator, card, scale = load_generator(gen_dir, device)
-    from plugins.mr_muscle.pipeline import bundled_segmenter_dir
+    generator_model, card, scale = load_generator(gen_dir, device)
+    from plugins.mr_muscle.pipeline import MrRoute, bundled_segmenter_dir
 
+    try:
+        chosen = MrRoute(route)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--route must be one of {', '.join(r.value for r in MrRoute)}") from exc
     ct_model, _, geo = load_model(ct_weights or bundled_segmenter_dir(), device, [s.key for s in table])
-    options = EvaluationOptions(phantoms=phantoms, first=first, shape=(slices, 128, 128), samples=samples)
-    held_out = {
+    agnostic_dir = contrast_agnostic_weights or bundled_segmenter_dir(MrRoute.CONTRAST_AGNOSTIC)
+    agnostic = None
+    if contrast_agnostic_weights is not None or (agnostic_dir / "ct_muscle.json").is_file():
+        model, agnostic_card, agnostic_geo = load_model(agnostic_dir, device, [s.key for s in table])
+        agnostic = (model, agnostic_geo)
+    size = 160 if generator is PhantomGenerator.RANDOMISED else 128
+    options = EvaluationOptions(phantoms=phantoms, first=first, shape=(slices, size, size), samples=samples,
+                                generator=generator.value)
+    held_out: dict[str, Any] = {
         "mc_seed": seed,
         "phantoms": phantoms,
         "first": first,
         "slices": slices,
         "samples": samples,
-        "seeds": "generate_mr_phantom(10,000,000 + first + i): anatomy seeds >= 20,000,000",
+        "generator": generator.value,
+        "seeds": ("generate_mr_phantom(10,000,000 + first + i): anatomy seeds >= 20,000,000"
+                  if generator is PhantomGenerator.FIXED else
+                  "randomised_mr_phantom(20,000,000 + first + i, MR_HELD_OUT_VARIETY): ellipse anatomy, "
+                  "body size / fat / aspect tails, muscle, flat-bone and bias-field tails"),
     }
+    if agnostic is not None:
+        held_out["contrast_agnostic"] = {"version": agnostic_card.version, "sha256": agnostic_card.sha256}
     if review:
-        result = _review(generator, scale, ct_model, geo, table, options, dice_below, seed, quiet)
+        if chosen is MrRoute.CONTRAST_AGNOSTIC:
+            if agnostic is None:
+                raise typer.BadParameter("--route contrast-agnostic needs the contrast-agnostic weights")
+            result = _review(None, scale, agnostic[0], agnostic[1], table, options, dice_below, seed, quiet,
+                             chosen)
+        else:
+            result = _review(generator_model, scale, ct_model, geo, table, options, dice_below, seed, quiet,
+                             chosen)
+        result["route"] = chosen.value
         result["held_out"] = held_out
         if json_out is not None:
             json_out.write_text(json.dumps(result, indent=2) + "\n")
@@ -304,12 +366,15 @@ def evaluate(
 
     def show(index: int, row: dict[str, Any]) -> None:
         if not quiet:
+            third = (f", contrast-agnostic {row['mean_dice_contrast_agnostic']:.3f}"
+                     if "mean_dice_contrast_agnostic" in row else "")
             typer.echo(
                 f"phantom {index + 1}/{phantoms}: translated {row['mean_dice_translated']:.3f}, "
-                f"baseline {row['mean_dice_baseline']:.3f}"
+                f"baseline {row['mean_dice_baseline']:.3f}{third}; synthetic CT HU {row['synthetic_ct_hu']}"
             )
 
-    report = evaluate_held_out(generator, scale, ct_model, geo, table, options, show).to_dict()
+    report = evaluate_held_out(generator_model, scale, ct_model, geo, table, options, show,
+                               agnostic).to_dict()
     report["held_out"] = held_out
     if not quiet:
         _print_report(report)
@@ -321,7 +386,7 @@ def evaluate(
 
 
 def _review(
-    generator: ResnetGenerator,
+    generator: ResnetGenerator | None,
     scale: IntensityScale,
     ct_model: BayesianUNet,
     geo: InputGeometry,
@@ -330,13 +395,14 @@ def _review(
     dice_below: float,
     seed: int,
     quiet: bool,
+    route: MrRoute,
 ) -> dict[str, Any]:
     """Fit review thresholds on the phantoms; how the pipeline's defaults do on them."""
     from rich.console import Console
     from rich.table import Table
 
     from plugins.mr_muscle.evaluation import calibrate_review_thresholds, review_performance
-    from plugins.mr_muscle.pipeline import MR_REVIEW_THRESHOLDS
+    from plugins.mr_muscle.pipeline import CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS, MR_REVIEW_THRESHOLDS, MrRoute
 
     def show(index: int, structures: int) -> None:
         if not quiet:
@@ -345,7 +411,8 @@ def _review(
     calibration = calibrate_review_thresholds(
         generator, scale, ct_model, geo, table, options, dice_below, seed, show
     )
-    defaults = review_performance(calibration.pairs, MR_REVIEW_THRESHOLDS, dice_below)
+    in_use = MR_REVIEW_THRESHOLDS if route is MrRoute.SYNTHETIC_CT else CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS
+    defaults = review_performance(calibration.pairs, in_use, dice_below)
     if not quiet:
         shown = Table(title=f"review thresholds: flagging structures with Dice < {dice_below}")
         shown.add_column("measure", no_wrap=True)
@@ -370,31 +437,40 @@ def _print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    third = "dice_contrast_agnostic" in report
     table = Table(title="held-out MR phantoms: Dice")
-    for column in ("structure", "via synthetic CT", "direct MR (baseline)"):
+    columns = ["structure", "via synthetic CT", "direct MR (baseline)"]
+    for column in columns + (["contrast-agnostic"] if third else []):
         table.add_column(column, justify="right" if column != "structure" else "left")
     for key, value in report["dice_translated"].items():
-        table.add_row(key, f"{value:.3f}", f"{report['dice_baseline'].get(key, 0.0):.3f}")
-    table.add_row("mean", f"{report['mean_dice_translated']:.3f}", f"{report['mean_dice_baseline']:.3f}")
+        extra = [f"{report['dice_contrast_agnostic'].get(key, 0.0):.3f}"] if third else []
+        table.add_row(key, f"{value:.3f}", f"{report['dice_baseline'].get(key, 0.0):.3f}", *extra)
+    extra = [f"{report['mean_dice_contrast_agnostic']:.3f}"] if third else []
+    table.add_row("mean", f"{report['mean_dice_translated']:.3f}",
+                  f"{report['mean_dice_baseline']:.3f}", *extra)
     Console().print(table)
+    hu = report["synthetic_ct_hu"]
+    typer.echo("mean synthetic-CT HU: " + ", ".join(f"{k} {v:.0f}" for k, v in hu.items()))
 
 
 def _write_metrics(directory: Path, card: Any, report: dict[str, Any]) -> None:
-    """Rewrite the card with the held-out metrics; the weights (and their sha256) are untouched."""
+    """Rewrite the card with the held-out metrics; the weights (and their sha256) are untouched.
+
+    The fixed generator's report is the card's metrics; the randomised one's goes under
+    ``randomised``, so both are kept.
+    """
     import os
     from dataclasses import replace
 
-    metrics = {
-        k: report[k]
-        for k in (
-            "mean_dice_translated",
-            "mean_dice_baseline",
-            "improvement",
-            "dice_translated",
-            "dice_baseline",
-            "held_out",
-        )
-    }
+    keys = ("mean_dice_translated", "mean_dice_baseline", "improvement", "dice_translated",
+            "dice_baseline", "mean_dice_contrast_agnostic", "dice_contrast_agnostic",
+            "synthetic_ct_hu", "held_out")
+    metrics = {k: report[k] for k in keys if k in report}
+    previous = dict(card.metrics or {})
+    if report["held_out"].get("generator") == "randomised":
+        metrics = {**previous, "randomised": metrics}
+    elif "randomised" in previous:
+        metrics["randomised"] = previous["randomised"]
     updated = replace(card, metrics=metrics)
     path = directory / f"{card.name}.json"
     tmp = path.with_suffix(".json.tmp")

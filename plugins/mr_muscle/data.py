@@ -1,8 +1,12 @@
 """Unpaired training slices: synthetic phantoms or DICOM series folders, normalised to [-1, 1].
 
-The synthetic MR domain is :func:`plugins.mr_muscle.phantoms.generate_mr_phantom`, the
-synthetic CT domain :func:`plugins.ct_muscle.phantoms.generate_phantom`; their seeds
-come from disjoint ranges, so no anatomy appears in both. DICOM folders are searched
+The synthetic domains come from one of two generators (:class:`Generator`): ``fixed``, the
+demo phantoms (:func:`plugins.mr_muscle.phantoms.generate_mr_phantom` and
+:func:`plugins.ct_muscle.phantoms.generate_phantom`), or ``randomised``, the randomised
+anatomy with a T1 contrast drawn per MR phantom
+(:func:`plugins.mr_muscle.randomised.randomised_mr_phantom`) and noise-free randomised CT
+(:func:`plugins.ct_muscle.anatomy.randomised_phantom`), 480 mm across. Their seeds come
+from disjoint ranges, so no anatomy appears in both. DICOM folders are searched
 recursively, instances grouped by series, and every series converted with the shared
 series-to-volume step (the same checks as the pipelines). All slices are resampled to
 the generator's pixel spacing and normalised (MR per volume, CT by a fixed HU range).
@@ -12,7 +16,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +27,20 @@ from plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
 from plugins.mr_muscle.phantoms import MR_ANATOMY_SEED_OFFSET, generate_mr_phantom
 from plugins.mr_muscle.translation import IntensityScale, ct_to_unit, normalise_mr
 
-__all__ = ["SliceSet", "dicom_slices", "resample_slices", "synthetic_ct_slices", "synthetic_mr_slices"]
+__all__ = ["RANDOMISED_SHAPE", "Generator", "SliceSet", "dicom_slices", "resample_slices",
+           "synthetic_ct_slices", "synthetic_mr_slices"]
 
 # Per training seed, this many phantom seeds are reserved in each domain.
 SEEDS_PER_RUN = 1000
+# Randomised phantoms: 480 mm across at 3 mm, so the largest bodies (1.4 x an adult) fit.
+RANDOMISED_SHAPE = (24, 160, 160)
+
+
+class Generator(str, Enum):
+    """Which synthetic phantoms make the unpaired training domains."""
+
+    FIXED = "fixed"
+    RANDOMISED = "randomised"
 
 
 @dataclass(frozen=True)
@@ -54,34 +69,48 @@ def _phantom_seeds(count: int, seed: int) -> list[int]:
     return [seed * SEEDS_PER_RUN + i for i in range(count)]
 
 
-def synthetic_mr_slices(count: int, seed: int, scale: IntensityScale) -> SliceSet:
+def synthetic_mr_slices(
+    count: int, seed: int, scale: IntensityScale, generator: Generator = Generator.FIXED
+) -> SliceSet:
     """Slices of ``count`` MR phantoms (anatomy seeds from MR_ANATOMY_SEED_OFFSET on).
 
     Raises ValueError for a count or seed outside the reserved ranges.
     """
+    from plugins.mr_muscle.randomised import MR_TRAINING_VARIETY, randomised_mr_phantom
+
     vols = []
     for phantom_seed in _phantom_seeds(count, seed):
-        phantom = generate_mr_phantom(phantom_seed)
+        phantom = (generate_mr_phantom(phantom_seed) if generator is Generator.FIXED else
+                   randomised_mr_phantom(MR_ANATOMY_SEED_OFFSET + phantom_seed, MR_TRAINING_VARIETY,
+                                         RANDOMISED_SHAPE))
         unit = normalise_mr(phantom.signal, scale)
         vols.append(resample_slices(unit, phantom.pixel_spacing_mm, scale.pixel_spacing_mm, fill=-1.0))
-    return SliceSet(np.concatenate(vols), count, f"synthetic MR phantoms, seed {seed}")
+    return SliceSet(np.concatenate(vols), count, f"synthetic MR phantoms ({generator.value}), seed {seed}")
 
 
-def synthetic_ct_slices(count: int, seed: int, scale: IntensityScale, noise_hu: float = 0.0) -> SliceSet:
+def synthetic_ct_slices(
+    count: int, seed: int, scale: IntensityScale, noise_hu: float = 0.0,
+    generator: Generator = Generator.FIXED,
+) -> SliceSet:
     """Slices of ``count`` CT phantoms (seeds below MR_ANATOMY_SEED_OFFSET) with ``noise_hu`` noise.
 
     Noise-free CT by default: the generator should learn the tissue values, not to
     imitate noise texture (which, in our runs, it rendered as speckle the CT network
-    cannot read).
+    cannot read). Randomised CT phantoms also leave out their bias field.
 
     Raises ValueError for a count or seed outside the reserved range.
     """
+    from plugins.ct_muscle.anatomy import TRAINING_VARIETY, randomised_phantom
+
+    variety = replace(TRAINING_VARIETY, noise_hu=(noise_hu, noise_hu), bias_hu=(0.0, 0.0))
     vols = []
     for phantom_seed in _phantom_seeds(count, seed):
-        phantom = generate_phantom(phantom_seed, PhantomOptions(noise_hu=noise_hu))
+        phantom = (generate_phantom(phantom_seed, PhantomOptions(noise_hu=noise_hu))
+                   if generator is Generator.FIXED else
+                   randomised_phantom(phantom_seed, RANDOMISED_SHAPE, variety=variety))
         unit = ct_to_unit(phantom.hu, scale)
         vols.append(resample_slices(unit, phantom.pixel_spacing_mm, scale.pixel_spacing_mm, fill=-1.0))
-    return SliceSet(np.concatenate(vols), count, f"synthetic CT phantoms, seed {seed}")
+    return SliceSet(np.concatenate(vols), count, f"synthetic CT phantoms ({generator.value}), seed {seed}")
 
 
 def resample_slices(

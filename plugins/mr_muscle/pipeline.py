@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -40,20 +41,39 @@ if TYPE_CHECKING:
     from plugins.ct_muscle.inference import InputGeometry
     from plugins.ct_muscle.structures import LabelTable
 
-__all__ = ["MR_SEGMENTER_FOLDER", "MrMuscleOptions", "MrMusclePipeline", "bundled_segmenter_dir"]
+__all__ = [
+    "CONTRAST_AGNOSTIC_FOLDER",
+    "MR_SEGMENTER_FOLDER",
+    "MrMuscleOptions",
+    "MrMusclePipeline",
+    "MrRoute",
+    "bundled_segmenter_dir",
+]
 
 # The bundled MR route segments the synthetic CT with the CT network it was trained and
 # measured with (ct_muscle 1.1.0): the CT pipeline's 2.0.0, trained on randomised
 # phantoms, lowered the MR phantoms' Dice from 0.777 to 0.712 through this generator.
 # The MR route moves to it once the generator is retrained for it (docs/models/mr-muscle.md).
 MR_SEGMENTER_FOLDER = "mr_muscle_segmenter"
+# The second route's network (a ct_muscle card and weights), trained with the
+# contrast-agnostic augmentation: it segments the intensity-normalised MR directly.
+CONTRAST_AGNOSTIC_FOLDER = "mr_muscle_contrast_agnostic"
 
 
-def bundled_segmenter_dir() -> Path:
-    """The bundled folder of the CT network the MR route uses (ct_muscle 1.1.0)."""
+class MrRoute(str, Enum):
+    """How an MR volume reaches a segmentation network."""
+
+    SYNTHETIC_CT = "synthetic-ct"  # CycleGAN MR -> CT, then the CT network
+    CONTRAST_AGNOSTIC = "contrast-agnostic"  # normalised MR into a network trained for any contrast
+
+
+def bundled_segmenter_dir(route: MrRoute = MrRoute.SYNTHETIC_CT) -> Path:
+    """The bundled folder of the network a route segments with (the synthetic-CT route:
+    ct_muscle 1.1.0)."""
     from models.store import bundled_weights_dir
 
-    return bundled_weights_dir() / MR_SEGMENTER_FOLDER
+    folder = MR_SEGMENTER_FOLDER if route is MrRoute.SYNTHETIC_CT else CONTRAST_AGNOSTIC_FOLDER
+    return bundled_weights_dir() / folder
 
 PIPELINE_NAME = "mr-muscle"
 PIPELINE_VERSION = "1.0.0"
@@ -69,31 +89,49 @@ MR_REVIEW_THRESHOLDS = {
     UncertaintyMeasure.VARIANCE: 0.15,
     UncertaintyMeasure.MUTUAL_INFORMATION: 0.36,
 }
+# The same for the contrast-agnostic route's network (route ``contrast-agnostic``).
+CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS = {
+    UncertaintyMeasure.ENTROPY: 0.78,
+    UncertaintyMeasure.VARIANCE: 0.18,
+    UncertaintyMeasure.MUTUAL_INFORMATION: 0.43,
+}
 
 
 @dataclass(frozen=True)
 class MrMuscleOptions(SegmentationOptions):
-    """mr-muscle's options: ``translation_batch`` slices per generator forward;
-    ``synthetic_ct_series`` adds the synthetic CT as a derived DICOM series (marked not
-    for diagnosis) to the outputs.
+    """mr-muscle's options: ``route`` (``synthetic-ct``: CycleGAN translation, then the CT
+    network; ``contrast-agnostic``: the normalised MR into the contrast-agnostic network);
+    ``translation_batch`` slices per generator forward; ``synthetic_ct_series`` adds the
+    synthetic CT as a derived DICOM series (marked not for diagnosis) to the outputs (the
+    synthetic-CT route only).
     """
 
     pipeline: ClassVar[str] = PIPELINE_NAME
     default_review_thresholds: ClassVar[Mapping[UncertaintyMeasure, float]] = MR_REVIEW_THRESHOLDS
 
+    route: MrRoute = MrRoute.SYNTHETIC_CT
     translation_batch: int = 8
     synthetic_ct_series: bool = False
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "route", MrRoute(self.route))
+        except ValueError as exc:
+            raise ValueError(f"route must be one of {', '.join(r.value for r in MrRoute)}") from exc
+        if self.review_threshold is None and self.route is MrRoute.CONTRAST_AGNOSTIC:
+            measure = UncertaintyMeasure(self.measure)
+            object.__setattr__(self, "review_threshold", CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS[measure])
         super().__post_init__()
         if self.translation_batch < 1:
             raise ValueError("translation_batch must be >= 1")
+        if self.synthetic_ct_series and self.route is not MrRoute.SYNTHETIC_CT:
+            raise ValueError("synthetic_ct_series needs route synthetic-ct")
 
 
 @dataclass(frozen=True)
 class _Models:
-    generator: ResnetGenerator
-    generator_card: ModelCard
+    generator: ResnetGenerator | None  # None on the contrast-agnostic route
+    generator_card: ModelCard | None
     scale: IntensityScale
     unet: BayesianUNet
     unet_card: ModelCard
@@ -117,7 +155,9 @@ class MrMusclePipeline:
 
         Raises ValueError for bad options and models.store.WeightsError for missing or
         corrupt weights (``mr_to_ct`` and ``ct_muscle`` in ``context.weights_dir``, or
-        the bundled ``mr_to_ct`` and :func:`bundled_segmenter_dir`'s ``ct_muscle``).
+        the bundled ``mr_to_ct`` and :func:`bundled_segmenter_dir`'s ``ct_muscle``; on the
+        contrast-agnostic route only ``ct_muscle`` in ``<weights_dir>/``
+        :data:`CONTRAST_AGNOSTIC_FOLDER` or the bundled folder of that name).
         """
         from models.store import bundled_weights_dir
         from plugins.ct_muscle.inference import load_model
@@ -127,8 +167,13 @@ class MrMusclePipeline:
         options = MrMuscleOptions.from_mapping(context.options)
         table = load_label_table(Path(options.label_table)) if options.label_table else default_label_table()
         weights = context.weights_dir or bundled_weights_dir()
-        generator, generator_card, scale = load_generator(weights, context.device)
-        segmenter = context.weights_dir or bundled_segmenter_dir()
+        generator, generator_card, scale = None, None, IntensityScale()
+        if options.route is MrRoute.SYNTHETIC_CT:
+            generator, generator_card, scale = load_generator(weights, context.device)
+            segmenter = context.weights_dir or bundled_segmenter_dir()
+        else:
+            segmenter = (context.weights_dir / CONTRAST_AGNOSTIC_FOLDER if context.weights_dir
+                         else bundled_segmenter_dir(options.route))
         unet, unet_card, geometry = load_model(segmenter, context.device, [s.key for s in table])
         self._models = _Models(generator, generator_card, scale, unet, unet_card, geometry, table)
         self._options = options
@@ -142,6 +187,7 @@ class MrMusclePipeline:
         from plugins.common.dicom_outputs import content_digest
         from plugins.common.volume import VolumeOptions, series_to_volume
         from plugins.ct_muscle.inference import mc_seed, measure_structures, predict_volume
+        from plugins.mr_muscle.evaluation import baseline_hu
         from plugins.mr_muscle.translation import translate_volume
 
         models = self._require_models()
@@ -150,15 +196,18 @@ class MrMusclePipeline:
         volume = series_to_volume(item.datasets, VolumeOptions(modalities=("MR",)))
         spacing = (volume.geometry.spacing[1], volume.geometry.spacing[2])
         try:
-            hu = translate_volume(
-                models.generator, volume.array, spacing, models.scale,
-                item.hints.scaled(self._options.translation_batch),
-            )
+            if models.generator is None:
+                hu = baseline_hu(volume.array, models.geometry.window, models.scale)
+            else:
+                hu = translate_volume(
+                    models.generator, volume.array, spacing, models.scale,
+                    item.hints.scaled(self._options.translation_batch),
+                )
         except ValueError as exc:  # an all-zero series has no signal to normalise
             raise InvalidInputError(f"MR series cannot be normalised: {exc}") from exc
         content = content_digest(volume.datasets)
         # Seeded from what fixes the result, so a re-run gives the same samples.
-        seed = mc_seed(self.name, content, models.generator_card.sha256, models.unet_card.sha256)
+        seed = mc_seed(self.name, content, self._generator_hash(), models.unet_card.sha256)
         prediction = predict_volume(
             models.unet, hu, spacing, models.geometry, self._options.mc(item.hints.batch_scale),
             seed=seed,
@@ -172,9 +221,8 @@ class MrMusclePipeline:
         if self._options.synthetic_ct_series:
             dicom += self._synthetic_ct(item, volume, hu)
         flagged = [m.name for m in measured if m.review_required]
-        summary = (
-            f"{len(measured)} structures segmented on MR via synthetic CT, {len(flagged)} flagged for review"
-        )
+        how = "via synthetic CT" if models.generator is not None else "by the contrast-agnostic network"
+        summary = f"{len(measured)} structures segmented on MR {how}, {len(flagged)} flagged for review"
         if flagged:
             summary += ": " + ", ".join(flagged)
         return PipelineResult(
@@ -184,6 +232,10 @@ class MrMusclePipeline:
             review_required=bool(flagged),
             summary=summary,
         )
+
+    def _generator_hash(self) -> str:
+        card = self._require_models().generator_card
+        return card.sha256 if card is not None else "no-translation"
 
     def _require_models(self) -> _Models:
         if self._models is None:
@@ -211,8 +263,7 @@ class MrMusclePipeline:
             measure=self._options.measure,
             review_threshold=self._options.threshold,
             content=content,
-            options=(*self._options.content_options(),
-                     f"generator_weights={models.generator_card.sha256}"),
+            options=(*self._options.content_options(), f"generator_weights={self._generator_hash()}"),
             generator_card=models.generator_card,
         )
         outputs = dicom_outputs(
@@ -225,9 +276,12 @@ class MrMusclePipeline:
         from plugins.mr_muscle.synthetic_ct import SyntheticCtIdentity, build_synthetic_ct_series
 
         models = self._require_models()
+        card = models.generator_card
+        if card is None:
+            raise RuntimeError("a synthetic CT series needs the synthetic-ct route")
         who = SyntheticCtIdentity(
             identity=item.identity,
-            version=f"{self.version} model {models.generator_card.version}",
+            version=f"{self.version} model {card.version}",
             content=content_digest(volume.datasets),
         )
         series = build_synthetic_ct_series(volume, hu, who)
@@ -247,7 +301,9 @@ class MrMusclePipeline:
                     "uncertainty_measure": self._options.measure.value,
                     "review_required": m.review_required,
                     "model_version": models.unet_card.version,
-                    "translation_model_version": models.generator_card.version,
+                    "translation_model_version": (models.generator_card.version
+                                                  if models.generator_card else None),
+                    "route": self._options.route.value,
                     "pipeline_version": self.version,
                 },
             )

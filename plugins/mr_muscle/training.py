@@ -65,6 +65,7 @@ class ScheduleOptions:
     decay_from: float = 0.5  # fraction of the iterations run at the full learning rate
     pool_size: int = 50
     seed: int = 0
+    mr_augmentation: bool = False  # per MR crop: a random gain field and gamma (_Crops)
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1 or self.crop < 16 or self.crop % 4:
@@ -133,15 +134,35 @@ class _CycleGan:
             getattr(self, name).load_state_dict(value)
 
 
-class _Crops:
-    """Random square crops of random slices of one domain, drawn from a numpy generator."""
+# MR intensity augmentation: log-amplitude of the gain field (a receive-coil profile on
+# top of the phantoms' own) and the gamma range, drawn per crop.
+MR_GAIN_MAX = 0.3
+MR_GAMMA = (0.75, 1.33)
 
-    def __init__(self, slices: np.ndarray, crop: int, rng: np.random.Generator) -> None:
+
+class _Crops:
+    """Random square crops of random slices of one domain, drawn from a numpy generator;
+    with ``intensity``, each crop (in [-1, 1]) also gets a smooth random gain and gamma."""
+
+    def __init__(self, slices: np.ndarray, crop: int, rng: np.random.Generator,
+                 intensity: bool = False) -> None:
         if slices.ndim != 3 or min(slices.shape[1:]) < crop:
             raise ValueError(f"need (n, rows, cols) slices of at least {crop} px, got {slices.shape}")
         self.slices = slices
         self.crop = crop
         self.rng = rng
+        self.intensity = intensity
+
+    def _recolour(self, crop: np.ndarray) -> np.ndarray:
+        from scipy import ndimage
+
+        coarse = self.rng.uniform(-1.0, 1.0, size=(3, 3))
+        field = ndimage.zoom(coarse, self.crop / 3, order=1, mode="nearest", grid_mode=True)
+        gain = np.exp(self.rng.uniform(0.0, MR_GAIN_MAX) * field[: self.crop, : self.crop])
+        gamma = self.rng.uniform(*MR_GAMMA)
+        unit = np.clip((crop + 1.0) / 2.0 * gain, 0.0, 1.0) ** gamma
+        out: np.ndarray = (unit * 2.0 - 1.0).astype(np.float32)
+        return out
 
     def batch(self, size: int) -> torch.Tensor:
         import torch
@@ -153,6 +174,8 @@ class _Crops:
             y = int(self.rng.integers(rows - self.crop + 1))
             x = int(self.rng.integers(cols - self.crop + 1))
             out[i, 0] = self.slices[k, y : y + self.crop, x : x + self.crop]
+            if self.intensity:
+                out[i, 0] = self._recolour(out[i, 0])
         return torch.from_numpy(out)
 
 
@@ -280,7 +303,7 @@ def _prepare(
     state = _RunState(
         gan=_CycleGan(net, sched),
         crops=(
-            _Crops(mr, sched.crop, np.random.default_rng([sched.seed, 1])),
+            _Crops(mr, sched.crop, np.random.default_rng([sched.seed, 1]), sched.mr_augmentation),
             _Crops(ct, sched.crop, np.random.default_rng([sched.seed, 2])),
         ),
         pools=(ImagePool(sched.pool_size, pool_rng), ImagePool(sched.pool_size, pool_rng)),

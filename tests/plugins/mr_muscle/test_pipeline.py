@@ -183,3 +183,44 @@ def test_rerun_gives_identical_objects_and_other_samples_new_instances(tiny_weig
         for name, ds in first.items():
             assert changed[name].SOPInstanceUID != ds.SOPInstanceUID, (options, name)
             assert changed[name].SeriesInstanceUID != ds.SeriesInstanceUID, (options, name)
+
+
+def _contrast_agnostic_dir(tiny_weights: Path, tmp_path: Path) -> Path:
+    """A weights folder with only the contrast-agnostic network (no mr_to_ct at all)."""
+    import shutil
+
+    folder = tmp_path / "weights" / "mr_muscle_contrast_agnostic"
+    folder.mkdir(parents=True)
+    for name in ("ct_muscle.safetensors", "ct_muscle.json"):
+        shutil.copy(tiny_weights / name, folder / name)
+    return folder.parent
+
+
+def test_contrast_agnostic_route_needs_no_translation_and_gives_other_instances(
+    tiny_weights: Path, pipeline: MrMusclePipeline, tmp_path: Path
+) -> None:
+    series = demo_mr_series(0, (6, 64, 64))
+    weights = _contrast_agnostic_dir(tiny_weights, tmp_path)
+    agnostic = MrMusclePipeline()
+    agnostic.load(PipelineContext(device="cpu", options={"samples": 2, "route": "contrast-agnostic"},
+                                  weights_dir=weights))
+    result = agnostic.run(_item(series))
+    again = agnostic.run(_item(series))
+    by_name = {o.name: o.dataset for o in result.dicom}
+    assert set(by_name) == {"mr-muscle-seg.dcm", "mr-muscle-sr.dcm", "mr-muscle-uncertainty.dcm"}
+    seg = by_name["mr-muscle-seg.dcm"]
+    assert dciodvfy_errors(seg, tmp_path / "seg.dcm") == []
+    assert "mr_to_ct" not in str(seg.SegmentSequence[0].SegmentAlgorithmName)
+    assert "contrast-agnostic" in result.summary
+    assert {r.fields["route"] for r in result.records} == {"contrast-agnostic"}
+    assert [o.dataset.PixelData for o in result.dicom if o.name.endswith("seg.dcm")] == [
+        o.dataset.PixelData for o in again.dicom if o.name.endswith("seg.dcm")]
+    translated = {o.name: o.dataset for o in pipeline.run(_item(series)).dicom}
+    assert translated["mr-muscle-seg.dcm"].SOPInstanceUID != seg.SOPInstanceUID
+    with pytest.raises(ValueError, match="route must be one of"):
+        MrMusclePipeline().load(PipelineContext(device="cpu", options={"route": "direct"},
+                                                weights_dir=weights))
+    with pytest.raises(ValueError, match="synthetic_ct_series needs route synthetic-ct"):
+        MrMusclePipeline().load(PipelineContext(
+            device="cpu", options={"route": "contrast-agnostic", "synthetic_ct_series": True},
+            weights_dir=weights))
