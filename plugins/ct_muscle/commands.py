@@ -255,15 +255,16 @@ def evaluate(
         min=0.0, max=1.0, help="Failure detection: a structure below this Dice is a failure")] = 0.8,
 ) -> None:
     """Dice and ASSD per structure, uncertainty of wrong vs correct voxels, the
-    correlation of per-structure uncertainty with Dice, and the review threshold (the
-    best one for these volumes, and how the pipeline's default does), printed as JSON."""
+    correlation of per-structure uncertainty with Dice, the failure-detection AUROC of the
+    mean uncertainty and of the samples' disagreement, and the review thresholds of both
+    (the best ones for these volumes, and how the pipeline's defaults do), printed as JSON."""
     import torch
 
     from plugins.ct_muscle.datasets import phantom_volumes
     from plugins.ct_muscle.evaluation import evaluate_model
     from plugins.ct_muscle.inference import McOptions, UncertaintyMeasure, load_model
     from plugins.ct_muscle.phantoms import PhantomOptions
-    from plugins.ct_muscle.pipeline import DEFAULT_REVIEW_THRESHOLDS
+    from plugins.ct_muscle.pipeline import DEFAULT_DISAGREEMENT_THRESHOLD, DEFAULT_REVIEW_THRESHOLDS
     from plugins.ct_muscle.structures import default_label_table
 
     torch.set_num_threads(threads)
@@ -296,7 +297,8 @@ def evaluate(
     report = evaluate_model(model, geo, volumes, table, McOptions(samples=samples, measure=chosen),
                             slice_spacings_mm=slices_mm, dice_below=dice_below,
                             review_threshold=(DEFAULT_REVIEW_THRESHOLDS[chosen] if review_threshold is None
-                                              else review_threshold), failure_dice=failure_dice)
+                                              else review_threshold), failure_dice=failure_dice,
+                            disagreement_threshold=DEFAULT_DISAGREEMENT_THRESHOLD)
     result = {"model": card.name, "version": card.version, "samples": samples,
               "measure": measure, "held_out_first_seed": first_seed, "data": data, **report.as_dict()}
     typer.echo(json.dumps(result, indent=2, sort_keys=True))

@@ -51,6 +51,10 @@ class EvaluationReport:
     missed: int = 0  # structures in the truth that the prediction lacks (no uncertainty)
     review_fitted: ReviewThreshold | None = None  # best threshold on these volumes
     review_in_use: ReviewThreshold | None = None  # the pipeline's threshold on these volumes
+    # The same with the samples' disagreement (1 - mean MC-sample Dice) as the structure score
+    failure_auroc_disagreement: float = float("nan")
+    disagreement_fitted: ReviewThreshold | None = None
+    disagreement_in_use: ReviewThreshold | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -58,7 +62,12 @@ class EvaluationReport:
             "review_threshold_in_use": self.review_in_use.as_dict() if self.review_in_use else None,
             "volumes": self.volumes,
             "failure_detection": {"dice_below": self.failure_dice, "auroc": self.failure_auroc,
+                                  "auroc_disagreement": self.failure_auroc_disagreement,
                                   "failures": self.failures, "missed": self.missed},
+            "disagreement_threshold_fitted": (self.disagreement_fitted.as_dict()
+                                              if self.disagreement_fitted else None),
+            "disagreement_threshold_in_use": (self.disagreement_in_use.as_dict()
+                                              if self.disagreement_in_use else None),
             "mean_dice": self.mean_dice,
             "dice": self.dice,
             "assd_mm": self.assd_mm,
@@ -120,6 +129,7 @@ def evaluate_model(
     dice_below: float = 0.9,
     failure_dice: float = 0.8,
     slice_spacings_mm: Sequence[float] | None = None,
+    disagreement_threshold: float | None = None,
 ) -> EvaluationReport:
     """MC-dropout predictions on ``volumes`` compared with their label maps.
 
@@ -142,6 +152,7 @@ def evaluate_model(
     assd: dict[str, list[float]] = {}
     wrong_sum = wrong_n = correct_sum = correct_n = 0.0
     pairs_u: list[float] = []
+    pairs_g: list[float] = []  # disagreement
     pairs_d: list[float] = []
     missed = 0
     for volume, slice_mm in zip(volumes, slices_mm, strict=True):
@@ -162,12 +173,14 @@ def evaluate_model(
             inside = pred.labels == label
             if inside.any():
                 pairs_u.append(float(pred.uncertainty[inside].mean()))
+                pairs_g.append(1.0 - pred.agreement.get(label, 0.0))
                 pairs_d.append(value)
             else:
                 missed += 1
     report = EvaluationReport(volumes=len(volumes), failure_dice=failure_dice, missed=missed)
     report.failures = int(sum(d < failure_dice for d in pairs_d))
     report.failure_auroc = failure_auroc(pairs_u, pairs_d, failure_dice)
+    report.failure_auroc_disagreement = failure_auroc(pairs_g, pairs_d, failure_dice)
     report.dice = {k: float(np.mean(v)) for k, v in dice.items()}
     report.assd_mm = {k: float(np.mean(v)) for k, v in assd.items()}
     report.mean_dice = float(np.mean(list(report.dice.values())))
@@ -179,6 +192,10 @@ def evaluate_model(
         report.review_fitted = fit_review_threshold(pairs_u, pairs_d, dice_below)
         if review_threshold is not None:
             report.review_in_use = review_threshold_at(pairs_u, pairs_d, review_threshold, dice_below)
+        report.disagreement_fitted = fit_review_threshold(pairs_g, pairs_d, dice_below)
+        if disagreement_threshold is not None:
+            report.disagreement_in_use = review_threshold_at(pairs_g, pairs_d, disagreement_threshold,
+                                                             dice_below)
     except ValueError:  # no poor or no good structure: nothing to separate
         pass
     return report

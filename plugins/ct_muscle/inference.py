@@ -19,8 +19,8 @@ global random state is left alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ __all__ = [
     "InputGeometry",
     "McOptions",
     "Prediction",
+    "ReviewScore",
     "StructureMeasurement",
     "UncertaintyMeasure",
     "load_model",
@@ -63,6 +64,13 @@ class UncertaintyMeasure(str, Enum):
     VARIANCE = "variance"  # sum over classes of the variance of the class probability
     ENTROPY = "entropy"  # entropy of the mean softmax (predictive entropy), in nats
     MUTUAL_INFORMATION = "mutual_information"  # entropy minus mean sample entropy
+
+
+class ReviewScore(str, Enum):
+    """What a structure is flagged for review by."""
+
+    DISAGREEMENT = "disagreement"  # 1 - mean Dice of the MC samples with the prediction
+    UNCERTAINTY = "uncertainty"  # mean voxel uncertainty inside the structure
 
 
 @dataclass(frozen=True)
@@ -134,17 +142,27 @@ class McOptions:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Label map (uint8) and per-voxel uncertainty (float32), both (slices, rows, cols)."""
+    """Label map (uint8) and per-voxel uncertainty (float32), both (slices, rows, cols).
+
+    ``agreement`` maps each predicted label to the mean, over the T Monte-Carlo samples,
+    of the Dice between that sample's own segmentation (its argmax) and the prediction,
+    on the model grid: a structure-level measure of how much the samples disagree about
+    the structure's extent, which ranks failed structures better than the mean voxel
+    uncertainty does (docs/models/ct-muscle.md, "Failure detection").
+    """
 
     labels: np.ndarray
     uncertainty: np.ndarray
     measure: UncertaintyMeasure
+    agreement: Mapping[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class StructureMeasurement:
-    """Volume and mean uncertainty of one predicted structure and, on CT, its density:
-    mean HU and the fraction of its voxels below :data:`LOW_ATTENUATION_HU`."""
+    """Volume and mean uncertainty of one predicted structure, the samples' disagreement
+    about it (1 - :attr:`Prediction.agreement`; None when the prediction has none) and,
+    on CT, its density: mean HU and the fraction of its voxels below
+    :data:`LOW_ATTENUATION_HU`."""
 
     key: str
     name: str
@@ -155,6 +173,7 @@ class StructureMeasurement:
     review_required: bool
     mean_hu: float | None = None
     low_attenuation_fraction: float | None = None
+    disagreement: float | None = None
 
 
 def mc_seed(*parts: str) -> str:
@@ -221,9 +240,9 @@ def _uncertainty(probs: torch.Tensor, measure: UncertaintyMeasure) -> torch.Tens
 
 def _mc_on_model_grid(
     model: BayesianUNet, x: torch.Tensor, options: McOptions, seeds: Sequence[int] | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean softmax ``(n, H, W, C)`` (classes last) and uncertainty ``(n, H, W)`` on the
-    padded grid.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean softmax ``(n, H, W, C)`` (classes last), uncertainty ``(n, H, W)`` and each
+    sample's labels ``(T, n, H, W)`` on the padded grid.
 
     The whole padded slice goes through the network: GroupNorm statistics span the
     field of view, so cropping to the body would change the result.
@@ -239,7 +258,30 @@ def _mc_on_model_grid(
     # innermost dimension without a layout copy.
     probs = torch.softmax(logits.permute(0, 2, 3, 1), dim=-1)
     probs = probs.reshape(options.samples, n, *probs.shape[1:])
-    return probs.mean(dim=0), _uncertainty(probs, options.measure)
+    return probs.mean(dim=0), _uncertainty(probs, options.measure), probs.argmax(dim=-1)
+
+
+def _agreement_counts(samples: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """``(3, T, C)`` voxel counts per sample and class: the sample's own segmentation, its
+    overlap with ``labels`` (the prediction), and the prediction itself (the same in every
+    row). ``samples`` is ``(T, n, H, W)``, ``labels`` ``(n, H, W)``."""
+    import torch
+
+    t = samples.shape[0]
+    offset = torch.arange(t, device=samples.device).view(t, 1, 1, 1) * classes
+    index = (samples + offset).flatten()
+    own = torch.bincount(index, minlength=t * classes)
+    same = torch.bincount(index[(samples == labels[None]).flatten()], minlength=t * classes)
+    predicted = torch.bincount(labels.flatten(), minlength=classes).repeat(t)
+    return torch.stack([own, same, predicted]).view(3, t, classes).cpu()
+
+
+def _agreement(counts: torch.Tensor) -> dict[int, float]:
+    """Mean sample Dice per predicted label from summed :func:`_agreement_counts`."""
+    own, same, predicted = counts.double()
+    dice = 2.0 * same / (own + predicted).clamp_min(1.0)
+    present = predicted[0] > 0
+    return {int(c): float(dice[:, c].mean()) for c in range(1, counts.shape[2]) if bool(present[c])}
 
 
 def _bilinear_taps(
@@ -290,20 +332,23 @@ def _resampled_labels(mean: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 def _predict_chunk(
     model: BayesianUNet, hu: torch.Tensor, spacing: tuple[float, float], geo: InputGeometry,
     options: McOptions, seeds: Sequence[int] | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels and uncertainty for ``(n, rows, cols)`` slices, all T samples in one batch."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Labels, uncertainty and :func:`_agreement_counts` (model grid) for ``(n, rows,
+    cols)`` slices, all T samples in one batch."""
     from torch.nn import functional as F
 
     _, rows, cols = hu.shape
     x = preprocess_slices(hu, spacing, geo)
-    mean_grid, unc_grid = _mc_on_model_grid(model, x, options, seeds)
+    mean_grid, unc_grid, samples = _mc_on_model_grid(model, x, options, seeds)
     size, _ = model_grid(rows, cols, spacing, geo.pixel_spacing_mm, geo.divisor)
     mean = mean_grid[:, : size[0], : size[1]]
     unc = unc_grid[:, None, : size[0], : size[1]]
+    grid_labels = mean.argmax(dim=-1)
+    counts = _agreement_counts(samples[:, :, : size[0], : size[1]], grid_labels, mean.shape[-1])
     if size == (rows, cols):
-        return mean.argmax(dim=-1), unc[:, 0]
+        return grid_labels, unc[:, 0], counts
     unc = F.interpolate(unc, size=(rows, cols), mode="bilinear", align_corners=False)
-    return _resampled_labels(mean, rows, cols), unc[:, 0]
+    return _resampled_labels(mean, rows, cols), unc[:, 0], counts
 
 
 def predict_volume(
@@ -332,26 +377,33 @@ def predict_volume(
     uncertainty = np.empty(hu.shape, dtype=np.float32)
     batch_images = opts.batch_images or opts.samples * (1 if device.type == "cpu" else 8)
     per_batch = max(1, int(batch_images // opts.samples * opts.batch_scale))
+    counts: torch.Tensor | None = None
     with torch.inference_mode():
         for start in range(0, hu.shape[0], per_batch):
             chunk = torch.from_numpy(np.ascontiguousarray(hu[start : start + per_batch]))
             seeds = (None if seed is None else
                      [slice_seed(seed, k) for k in range(start, start + chunk.shape[0])])
-            lab, unc = _predict_chunk(model, chunk.float().to(device), spacing, geo, opts, seeds)
+            lab, unc, chunk_counts = _predict_chunk(model, chunk.float().to(device), spacing, geo,
+                                                    opts, seeds)
             labels[start : start + per_batch] = lab.cpu().numpy()
             uncertainty[start : start + per_batch] = unc.cpu().numpy()
+            counts = chunk_counts if counts is None else counts + chunk_counts
     model.set_mc_dropout(False)
-    return Prediction(labels=labels, uncertainty=uncertainty, measure=opts.measure)
+    agreement = _agreement(counts) if counts is not None else {}
+    return Prediction(labels=labels, uncertainty=uncertainty, measure=opts.measure, agreement=agreement)
 
 
 def measure_structures(
     prediction: Prediction, table: LabelTable, voxel_volume_mm3: float, threshold: float,
-    hu: np.ndarray | None = None,
+    hu: np.ndarray | None = None, score: ReviewScore = ReviewScore.UNCERTAINTY,
 ) -> list[StructureMeasurement]:
-    """Volume (mL) and mean uncertainty inside each predicted structure, label order,
-    and with ``hu`` (the CT volume, same shape) its mean HU and low-attenuation fraction.
+    """Volume (mL), mean uncertainty and the samples' disagreement of each predicted
+    structure, label order, and with ``hu`` (the CT volume, same shape) its mean HU and
+    low-attenuation fraction.
 
-    A structure is flagged for review when its mean uncertainty exceeds ``threshold``.
+    A structure is flagged for review when its ``score`` (mean uncertainty, or
+    disagreement) exceeds ``threshold``; a prediction without agreement figures flags by
+    mean uncertainty.
     Structures absent from the prediction are left out. Raises ValueError when ``hu``
     does not have the shape of the label map.
     """
@@ -369,6 +421,10 @@ def measure_structures(
         mean_unc = float(sums[structure.label] / voxels)
         mean_hu, low = (None, None) if density is None else (
             float(density[0][structure.label]), float(density[1][structure.label]))
+        agreement = prediction.agreement.get(structure.label)
+        disagreement = None if agreement is None else 1.0 - agreement
+        flagged_by = (disagreement if score is ReviewScore.DISAGREEMENT and disagreement is not None
+                      else mean_unc)
         out.append(
             StructureMeasurement(
                 key=structure.key,
@@ -377,9 +433,10 @@ def measure_structures(
                 voxels=voxels,
                 volume_ml=voxels * voxel_volume_mm3 / 1000.0,
                 mean_uncertainty=mean_unc,
-                review_required=mean_unc > threshold,
+                review_required=flagged_by > threshold,
                 mean_hu=mean_hu,
                 low_attenuation_fraction=low,
+                disagreement=disagreement,
             )
         )
     return out

@@ -28,6 +28,7 @@ from plugins.ct_muscle.inference import (
     HuWindow,
     InputGeometry,
     McOptions,
+    ReviewScore,
     StructureMeasurement,
     UncertaintyMeasure,
 )
@@ -53,6 +54,11 @@ DEFAULT_REVIEW_THRESHOLDS = {
     UncertaintyMeasure.VARIANCE: 0.18,
     UncertaintyMeasure.MUTUAL_INFORMATION: 0.43,
 }
+# Disagreement of the MC samples about a structure (1 - their mean Dice with the
+# prediction) above which it is flagged, for the demo weights 2.0.0: the best F1 for
+# flagging structures with a Dice below 0.8 on held-out phantoms 900001000-019, checked on
+# 900002000-009 (docs/models/ct-muscle.md, "Failure detection").
+DEFAULT_DISAGREEMENT_THRESHOLD = 0.21
 
 
 @dataclass(frozen=True)
@@ -60,13 +66,18 @@ class SegmentationOptions:
     """Options of the muscle segmentation pipelines (``context.options``, unknown keys
     are an error); ct-muscle and mr-muscle each add their own.
 
-    ``review_threshold`` is in the unit of ``measure`` (nats for entropy and mutual
-    information); when unset, the pipeline's calibrated default for the measure applies
-    (:attr:`default_review_thresholds`).
+    ``review_score`` is what a structure is flagged by: ``disagreement`` (1 - the mean
+    Dice of the MC samples' own segmentations with the prediction, 0..1) or
+    ``uncertainty`` (the mean voxel uncertainty inside it, in the unit of ``measure``:
+    nats for entropy and mutual information). ``review_threshold`` is in the unit of the
+    score; when unset, the pipeline's calibrated default applies
+    (:attr:`default_disagreement_threshold`, :attr:`default_review_thresholds`).
     """
 
     pipeline: ClassVar[str] = PIPELINE_NAME
     default_review_thresholds: ClassVar[Mapping[UncertaintyMeasure, float]] = DEFAULT_REVIEW_THRESHOLDS
+    default_review_score: ClassVar[ReviewScore] = ReviewScore.DISAGREEMENT
+    default_disagreement_threshold: ClassVar[float] = DEFAULT_DISAGREEMENT_THRESHOLD
 
     samples: int = 10
     measure: UncertaintyMeasure = UncertaintyMeasure.ENTROPY
@@ -74,13 +85,27 @@ class SegmentationOptions:
     batch_images: int | None = None
     labelmap: bool = False
     label_table: str | None = None
+    review_score: ReviewScore | None = None  # None: default_review_score
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "measure", UncertaintyMeasure(self.measure))
+        try:
+            score = ReviewScore(self.review_score or self.default_review_score)
+        except ValueError as exc:
+            choices = ", ".join(r.value for r in ReviewScore)
+            raise ValueError(f"review_score must be one of {choices}") from exc
+        object.__setattr__(self, "review_score", score)
         if self.review_threshold is None:
-            object.__setattr__(self, "review_threshold", self.default_review_thresholds[self.measure])
+            default = (self.default_disagreement_threshold if score is ReviewScore.DISAGREEMENT
+                       else self.default_review_thresholds[self.measure])
+            object.__setattr__(self, "review_threshold", default)
         elif self.review_threshold < 0:
             raise ValueError("review_threshold must be >= 0")
+
+    @property
+    def score(self) -> ReviewScore:
+        """The review score in effect (never None after construction)."""
+        return ReviewScore(self.review_score)
 
     @property
     def threshold(self) -> float:
@@ -98,7 +123,7 @@ class SegmentationOptions:
     def content_options(self) -> list[str]:
         """``name=value`` of the options that change the result (not the batch sizes,
         which only change how it is computed); they go into the result's UIDs."""
-        return [f"samples={self.samples}", f"labelmap={self.labelmap}"]
+        return [f"samples={self.samples}", f"labelmap={self.labelmap}", f"review_score={self.score.value}"]
 
     def mc(self, batch_scale: float = 1.0) -> McOptions:
         return McOptions(samples=self.samples, measure=self.measure, batch_images=self.batch_images,
@@ -169,7 +194,8 @@ class CtMusclePipeline:
                                     seed=seed)
         measured = measure_structures(prediction, self._table,
                                       volume.geometry.voxel_volume_mm3,
-                                      self._options.threshold, hu=volume.array)
+                                      self._options.threshold, hu=volume.array,
+                                      score=self._options.score)
         dicom = self._dicom_outputs(item, volume, content, prediction.labels,
                                     prediction.uncertainty, measured)
         flagged = [m.name for m in measured if m.review_required]
@@ -202,9 +228,10 @@ class CtMusclePipeline:
         return [
             Record(kind="ct-structure", group=item.series_uid, fields={
                 "structure": m.key, "label": m.label, "volume_ml": round(m.volume_ml, 3),
-                "mean_uncertainty": m.mean_uncertainty,
+                "mean_uncertainty": m.mean_uncertainty, "disagreement": m.disagreement,
                 "mean_hu": m.mean_hu, "low_attenuation_fraction": m.low_attenuation_fraction,
                 "uncertainty_measure": self._options.measure.value,
+                "review_score": self._options.score.value,
                 "review_required": m.review_required,
                 "model_version": self._card.version, "pipeline_version": self.version,
             })

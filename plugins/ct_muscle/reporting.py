@@ -60,6 +60,8 @@ _MEASURE_CONCEPTS = {
         "UNC03", PRIVATE_SCHEME, "MC dropout mutual information"),
 }
 _MEAN_UNCERTAINTY = CodeSpec("UNC10", PRIVATE_SCHEME, "Mean segmentation uncertainty")
+# 1 - the mean Dice of the Monte-Carlo samples' segmentations with the result
+_DISAGREEMENT = CodeSpec("UNC20", PRIVATE_SCHEME, "Monte-Carlo sample disagreement")
 _LOW_ATTENUATION = CodeSpec("LAF01", PRIVATE_SCHEME, "Fraction of voxels below 30 HU")
 _VOLUME = CodeSpec("118565006", "SCT", "Volume")
 _ATTENUATION = CodeSpec("112031", "DCM", "Attenuation Coefficient")
@@ -155,9 +157,12 @@ def _roi_reports(
 
 
 def _measurements(m: StructureMeasurement) -> tuple[MeasurementSpec, ...]:
-    """Volume and mean uncertainty, and on CT the mean HU and low-attenuation fraction."""
+    """Volume, mean uncertainty, the samples' disagreement, and on CT the mean HU and
+    low-attenuation fraction."""
     out = [MeasurementSpec(_VOLUME, m.volume_ml, _MILLILITER),
            MeasurementSpec(_MEAN_UNCERTAINTY, m.mean_uncertainty, _NO_UNITS)]
+    if m.disagreement is not None:
+        out.append(MeasurementSpec(_DISAGREEMENT, m.disagreement, _NO_UNITS))
     if m.mean_hu is not None:
         out.append(MeasurementSpec(_ATTENUATION, m.mean_hu, _HOUNSFIELD, derivation=_MEAN))
     if m.low_attenuation_fraction is not None:

@@ -29,7 +29,7 @@ from plugins.api import (
     Record,
     SeriesItem,
 )
-from plugins.ct_muscle.inference import StructureMeasurement, UncertaintyMeasure
+from plugins.ct_muscle.inference import ReviewScore, StructureMeasurement, UncertaintyMeasure
 from plugins.ct_muscle.pipeline import SegmentationOptions, structure_figures
 from plugins.mr_muscle.translation import IntensityScale
 
@@ -108,6 +108,8 @@ class MrMuscleOptions(SegmentationOptions):
 
     pipeline: ClassVar[str] = PIPELINE_NAME
     default_review_thresholds: ClassVar[Mapping[UncertaintyMeasure, float]] = MR_REVIEW_THRESHOLDS
+    # The MR thresholds are calibrated on the mean uncertainty (docs/models/mr-muscle.md).
+    default_review_score: ClassVar[ReviewScore] = ReviewScore.UNCERTAINTY
 
     route: MrRoute = MrRoute.SYNTHETIC_CT
     translation_batch: int = 8
@@ -118,7 +120,9 @@ class MrMuscleOptions(SegmentationOptions):
             object.__setattr__(self, "route", MrRoute(self.route))
         except ValueError as exc:
             raise ValueError(f"route must be one of {', '.join(r.value for r in MrRoute)}") from exc
-        if self.review_threshold is None and self.route is MrRoute.CONTRAST_AGNOSTIC:
+        score = ReviewScore(self.review_score or self.default_review_score)
+        if (self.review_threshold is None and self.route is MrRoute.CONTRAST_AGNOSTIC
+                and score is ReviewScore.UNCERTAINTY):
             measure = UncertaintyMeasure(self.measure)
             object.__setattr__(self, "review_threshold", CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS[measure])
         super().__post_init__()
@@ -214,7 +218,8 @@ class MrMusclePipeline:
         )
         # No density: the synthetic CT's HU are a model's output, not a measurement.
         measured = measure_structures(
-            prediction, models.table, volume.geometry.voxel_volume_mm3, self._options.threshold
+            prediction, models.table, volume.geometry.voxel_volume_mm3, self._options.threshold,
+            score=self._options.score,
         )
         dicom = self._dicom_outputs(item, volume, content, prediction.labels, prediction.uncertainty,
                                     measured)
@@ -298,7 +303,9 @@ class MrMusclePipeline:
                     "label": m.label,
                     "volume_ml": round(m.volume_ml, 3),
                     "mean_uncertainty": m.mean_uncertainty,
+                    "disagreement": m.disagreement,
                     "uncertainty_measure": self._options.measure.value,
+                    "review_score": self._options.score.value,
                     "review_required": m.review_required,
                     "model_version": models.unet_card.version,
                     "translation_model_version": (models.generator_card.version

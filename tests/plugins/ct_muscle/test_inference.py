@@ -76,6 +76,42 @@ def test_measure_structures_volumes_and_flags() -> None:
     assert [m.review_required for m in found] == [False, True]
 
 
+def test_agreement_counts_give_each_samples_dice_with_the_prediction() -> None:
+    import torch
+
+    from plugins.ct_muscle.inference import _agreement, _agreement_counts
+
+    labels = torch.tensor([[[1, 1, 2, 2]]])  # (n=1, H=1, W=4)
+    samples = torch.tensor([[[[1, 1, 2, 2]]], [[[1, 2, 2, 2]]]])  # T=2
+    counts = _agreement_counts(samples, labels, 3)
+    assert counts.shape == (3, 2, 3)
+    agreement = _agreement(counts)
+    # label 1: sample 0 Dice 1, sample 1: 2*1/(1+2) = 2/3; label 2: 1 and 2*2/(3+2) = 4/5
+    assert agreement == pytest.approx({1: (1 + 2 / 3) / 2, 2: (1 + 4 / 5) / 2})
+    assert 0 not in agreement  # background is not a structure
+
+
+def test_predictions_carry_agreement_and_structures_their_disagreement(model_and_geometry) -> None:  # type: ignore[no-untyped-def]
+    from plugins.ct_muscle.inference import ReviewScore
+
+    model, geometry = model_and_geometry
+    hu = np.random.default_rng(3).normal(0, 300, size=(3, 48, 48)).astype(np.float32)
+    prediction = predict_volume(model, hu, (6.0, 6.0), geometry, McOptions(samples=4), seed="a")
+    predicted = set(np.unique(prediction.labels)) - {0}
+    assert predicted and set(prediction.agreement) == predicted
+    assert all(0.0 <= v <= 1.0 for v in prediction.agreement.values())
+    table = default_label_table()
+    by_disagreement = measure_structures(prediction, table, 1.0, 0.05, score=ReviewScore.DISAGREEMENT)
+    for m in by_disagreement:
+        assert m.disagreement == pytest.approx(1.0 - prediction.agreement[m.label])
+        assert m.review_required == (m.disagreement > 0.05)
+    for module in model.modules():  # without dropout every sample is the prediction
+        if hasattr(module, "p") and hasattr(module, "always_on"):
+            module.p = 0.0
+    still = predict_volume(model, hu, (6.0, 6.0), geometry, McOptions(samples=4), seed="a")
+    assert all(v == pytest.approx(1.0) for v in still.agreement.values())
+
+
 def test_load_model_checks_label_table(tiny_weights: Path) -> None:
     with pytest.raises(WeightsError, match="label table"):
         load_model(tiny_weights, expected=["femur"])

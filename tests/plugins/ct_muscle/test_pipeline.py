@@ -96,6 +96,9 @@ def test_options_are_validated(tiny_weights: Path) -> None:
     with pytest.raises(ValueError):
         CtMusclePipeline().load(PipelineContext(device="cpu", options={"measure": "nonsense"},
                                                 weights_dir=tiny_weights))
+    with pytest.raises(ValueError, match="review_score must be one of"):
+        CtMusclePipeline().load(PipelineContext(device="cpu", options={"review_score": "votes"},
+                                                weights_dir=tiny_weights))
     with pytest.raises(RuntimeError):
         CtMusclePipeline().run(_item(demo_ct_series(1, SMALL)))
 
@@ -201,8 +204,9 @@ def test_rerun_gives_identical_objects_without_touching_the_global_rng(tiny_weig
 
 
 @pytest.mark.parametrize("options", [{"samples": 4}, {"samples": 3, "labelmap": True},
-                                     {"samples": 3, "measure": "variance"}],
-                         ids=["samples", "labelmap", "measure"])
+                                     {"samples": 3, "measure": "variance"},
+                                     {"samples": 3, "review_score": "uncertainty"}],
+                         ids=["samples", "labelmap", "measure", "review_score"])
 def test_changed_options_give_new_instances_in_new_series(
     tiny_weights: Path, options: dict[str, object]
 ) -> None:
@@ -232,5 +236,23 @@ def test_records_carry_density_next_to_volume_and_uncertainty(pipeline: CtMuscle
         values = {m.name.meaning: m.value for m in group.get_measurements()}
         fields = by_key[record.fields["structure"]]
         assert float(values["Attenuation Coefficient"]) == pytest.approx(fields["mean_hu"])
+        assert float(values["Monte-Carlo sample disagreement"]) == pytest.approx(fields["disagreement"])
         assert float(values["Fraction of voxels below 30 HU"]) == pytest.approx(
             fields["low_attenuation_fraction"])
+
+
+def test_structures_are_flagged_by_the_samples_disagreement(tiny_weights: Path) -> None:
+    datasets = demo_ct_series(9, SMALL)
+    records = {}
+    for score, threshold in (("disagreement", 0.5), ("uncertainty", 0.5)):
+        p = CtMusclePipeline()
+        p.load(PipelineContext(device="cpu", options={"samples": 3, "review_score": score,
+                                                      "review_threshold": threshold},
+                               weights_dir=tiny_weights))
+        records[score] = p.run(_item(datasets)).records
+    for record in records["disagreement"]:
+        fields = record.fields
+        assert 0.0 <= fields["disagreement"] <= 1.0 and fields["review_score"] == "disagreement"
+        assert fields["review_required"] == (fields["disagreement"] > 0.5)
+    for record in records["uncertainty"]:
+        assert record.fields["review_required"] == (record.fields["mean_uncertainty"] > 0.5)
