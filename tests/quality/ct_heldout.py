@@ -6,7 +6,10 @@ own encoding (uint16 with intercept, signed int16, rescale slope 0.5, RLE Lossle
 JPEG-LS Lossless), orientation (ascending, descending, oblique) and file order
 (shuffled), sent with dcmtk ``storescu`` to an ``acqflow serve`` subprocess, and the SEG
 it writes is decoded with highdicom and scored against the phantom's truth, instance by
-instance. Used by ``tests/quality/test_ct_heldout.py`` and, for the model card::
+instance. The SR next to it gives each structure's review score (the MC samples'
+disagreement and the mean uncertainty), which is paired with the structure's Dice for
+the failure-detection AUROC (structures with a Dice below 0.8). Used by
+``tests/quality/test_ct_heldout.py`` and, for the model card::
 
     python -m tests.quality.ct_heldout --series 8 --json heldout.json [--weights-dir DIR]
 """
@@ -30,12 +33,14 @@ from pydicom.uid import JPEGLSLossless, RLELossless
 
 from plugins.common.series_builder import SeriesGeometry, SeriesSpec, build_series
 from plugins.ct_muscle.anatomy import HELD_OUT_VARIETY, randomised_phantom
+from plugins.ct_muscle.evaluation import failure_auroc
 from plugins.ct_muscle.structures import default_label_table
 from plugins.ct_muscle.training import dice_per_class
 from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.peers import free_port, storescu
 
-__all__ = ["ENCODINGS", "ORIENTATIONS", "HeldOutSeries", "held_out_series", "run_through_daemon"]
+__all__ = ["ENCODINGS", "ORIENTATIONS", "HeldOutSeries", "failure_detection", "held_out_series",
+           "run_through_daemon", "structure_scores"]
 
 ENCODINGS = ("uint16-intercept", "int16", "slope-0.5", "rle", "jpeg-ls")
 ORIENTATIONS = ("ascending", "descending", "oblique")
@@ -114,13 +119,49 @@ def _daemon(root: Path, weights_dir: Path | None) -> tuple[DaemonProcess, int]:
     return daemon, port
 
 
-def _seg_of(outputs: Path, series_uid: str) -> Dataset | None:
-    for path in outputs.rglob("ct-muscle-seg.dcm"):
-        seg = dcmread(path)
-        referenced = {str(s.SeriesInstanceUID) for s in seg.ReferencedSeriesSequence}
+def _output_of(outputs: Path, name: str, series_uid: str) -> Dataset | None:
+    """The output ``name`` (a SEG or SR) that references the series ``series_uid``."""
+    for path in outputs.rglob(name):
+        ds = dcmread(path)
+        if name.endswith("-seg.dcm"):
+            referenced = {str(s.SeriesInstanceUID) for s in ds.ReferencedSeriesSequence}
+        else:
+            referenced = {str(s.SeriesInstanceUID)
+                          for study in ds.CurrentRequestedProcedureEvidenceSequence
+                          for s in study.ReferencedSeriesSequence}
         if series_uid in referenced:
-            return seg
+            return ds
     return None
+
+
+def _seg_of(outputs: Path, series_uid: str) -> Dataset | None:
+    return _output_of(outputs, "ct-muscle-seg.dcm", series_uid)
+
+
+SCORES = {"disagreement": "Monte-Carlo sample disagreement",
+          "mean_uncertainty": "Mean segmentation uncertainty"}
+
+
+def structure_scores(sr_dataset: Dataset) -> dict[str, dict[str, float]]:
+    """Per structure key, the review scores the SR reports (read back with highdicom)."""
+    table = default_label_table()
+    by_type = {s.type.value: s.key for s in table}
+    sr = hd.sr.Comprehensive3DSR.from_dataset(sr_dataset)
+    out: dict[str, dict[str, float]] = {}
+    for group in sr.content.get_volumetric_roi_measurement_groups():  # type: ignore[attr-defined]
+        values = {m.name.meaning: float(m.value) for m in group.get_measurements()}
+        key = by_type[group.finding_type.value]
+        out[key] = {name: values[meaning] for name, meaning in SCORES.items() if meaning in values}
+    return out
+
+
+def failure_detection(results: list[dict[str, Any]], dice_below: float = 0.8) -> dict[str, float]:
+    """AUROC of each review score for the structures with a Dice below ``dice_below``,
+    over every predicted structure of every series."""
+    pairs = [(r["dice"][key], scores) for r in results for key, scores in r["scores"].items()
+             if key in r["dice"]]
+    dice = [d for d, _ in pairs]
+    return {name: failure_auroc([s[name] for _, s in pairs], dice, dice_below) for name in SCORES}
 
 
 def score(seg_dataset: Dataset, series: HeldOutSeries) -> dict[str, float]:
@@ -172,10 +213,11 @@ def run_through_daemon(series: list[HeldOutSeries], root: Path,
             seconds = time.monotonic() - started
             seg = found[0]
             dice = score(seg, item)
+            sr = _output_of(root / "outputs", "ct-muscle-sr.dcm", uid)
             results.append({"seed": item.seed, "encoding": item.encoding,
                             "orientation": item.orientation, "matrix": item.matrix,
                             "seconds": round(seconds, 1), "mean_dice": float(np.mean(list(dice.values()))),
-                            "dice": dice})
+                            "dice": dice, "scores": structure_scores(sr) if sr is not None else {}})
     finally:
         if daemon.alive():
             daemon.terminate()
@@ -205,10 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     structures = sorted({k for r in results for k in r["dice"]})
     per_structure = {k: float(np.mean([r["dice"][k] for r in results if k in r["dice"]]))
                      for k in structures}
+    auroc = failure_detection(results)
     summary = {"variety": "held-out", "series": results,
                "mean_dice": float(np.mean([r["mean_dice"] for r in results])),
-               "per_structure": per_structure}
+               "per_structure": per_structure, "failure_auroc": auroc}
     print(f"mean Dice over {len(results)} series: {summary['mean_dice']:.3f}")
+    print("failure-detection AUROC (Dice < 0.8): " + ", ".join(
+        f"{name} {value:.3f}" for name, value in auroc.items()))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2, sort_keys=True))
     return 0
