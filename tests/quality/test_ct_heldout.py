@@ -32,6 +32,6 @@ def test_bundled_weights_segment_held_out_phantoms_through_the_daemon(tmp_path: 
         assert r["scores"] and set(r["scores"]) <= set(r["dice"]), r
         assert all(0.0 <= s["disagreement"] <= 1.0 for s in r["scores"].values()), r
     auroc = failure_detection(results)
-    # The samples' disagreement ranks the failed structures of these two series better
-    # than the mean entropy (measured: see docs/models/ct-muscle.md).
+    # The samples' disagreement ranks the failed structures better than the mean entropy
+    # (eight series of docs/models/ct-muscle.md: 0.929 against 0.895).
     assert auroc["disagreement"] > 0.8 and auroc["disagreement"] >= auroc["mean_uncertainty"], auroc
