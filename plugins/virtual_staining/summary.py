@@ -79,6 +79,10 @@ def _number(value: RecordValue, default: float) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
 
 
+def _time(value: RecordValue) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def overlay_link(record: Mapping[str, RecordValue]) -> str | None:
     """Link from the summary folder to the record's overlay, or None without a path.
 
@@ -104,8 +108,7 @@ def efficiency_time_course(records: Sequence[Mapping[str, RecordValue]]) -> list
         latest[record.get("identity") or number] = record
     points: dict[tuple[str, object], TimePoint] = {}
     for number, (name, record) in enumerate(latest.items()):
-        acquired = record.get("acquired_at")
-        when = float(acquired) if isinstance(acquired, int | float) and not isinstance(acquired, bool) else None
+        when = _time(record.get("acquired_at"))
         well = str(record.get("well") or "unknown")
         timepoint = record.get("timepoint")
         tp = int(timepoint) if isinstance(timepoint, int) and not isinstance(timepoint, bool) else None
@@ -208,9 +211,10 @@ def report_html(group: str, points: Sequence[TimePoint], plot_png: bytes) -> byt
     esc = html.escape
     rows, images = [], []
     for well, point in sorted(latest_per_well(points).items()):
+        hours = "" if point.elapsed_s is None else f"{point.elapsed_s / 3600:.1f}"
         rows.append(
             f"<tr><td>{esc(well)}</td><td>{'' if point.timepoint is None else point.timepoint}</td>"
-            f"<td>{'' if point.elapsed_s is None else f'{point.elapsed_s / 3600:.1f}'}</td><td>{100 * point.efficiency:.1f}</td>"
+            f"<td>{hours}</td><td>{100 * point.efficiency:.1f}</td>"
             f"<td>{point.positions}</td></tr>"
         )
         for link in point.overlays:

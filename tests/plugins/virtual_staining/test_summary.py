@@ -77,7 +77,9 @@ def test_positions_pool_by_blocks_not_by_mean_of_fractions() -> None:
     assert point.efficiency == pytest.approx(0.25) and point.positions == 2 and point.elapsed_s == 0.0
 
 
-def _tp_record(identity: str, timepoint: int, recorded_at: float, acquired_at: float | None) -> dict[str, RecordValue]:
+def _tp_record(
+    identity: str, timepoint: int, recorded_at: float, acquired_at: float | None
+) -> dict[str, RecordValue]:
     return {
         "identity": identity,
         "well": "A01",
