@@ -1,13 +1,17 @@
 """Writing a pipeline's results: files, DICOM objects, records, figures.
 
 Outputs are named deterministically from the input's identity, the pipeline and its
-version: ``<outputs>/<pipeline>/<version>/<input path>/<name>``; summaries go to
+version: ``<outputs>/<pipeline>/<version>/<source>/<input path>/<name>``, where
+``<source>`` names the watched folder the file came from (its name and a short hash of
+its full path, e.g. ``scope1-3f2a9c``), so two folders holding the same relative name
+never share outputs (nor, keyed by path, journal output rows); summaries go to
 ``<outputs>/<pipeline>/<version>/_summary/<group>/<name>``. A re-run replaces its
 outputs rather than adding new ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from collections.abc import Sequence
@@ -43,7 +47,20 @@ def input_folder(arrival: Arrival) -> PurePosixPath:
             name = name[: -len(suffix)]
             break
     parents = [safe_name(p) for p in relative.parent.parts if p not in ("", ".", "..", "/")]
-    return PurePosixPath(*parents, safe_name(name))
+    return PurePosixPath(*source_folder(arrival), *parents, safe_name(name))
+
+
+def source_folder(arrival: Arrival) -> tuple[str, ...]:
+    """The watched folder's part of an output path: ``<name>-<hash>``, or none without one.
+
+    The name alone is not unique (``/mnt/a/data`` and ``/mnt/b/data``); the hash of the
+    resolved path is, and stays the same across restarts and re-runs.
+    """
+    folder = arrival.attrs.get("folder")
+    if not isinstance(folder, str) or not folder:
+        return ()
+    digest = hashlib.sha256(folder.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+    return (f"{safe_name(PurePosixPath(folder).name or 'root')}-{digest}",)
 
 
 def publish_figure(pipeline: str, figure: Figure) -> None:

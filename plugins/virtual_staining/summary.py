@@ -2,10 +2,12 @@
 
 Records (one per image, as :meth:`VirtualStainingPipeline.run` returns them) are
 aggregated per well and time point: positions are pooled (positive blocks over all
-blocks), and the elapsed time is measured from the experiment's first image
-(``acquired_at`` when known, else the daemon's ``recorded_at``). A re-processed image
-(same ``identity``) replaces its earlier record. Records without a time point are each
-their own point.
+blocks). Points are ordered by time point, then acquisition time (``acquired_at``, from
+the image's metadata or name), never by when the daemon processed them; the elapsed
+time is measured from the experiment's first acquisition and is None when no image has
+an acquisition time (the daemon's ``recorded_at`` is a processing time, so re-processing
+would collapse the axis). A re-processed image (same ``identity``) replaces its earlier
+record. Records without a time point are each their own point.
 
 The HTML report links the latest overlays relative to the summary folder: the daemon
 writes summaries to ``<outputs>/virtual-staining/<version>/_summary/<group>/`` and
@@ -27,7 +29,14 @@ from pathlib import PurePosixPath
 
 from plugins.api import RecordValue
 
-__all__ = ["TimePoint", "efficiency_time_course", "report_html", "time_course_csv", "time_course_plot"]
+__all__ = [
+    "TimePoint",
+    "efficiency_time_course",
+    "report_html",
+    "time_axis",
+    "time_course_csv",
+    "time_course_plot",
+]
 
 CSV_COLUMNS = (
     "experiment",
@@ -50,8 +59,8 @@ class TimePoint:
 
     well: str
     timepoint: int | None
-    acquired_at: float
-    elapsed_s: float = 0.0
+    acquired_at: float | None
+    elapsed_s: float | None = None
     blocks_positive: int = 0
     blocks_total: int = 0
     fractions: list[float] = field(default_factory=list)
@@ -68,6 +77,10 @@ class TimePoint:
 
 def _number(value: RecordValue, default: float) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+def _time(value: RecordValue) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def overlay_link(record: Mapping[str, RecordValue]) -> str | None:
@@ -94,24 +107,46 @@ def efficiency_time_course(records: Sequence[Mapping[str, RecordValue]]) -> list
     for number, record in enumerate(records):
         latest[record.get("identity") or number] = record
     points: dict[tuple[str, object], TimePoint] = {}
-    for record in latest.values():
-        when = _number(record.get("acquired_at"), _number(record.get("recorded_at"), 0.0))
+    for number, (name, record) in enumerate(latest.items()):
+        when = _time(record.get("acquired_at"))
         well = str(record.get("well") or "unknown")
         timepoint = record.get("timepoint")
         tp = int(timepoint) if isinstance(timepoint, int) and not isinstance(timepoint, bool) else None
-        key = (well, tp if tp is not None else ("at", when))
+        key = (well, tp if tp is not None else ("at", when if when is not None else (name, number)))
         point = points.setdefault(key, TimePoint(well, tp, when))
-        point.acquired_at = min(point.acquired_at, when)
+        if when is not None:
+            point.acquired_at = when if point.acquired_at is None else min(point.acquired_at, when)
         point.blocks_positive += int(_number(record.get("blocks_positive"), 0))
         point.blocks_total += int(_number(record.get("blocks_total"), 0))
         point.fractions.append(_number(record.get("positive_fraction"), 0.0))
         link = overlay_link(record)
         if link:
             point.overlays.append(link)
-    first = min(p.acquired_at for p in points.values())
+    known = [p.acquired_at for p in points.values() if p.acquired_at is not None]
     for point in points.values():
-        point.elapsed_s = point.acquired_at - first
-    return sorted(points.values(), key=lambda p: (p.well, p.elapsed_s, p.timepoint or 0))
+        point.elapsed_s = None if point.acquired_at is None else point.acquired_at - min(known)
+    return sorted(points.values(), key=_order)
+
+
+def _order(point: TimePoint) -> tuple[str, bool, int, bool, float]:
+    """Well, then time point (points without one last), then acquisition time."""
+    return (
+        point.well,
+        point.timepoint is None,
+        point.timepoint or 0,
+        point.acquired_at is None,
+        point.acquired_at or 0.0,
+    )
+
+
+def time_axis(points: Sequence[TimePoint]) -> tuple[str, list[float]]:
+    """Label and x values: elapsed hours (days past 72 h), or the time point without times."""
+    if points and all(p.elapsed_s is not None for p in points):
+        elapsed = [p.elapsed_s or 0.0 for p in points]
+        if max(elapsed) > 72 * 3600:
+            return "time since first image (d)", [e / 86400 for e in elapsed]
+        return "time since first image (h)", [e / 3600 for e in elapsed]
+    return "time point", [float(p.timepoint if p.timepoint is not None else n) for n, p in enumerate(points)]
 
 
 def time_course_csv(group: str, points: Sequence[TimePoint]) -> bytes:
@@ -126,33 +161,32 @@ def time_course_csv(group: str, points: Sequence[TimePoint]) -> bytes:
                 group,
                 p.well,
                 "" if p.timepoint is None else p.timepoint,
-                f"{p.elapsed_s:.1f}",
-                f"{p.elapsed_s / 3600:.3f}",
+                "" if p.elapsed_s is None else f"{p.elapsed_s:.1f}",
+                "" if p.elapsed_s is None else f"{p.elapsed_s / 3600:.3f}",
                 f"{p.efficiency:.6f}",
                 f"{mean:.6f}",
                 p.positions,
                 p.blocks_positive,
                 p.blocks_total,
-                f"{p.acquired_at:.3f}",
+                "" if p.acquired_at is None else f"{p.acquired_at:.3f}",
             ]
         )
     return buffer.getvalue().encode()
 
 
 def time_course_plot(group: str, points: Sequence[TimePoint]) -> bytes:
-    """PNG of efficiency versus elapsed hours, one line per well (matplotlib Agg)."""
+    """PNG of efficiency versus elapsed time (or time point), one line per well (matplotlib Agg)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
 
     figure = MplFigure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(figure)  # no pyplot: no global state, safe in worker threads
     axes = figure.add_subplot()
+    label, xs = time_axis(points)
     for well in sorted({p.well for p in points}):
-        mine = [p for p in points if p.well == well]
-        axes.plot(
-            [p.elapsed_s / 3600 for p in mine], [100 * p.efficiency for p in mine], marker="o", label=well
-        )
-    axes.set_xlabel("time since first image (h)")
+        mine = [(x, p) for x, p in zip(xs, points, strict=True) if p.well == well]
+        axes.plot([x for x, _ in mine], [100 * p.efficiency for _, p in mine], marker="o", label=well)
+    axes.set_xlabel(label)
     axes.set_ylabel("virtual-stain positive blocks (%)")
     axes.set_ylim(0, 100)
     axes.set_title(f"Differentiation efficiency - {group}")
@@ -165,11 +199,10 @@ def time_course_plot(group: str, points: Sequence[TimePoint]) -> bytes:
 
 
 def latest_per_well(points: Sequence[TimePoint]) -> dict[str, TimePoint]:
-    """The last time point of every well."""
+    """The last time point of every well (``points`` in :func:`efficiency_time_course` order)."""
     latest: dict[str, TimePoint] = {}
-    for point in points:
-        if point.well not in latest or point.elapsed_s >= latest[point.well].elapsed_s:
-            latest[point.well] = point
+    for point in sorted(points, key=_order):
+        latest[point.well] = point
     return latest
 
 
@@ -178,9 +211,10 @@ def report_html(group: str, points: Sequence[TimePoint], plot_png: bytes) -> byt
     esc = html.escape
     rows, images = [], []
     for well, point in sorted(latest_per_well(points).items()):
+        hours = "" if point.elapsed_s is None else f"{point.elapsed_s / 3600:.1f}"
         rows.append(
             f"<tr><td>{esc(well)}</td><td>{'' if point.timepoint is None else point.timepoint}</td>"
-            f"<td>{point.elapsed_s / 3600:.1f}</td><td>{100 * point.efficiency:.1f}</td>"
+            f"<td>{hours}</td><td>{100 * point.efficiency:.1f}</td>"
             f"<td>{point.positions}</td></tr>"
         )
         for link in point.overlays:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -230,9 +231,16 @@ def write_series(folder: Path, spec: SyntheticSpec) -> list[Path]:
                 imagej=True,
                 resolution=(1.0 / size, 1.0 / size),
                 metadata={"axes": "YX", "unit": "um"},
+                # The acquisition time travels in the file (TIFF DateTime, local time, as
+                # microscopes write it) so the daemon's time course has a real time axis.
+                datetime=_local_time(image.metadata.acquired_at),
             )
             paths.append(path)
     return paths
+
+
+def _local_time(when: float | None) -> datetime | None:
+    return None if when is None else datetime.fromtimestamp(when)
 
 
 def parse_name(name: str) -> dict[str, str] | None:

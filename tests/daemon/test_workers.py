@@ -252,8 +252,10 @@ def test_stop_gives_back_queued_jobs_and_a_job_that_outlasts_the_drain_without_a
     Blocking.release.clear()
     runner.registry.register("blocking", Blocking)
     runner = JobRunner(
-        **{**runner.__dict__, "settings": WorkerSettings(count=1, queue_size=4, poll_seconds=0.05,
-                                                        drain_seconds=0.3)}
+        **{
+            **runner.__dict__,
+            "settings": WorkerSettings(count=1, queue_size=4, poll_seconds=0.05, drain_seconds=0.3),
+        }
     )
     router = Router([RouteRule(name="all", pipelines=("blocking",))], runner.registry.available)
     pool = WorkerPool(runner, router)
@@ -275,3 +277,32 @@ def test_stop_gives_back_queued_jobs_and_a_job_that_outlasts_the_drain_without_a
             thread.join(10)
     assert jobs.counts() == {("blocking", "pending"): 3}
     assert journal.query("SELECT COUNT(*) FROM outputs")[0][0] == 0
+
+
+def test_two_watched_folders_with_the_same_relative_name_keep_separate_outputs_and_rows(
+    setup: tuple[Journal, JobQueue, JobRunner], tmp_path: Path
+) -> None:
+    journal, jobs, runner = setup
+    arrivals = []
+    for value, scope in enumerate(("scope1", "scope2"), start=1):
+        path = tmp_path / scope / "EXP1" / "img.npy"
+        path.parent.mkdir(parents=True)
+        np.save(path, np.full((4, 4), value, dtype=np.uint16))
+        attrs = {"fingerprint": [value, 0], "relative_path": "EXP1/img.tif", "folder": str(tmp_path / scope)}
+        arrival = journal.record_file_arrival("folder", f"file:{path}", path, attrs)
+        assert arrival is not None
+        arrivals.append(arrival)
+    for arrival in arrivals:
+        jobs.route(arrival.id, 0, [RouteDecision("counting", "r")])
+        assert _run_one(jobs, runner, "counting") is JobState.DONE
+    rows = journal.query(
+        "SELECT o.path, j.arrival_id FROM outputs o JOIN jobs j ON j.id = o.job_id ORDER BY o.id"
+    )
+    assert [r["arrival_id"] for r in rows] == [a.id for a in arrivals]
+    texts = [Path(r["path"]).read_text() for r in rows]
+    assert texts == ["16.0", "32.0"]  # neither replaced the other's file
+    folders = [Path(r["path"]).parent.relative_to(tmp_path / "outputs" / "counting" / "2.1") for r in rows]
+    assert folders[0] != folders[1]
+    assert [f.parts[0].split("-")[0] for f in folders] == ["scope1", "scope2"]
+    assert all(f.parts[1:] == ("EXP1", "img") for f in folders)
+    assert len(jobs.records("counting", "sum", "E1")) == 2

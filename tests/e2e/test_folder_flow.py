@@ -28,8 +28,14 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
         "workers": {"device": "cpu", "poll_seconds": 0.2, "max_attempts": 2, "retry_initial_seconds": 0.2},
         "metrics": {"port": free_port()},
         "dicom": {"enabled": False},
-        "folders": [{"path": str(inbox), "stable_seconds": 1.0, "incomplete_grace_seconds": 2.0,
-                     "rescan_seconds": 30.0}],
+        "folders": [
+            {
+                "path": str(inbox),
+                "stable_seconds": 1.0,
+                "incomplete_grace_seconds": 2.0,
+                "rescan_seconds": 30.0,
+            }
+        ],
         "routes": [{"name": "images", "kind": ["image"], "pipelines": ["test-image"]}],
         "pipelines": {"modules": TEST_PIPELINES},
     }
@@ -159,3 +165,48 @@ def test_sigterm_drains_the_running_job_and_a_failing_job_is_retried_then_dead(t
         assert "acqflow stopped" in daemon.log_tail()
     finally:
         daemon.kill()
+
+
+def test_two_watched_folders_with_the_same_relative_name_keep_their_own_outputs(tmp_path: Path) -> None:
+    scopes = [tmp_path / "scope1", tmp_path / "scope2"]
+    settings: dict[str, Any] = {
+        "paths": {"state_dir": str(tmp_path / "state"), "outputs_dir": str(tmp_path / "outputs")},
+        "workers": {"device": "cpu", "poll_seconds": 0.2},
+        "metrics": {"port": free_port()},
+        "dicom": {"enabled": False},
+        "folders": [{"path": str(s), "stable_seconds": 0.5} for s in scopes],
+        "routes": [{"name": "images", "kind": ["image"], "pipelines": ["test-image"]}],
+        "pipelines": {"modules": TEST_PIPELINES},
+    }
+    for scope in scopes:
+        (scope / "EXP1").mkdir(parents=True)
+    daemon = DaemonProcess(tmp_path, settings)
+    daemon.start()
+    try:
+        payloads = [_tiff_bytes((64, 64), "uint16", seed=seed) for seed in (3, 4)]
+        for scope, payload in zip(scopes, payloads, strict=True):
+            (scope / "EXP1" / ".img.tif.part").write_bytes(payload)
+            (scope / "EXP1" / ".img.tif.part").rename(scope / "EXP1" / "img.tif")
+        wait_until(
+            lambda: [r["state"] for r in journal_rows(daemon, "SELECT state FROM jobs")] == ["done", "done"],
+            60,
+            "both jobs",
+            daemon,
+        )
+        rows = journal_rows(
+            daemon, "SELECT o.path, j.arrival_id FROM outputs o JOIN jobs j ON j.id = o.job_id"
+        )
+        stats = sorted(Path(r["path"]) for r in rows if r["path"].endswith("stats.json"))
+        assert len(stats) == 2 and len({r["arrival_id"] for r in rows}) == 2
+        assert sorted(
+            p.relative_to(tmp_path / "outputs" / "test-image").parts[1].split("-")[0] for p in stats
+        ) == [
+            "scope1",
+            "scope2",
+        ]
+        means = sorted(json.loads(p.read_text())["mean"] for p in stats)
+        expected = sorted(float(tifffile.imread(io.BytesIO(b)).astype(np.float64).mean()) for b in payloads)
+        assert means == pytest.approx(expected)
+    finally:
+        if daemon.alive():
+            assert daemon.terminate() == 0

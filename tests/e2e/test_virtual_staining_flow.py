@@ -114,3 +114,48 @@ def test_time_series_in_acquisition_order_gives_overlays_time_course_and_gauge(t
     finally:
         if daemon.alive():
             assert daemon.terminate() == 0
+
+
+def _course(summary: Path) -> list[dict[str, str]]:
+    if not (summary / "efficiency.csv").is_file():
+        return []
+    return list(csv.DictReader((summary / "efficiency.csv").read_text().splitlines()))
+
+
+def test_time_course_follows_acquisition_not_processing_order_and_survives_reprocess(tmp_path: Path) -> None:
+    spec = SyntheticSpec(experiments=1, wells=1, positions=1, timepoints=4, shape=(128, 128), seed=5)
+    phase = [p for p in write_series(tmp_path / "staging", spec) if p.name.endswith("_phase.tif")]
+    inbox = tmp_path / "inbox"
+    daemon = DaemonProcess(
+        tmp_path,
+        {
+            "paths": {"state_dir": str(tmp_path / "state"), "outputs_dir": str(tmp_path / "outputs")},
+            "workers": {"device": "cpu", "poll_seconds": 0.2},
+            "metrics": {"port": free_port()},
+            "dicom": {"enabled": False},
+            "folders": [{"path": str(inbox), "stable_seconds": 0.5}],
+        },
+    )
+    daemon.start()
+    try:
+        experiment = inbox / "EXP1"
+        experiment.mkdir(parents=True)
+        for index in (2, 0, 3, 1):  # processed out of acquisition order
+            shutil.copy2(phase[index], experiment / f".{phase[index].name}.part")
+            (experiment / f".{phase[index].name}.part").rename(experiment / phase[index].name)
+            wait_until(lambda n=index: _done(daemon) >= (2, 0, 3, 1).index(n) + 1, 120, "job", daemon)
+        summary = next((tmp_path / "outputs" / "virtual-staining").iterdir()) / "_summary" / "EXP1"
+        wait_until(lambda: len(_course(summary)) == spec.timepoints, 60, "the time course", daemon)
+        hours = [f"{t * spec.interval_s / 3600:.3f}" for t in range(spec.timepoints)]
+        before = [(r["timepoint"], r["elapsed_h"]) for r in _course(summary)]
+        assert before == [(str(t), hours[t]) for t in range(spec.timepoints)]
+
+        result = daemon.cli("reprocess", str(experiment))
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: _done(daemon) == 2 * spec.timepoints, 120, "reprocessed jobs", daemon)
+        time.sleep(1.0)  # the summary refresh after the last job
+        after = [(r["timepoint"], r["elapsed_h"]) for r in _course(summary)]
+        assert after == before
+    finally:
+        if daemon.alive():
+            assert daemon.terminate() == 0

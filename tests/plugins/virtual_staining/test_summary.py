@@ -7,6 +7,7 @@ from plugins.virtual_staining.summary import (
     efficiency_time_course,
     overlay_link,
     report_html,
+    time_axis,
     time_course_csv,
 )
 
@@ -18,11 +19,13 @@ def test_records_without_time_point_or_acquisition_time() -> None:
     ]
     points = efficiency_time_course(records)
     assert [(p.well, p.timepoint, p.elapsed_s, p.efficiency) for p in points] == [
-        ("unknown", None, 0.0, 0.25),
-        ("unknown", None, 60.0, 0.75),
+        ("unknown", None, None, 0.25),
+        ("unknown", None, None, 0.75),
     ]
+    # Processing time (recorded_at) is not an acquisition time: the CSV says there is none.
     csv_text = time_course_csv("E", points).decode()
-    assert csv_text.splitlines()[1].startswith("E,unknown,,0.0,")
+    assert csv_text.splitlines()[1].startswith("E,unknown,,,,")
+    assert csv_text.splitlines()[1].endswith(",1,1,4,")
 
 
 def test_links_and_escaping() -> None:
@@ -72,3 +75,43 @@ def test_positions_pool_by_blocks_not_by_mean_of_fractions() -> None:
     ]
     (point,) = efficiency_time_course(records)
     assert point.efficiency == pytest.approx(0.25) and point.positions == 2 and point.elapsed_s == 0.0
+
+
+def _tp_record(
+    identity: str, timepoint: int, recorded_at: float, acquired_at: float | None
+) -> dict[str, RecordValue]:
+    return {
+        "identity": identity,
+        "well": "A01",
+        "timepoint": timepoint,
+        "blocks_positive": timepoint,
+        "blocks_total": 10,
+        "recorded_at": recorded_at,
+        "acquired_at": acquired_at,
+    }
+
+
+def test_order_follows_time_points_not_processing_order() -> None:
+    # Processed in shuffled order (recorded_at rising in the order t2, t0, t3, t1): the course
+    # must still run t0..t3, and without acquisition times the axis is the time point.
+    shuffled = [2, 0, 3, 1]
+    records = [_tp_record(f"img{t}", t, 1000.0 + n, None) for n, t in enumerate(shuffled)]
+    points = efficiency_time_course(records)
+    assert [p.timepoint for p in points] == [0, 1, 2, 3]
+    assert [p.efficiency for p in points] == [0.0, 0.1, 0.2, 0.3]
+    assert all(p.elapsed_s is None and p.acquired_at is None for p in points)
+    assert time_axis(points) == ("time point", [0.0, 1.0, 2.0, 3.0])
+
+
+def test_reprocessing_keeps_the_acquisition_time_axis() -> None:
+    day = 86400.0
+    first = [_tp_record(f"img{t}", t, 5000.0 + t, 1.7e9 + t * day) for t in range(5)]
+    # Re-processed a week later within 4 seconds: same identities, new recorded_at only.
+    again = [_tp_record(f"img{t}", t, 5000.0 + 7 * day + t, 1.7e9 + t * day) for t in (4, 2, 0, 3, 1)]
+    points = efficiency_time_course(first + again)
+    assert [p.timepoint for p in points] == [0, 1, 2, 3, 4]
+    assert [p.elapsed_s for p in points] == [t * day for t in range(5)]
+    label, xs = time_axis(points)
+    assert label == "time since first image (d)" and xs == [0.0, 1.0, 2.0, 3.0, 4.0]
+    hours = time_axis(points[:3])
+    assert hours == ("time since first image (h)", [0.0, 24.0, 48.0])

@@ -80,3 +80,13 @@ def test_invalid_spec() -> None:
         SyntheticSpec(bit_depth=12)
     with pytest.raises(ValueError, match=">= 1"):
         SyntheticSpec(wells=0)
+
+
+def test_written_images_carry_their_acquisition_time(tmp_path: Path) -> None:
+    from daemon.imageio import read_tiff_header
+
+    spec = SyntheticSpec(experiments=1, wells=1, positions=1, timepoints=2, shape=(64, 64))
+    paths = write_series(tmp_path, spec)
+    phase = [p for p in paths if p.name.endswith("_phase.tif")]
+    times = [read_tiff_header(p).acquired_at for p in phase]
+    assert times == [spec.start_time, spec.start_time + spec.interval_s]
