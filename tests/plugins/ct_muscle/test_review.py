@@ -72,8 +72,16 @@ def test_mismatched_lengths_are_refused() -> None:
 def test_each_pipeline_defaults_to_its_own_calibrated_threshold_per_measure(
     measure: UncertaintyMeasure,
 ) -> None:
-    assert CtMuscleOptions(measure=measure).threshold == DEFAULT_REVIEW_THRESHOLDS[measure]
+    from plugins.ct_muscle.pipeline import DEFAULT_DISAGREEMENT_THRESHOLD
+    from plugins.mr_muscle.pipeline import CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS
+
+    # ct-muscle flags by the samples' disagreement unless told to use the mean uncertainty
+    assert CtMuscleOptions(measure=measure).threshold == DEFAULT_DISAGREEMENT_THRESHOLD
+    by_uncertainty = CtMuscleOptions(measure=measure, review_score="uncertainty")  # type: ignore[arg-type]
+    assert by_uncertainty.threshold == DEFAULT_REVIEW_THRESHOLDS[measure]
     assert MrMuscleOptions.from_mapping({"measure": measure.value}).threshold == MR_REVIEW_THRESHOLDS[measure]
+    agnostic = MrMuscleOptions.from_mapping({"measure": measure.value, "route": "contrast-agnostic"})
+    assert agnostic.threshold == CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS[measure]
     assert MrMuscleOptions(measure=measure, review_threshold=0.05).threshold == 0.05
 
 
