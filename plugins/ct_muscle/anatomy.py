@@ -91,12 +91,19 @@ class Variety:
 
     def draw(self, name: str, rng: np.random.Generator) -> float:
         """A value of range ``name``: within it, or in its tails when ``name`` is listed."""
-        low, high = getattr(self, name)
-        if name not in self.tails:
-            return float(rng.uniform(low, high))
-        width = (high - low) * 0.25
-        below = rng.random() < 0.5
-        return float(rng.uniform(low - width, low) if below else rng.uniform(high, high + width))
+        return draw_range(getattr(self, name), name in self.tails, rng)
+
+
+def draw_range(bounds: Range, tails: bool, rng: np.random.Generator) -> float:
+    """Uniform in ``bounds`` = (low, high), or with ``tails`` in one of the two bands just
+    outside it, each a quarter of the range wide (how held-out varieties reach settings
+    that training never used)."""
+    low, high = bounds
+    if not tails:
+        return float(rng.uniform(low, high))
+    width = (high - low) * 0.25
+    below = rng.random() < 0.5
+    return float(rng.uniform(low - width, low) if below else rng.uniform(high, high + width))
 
 
 TRAINING_VARIETY = Variety()

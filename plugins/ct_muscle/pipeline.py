@@ -96,11 +96,15 @@ class SegmentationOptions:
             raise ValueError(f"review_score must be one of {choices}") from exc
         object.__setattr__(self, "review_score", score)
         if self.review_threshold is None:
-            default = (self.default_disagreement_threshold if score is ReviewScore.DISAGREEMENT
-                       else self.default_review_thresholds[self.measure])
-            object.__setattr__(self, "review_threshold", default)
+            object.__setattr__(self, "review_threshold", self.default_threshold())
         elif self.review_threshold < 0:
             raise ValueError("review_threshold must be >= 0")
+
+    def default_threshold(self) -> float:
+        """The calibrated threshold of :attr:`score` (and, by mean uncertainty, of ``measure``)."""
+        if self.score is ReviewScore.DISAGREEMENT:
+            return self.default_disagreement_threshold
+        return self.default_review_thresholds[self.measure]
 
     @property
     def score(self) -> ReviewScore:

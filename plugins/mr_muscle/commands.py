@@ -205,7 +205,7 @@ def train(
         "ran_as": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "seed": seed,
         "input": scale.to_dict(),
-        "data": {"mr": mr.summary(), "ct": ct.summary(), "unpaired": _UNPAIRED},
+        "data": {"mr": mr.summary(), "ct": ct.summary(), "unpaired": _UNPAIRED[generator]},
         "schedule": {
             k: params[k]
             for k in ("iterations", "batch_size", "crop", "learning_rate", "decay_from", "pool_size",
@@ -225,10 +225,12 @@ def train(
     return _save(result.generator, net, training, version, output)
 
 
-_UNPAIRED = (
-    "MR anatomy from CT-phantom seeds >= 10,000,000 (then warped), CT phantom seeds < 10,000,000: "
-    "no anatomy in both domains"
-)
+_UNPAIRED = {
+    PhantomGenerator.FIXED: "MR anatomy from CT-phantom seeds >= 10,000,000 (then warped), CT phantom "
+    "seeds < 10,000,000: no anatomy in both domains",
+    PhantomGenerator.RANDOMISED: "MR anatomy from randomised-anatomy seeds >= 10,000,000, CT phantom "
+    "seeds < 10,000,000: no anatomy in both domains",
+}
 
 
 def _save(generator: Any, net: Any, training: dict[str, Any], version: str, output: Path) -> Path:

@@ -122,16 +122,17 @@ class MrMuscleOptions(SegmentationOptions):
             object.__setattr__(self, "route", MrRoute(self.route))
         except ValueError as exc:
             raise ValueError(f"route must be one of {', '.join(r.value for r in MrRoute)}") from exc
-        score = ReviewScore(self.review_score or self.default_review_score)
-        if (self.review_threshold is None and self.route is MrRoute.CONTRAST_AGNOSTIC
-                and score is ReviewScore.UNCERTAINTY):
-            measure = UncertaintyMeasure(self.measure)
-            object.__setattr__(self, "review_threshold", CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS[measure])
         super().__post_init__()
         if self.translation_batch < 1:
             raise ValueError("translation_batch must be >= 1")
         if self.synthetic_ct_series and self.route is not MrRoute.SYNTHETIC_CT:
             raise ValueError("synthetic_ct_series needs route synthetic-ct")
+
+    def default_threshold(self) -> float:
+        """The contrast-agnostic route's network has its own mean-uncertainty thresholds."""
+        if self.route is MrRoute.CONTRAST_AGNOSTIC and self.score is ReviewScore.UNCERTAINTY:
+            return CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS[self.measure]
+        return super().default_threshold()
 
 
 @dataclass(frozen=True)

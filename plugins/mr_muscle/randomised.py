@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from plugins.ct_muscle.anatomy import HELD_OUT_VARIETY, TRAINING_VARIETY, Variety, randomised_anatomy
+from plugins.ct_muscle.anatomy import (
+    HELD_OUT_VARIETY,
+    TRAINING_VARIETY,
+    Variety,
+    draw_range,
+    randomised_anatomy,
+)
 from plugins.ct_muscle.structures import LabelTable, default_label_table
 from plugins.mr_muscle.phantoms import MrPhantom, Tissue, _bias_field, _rician
 
@@ -69,12 +75,8 @@ class MrVariety:
             raise ValueError(f"unknown tail ranges: {sorted(unknown)}")
 
     def draw(self, name: str, rng: np.random.Generator) -> float:
-        low, high = getattr(self, name)
-        if name not in self.tails:
-            return float(rng.uniform(low, high))
-        width = (high - low) * 0.25
-        value = rng.uniform(low - width, low) if rng.random() < 0.5 else rng.uniform(high, high + width)
-        return max(0.0, float(value))
+        """A value of range ``name`` (:func:`draw_range`), never below 0."""
+        return max(0.0, draw_range(getattr(self, name), name in self.tails, rng))
 
 
 MR_TRAINING_VARIETY = MrVariety()
