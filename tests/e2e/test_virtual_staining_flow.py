@@ -31,12 +31,9 @@ def _done(daemon: DaemonProcess) -> int:
     return _job_states(daemon).get("done", 0)
 
 
-def test_time_series_in_acquisition_order_gives_overlays_time_course_and_gauge(tmp_path: Path) -> None:
-    spec = SyntheticSpec(experiments=1, wells=2, positions=2, timepoints=3, shape=(256, 256), seed=11)
-    staging = tmp_path / "staging"
-    phase = [p for p in write_series(staging, spec) if p.name.endswith("_phase.tif")]
-    inbox = tmp_path / "inbox"
-    daemon = DaemonProcess(
+def _folder_daemon(tmp_path: Path, inbox: Path) -> DaemonProcess:
+    """A daemon watching ``inbox``, DICOM off, state and outputs under ``tmp_path``."""
+    return DaemonProcess(
         tmp_path,
         {
             "paths": {"state_dir": str(tmp_path / "state"), "outputs_dir": str(tmp_path / "outputs")},
@@ -46,13 +43,26 @@ def test_time_series_in_acquisition_order_gives_overlays_time_course_and_gauge(t
             "folders": [{"path": str(inbox), "stable_seconds": 0.5}],
         },
     )
+
+
+def _deliver(path: Path, folder: Path) -> None:
+    """Write ``path`` into ``folder`` as acquisition software does: temporary name, then rename."""
+    shutil.copy2(path, folder / f".{path.name}.part")
+    (folder / f".{path.name}.part").rename(folder / path.name)
+
+
+def test_time_series_in_acquisition_order_gives_overlays_time_course_and_gauge(tmp_path: Path) -> None:
+    spec = SyntheticSpec(experiments=1, wells=2, positions=2, timepoints=3, shape=(256, 256), seed=11)
+    staging = tmp_path / "staging"
+    phase = [p for p in write_series(staging, spec) if p.name.endswith("_phase.tif")]
+    inbox = tmp_path / "inbox"
+    daemon = _folder_daemon(tmp_path, inbox)
     daemon.start()
     try:
         experiment = inbox / "EXP1"
         experiment.mkdir(parents=True)
-        for path in phase:  # as acquisition software writes: temporary name, then rename
-            shutil.copy2(path, experiment / f".{path.name}.part")
-            (experiment / f".{path.name}.part").rename(experiment / path.name)
+        for path in phase:
+            _deliver(path, experiment)
             time.sleep(0.2)
         # below pytest's own timeout, so that a failure shows the job states and the daemon's log
         wait_until(
@@ -126,34 +136,27 @@ def test_time_course_follows_acquisition_not_processing_order_and_survives_repro
     spec = SyntheticSpec(experiments=1, wells=1, positions=1, timepoints=4, shape=(128, 128), seed=5)
     phase = [p for p in write_series(tmp_path / "staging", spec) if p.name.endswith("_phase.tif")]
     inbox = tmp_path / "inbox"
-    daemon = DaemonProcess(
-        tmp_path,
-        {
-            "paths": {"state_dir": str(tmp_path / "state"), "outputs_dir": str(tmp_path / "outputs")},
-            "workers": {"device": "cpu", "poll_seconds": 0.2},
-            "metrics": {"port": free_port()},
-            "dicom": {"enabled": False},
-            "folders": [{"path": str(inbox), "stable_seconds": 0.5}],
-        },
-    )
+    daemon = _folder_daemon(tmp_path, inbox)
     daemon.start()
     try:
         experiment = inbox / "EXP1"
         experiment.mkdir(parents=True)
-        for index in (2, 0, 3, 1):  # processed out of acquisition order
-            shutil.copy2(phase[index], experiment / f".{phase[index].name}.part")
-            (experiment / f".{phase[index].name}.part").rename(experiment / phase[index].name)
-            wait_until(lambda n=index: _done(daemon) >= (2, 0, 3, 1).index(n) + 1, 120, "job", daemon)
+        for done, index in enumerate((2, 0, 3, 1), start=1):  # processed out of acquisition order
+            _deliver(phase[index], experiment)
+            wait_until(lambda n=done: _done(daemon) >= n, 120, "job", daemon)
         summary = next((tmp_path / "outputs" / "virtual-staining").iterdir()) / "_summary" / "EXP1"
         wait_until(lambda: len(_course(summary)) == spec.timepoints, 60, "the time course", daemon)
         hours = [f"{t * spec.interval_s / 3600:.3f}" for t in range(spec.timepoints)]
         before = [(r["timepoint"], r["elapsed_h"]) for r in _course(summary)]
         assert before == [(str(t), hours[t]) for t in range(spec.timepoints)]
 
+        written = (summary / "efficiency.csv").stat().st_mtime_ns
         result = daemon.cli("reprocess", str(experiment))
         assert result.returncode == 0, result.stderr
         wait_until(lambda: _done(daemon) == 2 * spec.timepoints, 120, "reprocessed jobs", daemon)
-        time.sleep(1.0)  # the summary refresh after the last job
+        # a summary rewritten from the reprocessed records, not the one from before
+        wait_until(lambda: (summary / "efficiency.csv").stat().st_mtime_ns > written, 60,
+                   "the refreshed time course", daemon)
         after = [(r["timepoint"], r["elapsed_h"]) for r in _course(summary)]
         assert after == before
     finally:
