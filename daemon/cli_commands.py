@@ -357,11 +357,7 @@ def _wait_for(journal: Journal, job_ids: list[int], arrival_ids: list[int], time
 @app.command()
 @handles_errors
 def models(config: ConfigOption = None) -> None:
-    """List the installed pipelines and the model cards of the weights in use."""
-    import json
-
-    from rich.table import Table
-
+    """List the installed pipelines and the model cards of the weights each one uses."""
     from daemon.registry import PipelineRegistry
     from models.store import bundled_weights_dir
 
@@ -372,9 +368,22 @@ def models(config: ConfigOption = None) -> None:
     for name in names:
         table.add_row(name, registry.origin(name))
     console.print(table if names else "no pipelines installed")
-    weights = settings.pipelines.weights_dir or bundled_weights_dir()
+    folders: dict[Path, list[str]] = {}
+    for name in names:
+        folders.setdefault(settings.pipelines.weights_for(name) or bundled_weights_dir(), []).append(name)
+    for folder, users in sorted(folders.items()):
+        console.print(_cards_table(folder, users))
+
+
+def _cards_table(weights: Path, pipelines: list[str]) -> Table:
+    """The model cards in one weights folder, titled with the pipelines that use it."""
     cards = Table(
-        "model", "version", "architecture", "held-out metrics", "sha256", title=f"model cards in {weights}"
+        "model",
+        "version",
+        "architecture",
+        "held-out metrics",
+        "sha256",
+        title=f"model cards in {weights} (used by {', '.join(pipelines)})",
     )
     for card_path in sorted(weights.glob("*.json")):
         try:
@@ -395,7 +404,7 @@ def models(config: ConfigOption = None) -> None:
             shown,
             str(card.get("sha256", ""))[:12],
         )
-    console.print(cards)
+    return cards
 
 
 # (train command name, evaluate command name, module)

@@ -254,7 +254,9 @@ class RouteRule(_Section):
 class PipelineSettings(_Section):
     modules: tuple[str, ...] = ()  # extra "package.module:Class" pipelines
     disabled: tuple[str, ...] = ()
-    weights_dir: Path | None = None
+    # One folder for every pipeline, or a table {pipeline name: folder}; a pipeline the
+    # table does not name keeps its bundled weights.
+    weights_dir: Path | dict[str, Path] | None = None
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     preload: bool = True  # load every routed pipeline at start, not at its first job
 
@@ -265,6 +267,18 @@ class PipelineSettings(_Section):
             if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", ref):
                 raise ValueError(f"pipeline module must look like 'package.module:Class', got {ref!r}")
         return value
+
+    def weights_for(self, pipeline: str) -> Path | None:
+        """The weights folder of ``pipeline``; None means its bundled weights."""
+        if isinstance(self.weights_dir, dict):
+            return self.weights_dir.get(pipeline)
+        return self.weights_dir
+
+    def weights_folders(self) -> dict[str, Path]:
+        """Every configured folder, keyed by the setting that names it (for checks)."""
+        if isinstance(self.weights_dir, dict):
+            return {f"pipelines.weights_dir.{name}": path for name, path in self.weights_dir.items()}
+        return {"pipelines.weights_dir": self.weights_dir} if self.weights_dir is not None else {}
 
 
 class RetentionSettings(_Section):
@@ -380,7 +394,12 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     )
     folders = tuple(f.model_copy(update={"path": absolute(f.path)}) for f in settings.folders)
     weights = settings.pipelines.weights_dir
-    pipelines = settings.pipelines.model_copy(update={"weights_dir": absolute(weights) if weights else None})
+    resolved: Path | dict[str, Path] | None
+    if isinstance(weights, dict):
+        resolved = {name: absolute(path) for name, path in weights.items()}
+    else:
+        resolved = absolute(weights) if weights else None
+    pipelines = settings.pipelines.model_copy(update={"weights_dir": resolved})
     return settings.model_copy(update={"paths": paths, "folders": folders, "pipelines": pipelines})
 
 

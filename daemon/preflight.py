@@ -56,9 +56,8 @@ def check_referenced_files(settings: Settings) -> None:
     missing, unreadable or unusable."""
     if settings.dicom.enabled and settings.dicom.tls is not None:
         _check_tls(settings.dicom.tls)
-    weights = settings.pipelines.weights_dir
-    if weights is not None:
+    for key, weights in settings.pipelines.weights_folders().items():
         if not weights.is_dir():
-            raise ConfigError(f"pipelines.weights_dir: not a folder: {weights}")
+            raise ConfigError(f"{key}: not a folder: {weights}")
         if not os.access(weights, os.R_OK | os.X_OK):
-            raise ConfigError(f"pipelines.weights_dir: not readable: {weights}")
+            raise ConfigError(f"{key}: not readable: {weights}")

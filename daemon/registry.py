@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from pathlib import Path
 
 from daemon import metrics
 from daemon.config import PipelineSettings
@@ -154,11 +153,10 @@ class PipelineRegistry:
                 raise PipelineLoadError(f"no pipeline named {name!r}")
             key = (name, device)
             if key not in self._on_device:
-                weights = self._settings.weights_dir
                 context = PipelineContext(
                     device=device,
                     options=dict(self._settings.options.get(name, {})),
-                    weights_dir=Path(weights) if weights else None,
+                    weights_dir=self._settings.weights_for(name),
                 )
                 try:
                     pipeline = entry.load_factory()()
@@ -183,11 +181,10 @@ class PipelineRegistry:
         return {n: states[n] for n in wanted}
 
     def _load(self, entry: _Entry) -> Pipeline:
-        weights = self._settings.weights_dir
         context = PipelineContext(
             device=self.device,
             options=dict(self._settings.options.get(entry.name, {})),
-            weights_dir=Path(weights) if weights else None,
+            weights_dir=self._settings.weights_for(entry.name),
         )
         try:
             pipeline = entry.load_factory()()

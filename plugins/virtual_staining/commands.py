@@ -13,9 +13,11 @@ from __future__ import annotations
 import inspect
 import json
 import shlex
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -36,9 +38,34 @@ if TYPE_CHECKING:
         TrialOutcome,
     )
 
-__all__ = ["demo_data", "evaluate", "train"]
+__all__ = [
+    "DataRequest",
+    "Generator",
+    "VarietyName",
+    "demo_data",
+    "evaluate",
+    "model_pixel_size",
+    "train",
+]
+
+
+class Generator(str, Enum):
+    """``--generator``: which synthetic data ``--synthetic N`` draws."""
+
+    DEMO = "demo"
+    RANDOMISED = "randomised"
+
+
+class VarietyName(str, Enum):
+    """``--variety``: the randomised generator's training ranges or its held-out settings."""
+
+    TRAINING = "training"
+    HELD_OUT = "held-out"
+
 
 DEFAULT_OUTPUT = Path("virtual_staining_model")
+#: The scale the randomised-generator weights work at (a 10x objective on a 6.5 um camera).
+DEFAULT_PIXEL_SIZE_UM = 0.65
 Data = Annotated[Path | None, typer.Option("--data", help="Folder of phase/fluorescence TIFF pairs.")]
 Manifest = Annotated[
     Path | None,
@@ -65,7 +92,17 @@ Synthetic = Annotated[
     int, typer.Option("--synthetic", min=0, help="Use N generated experiments instead of files.")
 ]
 SyntheticSize = Annotated[
-    int, typer.Option("--synthetic-size", min=64, help="Side of generated images (px).")
+    int, typer.Option("--synthetic-size", min=64, help="Side of demo-generator images (px).")
+]
+GeneratorOption = Annotated[
+    Generator,
+    typer.Option(
+        "--generator", help="Synthetic data: demo texture fields, or cells through randomised optics."
+    ),
+]
+VarietyOption = Annotated[
+    VarietyName,
+    typer.Option("--variety", help="Randomised generator: training ranges or the held-out settings."),
 ]
 Method = Annotated[BinarizeMethod, typer.Option("--binarize", help="Fluorescence binarisation method.")]
 GfpThreshold = Annotated[
@@ -84,35 +121,72 @@ Threads = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
+@dataclass(frozen=True)
+class DataRequest:
+    """Where the images come from (exactly one of files, manifest or generator)."""
+
+    data: Path | None
+    manifest: Path | None
+    synthetic: int
+    synthetic_size: int
+    generator: Generator
+    variety: VarietyName
+    pattern: str
+    tokens: tuple[str, str]
+    channels: tuple[str | None, str | None]
+    seed: int
+
+
 def _dataset(
-    data: Path | None,
-    manifest: Path | None,
-    synthetic: int,
-    synthetic_size: int,
-    pattern: str,
-    tokens: tuple[str, str],
-    channels: tuple[str | None, str | None],
-    labels: LabelOptions,
-    seed: int,
+    request: DataRequest, labels: LabelOptions, model_pixel_um: float | None
 ) -> tuple[list[LabelledImage], dict[str, Any]]:
-    """Labelled images and a description of where they came from; raises typer.BadParameter."""
+    """Labelled images (at the model's pixel size where known) and where they came from.
+
+    Raises typer.BadParameter.
+    """
     from plugins.virtual_staining import data as vsdata
 
-    if sum([data is not None, manifest is not None, synthetic > 0]) != 1:
+    if sum([request.data is not None, request.manifest is not None, request.synthetic > 0]) != 1:
         raise typer.BadParameter("give exactly one of --data, --manifest or --synthetic")
-    if synthetic:
-        images = vsdata.synthetic_images(synthetic, labels, seed, synthetic_size)
-        return images, {"source": "synthetic", "experiments": synthetic, "size": synthetic_size, "seed": seed}
+    if request.synthetic:
+        variety = None
+        source: dict[str, Any] = {
+            "source": "synthetic",
+            "generator": request.generator.value,
+            "experiments": request.synthetic,
+            "seed": request.seed,
+        }
+        if request.generator is Generator.RANDOMISED:
+            from plugins.virtual_staining import randomised
+
+            held_out = request.variety is VarietyName.HELD_OUT
+            variety = randomised.HELD_OUT_VARIETY if held_out else randomised.TRAINING_VARIETY
+            source["variety"] = request.variety.value
+        else:
+            source["size"] = request.synthetic_size
+        images = vsdata.synthetic_images(
+            request.synthetic, labels, request.seed, request.synthetic_size, variety, model_pixel_um
+        )
+        return images, source
     try:
         pairs = (
-            vsdata.pairs_from_manifest(manifest)
-            if manifest is not None
-            else vsdata.pairs_from_pattern(data or Path("."), pattern, *tokens)
+            vsdata.pairs_from_manifest(request.manifest)
+            if request.manifest is not None
+            else vsdata.pairs_from_pattern(request.data or Path("."), request.pattern, *request.tokens)
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    images = vsdata.load_pairs(pairs, labels, *channels)
-    return images, {"source": str(manifest or data), "pairs": len(pairs)}
+    skipped: list[tuple[str, str]] = []
+    images = vsdata.load_pairs(
+        pairs, labels, *request.channels, model_pixel_um=model_pixel_um, skipped=skipped
+    )
+    for name, reason in skipped:
+        print(f"skipped {name}: {reason}", file=sys.stderr, flush=True)
+    print(f"{len(images)} of {len(pairs)} image pairs usable", file=sys.stderr, flush=True)
+    if not images:
+        raise typer.BadParameter(f"none of the {len(pairs)} image pairs could be used")
+    source = {"source": str(request.manifest or request.data), "pairs": len(pairs), "skipped": len(skipped)}
+    return images, source
 
 
 def _command_line(name: str, function: Callable[..., object], values: dict[str, Any]) -> str:
@@ -147,6 +221,21 @@ def _split_summary(split: Split) -> dict[str, Any]:
     }
 
 
+def _print_split(split: Split) -> None:
+    """Which images train, validate and test, and why none is left out."""
+    summary = _split_summary(split)
+    parts = ", ".join(
+        f"{summary[name]['images']} {name} images ({summary[name]['fields']} fields)"
+        for name in ("train", "validation", "test")
+    )
+    print(
+        f"split by {split.grouped_by}: {parts}; validation images choose the model and its "
+        "threshold, test images give the held-out figures, none is dropped",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -164,6 +253,8 @@ def train(
     manifest: Manifest = None,
     synthetic: Synthetic = 0,
     synthetic_size: SyntheticSize = 256,
+    generator: GeneratorOption = Generator.DEMO,
+    variety: VarietyOption = VarietyName.TRAINING,
     pattern: Pattern = FILE_NAME_PATTERN,
     phase_token: PhaseToken = "phase",
     fluorescence_token: GfpToken = "gfp",
@@ -175,6 +266,9 @@ def train(
     block_sizes: Annotated[
         str, typer.Option("--block-sizes", help="Block sizes to search, comma-separated (multiples of 8).")
     ] = "24,32,48",
+    widths: Annotated[
+        str, typer.Option("--widths", help="Network widths (channels) to search, comma-separated.")
+    ] = "8,12,16",
     trials: Annotated[int, typer.Option("--trials", min=1, help="Optuna trial budget.")] = 8,
     max_epochs: Annotated[int, typer.Option("--max-epochs", min=1)] = 12,
     patience: Annotated[int, typer.Option("--patience", min=1, help="Early-stopping patience (epochs).")] = 3,
@@ -190,6 +284,15 @@ def train(
         ),
     ] = None,
     version: Annotated[str, typer.Option("--version", help="Model version written to the card.")] = "1.0.0",
+    pixel_size: Annotated[
+        float | None,
+        typer.Option(
+            "--pixel-size",
+            min=0.05,
+            help="Model scale (um per pixel): images with a pixel size are resampled to it, "
+            "in training and at inference. Default: 0.65 with --generator randomised, else none.",
+        ),
+    ] = None,
     threads: Threads = None,
     quiet: Quiet = False,
 ) -> Path:
@@ -207,15 +310,30 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     try:
-        space = SearchSpace(block_size=tuple(int(size) for size in block_sizes.split(",")))
+        space = SearchSpace(
+            block_size=tuple(int(size) for size in block_sizes.split(",")),
+            width=tuple(int(width) for width in widths.split(",")),
+        )
     except ValueError as exc:
-        raise typer.BadParameter(f"--block-sizes must be integers: {block_sizes}") from exc
+        message = f"--block-sizes and --widths must be integers: {block_sizes} {widths}"
+        raise typer.BadParameter(message) from exc
     labels = LabelOptions(binarize, fluorescence_threshold, positive_fraction=positive_fraction)
-    channels = (phase_channel, fluorescence_channel)
-    tokens = (phase_token, fluorescence_token)
-    images, source = _dataset(
-        data, manifest, synthetic, synthetic_size, pattern, tokens, channels, labels, seed
+    request = DataRequest(
+        data,
+        manifest,
+        synthetic,
+        synthetic_size,
+        generator,
+        variety,
+        pattern,
+        (phase_token, fluorescence_token),
+        (phase_channel, fluorescence_channel),
+        seed,
     )
+    if pixel_size is None and synthetic and generator is Generator.RANDOMISED:
+        pixel_size = DEFAULT_PIXEL_SIZE_UM
+    images, source = _dataset(request, labels, pixel_size)
+    source["pixel_size_um"] = pixel_size
     settings = TrainingSettings(trials, max_epochs, patience, blocks_per_epoch, positive_fraction, seed)
     return _train_and_save(images, source, labels, settings, space, output, work_dir, version, command, quiet)
 
@@ -233,14 +351,20 @@ def _train_and_save(
     quiet: bool,
 ) -> Path:
     """Split, search, evaluate on the test images and write the weights and card."""
-    from rich.progress import Progress
-
+    from plugins.common.progress import TrainingProgress
     from plugins.virtual_staining.data import split_images
     from plugins.virtual_staining.training import run_study
 
     split = split_images(images, settings.seed)
-    with tempfile.TemporaryDirectory(prefix="vs-study-") as scratch, Progress(disable=quiet) as progress:
-        result = run_study(split, settings, work_dir or Path(scratch), space, progress)
+    if not quiet:
+        _print_split(split)
+    total = settings.trials * settings.max_epochs
+    with tempfile.TemporaryDirectory(prefix="vs-study-") as scratch:
+        if quiet:
+            result = run_study(split, settings, work_dir or Path(scratch), space)
+        else:
+            with TrainingProgress("training virtual-staining (epochs, at most)", total) as progress:
+                result = run_study(split, settings, work_dir or Path(scratch), space, progress)
     best = result.best
     model = best.params.network()
     model.load_state_dict(best.state)
@@ -306,6 +430,7 @@ def _training_record(
         "normalization": "per image: (x - median) / (p99 - p1)",
         "search": search,
         "inference": {"threshold": best.threshold, "stride": None},
+        "pixel_size_um": source.get("pixel_size_um"),
         "software": {"torch": torch.__version__, "optuna": optuna.__version__},
     }
 
@@ -338,6 +463,8 @@ def evaluate(
     manifest: Manifest = None,
     synthetic: Synthetic = 0,
     synthetic_size: SyntheticSize = 256,
+    generator: GeneratorOption = Generator.DEMO,
+    variety: VarietyOption = VarietyName.TRAINING,
     pattern: Pattern = FILE_NAME_PATTERN,
     phase_token: PhaseToken = "phase",
     fluorescence_token: GfpToken = "gfp",
@@ -377,9 +504,19 @@ def evaluate(
     network, card = _load_model(weights, model)
     fraction = positive_fraction or float(card.training.get("labels", {}).get("positive_fraction", 0.5))
     labels = LabelOptions(binarize, fluorescence_threshold, positive_fraction=fraction)
-    channels = (phase_channel, fluorescence_channel)
-    tokens = (phase_token, fluorescence_token)
-    images, _ = _dataset(data, manifest, synthetic, synthetic_size, pattern, tokens, channels, labels, seed)
+    request = DataRequest(
+        data,
+        manifest,
+        synthetic,
+        synthetic_size,
+        generator,
+        variety,
+        pattern,
+        (phase_token, fluorescence_token),
+        (phase_channel, fluorescence_channel),
+        seed,
+    )
+    images, _ = _dataset(request, labels, model_pixel_size(card))
     decision = threshold or float(card.training.get("inference", {}).get("threshold", 0.5))
     predictor = BlockPredictor(network, "cpu", InferenceOptions(stride=stride, threshold=decision))
     metrics = evaluate_images(predictor, images, fraction)
@@ -388,6 +525,12 @@ def evaluate(
     if json_out is not None:
         json_out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
+
+
+def model_pixel_size(card: ModelCard) -> float | None:
+    """The card's model scale in um per pixel, None for weights trained without one."""
+    value = card.training.get("pixel_size_um")
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _load_model(weights: Path | None, name: str) -> tuple[TileCNN, ModelCard]:

@@ -3,8 +3,9 @@
 Pairs are found by a file-name pattern (a regular expression with a ``channel`` group and
 any of ``experiment``, ``well``, ``position``, ``timepoint``; files whose other groups
 agree form a pair) or read from a CSV manifest with the columns ``phase`` and
-``fluorescence`` (paths relative to the manifest) and optionally ``experiment``,
-``well``, ``position``, ``timepoint``. A *field* is one position imaged over time; images
+``fluorescence`` (paths relative to the manifest; common other names such as ``image``
+/ ``gfp`` / ``label`` are accepted, see :data:`MANIFEST_COLUMNS`) and optionally
+``experiment``, ``well``, ``position``, ``timepoint``. A *field* is one position imaged over time; images
 of one field or one experiment never end up on both sides of a split.
 """
 
@@ -12,20 +13,35 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from plugins.virtual_staining.imaging import FLUORESCENCE_NAMES, PHASE_NAMES, normalize, read_plane
+from plugins.api import InvalidInputError
+from plugins.virtual_staining.imaging import (
+    FLUORESCENCE_NAMES,
+    PHASE_NAMES,
+    normalize,
+    read_plane,
+    rescale_mask,
+    rescale_plane,
+)
 from plugins.virtual_staining.labels import LabelOptions, binarize
-from plugins.virtual_staining.synthetic import SyntheticSpec, generate_series
+from plugins.virtual_staining.synthetic import SyntheticImage, SyntheticSpec, generate_series
+
+if TYPE_CHECKING:
+    from plugins.virtual_staining.randomised import PhaseVariety
 
 __all__ = [
+    "GENERATORS",
+    "MANIFEST_COLUMNS",
     "ImagePair",
     "LabelledImage",
     "Split",
+    "at_model_scale",
     "load_pairs",
     "pairs_from_manifest",
     "pairs_from_pattern",
@@ -34,6 +50,8 @@ __all__ = [
 ]
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
+#: ``--generator`` choices: the demo's texture fields, or cells through randomised optics.
+GENERATORS = ("demo", "randomised")
 
 
 @dataclass(frozen=True)
@@ -121,22 +139,65 @@ def _pair(fields: dict[str, str], phase: Path, fluorescence: Path) -> ImagePair:
     return ImagePair(phase, fluorescence, experiment, field, timepoint)
 
 
+#: Column names a manifest may use for each field (case-insensitive), first match wins.
+MANIFEST_COLUMNS: dict[str, tuple[str, ...]] = {
+    "phase": ("phase", "phase_path", "phase_image", "image", "input", "brightfield", "bf"),
+    "fluorescence": (
+        "fluorescence",
+        "fluorescence_path",
+        "fluorescence_image",
+        "gfp",
+        "stain",
+        "label",
+        "target",
+    ),
+    "experiment": ("experiment", "experiment_id", "plate", "run"),
+    "well": ("well", "well_id"),
+    "position": ("position", "field", "site", "fov", "tile"),
+    "timepoint": ("timepoint", "time_point", "time", "t", "frame"),
+}
+
+
+def _manifest_columns(header: Sequence[str], manifest: Path) -> dict[str, str]:
+    """The manifest's column for each field; raises ValueError without phase/fluorescence."""
+    lowered = {name.strip().lower(): name for name in header}
+    found = {}
+    for key, aliases in MANIFEST_COLUMNS.items():
+        column = next((lowered[a] for a in aliases if a in lowered), None)
+        if column is not None:
+            found[key] = column
+    missing = [k for k in ("phase", "fluorescence") if k not in found]
+    if missing:
+        accepted = "; ".join(f"{k}: {', '.join(MANIFEST_COLUMNS[k])}" for k in missing)
+        raise ValueError(f"{manifest} has no column for {' and '.join(missing)} (accepted names: {accepted})")
+    return found
+
+
 def pairs_from_manifest(manifest: Path) -> list[ImagePair]:
-    """Pairs listed in a CSV manifest; raises ValueError on missing columns or files."""
+    """Pairs listed in a CSV manifest (columns as in :data:`MANIFEST_COLUMNS`).
+
+    Raises ValueError on missing columns or files.
+    """
     with manifest.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"phase", "fluorescence"} <= set(rows[0]):
-        raise ValueError(f"{manifest} needs the columns 'phase' and 'fluorescence'")
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        columns = _manifest_columns(reader.fieldnames or [], manifest)
+    if not rows:
+        raise ValueError(f"{manifest} lists no images")
+
+    def value(row: dict[str, str], key: str) -> str:
+        return (row.get(columns[key]) or "").strip() if key in columns else ""
+
     pairs = []
     for number, row in enumerate(rows, start=2):
-        phase = (manifest.parent / row["phase"]).resolve()
-        fluorescence = (manifest.parent / row["fluorescence"]).resolve()
+        phase = (manifest.parent / value(row, "phase")).resolve()
+        fluorescence = (manifest.parent / value(row, "fluorescence")).resolve()
         for path in (phase, fluorescence):
             if not path.is_file():
                 raise ValueError(f"{manifest}:{number}: no file {path}")
-        experiment = row.get("experiment") or "experiment"
-        field = "/".join([experiment, row.get("well") or "", row.get("position") or phase.stem])
-        timepoint = row.get("timepoint") or ""
+        experiment = value(row, "experiment") or "experiment"
+        field = "/".join([experiment, value(row, "well"), value(row, "position") or phase.stem])
+        timepoint = value(row, "timepoint")
         pairs.append(
             ImagePair(phase, fluorescence, experiment, field, int(timepoint) if timepoint.isdigit() else None)
         )
@@ -148,36 +209,75 @@ def load_pairs(
     label_options: LabelOptions,
     phase_channel: str | int | None = None,
     fluorescence_channel: str | int | None = None,
+    model_pixel_um: float | None = None,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> list[LabelledImage]:
-    """Read and binarise every pair; raises InvalidInputError/ValueError/OSError per file."""
+    """Read and binarise every pair, resampled to ``model_pixel_um`` where the file has a
+    pixel size.
+
+    A pair that cannot be used raises InvalidInputError/ValueError/OSError, or, when
+    ``skipped`` is given, is appended to it as ``(phase file name, reason)`` instead.
+    """
     images = []
     for pair in pairs:
-        phase, _ = read_plane(pair.phase, phase_channel, PHASE_NAMES)
-        fluorescence, _ = read_plane(pair.fluorescence, fluorescence_channel, FLUORESCENCE_NAMES)
-        mask = binarize(fluorescence, label_options)
-        images.append(LabelledImage(pair.phase.name, pair.experiment, pair.field, phase, mask))
+        try:
+            phase, pixel = read_plane(pair.phase, phase_channel, PHASE_NAMES)
+            fluorescence, _ = read_plane(pair.fluorescence, fluorescence_channel, FLUORESCENCE_NAMES)
+            mask = binarize(fluorescence, label_options)
+            image = LabelledImage(pair.phase.name, pair.experiment, pair.field, phase, mask)
+            images.append(at_model_scale(image, pixel, model_pixel_um))
+        except (InvalidInputError, ValueError, OSError) as exc:
+            if skipped is None:
+                raise
+            skipped.append((pair.phase.name, str(exc)))
     return images
 
 
+def at_model_scale(
+    image: LabelledImage, pixel_um: tuple[float, float] | None, model_pixel_um: float | None
+) -> LabelledImage:
+    """``image`` resampled so one pixel is ``model_pixel_um`` (unchanged without either size)."""
+    if pixel_um is None or model_pixel_um is None:
+        return image
+    phase = rescale_plane(image.phase, pixel_um, model_pixel_um)
+    if phase.shape == image.phase.shape:
+        return image
+    mask = rescale_mask(image.mask, phase.shape)
+    return LabelledImage(image.name, image.experiment, image.field, phase, mask)
+
+
 def synthetic_images(
-    experiments: int, label_options: LabelOptions, seed: int, size: int = 256
+    experiments: int,
+    label_options: LabelOptions,
+    seed: int,
+    size: int = 256,
+    variety: PhaseVariety | None = None,
+    model_pixel_um: float | None = None,
 ) -> list[LabelledImage]:
-    """Generated experiments (4 wells x 2 positions x 3 time points each), binarised."""
-    spec = SyntheticSpec(
-        experiments=experiments,
-        wells=4,
-        positions=2,
-        timepoints=3,
-        shape=(size, size),
-        bit_depth=16,
-        seed=seed,
-    )
+    """Generated experiments (4 wells x 2 positions x 3 time points each), binarised.
+
+    Without ``variety`` the demo generator draws ``size``-pixel texture fields; with it,
+    :mod:`~plugins.virtual_staining.randomised` draws cells through randomised optics
+    (``size`` unused: fields have a physical size and a drawn pixel size), resampled to
+    ``model_pixel_um``.
+    """
+    items: Iterator[SyntheticImage]
+    if variety is None:
+        spec = SyntheticSpec(
+            experiments=experiments, wells=4, positions=2, timepoints=3, shape=(size, size), seed=seed
+        )
+        items = generate_series(spec)
+    else:
+        from plugins.virtual_staining.randomised import RandomisedSpec, generate_randomised
+
+        items = generate_randomised(RandomisedSpec(experiments=experiments, seed=seed, variety=variety))
     images = []
-    for item in generate_series(spec):
+    for item in items:
         md = item.metadata
         field = f"{md.experiment}/{md.well}/{md.position}"
         mask = binarize(item.gfp, label_options)
-        images.append(LabelledImage(item.stem, str(md.experiment), field, item.phase, mask))
+        image = LabelledImage(item.stem, str(md.experiment), field, item.phase, mask)
+        images.append(at_model_scale(image, md.pixel_size_um, model_pixel_um))
     return images
 
 

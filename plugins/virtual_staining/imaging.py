@@ -21,6 +21,9 @@ __all__ = [
     "PHASE_NAMES",
     "normalize",
     "read_plane",
+    "rescale_mask",
+    "rescale_plane",
+    "resize_map",
     "select_plane",
 ]
 
@@ -109,6 +112,51 @@ def normalize(plane: np.ndarray) -> np.ndarray:
     step = max(1, int(np.sqrt(image.size / 250_000)))
     low, mid, high = np.percentile(image[::step, ::step], [1.0, 50.0, 99.0])
     return (image - np.float32(mid)) / np.float32(max(high - low, 1e-6))
+
+
+#: Relative pixel-size difference below which an image is used as it is.
+SCALE_TOLERANCE = 0.05
+
+
+def rescale_plane(plane: np.ndarray, pixel_um: tuple[float, float], target_um: float) -> np.ndarray:
+    """``plane`` resampled so that one pixel is ``target_um`` (float32; the input itself
+    when both sides already are within :data:`SCALE_TOLERANCE`).
+
+    Downsampling is anti-aliased (Gaussian prefilter) so a 0.3 um image does not alias
+    into the model's scale. Raises InvalidInputError when the result would be smaller
+    than ``MIN_SIDE`` pixels.
+    """
+    from skimage.transform import resize
+
+    factors = (pixel_um[0] / target_um, pixel_um[1] / target_um)
+    if all(abs(f - 1.0) <= SCALE_TOLERANCE for f in factors):
+        return plane
+    shape = tuple(max(1, round(side * f)) for side, f in zip(plane.shape, factors, strict=True))
+    if min(shape) < MIN_SIDE:
+        raise InvalidInputError(
+            f"image {plane.shape} at {pixel_um[1]:.3g} um is only {shape} at the model's {target_um:g} um"
+        )
+    resized: np.ndarray = resize(  # type: ignore[no-untyped-call]
+        plane.astype(np.float32), shape, order=1, anti_aliasing=min(factors) < 1.0, preserve_range=True
+    ).astype(np.float32)
+    return resized
+
+
+def rescale_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A boolean mask resampled to ``shape`` (area-weighted, then > 0.5)."""
+    return resize_map(mask.astype(np.float32), shape) > 0.5
+
+
+def resize_map(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A float map (probabilities, fractions) resampled to ``shape``, bilinear."""
+    from skimage.transform import resize
+
+    if values.shape == tuple(shape):
+        return values
+    resized: np.ndarray = resize(  # type: ignore[no-untyped-call]
+        values, shape, order=1, anti_aliasing=values.shape[0] > shape[0], preserve_range=True
+    ).astype(np.float32)
+    return resized
 
 
 def read_plane(

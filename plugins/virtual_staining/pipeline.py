@@ -51,6 +51,10 @@ class VirtualStainingOptions:
     ``phase_channel``: index or name of the phase channel in multi-channel files (default:
     a channel named like "phase"/"bf", or the only channel). ``overlay_alpha``: tint
     strength of the overlay. ``model``: weights name inside the weights folder.
+    ``pixel_size_um``: the pixel size of images whose metadata carries none. Images are
+    resampled to the scale the weights were trained at (their card's ``pixel_size_um``)
+    before staining, and the stain is resampled back, so a 20x and a 4x acquisition of
+    the same well give the same efficiency.
     """
 
     stride: int | None = None
@@ -59,6 +63,7 @@ class VirtualStainingOptions:
     phase_channel: str | int | None = None
     overlay_alpha: float = 0.5
     model: str = MODEL_NAME
+    pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("stride", "tile_size"):
@@ -71,6 +76,9 @@ class VirtualStainingOptions:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ValueError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
+        size = self.pixel_size_um
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int | float) or size <= 0):
+            raise ValueError(f"pixel_size_um must be a positive number, got {size!r}")
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> VirtualStainingOptions:
@@ -112,6 +120,7 @@ class VirtualStainingPipeline:
         self._options = VirtualStainingOptions()
         self._predictor: BlockPredictor | None = None
         self._card: ModelCard | None = None
+        self._scale: float | None = None  # um per pixel the weights work at
 
     @property
     def card(self) -> ModelCard:
@@ -142,6 +151,8 @@ class VirtualStainingPipeline:
         settings = InferenceOptions(options.stride, threshold, options.tile_size)
         self._predictor = BlockPredictor(model, context.device, settings)
         self._options, self._card = options, card
+        scale = card.training.get("pixel_size_um")
+        self._scale = float(scale) if isinstance(scale, int | float) and scale > 0 else None
 
     def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
         """Virtual stain, overlay and efficiency record of one image.
@@ -150,7 +161,7 @@ class VirtualStainingPipeline:
         selection; a single-channel image whose metadata channel is a fluorescence one,
         e.g. ``gfp``, is refused), RuntimeError before :meth:`load`.
         """
-        from plugins.virtual_staining.imaging import PHASE_NAMES, select_plane
+        from plugins.virtual_staining.imaging import PHASE_NAMES, rescale_plane, resize_map, select_plane
         from plugins.virtual_staining.render import overlay_png, virtual_stain_tiff
 
         if not isinstance(item, ImageItem):
@@ -161,27 +172,36 @@ class VirtualStainingPipeline:
         plane = select_plane(
             item.array, item.axes, item.channel_names, self._options.phase_channel, PHASE_NAMES
         )
-        prediction = self._predictor.predict(plane)
+        pixel_size = item.metadata.pixel_size_um
+        if pixel_size is None and self._options.pixel_size_um is not None:
+            pixel_size = (float(self._options.pixel_size_um),) * 2
+        scaled = (
+            plane
+            if pixel_size is None or self._scale is None
+            else rescale_plane(plane, pixel_size, self._scale)
+        )
+        prediction = self._predictor.predict(scaled)
+        probability = resize_map(prediction.probability, plane.shape)
         files = [
             FileOutput(
                 "virtual_stain.tif",
-                virtual_stain_tiff(plane, prediction.probability, item.metadata.pixel_size_um),
+                virtual_stain_tiff(plane, probability, item.metadata.pixel_size_um),
                 "image/tiff",
             ),
             FileOutput(
                 "overlay.png",
-                overlay_png(plane, prediction.probability, self._options.overlay_alpha),
+                overlay_png(plane, probability, self._options.overlay_alpha),
                 "image/png",
             ),
         ]
-        record = self._record(item, prediction)
+        record = self._record(item, prediction, plane.shape)
         summary = (
             f"{prediction.blocks_positive}/{prediction.blocks_total} blocks positive "
             f"({100 * prediction.positive_fraction:.1f}%)"
         )
         return PipelineResult(files=files, records=[record], summary=summary)
 
-    def _record(self, item: ImageItem, prediction: Prediction) -> Record:
+    def _record(self, item: ImageItem, prediction: Prediction, shape: tuple[int, ...]) -> Record:
         md = item.metadata
         source = Path(item.source_path)
         fields_: dict[str, RecordValue] = {
@@ -201,8 +221,9 @@ class VirtualStainingPipeline:
             "mean_probability": float(prediction.probability.mean()),
             "block_size": prediction.block_size,
             "threshold": prediction.threshold,
-            "height": int(prediction.probability.shape[0]),
-            "width": int(prediction.probability.shape[1]),
+            "height": int(shape[0]),
+            "width": int(shape[1]),
+            "model_pixel_size_um": self._scale,
             "model_version": self.card.version,
         }
         return Record(kind="efficiency", group=md.experiment or UNASSIGNED_EXPERIMENT, fields=fields_)

@@ -35,7 +35,8 @@ from plugins.virtual_staining.metrics import best_f1_threshold, roc_auc
 
 if TYPE_CHECKING:
     import optuna
-    from rich.progress import Progress, TaskID
+
+    from plugins.common.progress import TrainingProgress
 
 __all__ = [
     "BlockSet",
@@ -68,6 +69,10 @@ class TrialParams:
 
     def network(self) -> TileCNN:
         return TileCNN(self.block_size, self.depth, self.width, self.dropout)
+
+    def describe(self) -> str:
+        """The configuration in a few words, for progress lines."""
+        return f"block {self.block_size}, depth {self.depth}, width {self.width}, lr {self.learning_rate:.1e}"
 
     def key(self, seed: int) -> str:
         """Stable name of this configuration's checkpoint."""
@@ -162,14 +167,29 @@ class TrialOutcome:
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation/flip and a small gain/offset jitter for the whole batch."""
+    """Random rotation/flip, then per block a gain/offset, a gamma-like bend, noise, and
+    for the whole batch sometimes a blur: intensity and sharpness vary between
+    microscopes more than the generator alone covers."""
     k = int(torch.randint(4, (1,), generator=generator))
     x = torch.rot90(x, k, dims=(2, 3))
     if bool(torch.randint(2, (1,), generator=generator)):
         x = torch.flip(x, dims=(3,))
-    gain = 1.0 + 0.2 * (torch.rand((x.shape[0], 1, 1, 1), generator=generator) - 0.5)
-    offset = 0.2 * (torch.rand((x.shape[0], 1, 1, 1), generator=generator) - 0.5)
-    return x * gain + offset
+    shape = (x.shape[0], 1, 1, 1)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(shape, generator=generator)
+
+    bend = uniform(-0.3, 0.3)  # x + bend * x|x|: a monotone change of the tone curve
+    x = x + bend * x * x.abs()
+    x = x * uniform(0.75, 1.3) + uniform(-0.15, 0.15)
+    x = x + uniform(0.0, 0.08) * torch.randn(x.shape, generator=generator)
+    if float(torch.rand((1,), generator=generator)) < 0.3:
+        sigma = 0.4 + 0.8 * float(torch.rand((1,), generator=generator))
+        taps = torch.arange(-2, 3, dtype=torch.float32)
+        kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+        kernel = (kernel / kernel.sum())[:, None] * (kernel / kernel.sum())[None, :]
+        x = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), kernel[None, None])
+    return x
 
 
 def _run_epoch(
@@ -339,7 +359,7 @@ class StudyResult:
 
 
 class _StudyRunner:
-    """Objective for Optuna: caches block sets per block size, drives progress bars."""
+    """Objective for Optuna: caches block sets per block size, reports every epoch."""
 
     def __init__(
         self,
@@ -347,15 +367,13 @@ class _StudyRunner:
         settings: TrainingSettings,
         space: SearchSpace,
         work_dir: Path,
-        progress: Progress | None,
+        progress: TrainingProgress | None,
     ) -> None:
         self.split, self.settings, self.space = split, settings, space
         self.checkpoints = work_dir / "checkpoints"
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         self.cache: dict[int, tuple[BlockSet, BlockSet]] = {}
-        self.trial_task: TaskID | None = None
-        self.epoch_task: TaskID | None = None
 
     def blocks(self, block_size: int) -> tuple[BlockSet, BlockSet]:
         if block_size not in self.cache:
@@ -372,14 +390,14 @@ class _StudyRunner:
         params = self.space.suggest(trial)
         trial.set_user_attr("params", asdict(params))
         train, validation = self.blocks(params.block_size)
-        if self.progress is not None and self.epoch_task is not None:
-            self.progress.reset(
-                self.epoch_task, total=self.settings.max_epochs, description=f"trial {trial.number} epochs"
-            )
+        progress = self.progress
 
         def report(epoch: int, f1: float) -> None:
-            if self.progress is not None and self.epoch_task is not None:
-                self.progress.update(self.epoch_task, completed=epoch)
+            if progress is not None:
+                progress.advance()
+                progress.line(
+                    f"trial {trial.number} ({params.describe()}) epoch {epoch}: validation F1 {f1:.3f}"
+                )
             trial.report(f1, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -432,7 +450,7 @@ def run_study(
     settings: TrainingSettings,
     work_dir: Path,
     space: SearchSpace | None = None,
-    progress: Progress | None = None,
+    progress: TrainingProgress | None = None,
 ) -> StudyResult:
     """Run (or resume) the search in ``work_dir`` until ``settings.trials`` trials finished.
 
@@ -447,13 +465,15 @@ def run_study(
     runner = _StudyRunner(split, settings, space or SearchSpace(), work_dir, progress)
     done = len(study.get_trials(deepcopy=False, states=finished))
     if progress is not None:
-        runner.trial_task = progress.add_task("trials", total=settings.trials, completed=done)
-        runner.epoch_task = progress.add_task("epochs", total=settings.max_epochs)
+        progress.advance(done * settings.max_epochs)
 
     def advance(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if progress is not None and runner.trial_task is not None:
-            progress.update(
-                runner.trial_task, completed=len(study.get_trials(deepcopy=False, states=finished))
+        # A pruned or early-stopped trial ends before max_epochs: count its epochs as done.
+        if progress is not None:
+            finished_trials = len(study.get_trials(deepcopy=False, states=finished))
+            progress.advance(max(0, finished_trials * settings.max_epochs - progress.completed))
+            progress.line(
+                f"trial {trial.number}: {trial.state.name.lower()}, objective {trial.value or 0.0:.3f}"
             )
 
     study.optimize(runner, n_trials=max(0, settings.trials - done), callbacks=[advance])

@@ -52,8 +52,34 @@ def test_manifest(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no file"):
         pairs_from_manifest(manifest)
     manifest.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="columns"):
+    with pytest.raises(ValueError, match="no column for phase and fluorescence"):
         pairs_from_manifest(manifest)
+
+
+def test_manifest_accepts_the_common_column_names(tmp_path: Path) -> None:
+    write_series(tmp_path / "img", SPEC)
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(
+        "Image,GFP,Plate,Well,Site,Time\n"
+        "img/EXP1_A01_pos1_t000_phase.tif,img/EXP1_A01_pos1_t000_gfp.tif,P7,A01,2,3\n"
+    )
+    (pair,) = pairs_from_manifest(manifest)
+    assert pair.phase.name == "EXP1_A01_pos1_t000_phase.tif"
+    assert pair.fluorescence.name == "EXP1_A01_pos1_t000_gfp.tif"
+    assert (pair.experiment, pair.field, pair.timepoint) == ("P7", "P7/A01/2", 3)
+
+
+def test_unusable_pairs_are_skipped_with_their_reason(tmp_path: Path) -> None:
+    write_series(tmp_path / "img", SPEC)
+    pairs = pairs_from_pattern(tmp_path / "img", FILE_NAME_PATTERN)
+    broken = pairs[0].fluorescence
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated TIFF
+    skipped: list[tuple[str, str]] = []
+    images = load_pairs(pairs, LabelOptions(), skipped=skipped)
+    assert len(images) == len(pairs) - 1
+    assert [name for name, _ in skipped] == [pairs[0].phase.name]
+    with pytest.raises((OSError, ValueError)):
+        load_pairs(pairs, LabelOptions())
 
 
 def _image(experiment: str, field: str) -> LabelledImage:
