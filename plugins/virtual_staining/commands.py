@@ -29,6 +29,7 @@ from plugins.virtual_staining.synthetic import FILE_NAME_PATTERN
 if TYPE_CHECKING:
     from models.store import ModelCard
     from models.tile_cnn import TileCNN
+    from plugins.virtual_staining.calibration import EfficiencyCalibration
     from plugins.virtual_staining.data import LabelledImage, Split
     from plugins.virtual_staining.labels import LabelOptions
     from plugins.virtual_staining.training import (
@@ -368,24 +369,42 @@ def _train_and_save(
     best = result.best
     model = best.params.network()
     model.load_state_dict(best.state)
-    metrics = _held_out_metrics(model, split.test, best.threshold, labels.positive_fraction)
+    calibration = _fit_calibration(model, split.validation, best.threshold)
+    metrics = _held_out_metrics(model, split.test, best.threshold, labels.positive_fraction, calibration)
     if not quiet:
         _print_metrics("held-out test images", metrics)
     training = _training_record(best, result, labels, source, split, settings, command)
+    training["inference"]["efficiency_calibration"] = calibration.to_dict()
     card = _card(model, training, metrics, version)
     from models.store import save_weights
 
     return save_weights(model, card, output)
 
 
+def _fit_calibration(
+    model: TileCNN, validation: list[LabelledImage], threshold: float
+) -> EfficiencyCalibration:
+    """The efficiency calibration fitted on the validation images."""
+    from plugins.virtual_staining.calibration import EfficiencyCalibration
+    from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+
+    predictor = BlockPredictor(model, "cpu", InferenceOptions(threshold=threshold))
+    predicted = [predictor.predict(image.phase).positive_fraction for image in validation]
+    return EfficiencyCalibration.fit(predicted, [image.measured_efficiency for image in validation])
+
+
 def _held_out_metrics(
-    model: TileCNN, test: list[LabelledImage], threshold: float, positive_fraction: float
+    model: TileCNN,
+    test: list[LabelledImage],
+    threshold: float,
+    positive_fraction: float,
+    calibration: EfficiencyCalibration,
 ) -> dict[str, float]:
     from plugins.virtual_staining.evaluation import evaluate_images
     from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
 
     predictor = BlockPredictor(model, "cpu", InferenceOptions(threshold=threshold))
-    return evaluate_images(predictor, test, positive_fraction)
+    return evaluate_images(predictor, test, positive_fraction, calibration)
 
 
 def _training_record(
@@ -495,6 +514,7 @@ def evaluate(
     """
     import torch
 
+    from plugins.virtual_staining.calibration import EfficiencyCalibration
     from plugins.virtual_staining.evaluation import evaluate_images
     from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
     from plugins.virtual_staining.labels import LabelOptions
@@ -519,7 +539,8 @@ def evaluate(
     images, _ = _dataset(request, labels, model_pixel_size(card))
     decision = threshold or float(card.training.get("inference", {}).get("threshold", 0.5))
     predictor = BlockPredictor(network, "cpu", InferenceOptions(stride=stride, threshold=decision))
-    metrics = evaluate_images(predictor, images, fraction)
+    calibration = EfficiencyCalibration.from_card(card.training.get("inference", {}))
+    metrics = evaluate_images(predictor, images, fraction, calibration)
     if not quiet:
         _print_metrics(f"{model} {card.version} on {len(images)} images", metrics)
     if json_out is not None:

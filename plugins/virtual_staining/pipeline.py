@@ -32,6 +32,7 @@ from plugins.api import (
 
 if TYPE_CHECKING:
     from models.store import ModelCard
+    from plugins.virtual_staining.calibration import EfficiencyCalibration
     from plugins.virtual_staining.inference import BlockPredictor, Prediction
 
 __all__ = ["MODEL_NAME", "VirtualStainingOptions", "VirtualStainingPipeline"]
@@ -121,6 +122,7 @@ class VirtualStainingPipeline:
         self._predictor: BlockPredictor | None = None
         self._card: ModelCard | None = None
         self._scale: float | None = None  # um per pixel the weights work at
+        self._calibration: EfficiencyCalibration | None = None
 
     @property
     def card(self) -> ModelCard:
@@ -137,6 +139,7 @@ class VirtualStainingPipeline:
         """
         from models.store import WeightsError, bundled_weights_dir, load_weights, read_card
         from models.tile_cnn import TileCNN
+        from plugins.virtual_staining.calibration import EfficiencyCalibration
         from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
 
         options = VirtualStainingOptions.from_mapping(context.options)
@@ -151,6 +154,7 @@ class VirtualStainingPipeline:
         settings = InferenceOptions(options.stride, threshold, options.tile_size)
         self._predictor = BlockPredictor(model, context.device, settings)
         self._options, self._card = options, card
+        self._calibration = EfficiencyCalibration.from_card(card.training.get("inference", {}))
         scale = card.training.get("pixel_size_um")
         self._scale = float(scale) if isinstance(scale, int | float) and scale > 0 else None
 
@@ -201,6 +205,9 @@ class VirtualStainingPipeline:
         )
         return PipelineResult(files=files, records=[record], summary=summary)
 
+    def _efficiency(self, positive_fraction: float) -> float:
+        return self._calibration.apply(positive_fraction) if self._calibration else positive_fraction
+
     def _record(self, item: ImageItem, prediction: Prediction, shape: tuple[int, ...]) -> Record:
         md = item.metadata
         source = Path(item.source_path)
@@ -216,6 +223,8 @@ class VirtualStainingPipeline:
             "timepoint": md.timepoint,
             "acquired_at": md.acquired_at,
             "positive_fraction": prediction.positive_fraction,
+            # The GFP-positive area the positive blocks stand for (the card's calibration).
+            "efficiency": self._efficiency(prediction.positive_fraction),
             "blocks_total": prediction.blocks_total,
             "blocks_positive": prediction.blocks_positive,
             "mean_probability": float(prediction.probability.mean()),
