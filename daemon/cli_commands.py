@@ -205,9 +205,11 @@ def _folder_for(settings: Settings, path: Path) -> FolderSettings:
     return FolderSettings(path=path.parent)
 
 
-def _file_attrs(settings: Settings, path: Path, root: Path) -> dict[str, Any]:
-    from daemon.imageio import metadata_to_json, read_tiff_header
-    from daemon.sources.naming import parse_metadata
+def _file_inputs(settings: Settings, path: Path, root: Path) -> list[Any]:
+    """The inputs (ImageInput: key and attributes) of a file new to the journal, as the
+    watcher would record them: one per image of a multi-image OME-TIFF."""
+    from daemon.imageio import read_tiff_header
+    from daemon.sources.image_inputs import image_inputs
 
     folder = _folder_for(settings, path)
     stat = path.stat()
@@ -216,12 +218,24 @@ def _file_attrs(settings: Settings, path: Path, root: Path) -> dict[str, Any]:
     except (OSError, InputRejected):
         header = None  # the worker reports unreadable files; here only the metadata is missing
     relative = path.relative_to(folder.path) if path.is_relative_to(folder.path) else path.relative_to(root)
-    return {
+    attrs = {
         "fingerprint": [stat.st_size, stat.st_mtime_ns],
-        "metadata": metadata_to_json(parse_metadata(path, folder, header)),
         "relative_path": relative.as_posix(),
         "folder": str(folder.path),
     }
+    return image_inputs(f"file:{path}", path, folder, header, attrs)
+
+
+def _known_file(journal: Journal, path: Path) -> list[Arrival]:
+    """The arrivals of a file already in the journal: one per image it was split into."""
+    from daemon.sources.image_inputs import SERIES_MARK
+
+    key = f"file:{path}"
+    rows = journal.query(
+        "SELECT * FROM arrivals WHERE key = ? OR substr(key, 1, ?) = ? ORDER BY id",
+        (key, len(key) + len(SERIES_MARK), key + SERIES_MARK),
+    )
+    return [Arrival.from_row(row) for row in rows]
 
 
 def _arrivals_for_target(settings: Settings, journal: Journal, target: str) -> Iterable[Arrival | Path]:
@@ -234,8 +248,8 @@ def _arrivals_for_target(settings: Settings, journal: Journal, target: str) -> I
         return
     path = Path(target).expanduser()
     if path.is_file():
-        known = journal.arrival_by_key(f"file:{path.resolve()}")
-        yield known if known is not None else path.resolve()
+        files = _known_file(journal, path.resolve())
+        yield from files if files else [path.resolve()]
         return
     if path.is_dir():
         include = (
@@ -247,8 +261,8 @@ def _arrivals_for_target(settings: Settings, journal: Journal, target: str) -> I
                 and not file.name.startswith(".")
                 and any(file.name.lower().endswith(g.lstrip("*")) for g in include)
             ):
-                known = journal.arrival_by_key(f"file:{file}")
-                yield known if known is not None else file
+                arrivals = _known_file(journal, file)
+                yield from arrivals if arrivals else [file]
         return
     if SERIES_UID.match(target):
         known = journal.arrival_by_key(f"series:{target}")
@@ -289,13 +303,10 @@ def reprocess(
         task = progress.add_task("queueing", total=None)
         for found in _arrivals_for_target(settings, journal, target):
             if isinstance(found, Path):
-                arrival = journal.record_file_arrival(
-                    "cli",
-                    f"file:{found}",
-                    found,
-                    _file_attrs(settings, found, root if root.is_dir() else found.parent),
-                )
-                if arrival is not None:
+                for one in _file_inputs(settings, found, root if root.is_dir() else found.parent):
+                    arrival = journal.record_file_arrival("cli", one.key, found, one.attrs)
+                    if arrival is None:
+                        continue
                     new_arrivals.append(arrival.id)
                     if pipeline:
                         job_ids += queue.route(

@@ -2,7 +2,8 @@
 
 :func:`read_tiff_header` opens a TIFF without decoding pixels: it walks the IFD chain,
 checks that the pixel data of the first and last page lies inside the file, and collects
-what the embedded metadata says (OME-XML, ImageJ, baseline tags). The folder watcher
+what the embedded metadata says (OME-XML image by image through :mod:`daemon.ome`,
+ImageJ, baseline tags). The folder watcher
 calls it on every complete file, so a zero-byte, non-TIFF or truncated file is rejected
 where it arrives.
 
@@ -22,11 +23,9 @@ import logging
 import math
 import struct
 import time
-import xml.etree.ElementTree as ElementTree
 import zlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,6 +34,7 @@ import tifffile
 
 from daemon.errors import InputRejected, TransientError
 from daemon.journal import Arrival
+from daemon.ome import UNIT_TO_UM, OmeImage, parse_ome
 from plugins.api import ImageItem, ImageMetadata
 
 __all__ = [
@@ -56,8 +56,6 @@ MAX_DECODED_BYTES = 2**31
 #: Little/big-endian classic TIFF and BigTIFF.
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _MAX_IFDS = 1_000_000
-_UNIT_TO_UM = {"um": 1.0, "micron": 1.0, "microns": 1.0, "\u00b5m": 1.0, "\\u00b5m": 1.0,
-               "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 # What tifffile and its codecs raise on malformed input (there is no common base class).
 # RuntimeError: every codec error of imagecodecs (JPEG, LZW, JPEG 2000 …) derives from it.
 _DECODE_ERRORS = (
@@ -81,7 +79,13 @@ class TiffHeader:
     ``plate``/``well`` come from an OME Plate; ``channel_names`` from OME channels or
     ImageJ labels; ``acquired_at`` from OME AcquisitionDate or the DateTime tag (local
     time); ``pixel_size_um`` is (y, x) from OME PhysicalSize or the resolution tags with
-    an ImageJ or centimetre unit.
+    an ImageJ or centimetre unit; ``position`` (an OME StageLabel name) and ``stage_um``
+    ((x, y) in µm) from OME only.
+
+    An OME-TIFF's metadata above is that of image ``series``: the first image stored in
+    this file (the first one at all unless a multi-file OME-TIFF names the files).
+    ``images`` lists every OME image; ``split`` the indices of those that are series of
+    their own in this file, each to be read as an input of its own (see :meth:`inputs`).
     """
 
     size: int
@@ -94,6 +98,23 @@ class TiffHeader:
     channel_names: tuple[str, ...] = ()
     plate: str | None = None
     well: str | None = None
+    position: str | None = None
+    stage_um: tuple[float, float] | None = None
+    series: int = 0
+    images: tuple[OmeImage, ...] = ()
+    split: tuple[int, ...] = ()
+
+    def inputs(self) -> tuple[TiffHeader, ...]:
+        """One header per input the file holds: per image of a multi-image OME-TIFF whose
+        images are separate series (each with its own metadata), else this one."""
+        return tuple(self.describing(index) for index in self.split) or (self,)
+
+    def describing(self, series: int) -> TiffHeader:
+        """This header with the metadata of OME image ``series`` (itself without one)."""
+        image = next((i for i in self.images if i.index == series), None)
+        if image is None or series == self.series:
+            return self
+        return replace(self, **_image_fields(image, self.images), series=series)
 
 
 def is_tiff_magic(head: bytes) -> bool:
@@ -121,21 +142,30 @@ def read_tiff_header(path: Path) -> TiffHeader:
 def read_image(arrival: Arrival, max_bytes: int = MAX_DECODED_BYTES) -> ImageItem:
     """Read an image arrival's file completely and verified; the worker calls this.
 
-    Metadata comes from ``arrival.attrs["metadata"]``; a pixel size or channel the
-    source did not know is filled from the file. Only the first series (image) of a
-    file holding several is read. Raises ImageRejected for empty, non-TIFF, truncated,
-    corrupt, unsupported or too large files, and TransientError when the file cannot be
-    reached for now (its folder is gone, I/O error).
+    Metadata comes from ``arrival.attrs["metadata"]``; a pixel size, channel or
+    acquisition time the source did not know is filled from the file. The series read is
+    ``arrival.attrs["series"]`` (the source gives each image of a multi-image OME-TIFF an
+    arrival of its own), else the first. Raises ImageRejected for empty, non-TIFF,
+    truncated, corrupt, unsupported or too large files, and TransientError when the file
+    cannot be reached for now (its folder is gone, I/O error).
     """
     path = arrival.path
     size = _size_or_raise(path)
+    chosen = _series_index(arrival)
+    index = chosen or 0
     try:
         with path.open("rb") as fh:
             page_count = _check_structure(fh, size, path.name)
         with tifffile.TiffFile(path) as tif:
             _check_extents(tif, size, path.name, all_pages=True)
             header = _header_from(tif, size, page_count)
-            series = tif.series[0]
+            if chosen is not None:
+                header = header.describing(chosen)
+            if index >= len(tif.series):
+                raise ImageRejected(
+                    "corrupt", f"{path.name}: no image series {index} (the file holds {len(tif.series)})"
+                )
+            series = tif.series[index]
             _check_decodable(series, path.name, max_bytes)
             array = np.asarray(series.asarray())
             axes = str(series.axes)
@@ -162,11 +192,15 @@ def read_image(arrival: Arrival, max_bytes: int = MAX_DECODED_BYTES) -> ImageIte
     )
 
 
+_PAIRS = ("pixel_size_um", "stage_position_um")  # tuples in ImageMetadata, lists in JSON
+
+
 def metadata_to_json(metadata: ImageMetadata) -> dict[str, Any]:
     """ImageMetadata as a JSON-friendly dict (the ``metadata`` attribute of an arrival)."""
     data = asdict(metadata)
-    if metadata.pixel_size_um is not None:
-        data["pixel_size_um"] = list(metadata.pixel_size_um)
+    for key in _PAIRS:
+        if data[key] is not None:
+            data[key] = list(data[key])
     return data
 
 
@@ -175,14 +209,20 @@ def metadata_from_json(data: object) -> ImageMetadata:
     if not isinstance(data, Mapping):
         return ImageMetadata()
     fields = {k: data[k] for k in ImageMetadata.__dataclass_fields__ if data.get(k) is not None}
-    size = fields.get("pixel_size_um")
-    if size is not None:
-        fields["pixel_size_um"] = (float(size[0]), float(size[1]))
     try:
+        for key in _PAIRS:
+            if key in fields:
+                fields[key] = (float(fields[key][0]), float(fields[key][1]))
         return ImageMetadata(**fields)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
         log.warning("ignoring invalid image metadata %r: %s", dict(data), exc)
         return ImageMetadata()
+
+
+def _series_index(arrival: Arrival) -> int | None:
+    """The series the source chose (an image of a multi-image OME-TIFF), None when it chose none."""
+    value = arrival.attrs.get("series")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 # --- structure checks ----------------------------------------------------------------
@@ -276,100 +316,61 @@ def _check_decodable(series: tifffile.TiffPageSeries, name: str, max_bytes: int)
 # --- embedded metadata ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _OmeInfo:
-    pixel_size_um: tuple[float, float] | None
-    acquired_at: float | None
-    channel_names: tuple[str, ...]
-    plate: str | None
-    well: str | None
-
-
 def _header_from(tif: tifffile.TiffFile, size: int, page_count: int) -> TiffHeader:
     page = tif.pages.first
     dtype = page.dtype
+    name = Path(tif.filehandle.path).name
     if dtype is None:
-        name = Path(tif.filehandle.path).name
         raise ImageRejected("unsupported", f"{name}: unsupported sample format")
-    ome = _ome_info(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else None
+    images = (parse_ome(tif.ome_metadata, name) or ()) if tif.is_ome and tif.ome_metadata else ()
+    stored = tuple(i for i in images if i.in_file) or images
     imagej = tif.imagej_metadata
-    flavor = "ome" if ome else ("imagej" if imagej else "tiff")
-    pixel = ome.pixel_size_um if ome and ome.pixel_size_um else _resolution_um(page, imagej)
-    acquired = ome.acquired_at if ome and ome.acquired_at else _tiff_datetime(page)
-    if ome and ome.channel_names:
-        names = ome.channel_names
-    else:
-        labels = imagej.get("Labels") if imagej else None
-        names = tuple(str(v) for v in labels) if isinstance(labels, list) else ()
-    return TiffHeader(
+    labels = imagej.get("Labels") if imagej else None
+    header = TiffHeader(
         size=size,
-        flavor=flavor,
+        flavor="ome" if images else ("imagej" if imagej else "tiff"),
         page_count=page_count,
         page_shape=tuple(int(v) for v in page.shape),
         dtype=str(np.dtype(dtype)),
-        pixel_size_um=pixel,
-        acquired_at=acquired,
-        channel_names=names,
-        plate=ome.plate if ome else None,
-        well=ome.well if ome else None,
+        # what the TIFF itself says; the OME image, where it says more, wins below
+        pixel_size_um=_resolution_um(page, imagej),
+        acquired_at=_tiff_datetime(page),
+        channel_names=tuple(str(v) for v in labels) if isinstance(labels, list) else (),
+        images=images,
+        split=_split_series(tif, images, name),
     )
+    if not stored:
+        return header
+    own = {k: v for k, v in _image_fields(stored[0], images).items() if v not in (None, ())}
+    return replace(header, **own, series=stored[0].index)
 
 
-def _ome_info(xml: str) -> _OmeInfo | None:
+def _image_fields(image: OmeImage, images: tuple[OmeImage, ...]) -> dict[str, Any]:
+    """The TiffHeader fields that OME image ``image`` gives (None or () where it says nothing)."""
+    position = image.position or (image.name if len(images) > 1 else None)
+    return {
+        "pixel_size_um": image.pixel_size_um,
+        "acquired_at": image.acquired_at,
+        "channel_names": image.channel_names,
+        "plate": image.plate,
+        "well": image.well,
+        "position": position,
+        "stage_um": image.stage_um,
+    }
+
+
+def _split_series(tif: tifffile.TiffFile, images: tuple[OmeImage, ...], name: str) -> tuple[int, ...]:
+    """Indices of the OME images that are each a series of this very file, when there are
+    several; () when the file is one input (one image, images kept in sibling files, or a
+    Micro-Manager stack, whose positions tifffile returns as one series)."""
+    if len(images) < 2 or not all(i.in_file for i in images) or tif.is_mmstack:
+        return ()
     try:
-        root = ElementTree.fromstring(xml)
-    except ElementTree.ParseError as exc:
-        log.warning("ignoring unparsable OME-XML: %s", exc)
-        return None
-    image = root.find("{*}Image")
-    pixels = image.find("{*}Pixels") if image is not None else None
-    if image is None or pixels is None:
-        return None
-    size = None
-    sx, sy = _ome_length(pixels, "X"), _ome_length(pixels, "Y")
-    if sx and sy:
-        size = (sy, sx)
-    date = image.findtext("{*}AcquisitionDate")
-    names = tuple(ch.get("Name", "") for ch in pixels.findall("{*}Channel"))
-    plate, well = _ome_plate_well(root, image.get("ID", ""))
-    return _OmeInfo(size, _iso_time(date), names if any(names) else (), plate, well)
-
-
-def _ome_length(pixels: ElementTree.Element, axis: str) -> float | None:
-    value = pixels.get(f"PhysicalSize{axis}")
-    unit = pixels.get(f"PhysicalSize{axis}Unit", "\u00b5m")
-    scale = _UNIT_TO_UM.get(unit)
-    if value is None or scale is None:
-        return None
-    try:
-        length = float(value) * scale
-    except ValueError:
-        return None
-    return length if math.isfinite(length) and length > 0 else None
-
-
-def _ome_plate_well(root: ElementTree.Element, image_id: str) -> tuple[str | None, str | None]:
-    for plate in root.findall("{*}Plate"):
-        for well in plate.findall("{*}Well"):
-            for sample in well.findall("{*}WellSample"):
-                ref = sample.find("{*}ImageRef")
-                if ref is not None and ref.get("ID") == image_id:
-                    row, column = int(well.get("Row", "0")), int(well.get("Column", "0"))
-                    return plate.get("Name") or plate.get("ID"), f"{_row_name(row)}{column + 1:02d}"
-    return None, None
-
-
-def _row_name(row: int) -> str:
-    return chr(ord("A") + row) if row < 26 else "A" + chr(ord("A") + row - 26)
-
-
-def _iso_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+        count = len(tif.series)
+    except _DECODE_ERRORS as exc:  # the series layout is unusable: read as one image
+        log.warning("%s: OME series unreadable, taking the file as one image: %s", name, exc)
+        return ()
+    return tuple(i.index for i in images) if count == len(images) else ()
 
 
 def _tiff_datetime(page: tifffile.TiffPage) -> float | None:
@@ -390,7 +391,7 @@ def _resolution_um(
     if xres is None or yres is None:
         return None
     if imagej and imagej.get("unit"):
-        scale = _UNIT_TO_UM.get(str(imagej["unit"]).strip().lower())
+        scale = UNIT_TO_UM.get(str(imagej["unit"]).strip().lower())
     else:
         unit = page.tags.get("ResolutionUnit")
         scale = 1e4 if unit is not None and int(unit.value) == 3 else None
@@ -420,6 +421,8 @@ def _complete_metadata(metadata: ImageMetadata, header: TiffHeader) -> ImageMeta
         updates["channel"] = header.channel_names[0]
     if metadata.acquired_at is None and header.acquired_at is not None:
         updates["acquired_at"] = header.acquired_at
+    if metadata.stage_position_um is None and header.stage_um is not None:
+        updates["stage_position_um"] = header.stage_um
     if not updates:
         return metadata
     fields = {**asdict(metadata), **updates}

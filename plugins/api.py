@@ -71,12 +71,15 @@ class ImageMetadata:
     channel: str | None = None
     acquired_at: float | None = None  # seconds since the epoch
     pixel_size_um: tuple[float, float] | None = None  # (y, x)
+    stage_position_um: tuple[float, float] | None = None  # (x, y) of the stage, as the file says
 
     def __post_init__(self) -> None:
         if self.timepoint is not None and self.timepoint < 0:
             raise ValueError(f"timepoint must be >= 0, got {self.timepoint}")
         if self.pixel_size_um is not None and not all(math.isfinite(v) and v > 0 for v in self.pixel_size_um):
             raise ValueError(f"pixel size must be positive, got {self.pixel_size_um}")
+        if self.stage_position_um is not None and not all(math.isfinite(v) for v in self.stage_position_um):
+            raise ValueError(f"stage position must be finite, got {self.stage_position_um}")
 
 
 @dataclass(frozen=True)

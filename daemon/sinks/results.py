@@ -1,7 +1,8 @@
 """Writing a pipeline's results: files, DICOM objects, records, figures.
 
 Outputs are named deterministically from the input's identity, the pipeline and its
-version: ``<outputs>/<pipeline>/<version>/<source>/<input path>/<name>``, where
+version: ``<outputs>/<pipeline>/<version>/<source>/<input path>/<name>`` (image N > 0 of
+a multi-image OME-TIFF: ``<input path>.seriesN/``), where
 ``<source>`` names the watched folder the file came from (its name and a short hash of
 its full path, e.g. ``scope1-3f2a9c``), so two folders holding the same relative name
 never share outputs (nor, keyed by path, journal output rows); summaries go to
@@ -47,6 +48,9 @@ def input_folder(arrival: Arrival) -> PurePosixPath:
             name = name[: -len(suffix)]
             break
     parents = [safe_name(p) for p in relative.parent.parts if p not in ("", ".", "..", "/")]
+    series = arrival.attrs.get("series")
+    if isinstance(series, int) and not isinstance(series, bool) and series > 0:
+        name = f"{name}.series{series}"  # the further images of a multi-image OME-TIFF
     return PurePosixPath(*source_folder(arrival), *parents, safe_name(name))
 
 

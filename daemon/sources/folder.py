@@ -15,8 +15,10 @@ hidden folders, ``~$*``, ``*.tmp``, ``*.part``, ``*.crdownload``, ``*.filepart``
 ``*~``) and names matching none of the ``include`` globs (case-insensitive) are ignored.
 
 Inputs are never modified, moved or deleted. A complete file gets the key
-``file:<absolute path>``; its fingerprint ``[size, mtime_ns]`` tells a rewritten file
-(new generation) from events repeating for the same one (nothing happens). Zero-byte,
+``file:<absolute path>`` (each further image of a multi-image OME-TIFF an arrival of its
+own, ``file:<absolute path>#series=N``: :mod:`daemon.sources.image_inputs`); its
+fingerprint ``[size, mtime_ns]`` tells a rewritten file (new generation) from events
+repeating for the same one (nothing happens). Zero-byte,
 non-TIFF and truncated files are rejected here: a rejected arrival with the error in the
 journal, a copy in quarantine, ``acqflow_input_errors_total`` counted. A file failing the
 header check is *held* first, because its writer may only have paused: it is checked
@@ -60,6 +62,7 @@ from daemon.health import Heartbeat
 from daemon.imageio import ImageRejected, TiffHeader, metadata_to_json, read_tiff_header
 from daemon.journal import Arrival, Journal
 from daemon.metrics import ARRIVALS, INPUT_ERRORS, QUARANTINED, SOURCE_ERRORS
+from daemon.sources.image_inputs import image_inputs
 from daemon.sources.naming import check_naming, parse_metadata
 from daemon.sources.paths import LinkPolicy, display_path, is_utf8
 from daemon.sources.pending import PendingFiles
@@ -328,43 +331,45 @@ class FolderWatcher:
         if quiet_for < self.settings.stable_seconds:
             self.note_change(path, closed=False)
             return 0
-        return 1 if self._take(path, quiet_for) is not None else 0
+        return len(self._take(path, quiet_for))
 
-    def _take(self, path: Path, quiet_for: float) -> Arrival | None:
-        """Record ``path`` (complete) as an arrival or reject it; returns a new arrival.
+    def _take(self, path: Path, quiet_for: float) -> list[Arrival]:
+        """Record ``path`` (complete) as arrivals, one per image of a multi-image OME-TIFF,
+        or reject it; returns the new arrivals.
 
         ``quiet_for``: seconds since it last changed. A file that fails the header check
         is held, not rejected, until it has been quiet for the grace period: a writer
         that pauses or closes between partial writes gets the time to finish.
         """
         with self._process_lock:
-            arrival = self._decide(path, quiet_for)
-        if arrival is not None:
+            arrivals = self._decide(path, quiet_for)
+        for arrival in arrivals:
             ARRIVALS.labels(source=SOURCE, kind="image").inc()
-            log.info("arrival %d: %s (generation %d)", arrival.id, path, arrival.generation,
-                     extra={"arrival_id": arrival.id, "outcome": "recorded"})
+            log.info("arrival %d: %s (generation %d)", arrival.id, arrival.key.removeprefix("file:"),
+                     arrival.generation, extra={"arrival_id": arrival.id, "outcome": "recorded"})
+        if arrivals:
             self._on_ready()
-        return arrival
+        return arrivals
 
-    def _decide(self, path: Path, quiet_for: float) -> Arrival | None:
+    def _decide(self, path: Path, quiet_for: float) -> list[Arrival]:
         target = self._links.target(path)
         if target is not None and not self._links.may_follow(target):
             self._refuse_link(path, target)
-            return None
+            return []
         try:
             stat = path.stat()
         except OSError:
-            return None  # vanished or unreachable: a later rescan retries
+            return []  # vanished or unreachable: a later rescan retries
         if not S_ISREG(stat.st_mode):
-            return None  # a link followed to a folder, a device or a pipe: no input
+            return []  # a link followed to a folder, a device or a pipe: no input
         fingerprint = [stat.st_size, stat.st_mtime_ns]
         if self._decided.get(path) == fingerprint:
-            return None
+            return []
         key = self._key(path)
         known = self._journal.arrival_by_key(key)
         if known is not None and known.attrs.get("fingerprint") == fingerprint:
             self._decided[path] = fingerprint
-            return None
+            return []
         attrs: dict[str, Any] = {
             "fingerprint": fingerprint,
             "relative_path": display_path(path.relative_to(self.root)),
@@ -374,23 +379,23 @@ class FolderWatcher:
             attrs["name_not_utf8"] = True
         header = self._checked_header(path, key, attrs, quiet_for)
         if header is None:
-            return None
+            return []
         after = self._stat_or_none(path)
         if after is None or [after.st_size, after.st_mtime_ns] != fingerprint or (
             self._links.target(path) != target
         ):
             self.note_change(path, closed=False)  # written to while we looked: wait again
-            return None
+            return []
         if "name_not_utf8" in attrs:
             error = (f"{display_path(Path(path.name))}: the file name is not valid UTF-8; rename"
                      " the file (or mount the share with its character set) to have it processed")
             self._reject(path, key, attrs, "name_not_utf8", error)
             self._decided[path] = fingerprint
-            return None
-        attrs["metadata"] = metadata_to_json(parse_metadata(path, self.settings, header))
-        arrival = self._journal.record_file_arrival(SOURCE, key, path, attrs)
+            return []
+        recorded = [self._journal.record_file_arrival(SOURCE, one.key, path, one.attrs)
+                    for one in image_inputs(key, path, self.settings, header, attrs)]
         self._decided[path] = fingerprint
-        return arrival
+        return [arrival for arrival in recorded if arrival is not None]
 
     def _checked_header(
         self, path: Path, key: str, attrs: dict[str, Any], quiet_for: float

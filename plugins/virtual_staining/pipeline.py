@@ -222,6 +222,8 @@ class VirtualStainingPipeline:
             "position": md.position,
             "timepoint": md.timepoint,
             "acquired_at": md.acquired_at,
+            "stage_x_um": md.stage_position_um[0] if md.stage_position_um else None,
+            "stage_y_um": md.stage_position_um[1] if md.stage_position_um else None,
             "positive_fraction": prediction.positive_fraction,
             # The GFP-positive area the positive blocks stand for (the card's calibration).
             "efficiency": self._efficiency(prediction.positive_fraction),

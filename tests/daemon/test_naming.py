@@ -20,17 +20,9 @@ from daemon.sources.naming import (
     parse_metadata,
     read_tiff_header,
 )
-
-ROOT = Path("/data/inbox")
-
-
-def _folder(**kwargs: Any) -> FolderSettings:
-    return FolderSettings(path=ROOT, **kwargs)
-
-
-def _local(*parts: int) -> float:
-    return datetime(*parts).timestamp()  # type: ignore[arg-type]
-
+from tests.support.naming_cases import ROOT, assert_preset_parses
+from tests.support.naming_cases import folder as _folder
+from tests.support.naming_cases import local as _local
 
 PRESET_CASES = [
     # Incucyte exports: [prefix_][channel_]well_field_elapsed / date, and archive files
@@ -82,12 +74,7 @@ PRESET_CASES = [
 
 @pytest.mark.parametrize(("relative", "scheme", "expected"), PRESET_CASES)
 def test_presets_parse_real_looking_names(relative: str, scheme: str, expected: dict[str, Any]) -> None:
-    found = match_name(relative, _folder())
-    assert found is not None and found.scheme == scheme
-    assert match_name(relative, _folder(naming=scheme)) is not None
-    metadata = parse_metadata(ROOT / relative, _folder())
-    for key, value in expected.items():
-        assert getattr(metadata, key) == value, key
+    assert_preset_parses(relative, scheme, expected)
 
 
 def test_unmatched_name_falls_back_to_parent_folder() -> None:
