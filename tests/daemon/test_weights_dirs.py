@@ -38,7 +38,8 @@ def test_a_table_names_folders_per_pipeline_relative_to_the_config_file(tmp_path
 
 def test_trained_staining_weights_leave_ct_on_its_bundled_weights(tmp_path: Path) -> None:
     folder = _retrained_staining(tmp_path / "staining", "9.9.9")
-    settings = load_settings(None, environ={}, overrides={"pipelines.weights_dir": {"virtual-staining": str(folder)}})
+    table = {"virtual-staining": str(folder)}
+    settings = load_settings(None, environ={}, overrides={"pipelines.weights_dir": table})
     registry = PipelineRegistry(settings.pipelines, "cpu")
     registry.discover()
     staining = registry.get("virtual-staining")
