@@ -20,10 +20,9 @@ trained on it has to learn what tells cardiomyocytes apart from what surrounds t
 
 Every appearance parameter is drawn per field from a :class:`PhaseVariety` of ranges.
 :data:`TRAINING_VARIETY` is what ``acqflow train virtual-staining --generator
-randomised`` draws from; :data:`HELD_OUT_VARIETY` moves several settings outside those
-ranges (wider halos, negative-contrast-like ring retardation, larger and less granular
-cardiomyocytes, more dead cells and debris, 12-bit cameras, lower light) and is what the
-held-out figures in the model card are measured on.
+randomised`` draws from; :data:`HELD_OUT_VARIETY` moves thirteen settings outside
+those ranges at once (see there) and is what the held-out figures in the model card are
+measured on.
 """
 
 from __future__ import annotations
@@ -54,29 +53,29 @@ class PhaseVariety:
 
     pixel_size_um: Range = (0.3, 1.3)
     field_um: Range = (200.0, 330.0)
-    cm_diameter_um: Range = (8.0, 15.0)
+    cm_diameter_um: Range = (7.0, 16.0)
     cm_thickness: Range = (0.6, 1.4)  # optical path difference, radians
-    cm_granules: Range = (0.15, 0.5)
+    cm_granules: Range = (0.1, 0.5)
     cm_cluster: Range = (0.0, 0.8)
     other_diameter_um: Range = (20.0, 42.0)
-    other_elongation: Range = (1.3, 3.5)
-    other_thickness: Range = (0.15, 0.55)
+    other_elongation: Range = (1.2, 4.0)
+    other_thickness: Range = (0.15, 0.6)
     fibres: Range = (0.0, 0.15)
     gap_um: Range = (0.0, 1.5)
-    dead_per_mm2: Range = (0.0, 400.0)
-    debris_per_mm2: Range = (0.0, 600.0)
-    ring_um: Range = (1.0, 4.0)
-    transmission: Range = (0.15, 0.45)
-    retardation: Range = (-1.75, -1.40)  # around -pi/2: positive phase contrast
+    dead_per_mm2: Range = (0.0, 500.0)
+    debris_per_mm2: Range = (0.0, 800.0)
+    ring_um: Range = (1.0, 5.0)
+    transmission: Range = (0.12, 0.5)
+    retardation: Range = (-1.8, -1.3)  # around -pi/2: positive phase contrast
     blur_um: Range = (0.2, 0.9)
-    vignetting: Range = (0.0, 0.5)
+    vignetting: Range = (0.0, 0.6)
     ramp: Range = (0.0, 0.3)
     dust: tuple[int, int] = (0, 5)
-    photons: Range = (300.0, 5000.0)
+    photons: Range = (150.0, 6000.0)
     read_noise_dn: Range = (0.5, 4.0)
     background_level: Range = (0.25, 0.6)
     bit_depths: tuple[int, ...] = (8, 12, 16)
-    gfp_brightness_cv: Range = (0.1, 0.35)
+    gfp_brightness_cv: Range = (0.1, 0.4)
     gfp_background: Range = (0.05, 0.3)
     gfp_photons: Range = (80.0, 2000.0)
 
@@ -84,22 +83,25 @@ class PhaseVariety:
 #: What the bundled weights are trained on.
 TRAINING_VARIETY = PhaseVariety()
 
-#: Settings outside the training ranges; the held-out figures of the model card.
+#: Every one of these settings just outside its training range, all at once: larger and
+#: less granular cardiomyocytes, more elongated and thicker other cells, more dead cells
+#: and debris, wider halos, a weaker and less retarding ring, strong vignetting, dim
+#: light, 12-bit cameras only, more uneven GFP. The held-out figures of the model card.
 HELD_OUT_VARIETY = replace(
     TRAINING_VARIETY,
-    cm_diameter_um=(14.0, 19.0),
-    cm_granules=(0.08, 0.18),
-    other_elongation=(3.0, 5.0),
-    other_thickness=(0.45, 0.75),
-    dead_per_mm2=(350.0, 700.0),
-    debris_per_mm2=(500.0, 1000.0),
-    ring_um=(3.5, 6.0),
-    transmission=(0.08, 0.2),
-    retardation=(-1.40, -1.20),
-    vignetting=(0.4, 0.7),
-    photons=(120.0, 400.0),
+    cm_diameter_um=(16.0, 18.0),
+    cm_granules=(0.06, 0.1),
+    other_elongation=(4.0, 5.0),
+    other_thickness=(0.6, 0.7),
+    dead_per_mm2=(500.0, 800.0),
+    debris_per_mm2=(800.0, 1200.0),
+    ring_um=(5.0, 6.5),
+    transmission=(0.08, 0.12),
+    retardation=(-1.3, -1.2),
+    vignetting=(0.6, 0.75),
+    photons=(80.0, 150.0),
     bit_depths=(12,),
-    gfp_brightness_cv=(0.3, 0.45),
+    gfp_brightness_cv=(0.4, 0.5),
 )
 
 

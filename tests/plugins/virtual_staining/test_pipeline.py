@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import shutil
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,34 @@ def test_summary_time_course(pipeline: VirtualStainingPipeline) -> None:
 def test_summary_needs_records(pipeline: VirtualStainingPipeline) -> None:
     with pytest.raises(ValueError, match="no efficiency records"):
         pipeline.summarize("EXP1", [])
+
+
+def test_images_are_stained_at_the_weights_pixel_size(pipeline: VirtualStainingPipeline) -> None:
+    """The same field imaged at half the pixel size gives the same efficiency, and the
+    stain comes back at the input's own size."""
+    from plugins.virtual_staining.imaging import rescale_plane
+    from plugins.virtual_staining.randomised import RandomisedSpec, generate_randomised
+
+    scale = pipeline.card.training["pixel_size_um"]
+    assert scale == pytest.approx(0.65)
+    spec = RandomisedSpec(experiments=1, wells=1, positions=1, timepoints=1, seed=12)
+    image = next(generate_randomised(spec))
+    size = image.metadata.pixel_size_um
+    assert size is not None
+    fine = rescale_plane(image.phase, size, size[0] / 2)  # twice the pixels, half their size
+    coarse_item = _item(image)
+    fine_md = replace(image.metadata, pixel_size_um=(size[0] / 2, size[1] / 2))
+    fine_item = ImageItem("fine", Path("fine.tif"), fine, "YX", fine_md)
+    coarse, fine_result = pipeline.run(coarse_item), pipeline.run(fine_item)
+    efficiency = [r.records[0].fields["efficiency"] for r in (coarse, fine_result)]
+    assert isinstance(efficiency[0], float) and isinstance(efficiency[1], float)
+    assert efficiency[0] == pytest.approx(efficiency[1], abs=0.03)
+    assert fine_result.records[0].fields["height"] == fine.shape[0]
+    assert fine_result.records[0].fields["model_pixel_size_um"] == pytest.approx(scale)
+    with tifffile.TiffFile(io.BytesIO(fine_result.files[0].data)) as tif:
+        assert tif.series[0].shape[-2:] == fine.shape
+    # Without a pixel size the image is taken at the model's scale unless an option says otherwise.
+    bare = ImageItem("bare", Path("bare.tif"), fine, "YX", ImageMetadata())
+    blocks = [r.records[0].fields["blocks_total"] for r in (pipeline.run(bare), fine_result)]
+    assert isinstance(blocks[0], int) and isinstance(blocks[1], int)
+    assert blocks[0] > 3 * blocks[1]
