@@ -5,7 +5,10 @@ phase + cardiomyocyte probability, pixel size kept), ``overlay.png`` (RGB) and o
 ``Record(kind="efficiency")`` whose group is the experiment. No per-image figures: the
 efficiency gauge is per well and comes from :meth:`VirtualStainingPipeline.summarize`,
 which returns ``efficiency.csv``, ``efficiency.png``, ``report.html`` and one
-``Figure("differentiation_efficiency", labels={"experiment", "well"})`` per well.
+``Figure("differentiation_efficiency", labels={"experiment", "well"})`` per well, plus,
+with an efficiency forecast model (``efficiency_forecast.json`` beside the weights),
+each well's forecast of its final-day efficiency in all three files and as figures
+(see :mod:`plugins.virtual_staining.forecast_summary`).
 
 Options (``PipelineContext.options``): see :class:`VirtualStainingOptions`.
 """
@@ -13,7 +16,7 @@ Options (``PipelineContext.options``): see :class:`VirtualStainingOptions`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +32,11 @@ from plugins.api import (
     RecordValue,
     SeriesItem,
 )
+from plugins.virtual_staining.forecast_options import ForecastOptions
 
 if TYPE_CHECKING:
     from models.store import ModelCard
+    from plugins.virtual_staining.forecast_summary import LoadedForecaster
     from plugins.virtual_staining.inference import BlockPredictor, Prediction
 
 __all__ = ["MODEL_NAME", "VirtualStainingOptions", "VirtualStainingPipeline"]
@@ -51,6 +56,7 @@ class VirtualStainingOptions:
     ``phase_channel``: index or name of the phase channel in multi-channel files (default:
     a channel named like "phase"/"bf", or the only channel). ``overlay_alpha``: tint
     strength of the overlay. ``model``: weights name inside the weights folder.
+    ``forecast``: the efficiency forecast's table (:class:`ForecastOptions`).
     """
 
     stride: int | None = None
@@ -59,6 +65,7 @@ class VirtualStainingOptions:
     phase_channel: str | int | None = None
     overlay_alpha: float = 0.5
     model: str = MODEL_NAME
+    forecast: ForecastOptions = field(default_factory=ForecastOptions)
 
     def __post_init__(self) -> None:
         for name in ("stride", "tile_size"):
@@ -71,6 +78,8 @@ class VirtualStainingOptions:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ValueError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
+        if not isinstance(self.forecast, ForecastOptions):
+            raise ValueError(f"forecast must be a table of forecast options, got {self.forecast!r}")
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> VirtualStainingOptions:
@@ -79,7 +88,10 @@ class VirtualStainingOptions:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown virtual-staining options {unknown}; known: {sorted(known)}")
-        return cls(**dict(options))
+        values = dict(options)
+        if "forecast" in values:
+            values["forecast"] = ForecastOptions.from_mapping(values["forecast"])
+        return cls(**values)
 
 
 def _refuse_fluorescence(item: ImageItem) -> None:
@@ -112,6 +124,7 @@ class VirtualStainingPipeline:
         self._options = VirtualStainingOptions()
         self._predictor: BlockPredictor | None = None
         self._card: ModelCard | None = None
+        self._forecaster: LoadedForecaster | None = None
 
     @property
     def card(self) -> ModelCard:
@@ -121,13 +134,15 @@ class VirtualStainingPipeline:
         return self._card
 
     def load(self, context: PipelineContext) -> None:
-        """Load weights from ``context.weights_dir`` or the bundled demo weights.
+        """Load weights from ``context.weights_dir`` or the bundled demo weights, and the
+        efficiency forecast model from the same folder (none there: no forecast, a warning).
 
-        Raises models.store.WeightsError on missing, corrupt or mismatching weights and
-        ValueError on invalid options.
+        Raises models.store.WeightsError on missing, corrupt or mismatching weights (or an
+        invalid forecast model) and ValueError on invalid options.
         """
         from models.store import WeightsError, bundled_weights_dir, load_weights, read_card
         from models.tile_cnn import TileCNN
+        from plugins.virtual_staining.forecast_summary import load_forecaster
         from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
 
         options = VirtualStainingOptions.from_mapping(context.options)
@@ -140,8 +155,9 @@ class VirtualStainingPipeline:
         tuned = card.training.get("inference", {}).get("threshold", 0.5)
         threshold = options.threshold if options.threshold is not None else float(tuned)
         settings = InferenceOptions(options.stride, threshold, options.tile_size)
+        forecaster = load_forecaster(directory, options.forecast)
         self._predictor = BlockPredictor(model, context.device, settings)
-        self._options, self._card = options, card
+        self._options, self._card, self._forecaster = options, card, forecaster
 
     def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
         """Virtual stain, overlay and efficiency record of one image.
@@ -208,10 +224,12 @@ class VirtualStainingPipeline:
         return Record(kind="efficiency", group=md.experiment or UNASSIGNED_EXPERIMENT, fields=fields_)
 
     def summarize(self, group: str, records: Sequence[Mapping[str, RecordValue]]) -> PipelineResult:
-        """Time-course CSV, plot, HTML report and the latest efficiency gauge per well.
+        """Time-course CSV, plot, HTML report and the latest efficiency gauge per well, with
+        each well's forecast of its final-day efficiency when a forecast model is loaded.
 
         Raises ValueError when ``records`` is empty.
         """
+        from plugins.virtual_staining.forecast_summary import ForecastSummary, forecast_figures
         from plugins.virtual_staining.summary import (
             efficiency_time_course,
             latest_per_well,
@@ -221,16 +239,21 @@ class VirtualStainingPipeline:
         )
 
         points = efficiency_time_course(records)
-        plot = time_course_plot(group, points)
+        forecast = None if self._forecaster is None else ForecastSummary.of(self._forecaster, group, points)
+        plot = time_course_plot(group, points, forecast)
         files = [
-            FileOutput("efficiency.csv", time_course_csv(group, points), "text/csv"),
+            FileOutput("efficiency.csv", time_course_csv(group, points, forecast), "text/csv"),
             FileOutput("efficiency.png", plot, "image/png"),
-            FileOutput("report.html", report_html(group, points, plot), "text/html"),
+            FileOutput("report.html", report_html(group, points, plot, forecast), "text/html"),
         ]
         figures = [
             Figure("differentiation_efficiency", point.efficiency, {"experiment": group, "well": well})
             for well, point in sorted(latest_per_well(points).items())
         ]
-        return PipelineResult(
-            files=files, figures=figures, summary=f"{len(figures)} wells, {len(points)} time points"
-        )
+        wells = len(figures)
+        forecasts = [] if forecast is None else forecast_figures(group, forecast, points)
+        insufficient = sum(f.value for f in forecasts if f.name == "forecast_insufficient")
+        summary = f"{wells} wells, {len(points)} time points"
+        if forecast is not None:
+            summary += f", {int(insufficient)} forecast insufficient"
+        return PipelineResult(files=files, figures=[*figures, *forecasts], summary=summary)
