@@ -421,6 +421,7 @@ def _cards_table(weights: Path, pipelines: list[str]) -> Table:
 # (train command name, evaluate command name, module)
 PIPELINE_COMMANDS = (
     ("virtual-staining", "virtual-staining", "plugins.virtual_staining.commands"),
+    ("efficiency-forecast", "efficiency-forecast", "plugins.virtual_staining.forecast_commands"),
     ("ct-muscle", "ct-muscle", "plugins.ct_muscle.commands"),
     ("mr-to-ct", "mr-muscle", "plugins.mr_muscle.commands"),
 )

@@ -30,6 +30,9 @@ __all__ = [
     "DISK_FREE",
     "EXPORTS",
     "EXPORT_PENDING",
+    "FORECAST_COURSE_SEEN",
+    "FORECAST_FINAL_EFFICIENCY",
+    "FORECAST_INSUFFICIENT",
     "GPU_MEMORY_USED",
     "GPU_OOM",
     "GPU_UTILIZATION",
@@ -155,6 +158,22 @@ REVIEW_FLAGS = Counter("acqflow_review_flags_total", "Results flagged for human 
 DIFFERENTIATION_EFFICIENCY = Gauge(
     "acqflow_differentiation_efficiency",
     "Latest predicted cardiomyocyte fraction per experiment and well",
+    ["experiment", "well"],
+)
+FORECAST_FINAL_EFFICIENCY = Gauge(
+    "acqflow_forecast_final_efficiency",
+    "Forecast final-day cardiomyocyte fraction per experiment and well; estimate: forecast, or the "
+    "low / high end of its prediction interval",
+    ["experiment", "well", "estimate"],
+)
+FORECAST_INSUFFICIENT = Gauge(
+    "acqflow_forecast_insufficient",
+    "1 when a well's forecast final-day efficiency is below the sufficiency threshold, else 0",
+    ["experiment", "well"],
+)
+FORECAST_COURSE_SEEN = Gauge(
+    "acqflow_forecast_course_seen_ratio",
+    "Fraction of the differentiation course seen when a well's latest forecast was made (1: the final day)",
     ["experiment", "well"],
 )
 SCHEDULED_TASK_FAILURES = Counter(

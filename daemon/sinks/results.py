@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from prometheus_client import Gauge
 from pydicom import dcmwrite
 
 from daemon import metrics
@@ -67,12 +68,21 @@ def source_folder(arrival: Arrival) -> tuple[str, ...]:
     return (f"{safe_name(PurePosixPath(folder).name or 'root')}-{digest}",)
 
 
+# Figures with a metric of their own: name → (metric, its label names in order).
+WELL_FIGURES: dict[str, tuple[Gauge, tuple[str, ...]]] = {
+    "differentiation_efficiency": (metrics.DIFFERENTIATION_EFFICIENCY, ("experiment", "well")),
+    "forecast_final_efficiency": (metrics.FORECAST_FINAL_EFFICIENCY, ("experiment", "well", "estimate")),
+    "forecast_insufficient": (metrics.FORECAST_INSUFFICIENT, ("experiment", "well")),
+    "forecast_course_fraction": (metrics.FORECAST_COURSE_SEEN, ("experiment", "well")),
+}
+
+
 def publish_figure(pipeline: str, figure: Figure) -> None:
-    """Map a pipeline figure onto a metric defined in daemon.metrics."""
-    if figure.name == "differentiation_efficiency":
-        metrics.DIFFERENTIATION_EFFICIENCY.labels(
-            figure.labels.get("experiment", ""), figure.labels.get("well", "")
-        ).set(figure.value)
+    """Map a pipeline figure onto a metric defined in daemon.metrics (the per-well ones by
+    name, every other figure onto ``acqflow_pipeline_figure``)."""
+    if figure.name in WELL_FIGURES:
+        metric, names = WELL_FIGURES[figure.name]
+        metric.labels(*(figure.labels.get(name, "") for name in names)).set(figure.value)
         return
     label = ",".join(f"{k}={v}" for k, v in sorted(figure.labels.items()))
     metrics.PIPELINE_FIGURE.labels(pipeline, figure.name, label).set(figure.value)

@@ -5,7 +5,10 @@ phase + cardiomyocyte probability, pixel size kept), ``overlay.png`` (RGB) and o
 ``Record(kind="efficiency")`` whose group is the experiment. No per-image figures: the
 efficiency gauge is per well and comes from :meth:`VirtualStainingPipeline.summarize`,
 which returns ``efficiency.csv``, ``efficiency.png``, ``report.html`` and one
-``Figure("differentiation_efficiency", labels={"experiment", "well"})`` per well.
+``Figure("differentiation_efficiency", labels={"experiment", "well"})`` per well, plus,
+with an efficiency forecast model (``efficiency_forecast.json`` beside the weights),
+each well's forecast of its final-day efficiency in all three files and as figures
+(see :mod:`plugins.virtual_staining.forecast_summary`).
 
 Options (``PipelineContext.options``): see :class:`VirtualStainingOptions`.
 """
@@ -13,7 +16,7 @@ Options (``PipelineContext.options``): see :class:`VirtualStainingOptions`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +32,12 @@ from plugins.api import (
     RecordValue,
     SeriesItem,
 )
+from plugins.virtual_staining.forecast_options import ForecastOptions
 
 if TYPE_CHECKING:
     from models.store import ModelCard
     from plugins.virtual_staining.calibration import EfficiencyCalibration
+    from plugins.virtual_staining.forecast_summary import LoadedForecaster
     from plugins.virtual_staining.inference import BlockPredictor, Prediction
 
 __all__ = ["MODEL_NAME", "VirtualStainingOptions", "VirtualStainingPipeline"]
@@ -56,6 +61,7 @@ class VirtualStainingOptions:
     resampled to the scale the weights were trained at (their card's ``pixel_size_um``)
     before staining, and the stain is resampled back, so a 20x and a 4x acquisition of
     the same well give the same efficiency.
+    ``forecast``: the efficiency forecast's table (:class:`ForecastOptions`).
     """
 
     stride: int | None = None
@@ -65,6 +71,7 @@ class VirtualStainingOptions:
     overlay_alpha: float = 0.5
     model: str = MODEL_NAME
     pixel_size_um: float | None = None
+    forecast: ForecastOptions = field(default_factory=ForecastOptions)
 
     def __post_init__(self) -> None:
         for name in ("stride", "tile_size"):
@@ -80,6 +87,8 @@ class VirtualStainingOptions:
         size = self.pixel_size_um
         if size is not None and (isinstance(size, bool) or not isinstance(size, int | float) or size <= 0):
             raise ValueError(f"pixel_size_um must be a positive number, got {size!r}")
+        if not isinstance(self.forecast, ForecastOptions):
+            raise ValueError(f"forecast must be a table of forecast options, got {self.forecast!r}")
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> VirtualStainingOptions:
@@ -88,7 +97,10 @@ class VirtualStainingOptions:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown virtual-staining options {unknown}; known: {sorted(known)}")
-        return cls(**dict(options))
+        values = dict(options)
+        if "forecast" in values:
+            values["forecast"] = ForecastOptions.from_mapping(values["forecast"])
+        return cls(**values)
 
 
 def _refuse_fluorescence(item: ImageItem) -> None:
@@ -123,6 +135,7 @@ class VirtualStainingPipeline:
         self._card: ModelCard | None = None
         self._scale: float | None = None  # um per pixel the weights work at
         self._calibration: EfficiencyCalibration | None = None
+        self._forecaster: LoadedForecaster | None = None
 
     @property
     def card(self) -> ModelCard:
@@ -132,14 +145,16 @@ class VirtualStainingPipeline:
         return self._card
 
     def load(self, context: PipelineContext) -> None:
-        """Load weights from ``context.weights_dir`` or the bundled demo weights.
+        """Load weights from ``context.weights_dir`` or the bundled demo weights, and the
+        efficiency forecast model from the same folder (none there: no forecast, a warning).
 
-        Raises models.store.WeightsError on missing, corrupt or mismatching weights and
-        ValueError on invalid options.
+        Raises models.store.WeightsError on missing, corrupt or mismatching weights (or an
+        invalid forecast model) and ValueError on invalid options.
         """
         from models.store import WeightsError, bundled_weights_dir, load_weights, read_card
         from models.tile_cnn import TileCNN
         from plugins.virtual_staining.calibration import EfficiencyCalibration
+        from plugins.virtual_staining.forecast_summary import load_forecaster
         from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
 
         options = VirtualStainingOptions.from_mapping(context.options)
@@ -152,8 +167,9 @@ class VirtualStainingPipeline:
         tuned = card.training.get("inference", {}).get("threshold", 0.5)
         threshold = options.threshold if options.threshold is not None else float(tuned)
         settings = InferenceOptions(options.stride, threshold, options.tile_size)
+        forecaster = load_forecaster(directory, options.forecast)
         self._predictor = BlockPredictor(model, context.device, settings)
-        self._options, self._card = options, card
+        self._options, self._card, self._forecaster = options, card, forecaster
         self._calibration = EfficiencyCalibration.from_card(card.training.get("inference", {}))
         scale = card.training.get("pixel_size_um")
         self._scale = float(scale) if isinstance(scale, int | float) and scale > 0 else None
@@ -240,10 +256,12 @@ class VirtualStainingPipeline:
         return Record(kind="efficiency", group=md.experiment or UNASSIGNED_EXPERIMENT, fields=fields_)
 
     def summarize(self, group: str, records: Sequence[Mapping[str, RecordValue]]) -> PipelineResult:
-        """Time-course CSV, plot, HTML report and the latest efficiency gauge per well.
+        """Time-course CSV, plot, HTML report and the latest efficiency gauge per well, with
+        each well's forecast of its final-day efficiency when a forecast model is loaded.
 
         Raises ValueError when ``records`` is empty.
         """
+        from plugins.virtual_staining.forecast_summary import ForecastSummary, forecast_figures
         from plugins.virtual_staining.summary import (
             efficiency_time_course,
             latest_per_well,
@@ -253,16 +271,21 @@ class VirtualStainingPipeline:
         )
 
         points = efficiency_time_course(records)
-        plot = time_course_plot(group, points)
+        forecast = None if self._forecaster is None else ForecastSummary.of(self._forecaster, group, points)
+        plot = time_course_plot(group, points, forecast)
         files = [
-            FileOutput("efficiency.csv", time_course_csv(group, points), "text/csv"),
+            FileOutput("efficiency.csv", time_course_csv(group, points, forecast), "text/csv"),
             FileOutput("efficiency.png", plot, "image/png"),
-            FileOutput("report.html", report_html(group, points, plot), "text/html"),
+            FileOutput("report.html", report_html(group, points, plot, forecast), "text/html"),
         ]
         figures = [
             Figure("differentiation_efficiency", point.efficiency, {"experiment": group, "well": well})
             for well, point in sorted(latest_per_well(points).items())
         ]
-        return PipelineResult(
-            files=files, figures=figures, summary=f"{len(figures)} wells, {len(points)} time points"
-        )
+        wells = len(figures)
+        forecasts = [] if forecast is None else forecast_figures(group, forecast, points)
+        insufficient = sum(f.value for f in forecasts if f.name == "forecast_insufficient")
+        summary = f"{wells} wells, {len(points)} time points"
+        if forecast is not None:
+            summary += f", {int(insufficient)} forecast insufficient"
+        return PipelineResult(files=files, figures=[*figures, *forecasts], summary=summary)

@@ -344,6 +344,9 @@ VALUE_PANELS = {
     "C-STORE handling time",
     "Differentiation efficiency per well",
     "Latest efficiency per well",
+    "Forecast final efficiency per well",
+    # Empty is the healthy state here, but only once forecasts exist: says so in words.
+    "Wells forecast insufficient",
     "Pipeline figures",
     "GPU memory used",
     "GPU utilisation",

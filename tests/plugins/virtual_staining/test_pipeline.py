@@ -214,7 +214,7 @@ def test_summary_time_course(pipeline: VirtualStainingPipeline) -> None:
     assert files["efficiency.png"].startswith(b"\x89PNG")
     html = files["report.html"].decode()
     assert "../../EXP1_A01_pos1_t002_phase/overlay.png" in html and "EXP1_A01_pos1_t000" not in html
-    gauges = {f.labels["well"]: f for f in result.figures}
+    gauges = {f.labels["well"]: f for f in result.figures if f.name == "differentiation_efficiency"}
     assert set(gauges) == {"A01", "A02"}
     assert all(
         f.name == "differentiation_efficiency" and f.labels["experiment"] == "EXP1" for f in gauges.values()

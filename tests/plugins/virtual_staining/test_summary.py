@@ -25,7 +25,8 @@ def test_records_without_time_point_or_acquisition_time() -> None:
     # Processing time (recorded_at) is not an acquisition time: the CSV says there is none.
     csv_text = time_course_csv("E", points).decode()
     assert csv_text.splitlines()[1].startswith("E,unknown,,,,")
-    assert csv_text.splitlines()[1].endswith(",1,1,4,")
+    # ... nor a mean block probability, a course position or a forecast (empty columns)
+    assert csv_text.splitlines()[1].endswith(",1,1,4," + "," * 6)
 
 
 def test_links_and_escaping() -> None:
