@@ -139,13 +139,14 @@ def efficiency_time_course(records: Sequence[Mapping[str, RecordValue]]) -> list
         if when is not None:
             point.acquired_at = when if point.acquired_at is None else min(point.acquired_at, when)
         blocks = int(_number(record.get("blocks_total"), 0))
-        point.blocks_positive += int(_number(record.get("blocks_positive"), 0))
+        positive = int(_number(record.get("blocks_positive"), 0))
+        point.blocks_positive += positive
         point.blocks_total += blocks
         probability = _number_or_none(record.get("mean_probability"))
         if probability is not None and blocks > 0:
             point.probability_blocks += probability * blocks
             point.probability_total += blocks
-        fraction = _number(record.get("positive_fraction"), 0.0)
+        fraction = _number(record.get("positive_fraction"), positive / blocks if blocks else 0.0)
         point.fractions.append(fraction)
         point.efficiency_blocks += _number(record.get("efficiency"), fraction) * blocks
         link = overlay_link(record)

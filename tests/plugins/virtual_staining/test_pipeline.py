@@ -54,6 +54,11 @@ def _item(
     return ImageItem(f"id-{image.stem}", Path(f"{image.stem}_phase.tif"), data, axes, image.metadata, names)
 
 
+def _float(value: RecordValue) -> float:
+    assert isinstance(value, float)
+    return value
+
+
 def _int(value: RecordValue) -> int:
     assert isinstance(value, int)
     return value
@@ -193,7 +198,8 @@ def _records(pipeline: VirtualStainingPipeline) -> list[Mapping[str, RecordValue
 
 def test_summary_time_course(pipeline: VirtualStainingPipeline) -> None:
     records = _records(pipeline)
-    rerun = {**records[0], "blocks_positive": 0, "positive_fraction": 0.0}  # re-processed image replaces
+    # A re-processed image replaces its earlier record.
+    rerun = {**records[0], "blocks_positive": 0, "positive_fraction": 0.0, "efficiency": 0.0}
     result = pipeline.summarize("EXP1", [*records, rerun])
     files = {f.name: f.data for f in result.files}
     assert set(files) == {"efficiency.csv", "efficiency.png", "report.html"}
@@ -207,7 +213,8 @@ def test_summary_time_course(pipeline: VirtualStainingPipeline) -> None:
     assert [r["timepoint"] for r in a01] == ["0", "1", "2"] and all(r["positions"] == "2" for r in a01)
     assert float(a01[0]["elapsed_s"]) == 0.0 and float(a01[2]["elapsed_h"]) == pytest.approx(12.0, abs=0.1)
     first = [r for r in records[1:] if r["well"] == "A01" and r["timepoint"] == 0]
-    expected = sum(_int(r["blocks_positive"]) for r in first) / sum(
+    # Positions pooled by their blocks, each with its calibrated efficiency.
+    expected = sum(_float(r["efficiency"]) * _int(r["blocks_total"]) for r in first) / sum(
         _int(r["blocks_total"]) for r in [*first, rerun]
     )
     assert float(a01[0]["efficiency"]) == pytest.approx(expected, abs=1e-6)
