@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +35,13 @@ app.add_typer(demo_app, name="demo")
 Seed = Annotated[int, typer.Option(help="Seed of the generated data.")]
 
 
+class DemoGenerator(str, Enum):
+    """Which generated phase-contrast images ``demo microscopy`` writes."""
+
+    CELLS = "cells"
+    TEXTURES = "textures"
+
+
 @demo_app.command("microscopy")
 @handles_errors
 def demo_microscopy(
@@ -44,23 +52,44 @@ def demo_microscopy(
     wells: Annotated[int, typer.Option(min=1, max=96)] = 3,
     positions: Annotated[int, typer.Option(min=1)] = 2,
     timepoints: Annotated[int, typer.Option(min=1)] = 4,
-    size: Annotated[int, typer.Option(min=64, help="Image side in pixels.")] = 512,
+    size: Annotated[int, typer.Option(min=64, help="Image side in pixels (--generator textures).")] = 512,
     interval: Annotated[float, typer.Option(min=0, help="Seconds between images.")] = 0.5,
+    generator: Annotated[
+        DemoGenerator,
+        typer.Option(
+            help="cells: a monolayer through randomised phase optics (what the bundled weights "
+            "are trained on; 200-330 um fields at 0.3-1.3 um pixels); textures: the older texture fields."
+        ),
+    ] = DemoGenerator.CELLS,
     seed: Seed = 0,
 ) -> None:
     """Write a phase-contrast time series into the watched folder, image by image."""
-    from plugins.virtual_staining.synthetic import SyntheticSpec, write_series
+    from plugins.virtual_staining.randomised import RandomisedSpec, generate_randomised
+    from plugins.virtual_staining.synthetic import SyntheticSpec, generate_series, write_images
 
     settings = _settings(config)
     target = into or (settings.folders[0].path if settings.folders else None)
     if target is None:
         raise _fail("no watched folder configured; pass --into")
-    spec = SyntheticSpec(
-        experiments=1, wells=wells, positions=positions, timepoints=timepoints, shape=(size, size), seed=seed
+    images = (
+        generate_randomised(
+            RandomisedSpec(experiments=1, wells=wells, positions=positions, timepoints=timepoints, seed=seed)
+        )
+        if generator is DemoGenerator.CELLS
+        else generate_series(
+            SyntheticSpec(
+                experiments=1,
+                wells=wells,
+                positions=positions,
+                timepoints=timepoints,
+                shape=(size, size),
+                seed=seed,
+            )
+        )
     )
     keep = settings.paths.state_dir / "demo" / "fluorescence"
     with tempfile.TemporaryDirectory(prefix="acqflow-demo-") as staging:
-        written = write_series(Path(staging), spec)
+        written = write_images(Path(staging), images)
         phase = [p for p in written if p.name.endswith("_phase.tif")]
         for path in written:
             if path.name.endswith("_gfp.tif"):  # the stain is for training, not for the daemon

@@ -24,7 +24,7 @@ e.g. ``EXP1_B03_pos1_t005_phase.tif`` and ``EXP1_B03_pos1_t005_gfp.tif`` (``chan
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +39,7 @@ __all__ = [
     "SyntheticSpec",
     "generate_series",
     "parse_name",
+    "write_images",
     "write_series",
 ]
 
@@ -217,19 +218,29 @@ def write_series(folder: Path, spec: SyntheticSpec) -> list[Path]:
     Returns the written paths (phase then GFP of each field). Raises OSError when the
     folder cannot be written.
     """
+    return write_images(folder, generate_series(spec))
+
+
+def write_images(folder: Path, images: Iterable[SyntheticImage]) -> list[Path]:
+    """Write generated fields as ``{stem}_phase.tif`` / ``{stem}_gfp.tif`` into ``folder``.
+
+    Each file carries its pixel size (ImageJ resolution) and acquisition time (TIFF
+    DateTime). Returns the paths in order; raises OSError when the folder cannot be written.
+    """
     import tifffile
 
     folder.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    for image in generate_series(spec):
-        size = spec.pixel_size_um
+    for image in images:
+        size = image.metadata.pixel_size_um
+        resolution = (1.0 / size[1], 1.0 / size[0]) if size else None
         for channel, data in (("phase", image.phase), ("gfp", image.gfp)):
             path = folder / f"{image.stem}_{channel}.tif"
             tifffile.imwrite(
                 path,
                 data,
                 imagej=True,
-                resolution=(1.0 / size, 1.0 / size),
+                resolution=resolution,
                 metadata={"axes": "YX", "unit": "um"},
                 # The acquisition time travels in the file (TIFF DateTime, local time, as
                 # microscopes write it) so the daemon's time course has a real time axis.
