@@ -375,10 +375,52 @@ def _train_and_save(
         _print_metrics("held-out test images", metrics)
     training = _training_record(best, result, labels, source, split, settings, command)
     training["inference"]["efficiency_calibration"] = calibration.to_dict()
-    card = _card(model, training, metrics, version)
+    card_metrics: dict[str, Any] = dict(metrics)
+    if source.get("generator") == Generator.RANDOMISED.value:
+        card_metrics.update(other_source_figures(model, training, labels, settings.seed))
+        if not quiet:
+            for name in ("held_out_variety", "texture_generator"):
+                _print_metrics(card_metrics[name]["data"], card_metrics[name])
+    card = _card(model, training, card_metrics, version)
     from models.store import save_weights
 
     return save_weights(model, card, output)
+
+
+def other_source_figures(
+    model: TileCNN, training: dict[str, Any], labels: LabelOptions, seed: int
+) -> dict[str, dict[str, Any]]:
+    """Figures on data from sources training never saw, for the card of randomised-generator weights.
+
+    ``held_out_variety``: 3 experiments (72 fields) of the randomised generator's held-out
+    settings; ``texture_generator``: 2 experiments (48 fields, 512 px) of the texture
+    generator. Seeds derive from the training seed (+1, +2), so the command rebuilds them.
+    """
+    from plugins.virtual_staining import randomised
+    from plugins.virtual_staining.calibration import EfficiencyCalibration
+    from plugins.virtual_staining.data import synthetic_images
+    from plugins.virtual_staining.evaluation import evaluate_images
+    from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+
+    inference = training["inference"]
+    predictor = BlockPredictor(model, "cpu", InferenceOptions(threshold=inference["threshold"]))
+    calibration = EfficiencyCalibration.from_card(inference)
+    scale = training.get("pixel_size_um")
+    sets = {
+        "held_out_variety": (
+            synthetic_images(3, labels, seed + 1, variety=randomised.HELD_OUT_VARIETY, model_pixel_um=scale),
+            f"acqflow evaluate virtual-staining --synthetic 3 --generator randomised --variety held-out "
+            f"--seed {seed + 1}",
+        ),
+        "texture_generator": (
+            synthetic_images(2, labels, seed + 2, 512),
+            f"acqflow evaluate virtual-staining --synthetic 2 --synthetic-size 512 --seed {seed + 2}",
+        ),
+    }
+    return {
+        name: {**evaluate_images(predictor, images, labels.positive_fraction, calibration), "data": command}
+        for name, (images, command) in sets.items()
+    }
 
 
 def _fit_calibration(
@@ -572,8 +614,16 @@ def demo_data(
     wells: Annotated[int, typer.Option("--wells", min=1, max=96)] = 3,
     positions: Annotated[int, typer.Option("--positions", min=1)] = 2,
     timepoints: Annotated[int, typer.Option("--timepoints", min=1)] = 4,
-    size: Annotated[int, typer.Option("--size", min=16, help="Image side (px).")] = 512,
+    size: Annotated[int, typer.Option("--size", min=16, help="Image side (px, --generator demo).")] = 512,
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="8 or 16.")] = 16,
+    generator: Annotated[
+        Generator,
+        typer.Option(
+            "--generator",
+            help="randomised: cells through randomised optics (training settings; fields of "
+            "200-330 um at 0.3-1.3 um pixels); demo: texture fields of --size pixels.",
+        ),
+    ] = Generator.RANDOMISED,
     seed: Seed = 0,
 ) -> list[Path]:
     """Write a synthetic time series (phase + GFP TIFFs) in acquisition order.
@@ -581,15 +631,16 @@ def demo_data(
     Names follow ``EXP1_B03_pos1_t005_phase.tif`` / ``..._gfp.tif``. Returns the paths;
     raises ValueError on an invalid spec and OSError when the folder cannot be written.
     """
-    from plugins.virtual_staining.synthetic import SyntheticSpec, write_series
+    from dataclasses import replace
 
-    spec = SyntheticSpec(
-        experiments=experiments,
-        wells=wells,
-        positions=positions,
-        timepoints=timepoints,
-        shape=(size, size),
-        bit_depth=bit_depth,
-        seed=seed,
-    )
-    return write_series(output, spec)
+    from plugins.virtual_staining.randomised import TRAINING_VARIETY, RandomisedSpec, generate_randomised
+    from plugins.virtual_staining.synthetic import SyntheticSpec, generate_series, write_images
+
+    if bit_depth not in (8, 16):
+        raise typer.BadParameter(f"--bit-depth must be 8 or 16, got {bit_depth}")
+    counts = {"experiments": experiments, "wells": wells, "positions": positions, "timepoints": timepoints}
+    if generator is Generator.RANDOMISED:
+        variety = replace(TRAINING_VARIETY, bit_depths=(bit_depth,))
+        return write_images(output, generate_randomised(RandomisedSpec(**counts, seed=seed, variety=variety)))
+    spec = SyntheticSpec(**counts, shape=(size, size), bit_depth=bit_depth, seed=seed)
+    return write_images(output, generate_series(spec))

@@ -21,13 +21,17 @@ from plugins.virtual_staining.inference import BlockPredictor
 from plugins.virtual_staining.labels import block_fractions
 from plugins.virtual_staining.metrics import binary_metrics, dice, pearson_r
 
-__all__ = ["ACCEPTANCE", "evaluate_images", "meets_acceptance"]
+__all__ = ["ACCEPTANCE", "HELD_OUT_ACCEPTANCE", "LOW_EFFICIENCY", "evaluate_images", "meets_acceptance"]
 
 #: Measured efficiency below which an image counts as the low end.
 LOW_EFFICIENCY = 0.1
 
-#: Minimum held-out figures on generated data (issue 3).
+#: Minimum held-out figures on generated data of the training generator settings.
 ACCEPTANCE = {"roc_auc": 0.95, "f1": 0.85, "efficiency_pearson_r": 0.95}
+
+#: Minimum figures on generator settings training never saw (the randomised generator's
+#: held-out variety): what the bundled weights must reach on data from another source.
+HELD_OUT_ACCEPTANCE = {"roc_auc": 0.93, "efficiency_pearson_r": 0.90}
 
 
 def evaluate_images(

@@ -89,32 +89,58 @@ def _check_tiff(data: bytes, phase: np.ndarray, pixel_size: float) -> np.ndarray
     return probability
 
 
+def _cells(shape: tuple[int, int], bits: int, seed: int, pixel_um: float = 0.325) -> SyntheticImage:
+    """A field of the cell generator (training settings) at ``pixel_um``, cropped to ``shape``."""
+    from plugins.virtual_staining.randomised import TRAINING_VARIETY, RandomisedSpec, generate_randomised
+
+    side = max(shape) * pixel_um
+    variety = replace(
+        TRAINING_VARIETY, pixel_size_um=(pixel_um, pixel_um), field_um=(side, side), bit_depths=(bits,)
+    )
+    spec = RandomisedSpec(experiments=1, wells=1, positions=1, timepoints=1, seed=seed, variety=variety)
+    field = next(generate_randomised(spec))
+    crop = (slice(0, shape[0]), slice(0, shape[1]))
+    mask = field.mask[crop]
+    return SyntheticImage(field.phase[crop], field.gfp[crop], mask, field.metadata, float(mask.mean()))
+
+
 @pytest.mark.parametrize(("shape", "bits"), [((2048, 2048), 16), ((1000, 1300), 8)])
 def test_large_and_odd_sized_images(
     pipeline: VirtualStainingPipeline, shape: tuple[int, int], bits: int
 ) -> None:
-    image = _generated(shape, bits, seed=31)
+    image = _cells(shape, bits, seed=31)
     result = pipeline.run(_item(image))
     files = {f.name: f for f in result.files}
     assert set(files) == {"virtual_stain.tif", "overlay.png"}
     probability = _check_tiff(files["virtual_stain.tif"].data, image.phase, 0.325)
     full = 255 if bits == 8 else 65535
     stained = probability.astype(np.float64) / full >= pipeline.card.training["inference"]["threshold"]
-    assert 2 * (stained & image.mask).sum() / (stained.sum() + image.mask.sum()) > 0.7
+
+    def overlap(mask: np.ndarray) -> float:
+        return float(2 * (stained & mask).sum() / (stained.sum() + mask.sum()))
+
+    # The stain lies on the cardiomyocytes of this image, not anywhere: far better than on
+    # the same mask moved by half the image (a flipped, shifted or rescaled map fails).
+    # Accuracy over many fields is test_demo_weights' business.
+    moved = np.roll(image.mask, (shape[0] // 2, shape[1] // 2), axis=(0, 1))
+    assert overlap(image.mask) > 0.45 and overlap(image.mask) > 3 * overlap(moved)
     overlay = Image.open(io.BytesIO(files["overlay.png"].data))
     assert overlay.mode == "RGB" and overlay.size == (shape[1], shape[0])
     (record,) = result.records
     assert record.kind == "efficiency" and record.group == "EXP1"
     fields = record.fields
     block = pipeline.card.arguments["block_size"]
-    assert fields["blocks_total"] == -(-shape[0] // block) * -(-shape[1] // block)
+    # Blocks are counted at the weights' 0.65 um: half the sides of a 0.325 um image.
+    scaled = [round(side * 0.325 / pipeline.card.training["pixel_size_um"]) for side in shape]
+    assert fields["blocks_total"] == -(-scaled[0] // block) * -(-scaled[1] // block)
+    assert fields["height"] == shape[0] and fields["width"] == shape[1]
     assert fields["positive_fraction"] == pytest.approx(
         _int(fields["blocks_positive"]) / _int(fields["blocks_total"])
     )
     assert fields["well"] == "A01" and fields["timepoint"] == 0 and fields["position"] == "pos1"
     assert fields["identity"] == f"id-{image.stem}" and fields["acquired_at"] == image.metadata.acquired_at
-    assert isinstance(fields["positive_fraction"], float)
-    assert abs(fields["positive_fraction"] - image.efficiency) < 0.1
+    assert isinstance(fields["efficiency"], float)
+    assert abs(fields["efficiency"] - image.efficiency) < 0.1
     assert result.figures == ()
 
 
@@ -260,6 +286,7 @@ def test_images_are_stained_at_the_weights_pixel_size(pipeline: VirtualStainingP
         assert tif.series[0].shape[-2:] == fine.shape
     # Without a pixel size the image is taken at the model's scale unless an option says otherwise.
     bare = ImageItem("bare", Path("bare.tif"), fine, "YX", ImageMetadata())
-    blocks = [r.records[0].fields["blocks_total"] for r in (pipeline.run(bare), fine_result)]
-    assert isinstance(blocks[0], int) and isinstance(blocks[1], int)
-    assert blocks[0] > 3 * blocks[1]
+    block = pipeline.card.arguments["block_size"]
+    as_is = -(-fine.shape[0] // block) * -(-fine.shape[1] // block)
+    assert pipeline.run(bare).records[0].fields["blocks_total"] == as_is
+    assert fine_result.records[0].fields["blocks_total"] != as_is
