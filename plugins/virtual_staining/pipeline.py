@@ -126,7 +126,7 @@ class VirtualStainingPipeline:
     """Pipeline and Summarizer for phase-contrast images (entry point target)."""
 
     name = "virtual-staining"
-    version = "1.0.0"
+    version = "2.0.0"  # 2: stained at the weights' pixel size, calibrated efficiency, forecast
     input_kind = InputKind.IMAGE
 
     def __init__(self) -> None:
