@@ -80,10 +80,14 @@ def _padded_side(side: int, block: int, stride: int, margin: int) -> int:
     return block + math.ceil((need - block) / stride) * stride
 
 
-def _window(block: int) -> torch.Tensor:
-    """Separable sine window: blocks weigh most at their centre, never zero."""
-    ramp = torch.sin(math.pi * (torch.arange(block, dtype=torch.float32) + 0.5) / block)
-    return torch.outer(ramp, ramp)
+def _ramp(block: int) -> torch.Tensor:
+    """One axis of the separable sine window: blocks weigh most at their centre, never zero."""
+    return torch.sin(math.pi * (torch.arange(block, dtype=torch.float32) + 0.5) / block)
+
+
+def _spread(values: torch.Tensor, ramp: torch.Tensor, stride: int) -> torch.Tensor:
+    """Transposed convolution of every row of ``values`` (n, m) with ``ramp`` at ``stride``."""
+    return F.conv_transpose1d(values[:, None, :], ramp[None, None], stride=stride)[:, 0, :]
 
 
 class BlockPredictor:
@@ -103,7 +107,7 @@ class BlockPredictor:
         # multiples of the block (counting): the head runs on the grid of their gcd only.
         self.unit = math.gcd(stride, self.margin, block)
         self.network = model.fused().to(self.device)
-        self._window = _window(block).to(self.device)
+        self._ramp = _ramp(block).to(self.device)
 
     @torch.inference_mode()
     def block_grid(self, padded: np.ndarray) -> torch.Tensor:
@@ -140,11 +144,16 @@ class BlockPredictor:
         padded, margin = self.pad(plane)
         probs = torch.sigmoid(self.block_grid(padded))
         every = self.stride // unit
-        sparse = probs[::every, ::every][None, None]
-        kernel = self._window[None, None]
-        total = F.conv_transpose2d(sparse, kernel, stride=self.stride)
-        weight = F.conv_transpose2d(torch.ones_like(sparse), kernel, stride=self.stride)
-        blended = (total / weight)[0, 0, margin : margin + height, margin : margin + width]
+        sparse = probs[::every, ::every]
+        # The window is separable, so blending is a 1-D transposed convolution along each
+        # axis (a 2-D one with the full window costs ten times as much), and so is its
+        # normaliser: the summed window weights are an outer product.
+        ramp, stride = self._ramp, self.stride
+        total = _spread(_spread(sparse, ramp, stride).T.contiguous(), ramp, stride).T
+        ones = torch.ones((1, sparse.shape[1]), device=sparse.device)
+        weight_x = _spread(ones, ramp, stride)[0]
+        weight_y = _spread(torch.ones((1, sparse.shape[0]), device=sparse.device), ramp, stride)[0]
+        blended = (total / torch.outer(weight_y, weight_x))[margin : margin + height, margin : margin + width]
         first, jump = margin // unit, block // unit
         rows, cols = math.ceil(height / block), math.ceil(width / block)
         counted = probs[first::jump, first::jump][:rows, :cols]

@@ -74,6 +74,28 @@ def test_map_is_smooth_blend_of_overlapping_blocks() -> None:
     assert steps.max() < 0.2  # no block-edge jumps as with non-overlapping tiles
 
 
+@pytest.mark.parametrize(("block", "depth", "stride"), [(32, 3, 16), (16, 2, 4)])
+def test_map_is_the_window_weighted_mean_of_the_blocks_covering_each_pixel(
+    block: int, depth: int, stride: int
+) -> None:
+    """The blend against its definition, block by block in plain numpy."""
+    model = _model(block, depth)
+    predictor = BlockPredictor(model, options=InferenceOptions(stride=stride))
+    phase = _phase((75, 61))
+    padded, margin = predictor.pad(phase)
+    probabilities = loop_block_probabilities(model, padded, stride)
+    ramp = np.sin(np.pi * (np.arange(block) + 0.5) / block)
+    window = np.outer(ramp, ramp)
+    total = np.zeros(padded.shape)
+    weight = np.zeros(padded.shape)
+    for (i, j), value in np.ndenumerate(probabilities):
+        y, x = i * stride, j * stride
+        total[y : y + block, x : x + block] += value * window
+        weight[y : y + block, x : x + block] += window
+    expected = (total / weight)[margin : margin + 75, margin : margin + 61]
+    np.testing.assert_allclose(predictor.predict(phase).probability, expected, atol=1e-5)
+
+
 def test_invalid_inference_options() -> None:
     with pytest.raises(ValueError, match="multiple"):
         BlockPredictor(_model(), options=InferenceOptions(stride=12))
