@@ -45,7 +45,6 @@ __all__ = [
     "VarietyName",
     "demo_data",
     "evaluate",
-    "model_pixel_size",
     "train",
 ]
 
@@ -396,7 +395,7 @@ def other_source_figures(
     settings; ``texture_generator``: 2 experiments (48 fields, 512 px) of the texture
     generator. Seeds derive from the training seed (+1, +2), so the command rebuilds them.
     """
-    from plugins.virtual_staining import randomised
+    from plugins.virtual_staining import imaging, randomised
     from plugins.virtual_staining.calibration import EfficiencyCalibration
     from plugins.virtual_staining.data import synthetic_images
     from plugins.virtual_staining.evaluation import evaluate_images
@@ -405,7 +404,7 @@ def other_source_figures(
     inference = training["inference"]
     predictor = BlockPredictor(model, "cpu", InferenceOptions(threshold=inference["threshold"]))
     calibration = EfficiencyCalibration.from_card(inference)
-    scale = training.get("pixel_size_um")
+    scale = imaging.model_pixel_size(training)
     sets = {
         "held_out_variety": (
             synthetic_images(3, labels, seed + 1, variety=randomised.HELD_OUT_VARIETY, model_pixel_um=scale),
@@ -556,6 +555,7 @@ def evaluate(
     """
     import torch
 
+    from plugins.virtual_staining import imaging
     from plugins.virtual_staining.calibration import EfficiencyCalibration
     from plugins.virtual_staining.evaluation import evaluate_images
     from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
@@ -578,7 +578,7 @@ def evaluate(
         (phase_channel, fluorescence_channel),
         seed,
     )
-    images, _ = _dataset(request, labels, model_pixel_size(card))
+    images, _ = _dataset(request, labels, imaging.model_pixel_size(card.training))
     decision = threshold or float(card.training.get("inference", {}).get("threshold", 0.5))
     predictor = BlockPredictor(network, "cpu", InferenceOptions(stride=stride, threshold=decision))
     calibration = EfficiencyCalibration.from_card(card.training.get("inference", {}))
@@ -588,12 +588,6 @@ def evaluate(
     if json_out is not None:
         json_out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
-
-
-def model_pixel_size(card: ModelCard) -> float | None:
-    """The card's model scale in um per pixel, None for weights trained without one."""
-    value = card.training.get("pixel_size_um")
-    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _load_model(weights: Path | None, name: str) -> tuple[TileCNN, ModelCard]:

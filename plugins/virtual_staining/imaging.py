@@ -8,8 +8,9 @@ plain pages, ``"YXS"`` for RGB samples). :func:`select_plane` reduces any of the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ __all__ = [
     "FLUORESCENCE_NAMES",
     "MIN_SIDE",
     "PHASE_NAMES",
+    "model_pixel_size",
     "normalize",
     "read_plane",
     "rescale_mask",
@@ -116,6 +118,13 @@ def normalize(plane: np.ndarray) -> np.ndarray:
 
 #: Relative pixel-size difference below which an image is used as it is.
 SCALE_TOLERANCE = 0.05
+
+
+def model_pixel_size(training: Mapping[str, Any]) -> float | None:
+    """The scale (um per pixel) of weights from their card's ``training`` section; None
+    for weights trained without one (used without resampling)."""
+    value = training.get("pixel_size_um")
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def rescale_plane(plane: np.ndarray, pixel_um: tuple[float, float], target_um: float) -> np.ndarray:

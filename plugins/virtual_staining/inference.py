@@ -150,9 +150,9 @@ class BlockPredictor:
         # normaliser: the summed window weights are an outer product.
         ramp, stride = self._ramp, self.stride
         total = _spread(_spread(sparse, ramp, stride).T.contiguous(), ramp, stride).T
-        ones = torch.ones((1, sparse.shape[1]), device=sparse.device)
-        weight_x = _spread(ones, ramp, stride)[0]
-        weight_y = _spread(torch.ones((1, sparse.shape[0]), device=sparse.device), ramp, stride)[0]
+        weight_y, weight_x = (
+            _spread(torch.ones((1, count), device=sparse.device), ramp, stride)[0] for count in sparse.shape
+        )
         blended = (total / torch.outer(weight_y, weight_x))[margin : margin + height, margin : margin + width]
         first, jump = margin // unit, block // unit
         rows, cols = math.ceil(height / block), math.ceil(width / block)

@@ -155,6 +155,7 @@ class VirtualStainingPipeline:
         from models.tile_cnn import TileCNN
         from plugins.virtual_staining.calibration import EfficiencyCalibration
         from plugins.virtual_staining.forecast_summary import load_forecaster
+        from plugins.virtual_staining.imaging import model_pixel_size
         from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
 
         options = VirtualStainingOptions.from_mapping(context.options)
@@ -171,8 +172,7 @@ class VirtualStainingPipeline:
         self._predictor = BlockPredictor(model, context.device, settings)
         self._options, self._card, self._forecaster = options, card, forecaster
         self._calibration = EfficiencyCalibration.from_card(card.training.get("inference", {}))
-        scale = card.training.get("pixel_size_um")
-        self._scale = float(scale) if isinstance(scale, int | float) and scale > 0 else None
+        self._scale = model_pixel_size(card.training)
 
     def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
         """Virtual stain, overlay and efficiency record of one image.

@@ -32,9 +32,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from plugins.api import ImageMetadata
 from plugins.virtual_staining.optics import Camera, PhaseOptics, camera_image, illumination, phase_contrast
-from plugins.virtual_staining.synthetic import SyntheticImage
+from plugins.virtual_staining.synthetic import FieldPlace, SyntheticImage
 
 __all__ = [
     "HELD_OUT_VARIETY",
@@ -356,10 +355,6 @@ def _render(
     return phase, gfp, mask
 
 
-def _well(index: int) -> str:
-    return f"{'ABCDEFGH'[index // 12]}{index % 12 + 1:02d}"
-
-
 def generate_randomised(spec: RandomisedSpec) -> Iterator[SyntheticImage]:
     """Yield every field of the spec in acquisition order (time point, well, position).
 
@@ -379,13 +374,6 @@ def generate_randomised(spec: RandomisedSpec) -> Iterator[SyntheticImage]:
         progress = 1.0 if spec.timepoints == 1 else t / (spec.timepoints - 1)
         for e, w, p, final, child, field in fields:
             phase, gfp, mask = _render(child, field, final * (0.3 + 0.7 * progress))
-            metadata = ImageMetadata(
-                experiment=f"EXP{e + 1}",
-                plate="P1",
-                well=_well(w),
-                position=f"pos{p + 1}",
-                timepoint=t,
-                acquired_at=spec.start_time + t * spec.interval_s + 60.0 * (w * spec.positions + p),
-                pixel_size_um=(field.pixel_um, field.pixel_um),
-            )
+            place = FieldPlace(e, w, p, t, spec.positions, spec.start_time, spec.interval_s)
+            metadata = place.metadata(field.pixel_um)
             yield SyntheticImage(phase, gfp, mask, metadata, float(mask.mean()))

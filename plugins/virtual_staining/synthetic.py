@@ -35,6 +35,7 @@ from plugins.api import ImageMetadata
 
 __all__ = [
     "FILE_NAME_PATTERN",
+    "FieldPlace",
     "SyntheticImage",
     "SyntheticSpec",
     "generate_series",
@@ -181,6 +182,33 @@ def _well_name(index: int) -> str:
     return f"{_ROWS[index // 12]}{index % 12 + 1:02d}"
 
 
+@dataclass(frozen=True)
+class FieldPlace:
+    """Where and when a generated field is imaged: experiment, well and position indices,
+    the time point, and the plate's schedule."""
+
+    experiment: int
+    well: int
+    position: int
+    timepoint: int
+    positions: int  # per well: fields of a well are imaged a minute apart
+    start_time: float
+    interval_s: float
+
+    def metadata(self, pixel_um: float) -> ImageMetadata:
+        """The metadata a microscope would record for this field."""
+        order = self.well * self.positions + self.position
+        return ImageMetadata(
+            experiment=f"EXP{self.experiment + 1}",
+            plate="P1",
+            well=_well_name(self.well),
+            position=f"pos{self.position + 1}",
+            timepoint=self.timepoint,
+            acquired_at=self.start_time + self.timepoint * self.interval_s + 60.0 * order,
+            pixel_size_um=(pixel_um, pixel_um),
+        )
+
+
 def generate_series(spec: SyntheticSpec) -> Iterator[SyntheticImage]:
     """Yield every image of the spec in acquisition order (time point, then well, position).
 
@@ -200,15 +228,8 @@ def generate_series(spec: SyntheticSpec) -> Iterator[SyntheticImage]:
         for e, w, p, final, child, textures in fields:
             efficiency = final * (0.3 + 0.7 * progress)
             phase, gfp, mask = _render_field(child, textures, efficiency, spec.bit_depth)
-            metadata = ImageMetadata(
-                experiment=f"EXP{e + 1}",
-                plate="P1",
-                well=_well_name(w),
-                position=f"pos{p + 1}",
-                timepoint=t,
-                acquired_at=spec.start_time + t * spec.interval_s + 60.0 * (w * spec.positions + p),
-                pixel_size_um=(spec.pixel_size_um, spec.pixel_size_um),
-            )
+            place = FieldPlace(e, w, p, t, spec.positions, spec.start_time, spec.interval_s)
+            metadata = place.metadata(spec.pixel_size_um)
             yield SyntheticImage(phase, gfp, mask, metadata, float(mask.mean()))
 
 
