@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -160,6 +160,10 @@ def train(
     base_channels: Annotated[int, typer.Option(min=4, help="U-net width")] = 16,
     depth: Annotated[int, typer.Option(min=1, max=6, help="U-net depth")] = 3,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    elastic: Annotated[float | None, typer.Option(
+        min=0.0, help="Robust augmentation: elastic displacement SD, fraction of the field")] = None,
+    elastic_cells: Annotated[int | None, typer.Option(
+        min=2, help="Robust augmentation: elastic control points per side")] = None,
 ) -> None:
     """Train (or fine-tune) the hip/thigh Bayesian U-net and write its weights and card."""
     import torch
@@ -184,6 +188,13 @@ def train(
                   if noise_hu_max > 0 or blur_sigma_max > 0 else None)
     robust = {Augmentation.ROBUST: RobustAugmentation(),
               Augmentation.CONTRAST_AGNOSTIC: CONTRAST_AGNOSTIC}.get(augmentation)
+    if robust is not None:
+        shape_changes = {name: value for name, value in
+                         (("elastic", elastic), ("elastic_cells", elastic_cells)) if value is not None}
+        robust = replace(robust, **shape_changes)
+    elif elastic is not None or elastic_cells is not None:
+        raise typer.BadParameter("needs --augmentation robust or contrast-agnostic",
+                                 param_hint="--elastic")
     side = size if size is not None else _randomised_size(grid_mm)
     try:
         options = TrainingOptions(
@@ -303,8 +314,6 @@ def evaluate(
               "measure": measure, "held_out_first_seed": first_seed, "data": data, **report.as_dict()}
     typer.echo(json.dumps(result, indent=2, sort_keys=True))
     if write_card:
-        from dataclasses import replace
-
         updated = replace(card, metrics={**card.metrics, "held_out": result})
         (weights_dir / f"{card.name}.json").write_text(updated.to_json())
 

@@ -108,10 +108,17 @@ def test_train_and_evaluate_commands(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "weights"
     result = runner.invoke(app, ["train", "--output", str(out), "--phantoms", "1",
-                                 "--validation", "1", "--epochs", "1", "--seed", "3"])
+                                 "--validation", "1", "--epochs", "1", "--seed", "3",
+                                 "--elastic", "0.04", "--elastic-cells", "7"])
     assert result.exit_code == 0, result.output
     card = json.loads((out / "ct_muscle.json").read_text())
     assert card["training"]["seed"] == 3 and card["sha256"]
+    robust = card["training"]["augmentation"]["robust"]
+    assert (robust["elastic"], robust["elastic_cells"]) == (0.04, 7)
+    result = runner.invoke(app, ["train", "--output", str(tmp_path / "basic"), "--phantoms", "1",
+                                 "--validation", "1", "--epochs", "1", "--augmentation", "basic",
+                                 "--elastic", "0.04"])
+    assert result.exit_code == 2 and "--elastic" in result.output
     result = runner.invoke(app, ["evaluate", "--weights-dir", str(out), "--phantoms", "1",
                                  "--samples", "2", "--write-card"])
     assert result.exit_code == 0, result.output
