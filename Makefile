@@ -17,7 +17,7 @@ $(BIN)/python:
 # on a CPU-only machine the pinned CPU wheel is taken instead of the CUDA stack.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,train]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -43,7 +43,7 @@ test: setup system-deps
 
 lint: setup
 	$(BIN)/ruff check daemon plugins models tests bench
-	$(BIN)/mypy
+	MYPY=$(BIN)/mypy .ci/typecheck
 
 bench: setup system-deps
 	$(BIN)/python bench/ingest.py

@@ -2,7 +2,7 @@
 
 Both run in this process on the same phantom volume (default 512 x 512 x 200, T = 10):
 
-* batched: :func:`plugins.ct_muscle.inference.predict_volume`, all T samples of a group of
+* batched: :func:`acqflow.plugins.ct_muscle.inference.predict_volume`, all T samples of a group of
   slices in one forward batch (the deterministic first encoder block, and the per-channel
   responses of the convolutions that read it, once per slice, see
   ``BayesianUNet.forward_mc``), mean softmax and uncertainty on the model grid, the
@@ -34,9 +34,9 @@ import psutil
 import torch
 from torch.nn import functional as F
 
-from models.store import bundled_weights_dir
-from models.unet import BayesianUNet
-from plugins.ct_muscle.inference import (
+from acqflow.models.store import bundled_weights_dir
+from acqflow.models.unet import BayesianUNet
+from acqflow.plugins.ct_muscle.inference import (
     InputGeometry,
     McOptions,
     Prediction,
@@ -45,7 +45,7 @@ from plugins.ct_muscle.inference import (
     predict_volume,
     preprocess_slices,
 )
-from plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
+from acqflow.plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
 
 
 class PeakRss:

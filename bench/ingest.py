@@ -35,11 +35,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon import metrics
-from daemon.config import DicomSettings
-from daemon.fileio import write_atomic
-from daemon.journal import Journal
-from daemon.sources.scp import DicomReceiver
+from acqflow.daemon import metrics
+from acqflow.daemon.config import DicomSettings
+from acqflow.daemon.dicom.scp import DicomReceiver
+from acqflow.daemon.fileio import write_atomic
+from acqflow.daemon.journal import Journal
 from tests.support.peers import PeerSet, SyntheticSeries, storescu, write_synthetic_ct
 
 TARGET_MB_S = 100.0

@@ -3,9 +3,9 @@
 One MR phantom volume (default 256 x 256 x 100 at 1.5 mm, slices resampled to the
 models' 3 mm grid as in the pipeline) goes through the two steps of the pipeline:
 
-* translation: :func:`plugins.mr_muscle.translation.translate_volume` (normalise,
+* translation: :func:`acqflow.plugins.mr_muscle.translation.translate_volume` (normalise,
   resample, generator, back to the MR matrix, HU);
-* segmentation: :func:`plugins.ct_muscle.inference.predict_volume` on the synthetic CT
+* segmentation: :func:`acqflow.plugins.ct_muscle.inference.predict_volume` on the synthetic CT
   (T MC-dropout samples, batched).
 
 The baseline measured in the same run is the segmentation alone (what a CT volume of the
@@ -29,16 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.store import bundled_weights_dir
-from plugins.ct_muscle.inference import McOptions, load_model, predict_volume
-from plugins.ct_muscle.structures import default_label_table
-from plugins.mr_muscle.phantoms import (
+from acqflow.models.store import bundled_weights_dir
+from acqflow.plugins.ct_muscle.inference import McOptions, load_model, predict_volume
+from acqflow.plugins.ct_muscle.structures import default_label_table
+from acqflow.plugins.mr_muscle.phantoms import (
     HELD_OUT_SEED_OFFSET,
     MR_ANATOMY_SEED_OFFSET,
     MrPhantomOptions,
     generate_mr_phantom,
 )
-from plugins.mr_muscle.translation import load_generator, translate_volume
+from acqflow.plugins.mr_muscle.translation import load_generator, translate_volume
 
 
 def _timed(step: Callable[[], Any], device: str, repeats: int) -> tuple[float, Any]:
@@ -77,7 +77,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     weights = args.weights or bundled_weights_dir()
     generator, gen_card, scale = load_generator(weights, args.device)
-    from plugins.mr_muscle.pipeline import bundled_segmenter_dir
+    from acqflow.plugins.mr_muscle.pipeline import bundled_segmenter_dir
 
     segmenter = args.weights or bundled_segmenter_dir()
     unet, unet_card, geometry = load_model(segmenter, args.device, [s.key for s in default_label_table()])

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmwrite
 
-from models.store import bundled_weights_dir, read_card
-from plugins.common.dicom_outputs import build_segmentation, content_digest
-from plugins.common.series_builder import SeriesGeometry, SeriesSpec, build_series
-from plugins.common.volume import series_to_volume
-from plugins.ct_muscle.anatomy import randomised_phantom
-from plugins.ct_muscle.inference import Prediction, UncertaintyMeasure, measure_structures
-from plugins.ct_muscle.reporting import OutputContext, dicom_outputs, segment_specs
-from plugins.ct_muscle.structures import default_label_table
+from acqflow.models.store import bundled_weights_dir, read_card
+from acqflow.plugins.common.dicom_outputs import build_segmentation, content_digest
+from acqflow.plugins.common.series_builder import SeriesGeometry, SeriesSpec, build_series
+from acqflow.plugins.common.volume import series_to_volume
+from acqflow.plugins.ct_muscle.anatomy import randomised_phantom
+from acqflow.plugins.ct_muscle.inference import Prediction, UncertaintyMeasure, measure_structures
+from acqflow.plugins.ct_muscle.reporting import OutputContext, dicom_outputs, segment_specs
+from acqflow.plugins.ct_muscle.structures import default_label_table
 
 
 def _size(dataset: object, path: Path) -> int:

@@ -4,10 +4,10 @@ The daemon runs as a subprocess on a test-like configuration in a temporary fold
 (loopback DICOM and metrics on free ports, one watched folder, the bundled pipelines and
 demo weights on the CPU). Two feeders run side by side for ``--minutes``:
 
-  * folder: synthetic phase-contrast TIFFs (``plugins.virtual_staining.synthetic``),
+  * folder: synthetic phase-contrast TIFFs (``acqflow.plugins.virtual_staining.synthetic``),
     each written under a temporary name and renamed into the watched folder, one every
     ``--image-interval`` seconds → ``virtual-staining``;
-  * DICOM: a synthetic CT phantom series (``plugins.ct_muscle.phantoms``, a new seed and
+  * DICOM: a synthetic CT phantom series (``acqflow.plugins.ct_muscle.phantoms``, a new seed and
     so new UIDs each time) sent over C-STORE in one association every
     ``--series-interval`` seconds → ``ct-muscle``.
 
@@ -111,7 +111,7 @@ def _settings(root: Path) -> dict[str, Any]:
 
 def _image_pool(size: int, count: int) -> list[np.ndarray]:
     """Distinct phase-contrast fields, generated once (writing is the feed, not generating)."""
-    from plugins.virtual_staining.synthetic import SyntheticSpec, generate_series
+    from acqflow.plugins.virtual_staining.synthetic import SyntheticSpec, generate_series
 
     spec = SyntheticSpec(experiments=1, wells=count, positions=1, timepoints=1, shape=(size, size), seed=11)
     return [image.phase for image in generate_series(spec)]
@@ -148,7 +148,7 @@ def _send_series(port: int, datasets: Sequence[Any]) -> int:
 
 
 def _ct_series(seed: int, slices: int, size: int) -> list[Any]:
-    from plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
+    from acqflow.plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
 
     return demo_ct_series(seed=seed, options=PhantomOptions(shape=(slices, size, size)))
 

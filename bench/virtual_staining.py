@@ -24,12 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.store import bundled_weights_dir, load_weights, read_card
-from models.tile_cnn import TileCNN
-from plugins.api import ImageItem, ImageMetadata, PipelineContext
-from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions, loop_block_probabilities
-from plugins.virtual_staining.pipeline import MODEL_NAME, VirtualStainingPipeline
-from plugins.virtual_staining.synthetic import SyntheticSpec, generate_series
+from acqflow.models.store import bundled_weights_dir, load_weights, read_card
+from acqflow.models.tile_cnn import TileCNN
+from acqflow.plugins.api import ImageItem, ImageMetadata, PipelineContext
+from acqflow.plugins.virtual_staining.inference import (
+    BlockPredictor,
+    InferenceOptions,
+    loop_block_probabilities,
+)
+from acqflow.plugins.virtual_staining.pipeline import MODEL_NAME, VirtualStainingPipeline
+from acqflow.plugins.virtual_staining.synthetic import SyntheticSpec, generate_series
 
 SIDE = 2048
 

@@ -1,7 +1,7 @@
-"""``python -m daemon`` is the ``acqflow`` command."""
+"""``python -m acqflow.daemon`` is the ``acqflow`` command."""
 
 from __future__ import annotations
 
-from daemon.cli import main
+from acqflow.daemon.cli import main
 
 main()

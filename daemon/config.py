@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from daemon.errors import ConfigError
+from acqflow.daemon.errors import ConfigError
 
 __all__ = [
     "DicomSettings",

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from daemon.redaction import scrub
+from acqflow.daemon.redaction import scrub
 
 __all__ = ["fsync_dir", "quarantine", "remove_stale_temporaries", "safe_name", "write_atomic"]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
-from daemon import metrics
+from acqflow.daemon import metrics
 
 __all__ = ["GpuSampler", "job_memory_peak", "record_pipeline_devices"]
 

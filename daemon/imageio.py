@@ -2,7 +2,7 @@
 
 :func:`read_tiff_header` opens a TIFF without decoding pixels: it walks the IFD chain,
 checks that the pixel data of the first and last page lies inside the file, and collects
-what the embedded metadata says (OME-XML image by image through :mod:`daemon.ome`,
+what the embedded metadata says (OME-XML image by image through :mod:`acqflow.daemon.ome`,
 ImageJ, baseline tags). The folder watcher
 calls it on every complete file, so a zero-byte, non-TIFF or truncated file is rejected
 where it arrives.
@@ -11,9 +11,9 @@ where it arrives.
 for every page (tifffile pads a short uncompressed strip with zeros without complaint,
 so completeness is verified from the strip/tile offsets, the IFD chain and the ImageJ
 image count), refuses images that would decode to more than :data:`MAX_DECODED_BYTES`,
-and returns an :class:`~plugins.api.ImageItem` with the file's own axes.
+and returns an :class:`~acqflow.plugins.api.ImageItem` with the file's own axes.
 
-Every refusal is an :class:`ImageRejected` (an :class:`~daemon.errors.InputRejected`)
+Every refusal is an :class:`ImageRejected` (an :class:`~acqflow.daemon.errors.InputRejected`)
 with a one-line message and a short ``reason`` usable as a metric label.
 """
 
@@ -32,10 +32,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import tifffile
 
-from daemon.errors import InputRejected, TransientError
-from daemon.journal import Arrival
-from daemon.ome import UNIT_TO_UM, OmeImage, parse_ome
-from plugins.api import ImageItem, ImageMetadata
+from acqflow.daemon.errors import InputRejected, TransientError
+from acqflow.daemon.journal import Arrival
+from acqflow.daemon.ome import UNIT_TO_UM, OmeImage, parse_ome
+from acqflow.plugins.api import ImageItem, ImageMetadata
 
 __all__ = [
     "MAX_DECODED_BYTES",

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.journal import ArrivalState, JobState, Journal
-from daemon.redaction import scrub
+from acqflow.daemon.journal import ArrivalState, JobState, Journal
+from acqflow.daemon.redaction import scrub
 
 __all__ = ["Job", "JobQueue", "OutputRow", "RecordRow", "RouteDecision"]
 
@@ -297,7 +297,7 @@ class JobQueue:
         """A run ended in a failure: back to pending until ``retry_at``, or dead with its
         error when None. ``attempt`` False for a job that never ran (superseded input)."""
         spent = 1 if attempt else 0
-        error = scrub(error)  # never a patient value in the journal (daemon.redaction)
+        error = scrub(error)  # never a patient value in the journal (acqflow.daemon.redaction)
         with self.journal.transaction() as db:
             if not _is_active(db, job.id):
                 return

@@ -21,8 +21,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import JournalError
-from daemon.journal_schema import SCHEMA, migrate
+from acqflow.daemon.errors import JournalError
+from acqflow.daemon.journal_schema import SCHEMA, migrate
 
 __all__ = [
     "Arrival",

@@ -30,7 +30,7 @@ __all__ = ["CONTEXT_FIELDS", "JsonFormatter", "configure_logging", "log_context"
 CONTEXT_FIELDS = ("job_id", "arrival_id", "pipeline", "source", "sop_class", "outcome")
 NOISY_LOGGERS = ("highdicom", "pynetdicom", "apscheduler", "watchdog", "PIL", "urllib3")
 # Loggers of the sources: the ``source`` of their lines when none was given.
-_SOURCE_LOGGERS = (("daemon.sources.folder", "folder"), ("daemon.sources", "dicom"))
+_SOURCE_LOGGERS = (("acqflow.daemon.folders", "folder"), ("acqflow.daemon.dicom", "dicom"))
 _SYSLOG_PRIORITY = {
     logging.DEBUG: 7,
     logging.INFO: 6,
@@ -84,7 +84,7 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, key, None)
             if value is not None:
                 entry[key] = value
-        if record.exc_text:  # already scrubbed of patient values (daemon.redaction)
+        if record.exc_text:  # already scrubbed of patient values (acqflow.daemon.redaction)
             entry["exception"] = record.exc_text
         elif record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -12,8 +12,8 @@ import os
 import ssl
 from pathlib import Path
 
-from daemon.config import Settings, TlsSettings
-from daemon.errors import ConfigError
+from acqflow.daemon.config import Settings, TlsSettings
+from acqflow.daemon.errors import ConfigError
 
 __all__ = ["check_referenced_files"]
 

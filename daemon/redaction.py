@@ -41,7 +41,7 @@ IDENTIFYING_KEYWORDS = (
     "ReferringPhysicianName", "PatientComments",
 )
 _MIN_LENGTH = 3  # shorter fragments ("M", "JO") would blank out ordinary words
-VALUE_LOGGERS = frozenset({"pydicom", "highdicom", "pynetdicom", "py.warnings", "plugins"})
+VALUE_LOGGERS = frozenset({"pydicom", "highdicom", "pynetdicom", "py.warnings", "acqflow.plugins"})
 _QUOTED = re.compile(r"""'([^'\n]*)'|"([^"\n]*)\"""")
 # Numbers of up to 4 digits, UIDs, absolute paths, VR names, dotted module names.
 _HARMLESS = re.compile(

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from daemon import metrics
-from daemon.config import PipelineSettings
-from daemon.errors import PipelineLoadError
-from plugins.api import ENTRY_POINT_GROUP, Pipeline, PipelineContext
+from acqflow.daemon import metrics
+from acqflow.daemon.config import PipelineSettings
+from acqflow.daemon.errors import PipelineLoadError
+from acqflow.plugins.api import ENTRY_POINT_GROUP, Pipeline, PipelineContext
 
 __all__ = ["PipelineRegistry", "resolve_device"]
 

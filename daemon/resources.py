@@ -3,7 +3,7 @@
 These are not input errors. A job that meets a full or read-only disk is *held* — not
 counted as an attempt, its input not quarantined — until :class:`DiskWatch` sees the
 condition clear; a GPU out of memory is retried with a smaller batch (see
-``daemon.workers``). Nothing here imports torch: an out-of-memory error is recognised by
+``acqflow.daemon.workers``). Nothing here imports torch: an out-of-memory error is recognised by
 its class name.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from daemon import metrics
+from acqflow.daemon import metrics
 
 __all__ = ["DiskPath", "DiskWatch", "ResourceCondition", "is_gpu_oom", "resource_condition"]
 

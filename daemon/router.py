@@ -11,9 +11,9 @@ import fnmatch
 import logging
 from collections.abc import Callable, Collection, Sequence
 
-from daemon.config import RouteRule
-from daemon.jobqueue import RouteDecision
-from daemon.journal import Arrival
+from acqflow.daemon.config import RouteRule
+from acqflow.daemon.jobqueue import RouteDecision
+from acqflow.daemon.journal import Arrival
 
 __all__ = ["Router"]
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from daemon import metrics
+from acqflow.daemon import metrics
 
 __all__ = ["Housekeeping"]
 

@@ -24,8 +24,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from daemon import metrics
-from daemon.journal import Arrival, ArrivalState, Instance, Journal
+from acqflow.daemon import metrics
+from acqflow.daemon.journal import Arrival, ArrivalState, Instance, Journal
 
 __all__ = ["SeriesAssembler", "is_consistent"]
 

@@ -27,26 +27,26 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-from daemon import metrics
-from daemon.config import Settings
-from daemon.errors import ConfigError, StartupError
-from daemon.fileio import write_atomic
-from daemon.gpu import GpuSampler, record_pipeline_devices
-from daemon.health import Heartbeat, Readiness, Watchdog, WatchdogRules, watchdog_interval
-from daemon.jobqueue import Job, JobQueue
-from daemon.journal import Arrival, JobState, Journal
-from daemon.preflight import check_referenced_files
-from daemon.registry import PipelineRegistry
-from daemon.resources import DiskPath, DiskWatch
-from daemon.router import Router
-from daemon.scheduler import Housekeeping
-from daemon.series import SeriesAssembler
-from daemon.sinks.outbox import ExportOutbox
-from daemon.sinks.results import ResultSink
-from daemon.sources.folder import FolderWatcher
-from daemon.sources.scp import DicomReceiver
-from daemon.workers import JobRunner, RunResources, WorkerPool
-from plugins.api import ImageItem, SeriesItem
+from acqflow.daemon import metrics
+from acqflow.daemon.config import Settings
+from acqflow.daemon.dicom.scp import DicomReceiver
+from acqflow.daemon.errors import ConfigError, StartupError
+from acqflow.daemon.fileio import write_atomic
+from acqflow.daemon.folders.watcher import FolderWatcher
+from acqflow.daemon.gpu import GpuSampler, record_pipeline_devices
+from acqflow.daemon.health import Heartbeat, Readiness, Watchdog, WatchdogRules, watchdog_interval
+from acqflow.daemon.jobqueue import Job, JobQueue
+from acqflow.daemon.journal import Arrival, JobState, Journal
+from acqflow.daemon.preflight import check_referenced_files
+from acqflow.daemon.registry import PipelineRegistry
+from acqflow.daemon.resources import DiskPath, DiskWatch
+from acqflow.daemon.router import Router
+from acqflow.daemon.scheduler import Housekeeping
+from acqflow.daemon.series import SeriesAssembler
+from acqflow.daemon.sinks.outbox import ExportOutbox
+from acqflow.daemon.sinks.results import ResultSink
+from acqflow.daemon.workers import JobRunner, RunResources, WorkerPool
+from acqflow.plugins.api import ImageItem, SeriesItem
 
 __all__ = ["Daemon", "load_item"]
 
@@ -60,10 +60,10 @@ log = logging.getLogger(__name__)
 def load_item(journal: Journal, arrival: Arrival) -> ImageItem | SeriesItem:
     """Read an arrival's input from disk. Raises InputRejected for unreadable input."""
     if arrival.kind == "dicom-series":
-        from daemon.dicomio import read_series
+        from acqflow.daemon.dicom.part10 import read_series
 
         return read_series(journal, arrival)
-    from daemon.imageio import read_image
+    from acqflow.daemon.imageio import read_image
 
     return read_image(arrival)
 

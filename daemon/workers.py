@@ -8,9 +8,9 @@ jobs from it. A run that raises is retried with exponential backoff up to
 Input that can never work (unreadable, wrong kind) is dead at once, without retries.
 
 Resource conditions are not failures of the job: a full or read-only disk holds the job
-(no attempt, no quarantine) until :class:`daemon.resources.DiskWatch` sees the condition
+(no attempt, no quarantine) until :class:`acqflow.daemon.resources.DiskWatch` sees the condition
 clear, and a GPU out of memory is retried at once with a smaller batch
-(:class:`plugins.api.RunHints`), then on the CPU when ``gpu_oom_cpu_fallback`` allows.
+(:class:`acqflow.plugins.api.RunHints`), then on the CPU when ``gpu_oom_cpu_fallback`` allows.
 """
 
 from __future__ import annotations
@@ -25,20 +25,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon import metrics, redaction
-from daemon.config import WorkerSettings
-from daemon.errors import InputRejected, PipelineLoadError, TransientError
-from daemon.fileio import quarantine
-from daemon.gpu import job_memory_peak
-from daemon.health import Heartbeat
-from daemon.jobqueue import Job, JobQueue
-from daemon.journal import Arrival, ArrivalState, JobState, Journal
-from daemon.logs import log_context
-from daemon.registry import PipelineRegistry
-from daemon.resources import DiskWatch, ResourceCondition, is_gpu_oom, resource_condition
-from daemon.router import Router
-from daemon.sinks.results import ResultSink
-from plugins.api import (
+from acqflow.daemon import metrics, redaction
+from acqflow.daemon.config import WorkerSettings
+from acqflow.daemon.errors import InputRejected, PipelineLoadError, TransientError
+from acqflow.daemon.fileio import quarantine
+from acqflow.daemon.gpu import job_memory_peak
+from acqflow.daemon.health import Heartbeat
+from acqflow.daemon.jobqueue import Job, JobQueue
+from acqflow.daemon.journal import Arrival, ArrivalState, JobState, Journal
+from acqflow.daemon.logs import log_context
+from acqflow.daemon.registry import PipelineRegistry
+from acqflow.daemon.resources import DiskWatch, ResourceCondition, is_gpu_oom, resource_condition
+from acqflow.daemon.router import Router
+from acqflow.daemon.sinks.results import ResultSink
+from acqflow.plugins.api import (
     ImageItem,
     InputKind,
     InvalidInputError,
@@ -262,7 +262,7 @@ class WorkerPool:
         self._running: dict[int, Job] = {}
         self._unrecorded: list[int] = []  # jobs whose hold could not be written (state disk full)
         self._lock = threading.Lock()
-        # Progress marks for the systemd watchdog (daemon.health): the dispatcher beats
+        # Progress marks for the systemd watchdog (acqflow.daemon.health): the dispatcher beats
         # every cycle; a worker is idle while it waits for a job, busy inside one.
         self.heartbeats = [Heartbeat("acqflow-dispatch")] + [
             Heartbeat(f"acqflow-worker-{index}") for index in range(self._settings.count)

@@ -32,11 +32,11 @@ from pynetdicom import AE, build_context, sop_class
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from daemon import metrics
-from daemon.config import ExportDestination, ExportSettings
-from daemon.dicomio import read_part10
-from daemon.errors import ExportError, InputRejected
-from daemon.journal import Journal, PendingExport
+from acqflow.daemon import metrics
+from acqflow.daemon.config import ExportDestination, ExportSettings
+from acqflow.daemon.dicom.part10 import read_part10
+from acqflow.daemon.errors import ExportError, InputRejected
+from acqflow.daemon.journal import Journal, PendingExport
 
 __all__ = ["SUCCESS_STATUSES", "ExportOutbox"]
 

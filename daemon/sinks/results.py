@@ -21,11 +21,11 @@ from pathlib import Path, PurePosixPath
 from prometheus_client import Gauge
 from pydicom import dcmwrite
 
-from daemon import metrics
-from daemon.fileio import remove_stale_temporaries, safe_name, write_atomic
-from daemon.jobqueue import OutputRow, RecordRow
-from daemon.journal import Arrival
-from plugins.api import Figure, FileOutput, Pipeline, PipelineResult
+from acqflow.daemon import metrics
+from acqflow.daemon.fileio import remove_stale_temporaries, safe_name, write_atomic
+from acqflow.daemon.jobqueue import OutputRow, RecordRow
+from acqflow.daemon.journal import Arrival
+from acqflow.plugins.api import Figure, FileOutput, Pipeline, PipelineResult
 
 __all__ = ["ResultSink", "input_folder"]
 
@@ -78,7 +78,7 @@ WELL_FIGURES: dict[str, tuple[Gauge, tuple[str, ...]]] = {
 
 
 def publish_figure(pipeline: str, figure: Figure) -> None:
-    """Map a pipeline figure onto a metric defined in daemon.metrics (the per-well ones by
+    """Map a pipeline figure onto a metric defined in acqflow.daemon.metrics (the per-well ones by
     name, every other figure onto ``acqflow_pipeline_figure``)."""
     if figure.name in WELL_FIGURES:
         metric, names = WELL_FIGURES[figure.name]

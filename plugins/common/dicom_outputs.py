@@ -1,6 +1,6 @@
 """DICOM derived objects built with highdicom: SEG, Parametric Map and a TID 1500 SR.
 
-The builders take a :class:`plugins.common.volume.Volume` (sorted slices, geometry and the
+The builders take a :class:`acqflow.plugins.common.volume.Volume` (sorted slices, geometry and the
 source frame of every slice) and arrays in the same ``(slices, rows, cols)`` order. Frames
 are handed to highdicom in the order of their source images (instances for single-frame
 series, frame numbers for multi-frame), so every derived frame references exactly the
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from plugins.common.carried_metadata import CarriedMetadata, plan_carried_metadata
-from plugins.common.volume import Volume
+from acqflow.plugins.common.carried_metadata import CarriedMetadata, plan_carried_metadata
+from acqflow.plugins.common.volume import Volume
 
 if TYPE_CHECKING:
     import highdicom as hd
@@ -170,7 +170,7 @@ def _source_order(volume: Volume) -> tuple[list[Dataset], np.ndarray]:
 def _conformant_sources(sources: Sequence[Dataset]) -> tuple[list[Dataset], CarriedMetadata]:
     """Sources highdicom accepts whatever patient and study values they carry, and the
     decisions to :meth:`~CarriedMetadata.apply` to the built object
-    (:mod:`plugins.common.carried_metadata`)."""
+    (:mod:`acqflow.plugins.common.carried_metadata`)."""
     carried = plan_carried_metadata(sources[0])
     return carried.conformant(sources), carried
 

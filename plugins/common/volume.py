@@ -4,7 +4,7 @@ The volume is ``(slices, rows, columns)``, slices sorted by position along the s
 normal (ascending), values rescaled with slope/intercept (HU for CT). The geometry and
 the source frame of every slice are kept so that derived objects (SEG, parametric maps)
 can reference the exact source instances and frame of reference. Anything that cannot
-form one regular stack is refused with :class:`plugins.api.InvalidInputError`.
+form one regular stack is refused with :class:`acqflow.plugins.api.InvalidInputError`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from plugins.api import InvalidInputError
+from acqflow.plugins.api import InvalidInputError
 
 if TYPE_CHECKING:
     from pydicom import Dataset

@@ -1,6 +1,6 @@
 """Domain-randomised hip/thigh CT phantoms: three anatomy models and wide appearance ranges.
 
-The fixed phantoms of :mod:`plugins.ct_muscle.phantoms` draw every muscle as an annular
+The fixed phantoms of :mod:`acqflow.plugins.ct_muscle.phantoms` draw every muscle as an annular
 sector at nearly the same place; a network trained on them learns that drawing, not the
 anatomy (mean Dice 0.14 on independently generated phantoms). Here the same anatomical
 layout (which muscle lies anterior, lateral, posterior or medial of the femur, and how
@@ -27,9 +27,9 @@ from enum import Enum
 import numpy as np
 from scipy import ndimage
 
-from plugins.ct_muscle.phantoms import _HIP, _PELVIS, _THIGH, Phantom, _Sector
-from plugins.ct_muscle.structures import LabelTable, default_label_table
-from plugins.ct_muscle.training import LabelledVolume
+from acqflow.plugins.ct_muscle.phantoms import _HIP, _PELVIS, _THIGH, Phantom, _Sector
+from acqflow.plugins.ct_muscle.structures import LabelTable, default_label_table
+from acqflow.plugins.ct_muscle.training import LabelledVolume
 
 __all__ = [
     "HELD_OUT_VARIETY",
@@ -337,7 +337,7 @@ def randomised_anatomy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The label map and tissue classes (:data:`TISSUES`) of :func:`randomised_phantom`
     with the same arguments, without its intensities: what other modalities are drawn
-    from (the MR phantoms, plugins.mr_muscle.randomised).
+    from (the MR phantoms, acqflow.plugins.mr_muscle.randomised).
 
     Raises ValueError for a shape too small to draw.
     """

@@ -1,7 +1,7 @@
 """``train`` and ``evaluate`` commands of the CT muscle pipeline.
 
 Plain functions with typer annotations, so the daemon CLI registers them with
-``train_app.command("ct-muscle")(train)``; ``python -m plugins.ct_muscle.commands`` runs
+``train_app.command("ct-muscle")(train)``; ``python -m acqflow.plugins.ct_muscle.commands`` runs
 them stand-alone.
 """
 
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from plugins.ct_muscle.labelled_data import LabelledData
-    from plugins.ct_muscle.structures import LabelTable
-    from plugins.ct_muscle.training import LabelledVolume
+    from acqflow.plugins.ct_muscle.labelled_data import LabelledData
+    from acqflow.plugins.ct_muscle.structures import LabelTable
+    from acqflow.plugins.ct_muscle.training import LabelledVolume
 
 __all__ = ["evaluate", "train"]
 
@@ -37,7 +37,7 @@ def _phantom_seeds(seed: int, count: int, offset: int = 0) -> range:
 def _command_line() -> str:
     """How this process was started, for the model card."""
     if sys.argv and sys.argv[0].endswith("commands.py"):
-        return shlex.join(["python", "-m", "plugins.ct_muscle.commands", *sys.argv[1:]])
+        return shlex.join(["python", "-m", "acqflow.plugins.ct_muscle.commands", *sys.argv[1:]])
     return shlex.join([Path(sys.argv[0]).name if sys.argv else "acqflow", *sys.argv[1:]])
 
 
@@ -49,8 +49,8 @@ LABEL_MAP_HELP = ("TOML/JSON [labels] table: label value or dataset.json name ->
 
 def _labelled_data(data_dir: Path, table: LabelTable, label_map: Path | None) -> LabelledData:
     """The cases of ``data_dir`` with the mapping warnings printed; bad data as BadParameter."""
-    from plugins.api import InvalidInputError
-    from plugins.ct_muscle.labelled_data import load_labelled_data
+    from acqflow.plugins.api import InvalidInputError
+    from acqflow.plugins.ct_muscle.labelled_data import load_labelled_data
 
     try:
         data = load_labelled_data(data_dir, table, label_map)
@@ -71,7 +71,7 @@ def _training_sets(
 
     Cases split whole: the first ``validation`` cases by name validate, the rest train.
     """
-    from plugins.ct_muscle.datasets import phantom_volumes
+    from acqflow.plugins.ct_muscle.datasets import phantom_volumes
 
     if data_dir is not None:
         data = _labelled_data(data_dir, table, label_map)
@@ -91,7 +91,7 @@ def _training_sets(
     summary["generator"] = generator.value
     if generator is PhantomSource.FIXED:
         return phantom_volumes(train_seeds), phantom_volumes(validation_seeds), summary
-    from plugins.ct_muscle.anatomy import TRAINING_VARIETY, randomised_volumes
+    from acqflow.plugins.ct_muscle.anatomy import TRAINING_VARIETY, randomised_volumes
 
     size = _randomised_size(grid_mm)
     shape = (RANDOMISED_SLICES, size, size)
@@ -104,12 +104,12 @@ def _training_sets(
 class PhantomSource(str, Enum):
     """Which phantom generator trains (and evaluates) the network."""
 
-    RANDOMISED = "randomised"  # plugins.ct_muscle.anatomy: three anatomy models, wide ranges
-    FIXED = "fixed"  # plugins.ct_muscle.phantoms: the demo series' generator
+    RANDOMISED = "randomised"  # acqflow.plugins.ct_muscle.anatomy: three anatomy models, wide ranges
+    FIXED = "fixed"  # acqflow.plugins.ct_muscle.phantoms: the demo series' generator
 
 
 class Augmentation(str, Enum):
-    ROBUST = "robust"  # plugins.ct_muscle.augmentation (nnU-Net / SynthSeg style)
+    ROBUST = "robust"  # acqflow.plugins.ct_muscle.augmentation (nnU-Net / SynthSeg style)
     CONTRAST_AGNOSTIC = "contrast-agnostic"  # random tissue intensities on most slices (MR route)
     BASIC = "basic"  # small flips, rotations and contrast changes
 
@@ -168,11 +168,11 @@ def train(
     """Train (or fine-tune) the hip/thigh Bayesian U-net and write its weights and card."""
     import torch
 
-    from models.store import ModelCard, save_weights
-    from plugins.ct_muscle.augmentation import CONTRAST_AGNOSTIC
-    from plugins.ct_muscle.inference import InputGeometry
-    from plugins.ct_muscle.structures import default_label_table
-    from plugins.ct_muscle.training import (
+    from acqflow.models.store import ModelCard, save_weights
+    from acqflow.plugins.ct_muscle.augmentation import CONTRAST_AGNOSTIC
+    from acqflow.plugins.ct_muscle.inference import InputGeometry
+    from acqflow.plugins.ct_muscle.structures import default_label_table
+    from acqflow.plugins.ct_muscle.training import (
         AppearanceAugmentation,
         NetworkOptions,
         RobustAugmentation,
@@ -189,9 +189,8 @@ def train(
     robust = {Augmentation.ROBUST: RobustAugmentation(),
               Augmentation.CONTRAST_AGNOSTIC: CONTRAST_AGNOSTIC}.get(augmentation)
     if robust is not None:
-        shape_changes = {name: value for name, value in
-                         (("elastic", elastic), ("elastic_cells", elastic_cells)) if value is not None}
-        robust = replace(robust, **shape_changes)
+        robust = replace(robust, elastic=robust.elastic if elastic is None else elastic,
+                         elastic_cells=robust.elastic_cells if elastic_cells is None else elastic_cells)
     elif elastic is not None or elastic_cells is not None:
         raise typer.BadParameter("needs --augmentation robust or contrast-agnostic",
                                  param_hint="--elastic")
@@ -206,7 +205,7 @@ def train(
         raise typer.BadParameter(str(exc)) from exc
     initial, base = None, None
     if init_weights is not None:
-        from plugins.ct_muscle.inference import load_model
+        from acqflow.plugins.ct_muscle.inference import load_model
 
         start, base, _ = load_model(init_weights, expected=[s.key for s in table])
         initial = start.state_dict()
@@ -271,12 +270,12 @@ def evaluate(
     (the best ones for these volumes, and how the pipeline's defaults do), printed as JSON."""
     import torch
 
-    from plugins.ct_muscle.datasets import phantom_volumes
-    from plugins.ct_muscle.evaluation import evaluate_model
-    from plugins.ct_muscle.inference import McOptions, UncertaintyMeasure, load_model
-    from plugins.ct_muscle.phantoms import PhantomOptions
-    from plugins.ct_muscle.pipeline import DEFAULT_DISAGREEMENT_THRESHOLD, DEFAULT_REVIEW_THRESHOLDS
-    from plugins.ct_muscle.structures import default_label_table
+    from acqflow.plugins.ct_muscle.datasets import phantom_volumes
+    from acqflow.plugins.ct_muscle.evaluation import evaluate_model
+    from acqflow.plugins.ct_muscle.inference import McOptions, UncertaintyMeasure, load_model
+    from acqflow.plugins.ct_muscle.phantoms import PhantomOptions
+    from acqflow.plugins.ct_muscle.pipeline import DEFAULT_DISAGREEMENT_THRESHOLD, DEFAULT_REVIEW_THRESHOLDS
+    from acqflow.plugins.ct_muscle.structures import default_label_table
 
     torch.set_num_threads(threads)
     torch.manual_seed(first_seed % 2**31)  # the dropout masks, so the report is repeatable
@@ -294,7 +293,7 @@ def evaluate(
         data = {"source": "phantoms", "generator": generator.value,
                 "held_out_first_seed": first_seed, "phantoms": phantoms}
     else:
-        from plugins.ct_muscle.anatomy import VARIETIES, randomised_volumes
+        from acqflow.plugins.ct_muscle.anatomy import VARIETIES, randomised_volumes
 
         if variety not in VARIETIES:
             raise typer.BadParameter(f"variety must be one of {', '.join(VARIETIES)}, got {variety!r}")

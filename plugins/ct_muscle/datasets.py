@@ -3,7 +3,7 @@
 A DICOM data folder holds one sub-folder per case with the CT instances and one SEG
 instance whose segments are coded with the label table's property types (the SEGs this
 pipeline writes qualify). NIfTI, NRRD and nnU-Net folders are read by
-:mod:`plugins.ct_muscle.labelled_data`.
+:mod:`acqflow.plugins.ct_muscle.labelled_data`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from plugins.api import InvalidInputError
-from plugins.common.volume import VolumeOptions, series_to_volume
-from plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
-from plugins.ct_muscle.structures import LabelTable
-from plugins.ct_muscle.training import LabelledVolume
+from acqflow.plugins.api import InvalidInputError
+from acqflow.plugins.common.volume import VolumeOptions, series_to_volume
+from acqflow.plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
+from acqflow.plugins.ct_muscle.structures import LabelTable
+from acqflow.plugins.ct_muscle.training import LabelledVolume
 
 __all__ = ["load_dicom_case", "load_dicom_cases", "phantom_volumes"]
 

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from plugins.ct_muscle.inference import InputGeometry, McOptions, predict_volume
-from plugins.ct_muscle.structures import LabelTable
-from plugins.ct_muscle.training import LabelledVolume, dice_per_class
+from acqflow.plugins.ct_muscle.inference import InputGeometry, McOptions, predict_volume
+from acqflow.plugins.ct_muscle.structures import LabelTable
+from acqflow.plugins.ct_muscle.training import LabelledVolume, dice_per_class
 
 if TYPE_CHECKING:
-    from models.unet import BayesianUNet
+    from acqflow.models.unet import BayesianUNet
 
 __all__ = [
     "EvaluationReport",

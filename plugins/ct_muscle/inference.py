@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from plugins.ct_muscle.structures import LabelTable
+from acqflow.plugins.ct_muscle.structures import LabelTable
 
 if TYPE_CHECKING:
     import torch
 
-    from models.store import ModelCard
-    from models.unet import BayesianUNet
+    from acqflow.models.store import ModelCard
+    from acqflow.models.unet import BayesianUNet
 
 __all__ = [
     "LOW_ATTENUATION_HU",
@@ -462,13 +462,13 @@ def load_model(
     """Build the network from its card, load and verify its weights.
 
     ``expected`` are the structure keys of the label table in label order; raises
-    models.store.WeightsError when the weights are missing, corrupt or were trained for
+    acqflow.models.store.WeightsError when the weights are missing, corrupt or were trained for
     other structures.
     """
     import torch
 
-    from models.store import WeightsError, load_weights, read_card
-    from models.unet import BayesianUNet
+    from acqflow.models.store import WeightsError, load_weights, read_card
+    from acqflow.models.unet import BayesianUNet
 
     card = read_card(weights_dir, MODEL_NAME)
     if card.architecture != "BayesianUNet":

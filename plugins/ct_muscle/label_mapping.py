@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from plugins.api import InvalidInputError
-from plugins.ct_muscle.structures import LabelTable
+from acqflow.plugins.api import InvalidInputError
+from acqflow.plugins.ct_muscle.structures import LabelTable
 
 __all__ = ["BACKGROUND", "LabelMapping", "label_names", "normalise", "read_label_map", "resolve_mapping"]
 

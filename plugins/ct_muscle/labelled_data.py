@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from plugins.api import InvalidInputError
-from plugins.ct_muscle.label_mapping import LabelMapping, label_names, resolve_mapping
-from plugins.ct_muscle.structures import LabelTable
-from plugins.ct_muscle.training import LabelledVolume
-from plugins.ct_muscle.volume_files import VolumeFile, format_of, read_volume, strip_ending
+from acqflow.plugins.api import InvalidInputError
+from acqflow.plugins.ct_muscle.label_mapping import LabelMapping, label_names, resolve_mapping
+from acqflow.plugins.ct_muscle.structures import LabelTable
+from acqflow.plugins.ct_muscle.training import LabelledVolume
+from acqflow.plugins.ct_muscle.volume_files import VolumeFile, format_of, read_volume, strip_ending
 
 __all__ = ["DataLayout", "LabelledCase", "LabelledData", "detect_layout", "load_labelled_data"]
 
@@ -160,7 +160,7 @@ def _finish(
 
 
 def _dicom_cases(directory: Path, table: LabelTable) -> list[LabelledCase]:
-    from plugins.ct_muscle.datasets import load_dicom_case
+    from acqflow.plugins.ct_muscle.datasets import load_dicom_case
 
     out = []
     for folder in sorted(p for p in directory.iterdir() if p.is_dir()):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from plugins.ct_muscle.structures import LabelTable, default_label_table
+from acqflow.plugins.ct_muscle.structures import LabelTable, default_label_table
 
 __all__ = ["Phantom", "PhantomOptions", "generate_phantom"]
 
@@ -220,7 +220,7 @@ def demo_ct_series(seed: int = 0, options: PhantomOptions | None = None) -> list
     Axial, feet-first-supine geometry: slices step towards the feet (descending z).
     The same seed gives the same pixels and UIDs.
     """
-    from plugins.common.series_builder import SeriesGeometry, SeriesSpec, build_series
+    from acqflow.plugins.common.series_builder import SeriesGeometry, SeriesSpec, build_series
 
     opts = options or PhantomOptions()
     phantom = generate_phantom(seed, opts)

@@ -1,8 +1,8 @@
 """The ``ct-muscle`` pipeline: CT series in, SEG + uncertainty map + SR out.
 
-Steps, each a separate function: series to volume (:mod:`plugins.common.volume`),
-MC-dropout inference (:mod:`plugins.ct_muscle.inference`), per-structure measurements,
-DICOM objects (:mod:`plugins.common.dicom_outputs`), journal records and figures.
+Steps, each a separate function: series to volume (:mod:`acqflow.plugins.common.volume`),
+MC-dropout inference (:mod:`acqflow.plugins.ct_muscle.inference`), per-structure measurements,
+DICOM objects (:mod:`acqflow.plugins.common.dicom_outputs`), journal records and figures.
 Construction is cheap; torch and highdicom are imported in :meth:`CtMusclePipeline.load`.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from plugins.api import (
+from acqflow.plugins.api import (
     DicomOutput,
     Figure,
     ImageItem,
@@ -24,7 +24,7 @@ from plugins.api import (
     Record,
     SeriesItem,
 )
-from plugins.ct_muscle.inference import (
+from acqflow.plugins.ct_muscle.inference import (
     HuWindow,
     InputGeometry,
     McOptions,
@@ -34,10 +34,10 @@ from plugins.ct_muscle.inference import (
 )
 
 if TYPE_CHECKING:
-    from models.store import ModelCard
-    from models.unet import BayesianUNet
-    from plugins.common.volume import Volume
-    from plugins.ct_muscle.structures import LabelTable
+    from acqflow.models.store import ModelCard
+    from acqflow.models.unet import BayesianUNet
+    from acqflow.plugins.common.volume import Volume
+    from acqflow.plugins.ct_muscle.structures import LabelTable
 
 __all__ = ["CtMuscleOptions", "CtMusclePipeline", "SegmentationOptions"]
 
@@ -158,10 +158,10 @@ class CtMusclePipeline:
 
     def load(self, context: PipelineContext) -> None:
         """Read options and load the weights once; raises ValueError for bad options and
-        models.store.WeightsError for missing or corrupt weights."""
-        from models.store import bundled_weights_dir
-        from plugins.ct_muscle.inference import load_model
-        from plugins.ct_muscle.structures import default_label_table, load_label_table
+        acqflow.models.store.WeightsError for missing or corrupt weights."""
+        from acqflow.models.store import bundled_weights_dir
+        from acqflow.plugins.ct_muscle.inference import load_model
+        from acqflow.plugins.ct_muscle.structures import default_label_table, load_label_table
 
         options = CtMuscleOptions.from_mapping(context.options)
         table = (load_label_table(Path(options.label_table)) if options.label_table
@@ -181,9 +181,9 @@ class CtMusclePipeline:
     def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
         """Segment one CT series; raises InvalidInputError for input that cannot work and
         RuntimeError when :meth:`load` has not run."""
-        from plugins.common.dicom_outputs import content_digest
-        from plugins.common.volume import VolumeOptions, series_to_volume
-        from plugins.ct_muscle.inference import mc_seed, measure_structures, predict_volume
+        from acqflow.plugins.common.dicom_outputs import content_digest
+        from acqflow.plugins.common.volume import VolumeOptions, series_to_volume
+        from acqflow.plugins.ct_muscle.inference import mc_seed, measure_structures, predict_volume
 
         if self._model is None or self._card is None or self._table is None:
             raise RuntimeError("ct-muscle pipeline used before load()")
@@ -214,7 +214,7 @@ class CtMusclePipeline:
         self, item: SeriesItem, volume: Volume, content: str, labels: Any, uncertainty: Any,
         measured: list[StructureMeasurement],
     ) -> list[DicomOutput]:
-        from plugins.ct_muscle.reporting import OutputContext, dicom_outputs
+        from acqflow.plugins.ct_muscle.reporting import OutputContext, dicom_outputs
 
         assert self._card is not None and self._table is not None
         window = self._geometry.window

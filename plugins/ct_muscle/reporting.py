@@ -1,7 +1,7 @@
 """The DICOM objects of one ct-muscle result: SEG, uncertainty map and TID 1500 SR.
 
 UIDs are derived from everything that changes the content: the input identity, the
-content of its instances (:func:`plugins.common.dicom_outputs.content_digest`), the
+content of its instances (:func:`acqflow.plugins.common.dicom_outputs.content_digest`), the
 pipeline version, the model version and weight hash, the options that change the
 result (samples, measure, review threshold, HU window, ...: :attr:`OutputContext.options`)
 and the SEG's SOP class (BINARY or LABELMAP). Processing the same series again with the
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom.uid import generate_uid
 
-from plugins.api import DicomOutput
-from plugins.common.dicom_outputs import (
+from acqflow.plugins.api import DicomOutput
+from acqflow.plugins.common.dicom_outputs import (
     AlgorithmInfo,
     CodeSpec,
     DeviceInfo,
@@ -36,12 +36,12 @@ from plugins.common.dicom_outputs import (
     build_parametric_map,
     build_segmentation,
 )
-from plugins.ct_muscle.inference import StructureMeasurement, UncertaintyMeasure
-from plugins.ct_muscle.structures import LabelTable
+from acqflow.plugins.ct_muscle.inference import StructureMeasurement, UncertaintyMeasure
+from acqflow.plugins.ct_muscle.structures import LabelTable
 
 if TYPE_CHECKING:
-    from models.store import ModelCard
-    from plugins.common.volume import Volume
+    from acqflow.models.store import ModelCard
+    from acqflow.plugins.common.volume import Volume
 
 __all__ = ["OutputContext", "dicom_outputs", "segment_specs"]
 

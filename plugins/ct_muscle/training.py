@@ -1,7 +1,7 @@
 """Training of the hip/thigh Bayesian U-net on slices of labelled CT volumes.
 
 Data are (HU volume, label map) pairs: generated phantoms, or DICOM series with a SEG
-(:mod:`plugins.ct_muscle.datasets`). Slices are resampled to the model pixel spacing and
+(:mod:`acqflow.plugins.ct_muscle.datasets`). Slices are resampled to the model pixel spacing and
 padded or cropped to a fixed training size. Each epoch reports the validation Dice per
 structure; a checkpoint after every epoch (weights, optimiser, RNG states, history) lets
 an interrupted run resume where it stopped. Everything is seeded.
@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from plugins.ct_muscle.augmentation import (
+from acqflow.plugins.ct_muscle.augmentation import (
     RobustAugmentation,
     add_noise,
     affine_theta,
     blur_some,
     robust_augment,
 )
-from plugins.ct_muscle.inference import MODEL_NAME, InputGeometry
-from plugins.ct_muscle.structures import LabelTable
+from acqflow.plugins.ct_muscle.inference import MODEL_NAME, InputGeometry
+from acqflow.plugins.ct_muscle.structures import LabelTable
 
 if TYPE_CHECKING:
     import torch
 
-    from models.unet import BayesianUNet
+    from acqflow.models.unet import BayesianUNet
 
 __all__ = [
     "AppearanceAugmentation",
@@ -323,8 +323,8 @@ def train_network(
     """
     import torch
 
-    from models.unet import BayesianUNet
-    from plugins.common.progress import TrainingProgress
+    from acqflow.models.unet import BayesianUNet
+    from acqflow.plugins.common.progress import TrainingProgress
 
     if not train:
         raise ValueError("no training volumes")

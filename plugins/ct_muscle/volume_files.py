@@ -3,7 +3,7 @@
 Whatever the file's axis order and directions, the array is reoriented to the closest
 axis-aligned LPS grid (nibabel's orientation tools on the file's affine) and transposed
 so that columns step to the patient's left, rows to posterior and slices to superior:
-the layout :func:`plugins.common.volume.series_to_volume` gives an axial DICOM series.
+the layout :func:`acqflow.plugins.common.volume.series_to_volume` gives an axial DICOM series.
 NIfTI affines are RAS (nibabel); NRRD ``space directions`` are converted from the
 header's ``space`` (RAS, LAS or LPS). Oblique grids are not resampled: the nearest axis
 order is taken, as ``nibabel.as_closest_canonical`` does.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from plugins.api import InvalidInputError
+from acqflow.plugins.api import InvalidInputError
 
 __all__ = ["VolumeFile", "VolumeFormat", "format_of", "read_volume", "strip_ending"]
 

@@ -3,7 +3,7 @@
 MR is segmented without MR labels: a generator trained on unpaired MR and CT slices
 turns the MR volume into a synthetic CT in HU, which the CT muscle network segments.
 Importing this package is cheap; torch and highdicom are imported when a pipeline loads.
-The entry point is :class:`plugins.mr_muscle.pipeline.MrMusclePipeline`.
+The entry point is :class:`acqflow.plugins.mr_muscle.pipeline.MrMusclePipeline`.
 """
 
 from __future__ import annotations

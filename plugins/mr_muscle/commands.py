@@ -2,7 +2,7 @@
 
 Both are plain functions whose parameters carry ``typer.Option`` annotations, so the
 daemon CLI registers them as ``train_app.command("mr-to-ct")(train)`` and
-``evaluate_app.command("mr-muscle")(evaluate)``; ``python -m plugins.mr_muscle`` runs
+``evaluate_app.command("mr-muscle")(evaluate)``; ``python -m acqflow.plugins.mr_muscle`` runs
 them stand-alone. torch is imported inside the functions, so the CLI starts fast.
 """
 
@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from plugins.mr_muscle.losses import GradientMode
+from acqflow.plugins.mr_muscle.losses import GradientMode
 
 if TYPE_CHECKING:
-    from models.cyclegan import ResnetGenerator
-    from models.unet import BayesianUNet
-    from plugins.ct_muscle.inference import InputGeometry
-    from plugins.ct_muscle.structures import LabelTable
-    from plugins.mr_muscle.evaluation import EvaluationOptions
-    from plugins.mr_muscle.pipeline import MrRoute
-    from plugins.mr_muscle.translation import IntensityScale
+    from acqflow.models.cyclegan import ResnetGenerator
+    from acqflow.models.unet import BayesianUNet
+    from acqflow.plugins.ct_muscle.inference import InputGeometry
+    from acqflow.plugins.ct_muscle.structures import LabelTable
+    from acqflow.plugins.mr_muscle.evaluation import EvaluationOptions
+    from acqflow.plugins.mr_muscle.pipeline import MrRoute
+    from acqflow.plugins.mr_muscle.translation import IntensityScale
 
 __all__ = ["evaluate", "train"]
 
@@ -34,7 +34,7 @@ DEFAULT_OUTPUT = Path("mr_to_ct_model")
 
 
 class PhantomGenerator(str, Enum):
-    """plugins.mr_muscle.data.Generator, here so the CLI starts without numpy."""
+    """acqflow.plugins.mr_muscle.data.Generator, here so the CLI starts without numpy."""
 
     FIXED = "fixed"
     RANDOMISED = "randomised"
@@ -99,7 +99,7 @@ def _domain(
     generator: str = "fixed",
 ) -> Any:
     """Slices of one domain from a DICOM folder or the synthetic generator."""
-    from plugins.mr_muscle import data
+    from acqflow.plugins.mr_muscle import data
 
     try:
         if folder is not None:
@@ -184,9 +184,14 @@ def train(
     params = dict(locals())  # the options as given, for the reproducible command line
     import torch
 
-    from plugins.mr_muscle.losses import LossWeights
-    from plugins.mr_muscle.training import NetworkOptions, OutputOptions, ScheduleOptions, train_cyclegan
-    from plugins.mr_muscle.translation import IntensityScale
+    from acqflow.plugins.mr_muscle.losses import LossWeights
+    from acqflow.plugins.mr_muscle.training import (
+        NetworkOptions,
+        OutputOptions,
+        ScheduleOptions,
+        train_cyclegan,
+    )
+    from acqflow.plugins.mr_muscle.translation import IntensityScale
 
     if threads:
         torch.set_num_threads(threads)
@@ -234,8 +239,8 @@ _UNPAIRED = {
 
 
 def _save(generator: Any, net: Any, training: dict[str, Any], version: str, output: Path) -> Path:
-    from models.store import ModelCard, save_weights
-    from plugins.mr_muscle.translation import MODEL_NAME
+    from acqflow.models.store import ModelCard, save_weights
+    from acqflow.plugins.mr_muscle.translation import MODEL_NAME
 
     card = ModelCard(
         name=MODEL_NAME,
@@ -243,7 +248,7 @@ def _save(generator: Any, net: Any, training: dict[str, Any], version: str, outp
         architecture="ResnetGenerator",
         arguments=net.generator_arguments(),
         training=training,
-        notes="CycleGAN MR-to-CT generator (models.cyclegan.ResnetGenerator); input MR normalised "
+        notes="CycleGAN MR-to-CT generator (acqflow.models.cyclegan.ResnetGenerator); input MR normalised "
         "to [-1, 1] by a high percentile, output CT in [-1, 1], mapped to HU through training.input's "
         "piecewise-linear knots. Demo weights from synthetic phantoms only; not for clinical use. "
         "Trained on unpaired slices; metrics: held-out MR phantom Dice via the CT network.",
@@ -304,15 +309,15 @@ def evaluate(
     """Held-out Dice of MR segmentation via synthetic CT next to the direct-MR baseline.
 
     With ``--review``, the review thresholds instead (docs/models/mr-muscle.md). Returns
-    the report as a dict. Raises models.store.WeightsError on missing or corrupt weights.
+    the report as a dict. Raises acqflow.models.store.WeightsError on missing or corrupt weights.
     """
     import torch
 
-    from models.store import bundled_weights_dir
-    from plugins.ct_muscle.inference import load_model
-    from plugins.ct_muscle.structures import default_label_table
-    from plugins.mr_muscle.evaluation import EvaluationOptions, evaluate_held_out
-    from plugins.mr_muscle.translation import load_generator
+    from acqflow.models.store import bundled_weights_dir
+    from acqflow.plugins.ct_muscle.inference import load_model
+    from acqflow.plugins.ct_muscle.structures import default_label_table
+    from acqflow.plugins.mr_muscle.evaluation import EvaluationOptions, evaluate_held_out
+    from acqflow.plugins.mr_muscle.translation import load_generator
 
     if review and write_card:
         raise typer.BadParameter("--write-card stores the Dice report; it does not go with --review")
@@ -322,7 +327,7 @@ def evaluate(
     table = default_label_table()
     gen_dir = weights or bundled_weights_dir()
     generator_model, card, scale = load_generator(gen_dir, device)
-    from plugins.mr_muscle.pipeline import MrRoute, bundled_segmenter_dir
+    from acqflow.plugins.mr_muscle.pipeline import MrRoute, bundled_segmenter_dir
 
     try:
         chosen = MrRoute(route)
@@ -403,8 +408,12 @@ def _review(
     from rich.console import Console
     from rich.table import Table
 
-    from plugins.mr_muscle.evaluation import calibrate_review_thresholds, review_performance
-    from plugins.mr_muscle.pipeline import CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS, MR_REVIEW_THRESHOLDS, MrRoute
+    from acqflow.plugins.mr_muscle.evaluation import calibrate_review_thresholds, review_performance
+    from acqflow.plugins.mr_muscle.pipeline import (
+        CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS,
+        MR_REVIEW_THRESHOLDS,
+        MrRoute,
+    )
 
     def show(index: int, structures: int) -> None:
         if not quiet:

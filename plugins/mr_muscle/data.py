@@ -1,11 +1,11 @@
 """Unpaired training slices: synthetic phantoms or DICOM series folders, normalised to [-1, 1].
 
 The synthetic domains come from one of two generators (:class:`Generator`): ``fixed``, the
-demo phantoms (:func:`plugins.mr_muscle.phantoms.generate_mr_phantom` and
-:func:`plugins.ct_muscle.phantoms.generate_phantom`), or ``randomised``, the randomised
+demo phantoms (:func:`acqflow.plugins.mr_muscle.phantoms.generate_mr_phantom` and
+:func:`acqflow.plugins.ct_muscle.phantoms.generate_phantom`), or ``randomised``, the randomised
 anatomy with a T1 contrast drawn per MR phantom
-(:func:`plugins.mr_muscle.randomised.randomised_mr_phantom`) and noise-free randomised CT
-(:func:`plugins.ct_muscle.anatomy.randomised_phantom`), 480 mm across. Their seeds come
+(:func:`acqflow.plugins.mr_muscle.randomised.randomised_mr_phantom`) and noise-free randomised CT
+(:func:`acqflow.plugins.ct_muscle.anatomy.randomised_phantom`), 480 mm across. Their seeds come
 from disjoint ranges, so no anatomy appears in both. DICOM folders are searched
 recursively, instances grouped by series, and every series converted with the shared
 series-to-volume step (the same checks as the pipelines). All slices are resampled to
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
-from plugins.mr_muscle.phantoms import MR_ANATOMY_SEED_OFFSET, generate_mr_phantom
-from plugins.mr_muscle.translation import IntensityScale, ct_to_unit, normalise_mr
+from acqflow.plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
+from acqflow.plugins.mr_muscle.phantoms import MR_ANATOMY_SEED_OFFSET, generate_mr_phantom
+from acqflow.plugins.mr_muscle.translation import IntensityScale, ct_to_unit, normalise_mr
 
 __all__ = ["RANDOMISED_SHAPE", "Generator", "SliceSet", "dicom_slices", "resample_slices",
            "synthetic_ct_slices", "synthetic_mr_slices"]
@@ -76,7 +76,7 @@ def synthetic_mr_slices(
 
     Raises ValueError for a count or seed outside the reserved ranges.
     """
-    from plugins.mr_muscle.randomised import MR_TRAINING_VARIETY, randomised_mr_phantom
+    from acqflow.plugins.mr_muscle.randomised import MR_TRAINING_VARIETY, randomised_mr_phantom
 
     vols = []
     for phantom_seed in _phantom_seeds(count, seed):
@@ -100,7 +100,7 @@ def synthetic_ct_slices(
 
     Raises ValueError for a count or seed outside the reserved range.
     """
-    from plugins.ct_muscle.anatomy import TRAINING_VARIETY, randomised_phantom
+    from acqflow.plugins.ct_muscle.anatomy import TRAINING_VARIETY, randomised_phantom
 
     variety = replace(TRAINING_VARIETY, noise_hu=(noise_hu, noise_hu), bias_hu=(0.0, 0.0))
     vols = []
@@ -146,12 +146,12 @@ def dicom_slices(folder: Path, modality: str, scale: IntensityScale, min_rows: i
     """Normalised slices of every ``modality`` series below ``folder``.
 
     Series of other modalities are skipped; a series the series-to-volume step refuses
-    raises plugins.api.InvalidInputError naming it. Raises ValueError when no series of
+    raises acqflow.plugins.api.InvalidInputError naming it. Raises ValueError when no series of
     the modality is found.
     """
     import pydicom
 
-    from plugins.common.volume import VolumeOptions, series_to_volume
+    from acqflow.plugins.common.volume import VolumeOptions, series_to_volume
 
     vols: list[np.ndarray] = []
     for paths in _series_files(folder).values():

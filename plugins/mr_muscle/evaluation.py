@@ -13,7 +13,7 @@ inside bone, muscle and fat are reported: bone has to come out as bone.
 
 :func:`calibrate_review_thresholds` fits the pipeline's review thresholds: per
 uncertainty measure, the mean uncertainty inside a predicted structure above which it is
-likely to be poorly segmented (``plugins.ct_muscle.evaluation.fit_review_threshold``).
+likely to be poorly segmented (``acqflow.plugins.ct_muscle.evaluation.fit_review_threshold``).
 """
 
 from __future__ import annotations
@@ -24,21 +24,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from plugins.ct_muscle.evaluation import ReviewThreshold, fit_review_threshold, review_threshold_at
-from plugins.ct_muscle.inference import UncertaintyMeasure
-from plugins.ct_muscle.structures import LabelTable
-from plugins.mr_muscle.phantoms import (
+from acqflow.plugins.ct_muscle.evaluation import ReviewThreshold, fit_review_threshold, review_threshold_at
+from acqflow.plugins.ct_muscle.inference import UncertaintyMeasure
+from acqflow.plugins.ct_muscle.structures import LabelTable
+from acqflow.plugins.mr_muscle.phantoms import (
     HELD_OUT_SEED_OFFSET,
     MR_ANATOMY_SEED_OFFSET,
     MrPhantom,
     MrPhantomOptions,
 )
-from plugins.mr_muscle.translation import IntensityScale, normalise_mr
+from acqflow.plugins.mr_muscle.translation import IntensityScale, normalise_mr
 
 if TYPE_CHECKING:
-    from models.cyclegan import ResnetGenerator
-    from models.unet import BayesianUNet
-    from plugins.ct_muscle.inference import HuWindow, InputGeometry
+    from acqflow.models.cyclegan import ResnetGenerator
+    from acqflow.models.unet import BayesianUNet
+    from acqflow.plugins.ct_muscle.inference import HuWindow, InputGeometry
 
 __all__ = [
     "EvaluationOptions",
@@ -75,8 +75,8 @@ class EvaluationOptions:
 
     def phantom(self, seed: int, table: LabelTable) -> MrPhantom:
         """The held-out phantom of a :meth:`seeds` entry."""
-        from plugins.mr_muscle.phantoms import generate_mr_phantom
-        from plugins.mr_muscle.randomised import MR_HELD_OUT_VARIETY, randomised_mr_phantom
+        from acqflow.plugins.mr_muscle.phantoms import generate_mr_phantom
+        from acqflow.plugins.mr_muscle.randomised import MR_HELD_OUT_VARIETY, randomised_mr_phantom
 
         if self.generator == "fixed":
             return generate_mr_phantom(seed, MrPhantomOptions(shape=self.shape), table)
@@ -159,7 +159,7 @@ def _translated_phantoms(
 ) -> Iterator[tuple[MrPhantom, tuple[float, float], np.ndarray]]:
     """Each held-out phantom of ``options`` with its in-plane spacing and its synthetic CT
     (without a generator: the normalised MR over ``window``, the contrast-agnostic input)."""
-    from plugins.mr_muscle.translation import translate_volume
+    from acqflow.plugins.mr_muscle.translation import translate_volume
 
     for seed in options.seeds():
         phantom = options.phantom(seed, table)
@@ -189,7 +189,7 @@ def evaluate_held_out(
 ) -> EvaluationReport:
     """Dice with translation, with the direct baseline and (given its network and input
     geometry) the contrast-agnostic route on freshly generated held-out phantoms."""
-    from plugins.ct_muscle.inference import McOptions, predict_volume
+    from acqflow.plugins.ct_muscle.inference import McOptions, predict_volume
 
     opts = options or EvaluationOptions()
     mc = McOptions(samples=opts.samples)
@@ -272,7 +272,7 @@ def calibrate_review_thresholds(
     """
     import torch
 
-    from plugins.ct_muscle.inference import McOptions, measure_structures, predict_volume
+    from acqflow.plugins.ct_muscle.inference import McOptions, measure_structures, predict_volume
 
     opts = options or EvaluationOptions()
     pairs: list[dict[str, Any]] = []

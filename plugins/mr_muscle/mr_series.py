@@ -16,7 +16,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
-from plugins.mr_muscle.phantoms import MrPhantom, MrPhantomOptions, generate_mr_phantom
+from acqflow.plugins.mr_muscle.phantoms import MrPhantom, MrPhantomOptions, generate_mr_phantom
 
 __all__ = [
     "MR_IMAGE_STORAGE",

@@ -1,6 +1,6 @@
 """Synthetic T1-weighted MR phantoms of the hip and thigh, unpaired with the CT phantoms.
 
-The anatomy comes from the CT phantom generator (:mod:`plugins.ct_muscle.phantoms`) but
+The anatomy comes from the CT phantom generator (:mod:`acqflow.plugins.ct_muscle.phantoms`) but
 from a disjoint seed range (:data:`MR_ANATOMY_SEED_OFFSET`), and every MR phantom is
 further warped by its own random in-plane scaling and shift, so no MR phantom shares an
 anatomy with any CT phantom used for training. From the noise-free CT drawing the tissue
@@ -19,8 +19,8 @@ from enum import IntEnum
 import numpy as np
 from scipy import ndimage
 
-from plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
-from plugins.ct_muscle.structures import LabelTable, default_label_table
+from acqflow.plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
+from acqflow.plugins.ct_muscle.structures import LabelTable, default_label_table
 
 __all__ = [
     "HELD_OUT_SEED_OFFSET",

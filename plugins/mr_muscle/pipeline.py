@@ -2,9 +2,9 @@
 
 Steps, each a separate function: MR series to volume (the shared series-to-volume step
 with the CT checks, modality MR), normalisation and CycleGAN translation to synthetic
-CT in HU (:mod:`plugins.mr_muscle.translation`), the CT pipeline's MC-dropout inference
-and measurements (:mod:`plugins.ct_muscle.inference`), and the CT pipeline's DICOM
-objects (:mod:`plugins.ct_muscle.reporting`) built on the MR volume, so they reference
+CT in HU (:mod:`acqflow.plugins.mr_muscle.translation`), the CT pipeline's MC-dropout inference
+and measurements (:mod:`acqflow.plugins.ct_muscle.inference`), and the CT pipeline's DICOM
+objects (:mod:`acqflow.plugins.ct_muscle.reporting`) built on the MR volume, so they reference
 the MR instances and frame of reference. Optionally the synthetic CT itself as a derived
 series marked not for diagnosis. Construction is cheap; torch loads in :meth:`load`.
 """
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from plugins.api import (
+from acqflow.plugins.api import (
     DicomOutput,
     ImageItem,
     InputKind,
@@ -29,17 +29,17 @@ from plugins.api import (
     Record,
     SeriesItem,
 )
-from plugins.ct_muscle.inference import ReviewScore, StructureMeasurement, UncertaintyMeasure
-from plugins.ct_muscle.pipeline import SegmentationOptions, structure_figures
-from plugins.mr_muscle.translation import IntensityScale
+from acqflow.plugins.ct_muscle.inference import ReviewScore, StructureMeasurement, UncertaintyMeasure
+from acqflow.plugins.ct_muscle.pipeline import SegmentationOptions, structure_figures
+from acqflow.plugins.mr_muscle.translation import IntensityScale
 
 if TYPE_CHECKING:
-    from models.cyclegan import ResnetGenerator
-    from models.store import ModelCard
-    from models.unet import BayesianUNet
-    from plugins.common.volume import Volume
-    from plugins.ct_muscle.inference import InputGeometry
-    from plugins.ct_muscle.structures import LabelTable
+    from acqflow.models.cyclegan import ResnetGenerator
+    from acqflow.models.store import ModelCard
+    from acqflow.models.unet import BayesianUNet
+    from acqflow.plugins.common.volume import Volume
+    from acqflow.plugins.ct_muscle.inference import InputGeometry
+    from acqflow.plugins.ct_muscle.structures import LabelTable
 
 __all__ = [
     "CONTRAST_AGNOSTIC_FOLDER",
@@ -70,7 +70,7 @@ class MrRoute(str, Enum):
 def bundled_segmenter_dir(route: MrRoute = MrRoute.SYNTHETIC_CT) -> Path:
     """The bundled folder of the network a route segments with (the synthetic-CT route:
     ct_muscle 1.1.0)."""
-    from models.store import bundled_weights_dir
+    from acqflow.models.store import bundled_weights_dir
 
     folder = MR_SEGMENTER_FOLDER if route is MrRoute.SYNTHETIC_CT else CONTRAST_AGNOSTIC_FOLDER
     return bundled_weights_dir() / folder
@@ -160,16 +160,16 @@ class MrMusclePipeline:
     def load(self, context: PipelineContext) -> None:
         """Read options, load generator and CT network once.
 
-        Raises ValueError for bad options and models.store.WeightsError for missing or
+        Raises ValueError for bad options and acqflow.models.store.WeightsError for missing or
         corrupt weights (``mr_to_ct`` and ``ct_muscle`` in ``context.weights_dir``, or
         the bundled ``mr_to_ct`` and :func:`bundled_segmenter_dir`'s ``ct_muscle``; on the
         contrast-agnostic route only ``ct_muscle`` in ``<weights_dir>/``
         :data:`CONTRAST_AGNOSTIC_FOLDER` or the bundled folder of that name).
         """
-        from models.store import bundled_weights_dir
-        from plugins.ct_muscle.inference import load_model
-        from plugins.ct_muscle.structures import default_label_table, load_label_table
-        from plugins.mr_muscle.translation import load_generator
+        from acqflow.models.store import bundled_weights_dir
+        from acqflow.plugins.ct_muscle.inference import load_model
+        from acqflow.plugins.ct_muscle.structures import default_label_table, load_label_table
+        from acqflow.plugins.mr_muscle.translation import load_generator
 
         options = MrMuscleOptions.from_mapping(context.options)
         table = load_label_table(Path(options.label_table)) if options.label_table else default_label_table()
@@ -191,11 +191,11 @@ class MrMusclePipeline:
         Raises InvalidInputError for input that can never work (not a series, not MR,
         gaps, localizers, ...) and RuntimeError when :meth:`load` has not run.
         """
-        from plugins.common.dicom_outputs import content_digest
-        from plugins.common.volume import VolumeOptions, series_to_volume
-        from plugins.ct_muscle.inference import mc_seed, measure_structures, predict_volume
-        from plugins.mr_muscle.evaluation import baseline_hu
-        from plugins.mr_muscle.translation import translate_volume
+        from acqflow.plugins.common.dicom_outputs import content_digest
+        from acqflow.plugins.common.volume import VolumeOptions, series_to_volume
+        from acqflow.plugins.ct_muscle.inference import mc_seed, measure_structures, predict_volume
+        from acqflow.plugins.mr_muscle.evaluation import baseline_hu
+        from acqflow.plugins.mr_muscle.translation import translate_volume
 
         models = self._require_models()
         if not isinstance(item, SeriesItem):
@@ -259,8 +259,8 @@ class MrMusclePipeline:
         uncertainty: np.ndarray,
         measured: list[StructureMeasurement],
     ) -> list[DicomOutput]:
-        from plugins.ct_muscle.reporting import dicom_outputs
-        from plugins.mr_muscle.reporting import MrOutputContext, renamed
+        from acqflow.plugins.ct_muscle.reporting import dicom_outputs
+        from acqflow.plugins.mr_muscle.reporting import MrOutputContext, renamed
 
         models = self._require_models()
         context = MrOutputContext(
@@ -280,8 +280,8 @@ class MrMusclePipeline:
         return renamed(outputs)
 
     def _synthetic_ct(self, item: SeriesItem, volume: Volume, hu: np.ndarray) -> list[DicomOutput]:
-        from plugins.common.dicom_outputs import content_digest
-        from plugins.mr_muscle.synthetic_ct import SyntheticCtIdentity, build_synthetic_ct_series
+        from acqflow.plugins.common.dicom_outputs import content_digest
+        from acqflow.plugins.mr_muscle.synthetic_ct import SyntheticCtIdentity, build_synthetic_ct_series
 
         models = self._require_models()
         card = models.generator_card

@@ -1,12 +1,12 @@
 """T1-weighted MR phantoms on the randomised anatomy, with T1 contrast variety.
 
-The fixed MR phantoms (:mod:`plugins.mr_muscle.phantoms`) share one anatomy model and one
-contrast. These are drawn from :func:`plugins.ct_muscle.anatomy.randomised_anatomy`
+The fixed MR phantoms (:mod:`acqflow.plugins.mr_muscle.phantoms`) share one anatomy model and one
+contrast. These are drawn from :func:`acqflow.plugins.ct_muscle.anatomy.randomised_anatomy`
 (three anatomy models, body sizes, fat thickness, coverage, ...) and each phantom draws
 its own T1 contrast: the signal of muscle, cortex, femoral and flat-bone marrow relative
 to fat (fat = 1: the brightest tissue of a T1 image, what the p99.5 normalisation of
 the networks' input lands on), the per-muscle spread, the strength of the coil bias field
-and the noise. As for CT (:data:`plugins.ct_muscle.anatomy.HELD_OUT_VARIETY`), the
+and the noise. As for CT (:data:`acqflow.plugins.ct_muscle.anatomy.HELD_OUT_VARIETY`), the
 held-out variety draws from settings training never uses: the ellipse anatomy, body size
 and fat tails, and contrast tails (muscle darker or brighter, flat bone darker or
 brighter, a stronger or weaker bias field).
@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from plugins.ct_muscle.anatomy import (
+from acqflow.plugins.ct_muscle.anatomy import (
     HELD_OUT_VARIETY,
     TRAINING_VARIETY,
     Variety,
     draw_range,
     randomised_anatomy,
 )
-from plugins.ct_muscle.structures import LabelTable, default_label_table
-from plugins.mr_muscle.phantoms import MrPhantom, Tissue, _bias_field, _rician
+from acqflow.plugins.ct_muscle.structures import LabelTable, default_label_table
+from acqflow.plugins.mr_muscle.phantoms import MrPhantom, Tissue, _bias_field, _rician
 
 __all__ = [
     "MR_HELD_OUT_VARIETY",
@@ -43,7 +43,7 @@ __all__ = [
 
 Range = tuple[float, float]
 
-# randomised_anatomy's tissue codes (plugins.ct_muscle.anatomy.TISSUES)
+# randomised_anatomy's tissue codes (acqflow.plugins.ct_muscle.anatomy.TISSUES)
 _AIR, _FAT, _MUSCLE, _CORTEX, _MARROW = range(5)
 
 
@@ -52,7 +52,7 @@ class MrVariety:
     """Anatomy variety and T1 signal ranges relative to fat, drawn per phantom.
 
     ``tails`` names contrast ranges that are drawn from the two bands just outside them
-    (a quarter of the range wide), as :class:`plugins.ct_muscle.anatomy.Variety` does.
+    (a quarter of the range wide), as :class:`acqflow.plugins.ct_muscle.anatomy.Variety` does.
     """
 
     anatomy: Variety = TRAINING_VARIETY
@@ -88,7 +88,7 @@ MR_VARIETIES = {"training": MR_TRAINING_VARIETY, "held-out": MR_HELD_OUT_VARIETY
 
 
 def randomised_tissue(labels: np.ndarray, tissue: np.ndarray, table: LabelTable) -> np.ndarray:
-    """:class:`plugins.mr_muscle.phantoms.Tissue` classes from a randomised drawing: its
+    """:class:`acqflow.plugins.mr_muscle.phantoms.Tissue` classes from a randomised drawing: its
     marrow is fatty marrow in the femur and flat-bone marrow in the pelvis and sacrum."""
     femur = labels == table.by_key("femur").label
     out = np.full(tissue.shape, Tissue.AIR, dtype=np.uint8)

@@ -1,7 +1,7 @@
 """The DICOM objects of one mr-muscle result, built by the CT pipeline's reporting on the MR.
 
 The SEG, uncertainty Parametric Map and TID 1500 SR are exactly those of ct-muscle
-(:func:`plugins.ct_muscle.reporting.dicom_outputs`), computed on the MR volume so that
+(:func:`acqflow.plugins.ct_muscle.reporting.dicom_outputs`), computed on the MR volume so that
 they reference the MR instances and frame of reference. Only what identifies the run
 differs: UIDs derive from the input identity, its content, the mr-muscle pipeline
 version and both model versions; the device is "mr-muscle"; the algorithm names the
@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from models.store import ModelCard
-from plugins.api import DicomOutput
-from plugins.common.dicom_outputs import AlgorithmInfo, DeviceInfo
-from plugins.ct_muscle.reporting import OutputContext
+from acqflow.models.store import ModelCard
+from acqflow.plugins.api import DicomOutput
+from acqflow.plugins.common.dicom_outputs import AlgorithmInfo, DeviceInfo
+from acqflow.plugins.ct_muscle.reporting import OutputContext
 
 __all__ = ["MrOutputContext", "renamed"]
 

@@ -7,7 +7,7 @@ description, and a Source Image Sequence pointing at the MR instance (and
 frame) each slice was computed from. UIDs derive from the item identity, the content of
 its instances and the pipeline version, so a re-run replaces rather than duplicates and
 a new generation of the series gets new UIDs. Patient and study attributes that do not
-conform to their VR are carried, emptied or omitted (:mod:`plugins.common.carried_metadata`).
+conform to their VR are carried, emptied or omitted (:mod:`acqflow.plugins.common.carried_metadata`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from plugins.common.carried_metadata import plan_carried_metadata
-from plugins.common.volume import Volume
+from acqflow.plugins.common.carried_metadata import plan_carried_metadata
+from acqflow.plugins.common.volume import Volume
 
 __all__ = ["CT_IMAGE_STORAGE", "NOT_FOR_DIAGNOSIS", "SyntheticCtIdentity", "build_synthetic_ct_series"]
 
@@ -49,7 +49,7 @@ class SyntheticCtIdentity:
 
     identity: str
     version: str
-    content: str = ""  # plugins.common.dicom_outputs.content_digest of the MR instances
+    content: str = ""  # acqflow.plugins.common.dicom_outputs.content_digest of the MR instances
     algorithm: str = "acqflow mr-muscle CycleGAN MR-to-CT"
     series_number: int = 9902
 

@@ -1,7 +1,7 @@
 """CycleGAN training on unpaired 2-D axial MR and CT slices.
 
 Two ResNet generators (MR to CT and back) and two PatchGAN discriminators learn from
-random crops of slices already normalised to [-1, 1] (:mod:`plugins.mr_muscle.data`).
+random crops of slices already normalised to [-1, 1] (:mod:`acqflow.plugins.mr_muscle.data`).
 Adam with linear learning-rate decay to zero over the last part of the run, an image
 pool per discriminator, checkpoints that resume the run exactly (networks, optimisers,
 schedules, pools and random states), sample grids written as PNG while training goes,
@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from plugins.mr_muscle.losses import ImagePool, LossWeights, gradient_consistency, least_squares
+from acqflow.plugins.mr_muscle.losses import ImagePool, LossWeights, gradient_consistency, least_squares
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from models.cyclegan import ResnetGenerator
+    from acqflow.models.cyclegan import ResnetGenerator
 
 __all__ = ["NetworkOptions", "OutputOptions", "ScheduleOptions", "TrainingResult", "train_cyclegan"]
 
@@ -99,7 +99,7 @@ class _CycleGan:
     def __init__(self, net: NetworkOptions, sched: ScheduleOptions) -> None:
         import torch
 
-        from models.cyclegan import PatchDiscriminator, ResnetGenerator, init_weights
+        from acqflow.models.cyclegan import PatchDiscriminator, ResnetGenerator, init_weights
 
         torch.manual_seed(sched.seed)
         self.g_mr_ct = ResnetGenerator(**net.generator_arguments())

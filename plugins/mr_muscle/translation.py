@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from plugins.ct_muscle.inference import model_grid
+from acqflow.plugins.ct_muscle.inference import model_grid
 
 if TYPE_CHECKING:
     import torch
 
-    from models.cyclegan import ResnetGenerator
-    from models.store import ModelCard
+    from acqflow.models.cyclegan import ResnetGenerator
+    from acqflow.models.store import ModelCard
 
 __all__ = [
     "MODEL_NAME",
@@ -167,11 +167,11 @@ def load_generator(
 ) -> tuple[ResnetGenerator, ModelCard, IntensityScale]:
     """Build the MR-to-CT generator from its card and load its verified weights.
 
-    Raises models.store.WeightsError when the weights are missing, corrupt, of another
+    Raises acqflow.models.store.WeightsError when the weights are missing, corrupt, of another
     architecture or lack the intensity scale they were trained with.
     """
-    from models.cyclegan import ResnetGenerator
-    from models.store import WeightsError, load_weights, read_card
+    from acqflow.models.cyclegan import ResnetGenerator
+    from acqflow.models.store import WeightsError, load_weights, read_card
 
     card = read_card(weights_dir, MODEL_NAME)
     if card.architecture != "ResnetGenerator":

@@ -6,7 +6,7 @@ probabilities are blended into a full-resolution virtual stain, and the fraction
 positive blocks is tracked per well over time as the differentiation efficiency.
 
 Heavy modules (torch) are imported only when used: importing this package is cheap.
-Entry point: ``plugins.virtual_staining.pipeline:VirtualStainingPipeline``.
+Entry point: ``acqflow.plugins.virtual_staining.pipeline:VirtualStainingPipeline``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["VirtualStainingPipeline"]
 
 def __getattr__(name: str) -> object:
     if name == "VirtualStainingPipeline":
-        from plugins.virtual_staining.pipeline import VirtualStainingPipeline
+        from acqflow.plugins.virtual_staining.pipeline import VirtualStainingPipeline
 
         return VirtualStainingPipeline
     raise AttributeError(name)

@@ -1,10 +1,10 @@
-"""Stand-alone CLI: ``python -m plugins.virtual_staining train|evaluate|demo-data``."""
+"""Stand-alone CLI: ``python -m acqflow.plugins.virtual_staining train|evaluate|demo-data``."""
 
 from __future__ import annotations
 
 import typer
 
-from plugins.virtual_staining.commands import demo_data, evaluate, train
+from acqflow.plugins.virtual_staining.commands import demo_data, evaluate, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Virtual-staining model tools.")
 app.command("train")(train)

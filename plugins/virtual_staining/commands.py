@@ -3,7 +3,7 @@
 Both are plain functions whose parameters carry ``typer.Option`` annotations, so the
 daemon CLI registers them as ``train_app.command("virtual-staining")(train)`` and
 ``evaluate_app.command("virtual-staining")(evaluate)``; ``python -m
-plugins.virtual_staining`` runs them stand-alone. Data come from a folder (pairs matched
+acqflow.plugins.virtual_staining`` runs them stand-alone. Data come from a folder (pairs matched
 by ``--pattern``), a CSV manifest (``--manifest``) or the synthetic generator
 (``--synthetic N``: N experiments of 4 wells x 2 positions x 3 time points).
 """
@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from plugins.virtual_staining.labels import BinarizeMethod
-from plugins.virtual_staining.synthetic import FILE_NAME_PATTERN
+from acqflow.plugins.virtual_staining.labels import BinarizeMethod
+from acqflow.plugins.virtual_staining.synthetic import FILE_NAME_PATTERN
 
 if TYPE_CHECKING:
-    from models.store import ModelCard
-    from models.tile_cnn import TileCNN
-    from plugins.virtual_staining.calibration import EfficiencyCalibration
-    from plugins.virtual_staining.data import LabelledImage, Split
-    from plugins.virtual_staining.labels import LabelOptions
-    from plugins.virtual_staining.training import (
+    from acqflow.models.store import ModelCard
+    from acqflow.models.tile_cnn import TileCNN
+    from acqflow.plugins.virtual_staining.calibration import EfficiencyCalibration
+    from acqflow.plugins.virtual_staining.data import LabelledImage, Split
+    from acqflow.plugins.virtual_staining.labels import LabelOptions
+    from acqflow.plugins.virtual_staining.training import (
         SearchSpace,
         StudyResult,
         TrainingSettings,
@@ -144,7 +144,7 @@ def _dataset(
 
     Raises typer.BadParameter.
     """
-    from plugins.virtual_staining import data as vsdata
+    from acqflow.plugins.virtual_staining import data as vsdata
 
     if sum([request.data is not None, request.manifest is not None, request.synthetic > 0]) != 1:
         raise typer.BadParameter("give exactly one of --data, --manifest or --synthetic")
@@ -157,7 +157,7 @@ def _dataset(
             "seed": request.seed,
         }
         if request.generator is Generator.RANDOMISED:
-            from plugins.virtual_staining import randomised
+            from acqflow.plugins.virtual_staining import randomised
 
             held_out = request.variety is VarietyName.HELD_OUT
             variety = randomised.HELD_OUT_VARIETY if held_out else randomised.TRAINING_VARIETY
@@ -303,8 +303,8 @@ def train(
     """
     import torch
 
-    from plugins.virtual_staining.labels import LabelOptions
-    from plugins.virtual_staining.training import SearchSpace, TrainingSettings
+    from acqflow.plugins.virtual_staining.labels import LabelOptions
+    from acqflow.plugins.virtual_staining.training import SearchSpace, TrainingSettings
 
     command = _command_line("train", train, dict(locals()))
     if threads:
@@ -351,9 +351,9 @@ def _train_and_save(
     quiet: bool,
 ) -> Path:
     """Split, search, evaluate on the test images and write the weights and card."""
-    from plugins.common.progress import TrainingProgress
-    from plugins.virtual_staining.data import split_images
-    from plugins.virtual_staining.training import run_study
+    from acqflow.plugins.common.progress import TrainingProgress
+    from acqflow.plugins.virtual_staining.data import split_images
+    from acqflow.plugins.virtual_staining.training import run_study
 
     split = split_images(images, settings.seed)
     if not quiet:
@@ -381,7 +381,7 @@ def _train_and_save(
             for name in ("held_out_variety", "texture_generator"):
                 _print_metrics(card_metrics[name]["data"], card_metrics[name])
     card = _card(model, training, card_metrics, version)
-    from models.store import save_weights
+    from acqflow.models.store import save_weights
 
     return save_weights(model, card, output)
 
@@ -395,11 +395,11 @@ def other_source_figures(
     settings; ``texture_generator``: 2 experiments (48 fields, 512 px) of the texture
     generator. Seeds derive from the training seed (+1, +2), so the command rebuilds them.
     """
-    from plugins.virtual_staining import imaging, randomised
-    from plugins.virtual_staining.calibration import EfficiencyCalibration
-    from plugins.virtual_staining.data import synthetic_images
-    from plugins.virtual_staining.evaluation import evaluate_images
-    from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+    from acqflow.plugins.virtual_staining import imaging, randomised
+    from acqflow.plugins.virtual_staining.calibration import EfficiencyCalibration
+    from acqflow.plugins.virtual_staining.data import synthetic_images
+    from acqflow.plugins.virtual_staining.evaluation import evaluate_images
+    from acqflow.plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
 
     inference = training["inference"]
     predictor = BlockPredictor(model, "cpu", InferenceOptions(threshold=inference["threshold"]))
@@ -426,8 +426,8 @@ def _fit_calibration(
     model: TileCNN, validation: list[LabelledImage], threshold: float
 ) -> EfficiencyCalibration:
     """The efficiency calibration fitted on the validation images."""
-    from plugins.virtual_staining.calibration import EfficiencyCalibration
-    from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+    from acqflow.plugins.virtual_staining.calibration import EfficiencyCalibration
+    from acqflow.plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
 
     predictor = BlockPredictor(model, "cpu", InferenceOptions(threshold=threshold))
     predicted = [predictor.predict(image.phase).positive_fraction for image in validation]
@@ -441,8 +441,8 @@ def _held_out_metrics(
     positive_fraction: float,
     calibration: EfficiencyCalibration,
 ) -> dict[str, float]:
-    from plugins.virtual_staining.evaluation import evaluate_images
-    from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+    from acqflow.plugins.virtual_staining.evaluation import evaluate_images
+    from acqflow.plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
 
     predictor = BlockPredictor(model, "cpu", InferenceOptions(threshold=threshold))
     return evaluate_images(predictor, test, positive_fraction, calibration)
@@ -496,13 +496,13 @@ def _training_record(
 
 
 def _card(model: TileCNN, training: dict[str, Any], metrics: dict[str, float], version: str) -> ModelCard:
-    from models.store import ModelCard
-    from plugins.virtual_staining.pipeline import MODEL_NAME
+    from acqflow.models.store import ModelCard
+    from acqflow.plugins.virtual_staining.pipeline import MODEL_NAME
 
     return ModelCard(
         name=MODEL_NAME,
         version=version,
-        architecture="models.tile_cnn.TileCNN",
+        architecture="acqflow.models.tile_cnn.TileCNN",
         arguments=model.config.to_dict(),
         training=training,
         metrics=metrics,
@@ -551,15 +551,15 @@ def evaluate(
     """Evaluate weights on every given image (all of them are treated as held out).
 
     Returns the metrics. Raises typer.BadParameter on inconsistent options and
-    models.store.WeightsError on missing or corrupt weights.
+    acqflow.models.store.WeightsError on missing or corrupt weights.
     """
     import torch
 
-    from plugins.virtual_staining import imaging
-    from plugins.virtual_staining.calibration import EfficiencyCalibration
-    from plugins.virtual_staining.evaluation import evaluate_images
-    from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
-    from plugins.virtual_staining.labels import LabelOptions
+    from acqflow.plugins.virtual_staining import imaging
+    from acqflow.plugins.virtual_staining.calibration import EfficiencyCalibration
+    from acqflow.plugins.virtual_staining.evaluation import evaluate_images
+    from acqflow.plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+    from acqflow.plugins.virtual_staining.labels import LabelOptions
 
     if threads:
         torch.set_num_threads(threads)
@@ -592,8 +592,8 @@ def evaluate(
 
 def _load_model(weights: Path | None, name: str) -> tuple[TileCNN, ModelCard]:
     """The TileCNN and card ``name`` from ``weights`` (default: bundled); raises WeightsError."""
-    from models.store import bundled_weights_dir, load_weights, read_card
-    from models.tile_cnn import TileCNN
+    from acqflow.models.store import bundled_weights_dir, load_weights, read_card
+    from acqflow.models.tile_cnn import TileCNN
 
     directory = weights or bundled_weights_dir()
     card = read_card(directory, name)
@@ -627,8 +627,12 @@ def demo_data(
     """
     from dataclasses import replace
 
-    from plugins.virtual_staining.randomised import TRAINING_VARIETY, RandomisedSpec, generate_randomised
-    from plugins.virtual_staining.synthetic import SyntheticSpec, generate_series, write_images
+    from acqflow.plugins.virtual_staining.randomised import (
+        TRAINING_VARIETY,
+        RandomisedSpec,
+        generate_randomised,
+    )
+    from acqflow.plugins.virtual_staining.synthetic import SyntheticSpec, generate_series, write_images
 
     if bit_depth not in (8, 16):
         raise typer.BadParameter(f"--bit-depth must be 8 or 16, got {bit_depth}")

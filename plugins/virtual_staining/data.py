@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from plugins.api import InvalidInputError
-from plugins.virtual_staining.imaging import (
+from acqflow.plugins.api import InvalidInputError
+from acqflow.plugins.virtual_staining.imaging import (
     FLUORESCENCE_NAMES,
     PHASE_NAMES,
     normalize,
@@ -29,11 +29,11 @@ from plugins.virtual_staining.imaging import (
     rescale_mask,
     rescale_plane,
 )
-from plugins.virtual_staining.labels import LabelOptions, binarize
-from plugins.virtual_staining.synthetic import SyntheticImage, SyntheticSpec, generate_series
+from acqflow.plugins.virtual_staining.labels import LabelOptions, binarize
+from acqflow.plugins.virtual_staining.synthetic import SyntheticImage, SyntheticSpec, generate_series
 
 if TYPE_CHECKING:
-    from plugins.virtual_staining.randomised import PhaseVariety
+    from acqflow.plugins.virtual_staining.randomised import PhaseVariety
 
 __all__ = [
     "GENERATORS",
@@ -257,7 +257,7 @@ def synthetic_images(
     """Generated experiments (4 wells x 2 positions x 3 time points each), binarised.
 
     Without ``variety`` the demo generator draws ``size``-pixel texture fields; with it,
-    :mod:`~plugins.virtual_staining.randomised` draws cells through randomised optics
+    :mod:`~acqflow.plugins.virtual_staining.randomised` draws cells through randomised optics
     (``size`` unused: fields have a physical size and a drawn pixel size), resampled to
     ``model_pixel_um``.
     """
@@ -268,7 +268,7 @@ def synthetic_images(
         )
         items = generate_series(spec)
     else:
-        from plugins.virtual_staining.randomised import RandomisedSpec, generate_randomised
+        from acqflow.plugins.virtual_staining.randomised import RandomisedSpec, generate_randomised
 
         items = generate_randomised(RandomisedSpec(experiments=experiments, seed=seed, variety=variety))
     images = []

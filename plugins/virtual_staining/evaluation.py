@@ -15,11 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from plugins.virtual_staining.calibration import EfficiencyCalibration
-from plugins.virtual_staining.data import LabelledImage
-from plugins.virtual_staining.inference import BlockPredictor
-from plugins.virtual_staining.labels import block_fractions
-from plugins.virtual_staining.metrics import binary_metrics, dice, pearson_r
+from acqflow.plugins.virtual_staining.calibration import EfficiencyCalibration
+from acqflow.plugins.virtual_staining.data import LabelledImage
+from acqflow.plugins.virtual_staining.inference import BlockPredictor
+from acqflow.plugins.virtual_staining.labels import block_fractions
+from acqflow.plugins.virtual_staining.metrics import binary_metrics, dice, pearson_r
 
 __all__ = ["ACCEPTANCE", "HELD_OUT_ACCEPTANCE", "LOW_EFFICIENCY", "evaluate_images", "meets_acceptance"]
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from plugins.api import RecordValue
+from acqflow.plugins.api import RecordValue
 
 __all__ = [
     "HELD_OUT_KINETICS",

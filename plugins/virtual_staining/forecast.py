@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from plugins.virtual_staining.forecast_options import FORECAST_MODEL
+from acqflow.plugins.virtual_staining.forecast_options import FORECAST_MODEL
 
 __all__ = [
     "ARCHITECTURE",
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 MODEL_NAME = FORECAST_MODEL
-ARCHITECTURE = "plugins.virtual_staining.forecast.EfficiencyForecaster"
+ARCHITECTURE = "acqflow.plugins.virtual_staining.forecast.EfficiencyForecaster"
 FORMAT_VERSION = 1
 KINETIC_FEATURES = ("fraction", "last", "peak", "mean", "slope", "rise", "sqrt_last")
 IMAGE_FEATURES = ("probability_mean", "probability_last", "probability_excess", "probability_rise")

@@ -2,11 +2,11 @@
 
 Plain functions with typer annotations, registered by the daemon CLI as
 ``train_app.command("efficiency-forecast")(train)`` and the same for ``evaluate``;
-``python -m plugins.virtual_staining.forecast_commands train|evaluate`` runs them
+``python -m acqflow.plugins.virtual_staining.forecast_commands train|evaluate`` runs them
 stand-alone. Data: generated experiments (``--generator synthetic``: training kinetics
 for ``train``, the held-out kinetics for ``evaluate`` by default) or your own
 (``--courses`` efficiency.csv files + ``--finals`` CSV, see
-:mod:`plugins.virtual_staining.forecast_data`). Progress goes to the terminal (plain
+:mod:`acqflow.plugins.virtual_staining.forecast_data`). Progress goes to the terminal (plain
 lines when it is not one).
 """
 
@@ -25,13 +25,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from plugins.virtual_staining.forecast_options import DEFAULT_COURSE_DAYS, DEFAULT_THRESHOLD, FORECAST_MODEL
+from acqflow.plugins.virtual_staining.forecast_options import (
+    DEFAULT_COURSE_DAYS,
+    DEFAULT_THRESHOLD,
+    FORECAST_MODEL,
+)
 
 if TYPE_CHECKING:
-    from models.store import ModelCard
-    from plugins.virtual_staining.experiments import Kinetics
-    from plugins.virtual_staining.forecast import EfficiencyForecaster, WellCourse
-    from plugins.virtual_staining.forecast_eval import FractionResult
+    from acqflow.models.store import ModelCard
+    from acqflow.plugins.virtual_staining.experiments import Kinetics
+    from acqflow.plugins.virtual_staining.forecast import EfficiencyForecaster, WellCourse
+    from acqflow.plugins.virtual_staining.forecast_eval import FractionResult
 
 __all__ = ["evaluate", "train"]
 
@@ -94,7 +98,7 @@ def _command_line(name: str, values: dict[str, Any], defaults: dict[str, Any]) -
 @contextmanager
 def _steps(description: str, total: int, quiet: bool) -> Iterator[Callable[[], None] | None]:
     """A progress callback (a bar on a terminal, plain lines otherwise), None when quiet."""
-    from plugins.common.progress import TrainingProgress
+    from acqflow.plugins.common.progress import TrainingProgress
 
     if quiet:
         yield None
@@ -104,7 +108,7 @@ def _steps(description: str, total: int, quiet: bool) -> Iterator[Callable[[], N
 
 
 def _kinetics(variety: Variety, morphology_noise: float | None = None) -> Kinetics:
-    from plugins.virtual_staining.experiments import KINETICS
+    from acqflow.plugins.virtual_staining.experiments import KINETICS
 
     kinetics = KINETICS[variety.value]
     return kinetics if morphology_noise is None else replace(kinetics, morphology_noise=morphology_noise)
@@ -119,8 +123,12 @@ def _courses(
     quiet: bool,
 ) -> tuple[list[WellCourse], dict[str, Any]]:
     """Courses and a description of their source; raises typer.BadParameter on bad input."""
-    from plugins.virtual_staining.experiments import generate_experiments
-    from plugins.virtual_staining.forecast_data import CourseHorizon, courses_from_experiments, read_courses
+    from acqflow.plugins.virtual_staining.experiments import generate_experiments
+    from acqflow.plugins.virtual_staining.forecast_data import (
+        CourseHorizon,
+        courses_from_experiments,
+        read_courses,
+    )
 
     courses_files, finals = files
     if (generator is None) == (not courses_files):
@@ -163,7 +171,7 @@ def _evaluate(
     threshold: float,
     quiet: bool,
 ) -> list[FractionResult]:
-    from plugins.virtual_staining.forecast_eval import evaluate_forecasts
+    from acqflow.plugins.virtual_staining.forecast_eval import evaluate_forecasts
 
     with _steps("evaluating per observed fraction", len(fractions), quiet) as advance:
         try:
@@ -221,8 +229,8 @@ def _card_metrics(results: list[FractionResult]) -> dict[str, Any]:
 
 def _card(model: EfficiencyForecaster, training: dict[str, Any], metrics: dict[str, Any],
           version: str) -> ModelCard:
-    from models.store import ModelCard
-    from plugins.virtual_staining.forecast import ARCHITECTURE, arguments_digest
+    from acqflow.models.store import ModelCard
+    from acqflow.plugins.virtual_staining.forecast import ARCHITECTURE, arguments_digest
 
     arguments = model.to_arguments()
     return ModelCard(
@@ -275,7 +283,7 @@ def train(
     on inconsistent options or invalid CSV data.
     """
     command = _command_line("train", dict(locals()), _defaults(train))
-    from plugins.virtual_staining.forecast import BIN_CENTRES, FitSettings, fit_forecaster
+    from acqflow.plugins.virtual_staining.forecast import BIN_CENTRES, FitSettings, fit_forecaster
 
     data, source = _courses(generator, _kinetics(variety or Variety.TRAINING), (experiments, wells, seed),
                             (courses or [], finals), (course_days, final_timepoint), quiet)
@@ -313,7 +321,7 @@ def _held_out_metrics(
 
 def _warn_if_seen(directory: Path, name: str, seed: int, variety: str) -> None:
     """Say so when the generated plates are the ones the model was trained on."""
-    from models.store import read_card
+    from acqflow.models.store import read_card
 
     training = read_card(directory, name).training
     data = training.get("data", {})
@@ -361,11 +369,11 @@ def evaluate(
 
     Generated data use the held-out kinetics unless ``--variety training``. Returns the
     per-fraction results. Raises typer.BadParameter on inconsistent options or invalid
-    data and models.store.WeightsError on a missing or invalid model card.
+    data and acqflow.models.store.WeightsError on a missing or invalid model card.
     """
-    from models.store import bundled_weights_dir
-    from plugins.virtual_staining.forecast_options import ForecastOptions
-    from plugins.virtual_staining.forecast_summary import load_forecaster
+    from acqflow.models.store import bundled_weights_dir
+    from acqflow.plugins.virtual_staining.forecast_options import ForecastOptions
+    from acqflow.plugins.virtual_staining.forecast_summary import load_forecaster
 
     steps = _fractions(fractions)
     loaded = load_forecaster(weights or bundled_weights_dir(), ForecastOptions(model=model))

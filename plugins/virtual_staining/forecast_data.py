@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from plugins.virtual_staining.experiments import DAY_S, GeneratedExperiment
-from plugins.virtual_staining.forecast import WellCourse
-from plugins.virtual_staining.summary import TimePoint, efficiency_time_course
+from acqflow.plugins.virtual_staining.experiments import DAY_S, GeneratedExperiment
+from acqflow.plugins.virtual_staining.forecast import WellCourse
+from acqflow.plugins.virtual_staining.summary import TimePoint, efficiency_time_course
 
 __all__ = [
     "CourseHorizon",
@@ -79,7 +79,7 @@ def courses_from_points(
     horizon: CourseHorizon,
     finals: Mapping[str, float] | None = None,
 ) -> dict[str, WellCourse]:
-    """Well → course from :func:`~plugins.virtual_staining.summary.efficiency_time_course`.
+    """Well → course from :func:`~acqflow.plugins.virtual_staining.summary.efficiency_time_course`.
 
     Points the horizon cannot place (no acquisition time and no ``final_timepoint``) are
     left out; a well without placed points has no course.

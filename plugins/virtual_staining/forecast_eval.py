@@ -3,7 +3,7 @@
 For each observed fraction ``f`` every course is cut to its points up to ``f`` and its
 final efficiency forecast three ways:
 
-- ``forecaster``: :class:`~plugins.virtual_staining.forecast.EfficiencyForecaster`;
+- ``forecaster``: :class:`~acqflow.plugins.virtual_staining.forecast.EfficiencyForecaster`;
 - ``last_value``: the last measured efficiency carried forward;
 - ``logistic``: ``a / (1 + exp(-k (t - t0)))`` fitted to the points so far
   (``scipy.optimize.curve_fit``, bounded: ``a`` in 0-1, ``k`` in 1-60 per course,
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from plugins.virtual_staining.forecast import EfficiencyForecaster, WellCourse
+from acqflow.plugins.virtual_staining.forecast import EfficiencyForecaster, WellCourse
 
 __all__ = [
     "BASELINES",

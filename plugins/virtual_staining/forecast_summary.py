@@ -1,6 +1,6 @@
 """The efficiency forecast inside the virtual-staining summaries: model, forecasts, figures.
 
-Options: :class:`~plugins.virtual_staining.forecast_options.ForecastOptions`. The
+Options: :class:`~acqflow.plugins.virtual_staining.forecast_options.ForecastOptions`. The
 forecast of a point is made from its well's points up to it, so the time course
 shows how the forecast changed with every new time point; the latest one per well
 goes to the plot, the report and the figures (``forecast_final_efficiency`` with
@@ -15,17 +15,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from plugins.api import Figure
-from plugins.virtual_staining.forecast import (
+from acqflow.plugins.api import Figure
+from acqflow.plugins.virtual_staining.forecast import (
     ARCHITECTURE,
     EfficiencyForecaster,
     Forecast,
     ForecastCall,
     arguments_digest,
 )
-from plugins.virtual_staining.forecast_data import CourseHorizon, courses_from_points
-from plugins.virtual_staining.forecast_options import DEFAULT_COURSE_DAYS, DEFAULT_THRESHOLD, ForecastOptions
-from plugins.virtual_staining.summary import TimePoint
+from acqflow.plugins.virtual_staining.forecast_data import CourseHorizon, courses_from_points
+from acqflow.plugins.virtual_staining.forecast_options import (
+    DEFAULT_COURSE_DAYS,
+    DEFAULT_THRESHOLD,
+    ForecastOptions,
+)
+from acqflow.plugins.virtual_staining.summary import TimePoint
 
 __all__ = ["ForecastSummary", "LoadedForecaster", "forecast_figures", "load_forecaster"]
 
@@ -46,9 +50,9 @@ def load_forecaster(directory: Path, options: ForecastOptions) -> LoadedForecast
     """The forecaster of ``directory`` with the options applied, or None (logged) without one.
 
     A missing card disables the forecast with a warning, so the staining keeps working.
-    Raises models.store.WeightsError when the card exists but is not a valid forecaster.
+    Raises acqflow.models.store.WeightsError when the card exists but is not a valid forecaster.
     """
-    from models.store import WeightsError, read_card
+    from acqflow.models.store import WeightsError, read_card
 
     if not options.enabled:
         return None

@@ -3,7 +3,7 @@
 Microscope files come as plain 2-D TIFFs, multi-page stacks, ImageJ hyperstacks or
 OME-TIFF; tifffile names their axes (``"YX"``, ``"CYX"``, ``"TZCYX"``, ``"IYX"`` for
 plain pages, ``"YXS"`` for RGB samples). :func:`select_plane` reduces any of these to one
-2-D plane or raises :class:`~plugins.api.InvalidInputError`.
+2-D plane or raises :class:`~acqflow.plugins.api.InvalidInputError`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from plugins.api import InvalidInputError
+from acqflow.plugins.api import InvalidInputError
 
 __all__ = [
     "FLUORESCENCE_NAMES",

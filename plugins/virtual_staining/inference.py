@@ -1,6 +1,6 @@
 """Whole-image block classification and blending into a probability map.
 
-The image is normalised and mirror-padded, the :class:`~models.tile_cnn.TileCNN` (in its
+The image is normalised and mirror-padded, the :class:`~acqflow.models.tile_cnn.TileCNN` (in its
 fused inference form) runs fully convolutionally over it (in a few large tiles that stay
 in the CPU caches, never one block at a time) and yields the logit of every block on a
 regular grid. Blocks at
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.tile_cnn import TileCNN
-from plugins.virtual_staining.imaging import normalize
+from acqflow.models.tile_cnn import TileCNN
+from acqflow.plugins.virtual_staining.imaging import normalize
 
 __all__ = ["BlockPredictor", "InferenceOptions", "Prediction", "loop_block_probabilities"]
 

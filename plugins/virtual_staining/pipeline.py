@@ -8,7 +8,7 @@ which returns ``efficiency.csv``, ``efficiency.png``, ``report.html`` and one
 ``Figure("differentiation_efficiency", labels={"experiment", "well"})`` per well, plus,
 with an efficiency forecast model (``efficiency_forecast.json`` beside the weights),
 each well's forecast of its final-day efficiency in all three files and as figures
-(see :mod:`plugins.virtual_staining.forecast_summary`).
+(see :mod:`acqflow.plugins.virtual_staining.forecast_summary`).
 
 Options (``PipelineContext.options``): see :class:`VirtualStainingOptions`.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from plugins.api import (
+from acqflow.plugins.api import (
     Figure,
     FileOutput,
     ImageItem,
@@ -32,13 +32,13 @@ from plugins.api import (
     RecordValue,
     SeriesItem,
 )
-from plugins.virtual_staining.forecast_options import ForecastOptions
+from acqflow.plugins.virtual_staining.forecast_options import ForecastOptions
 
 if TYPE_CHECKING:
-    from models.store import ModelCard
-    from plugins.virtual_staining.calibration import EfficiencyCalibration
-    from plugins.virtual_staining.forecast_summary import LoadedForecaster
-    from plugins.virtual_staining.inference import BlockPredictor, Prediction
+    from acqflow.models.store import ModelCard
+    from acqflow.plugins.virtual_staining.calibration import EfficiencyCalibration
+    from acqflow.plugins.virtual_staining.forecast_summary import LoadedForecaster
+    from acqflow.plugins.virtual_staining.inference import BlockPredictor, Prediction
 
 __all__ = ["MODEL_NAME", "VirtualStainingOptions", "VirtualStainingPipeline"]
 
@@ -109,7 +109,7 @@ def _refuse_fluorescence(item: ImageItem) -> None:
     The GFP images of a training acquisition often land in the same folder; staining them
     as if they were phase contrast would produce a meaningless efficiency.
     """
-    from plugins.virtual_staining.imaging import FLUORESCENCE_NAMES, PHASE_NAMES
+    from acqflow.plugins.virtual_staining.imaging import FLUORESCENCE_NAMES, PHASE_NAMES
 
     channel = (item.metadata.channel or "").lower()
     if not channel or any(a in item.axes.upper() for a in "CIQ"):
@@ -148,20 +148,20 @@ class VirtualStainingPipeline:
         """Load weights from ``context.weights_dir`` or the bundled demo weights, and the
         efficiency forecast model from the same folder (none there: no forecast, a warning).
 
-        Raises models.store.WeightsError on missing, corrupt or mismatching weights (or an
+        Raises acqflow.models.store.WeightsError on missing, corrupt or mismatching weights (or an
         invalid forecast model) and ValueError on invalid options.
         """
-        from models.store import WeightsError, bundled_weights_dir, load_weights, read_card
-        from models.tile_cnn import TileCNN
-        from plugins.virtual_staining.calibration import EfficiencyCalibration
-        from plugins.virtual_staining.forecast_summary import load_forecaster
-        from plugins.virtual_staining.imaging import model_pixel_size
-        from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+        from acqflow.models.store import WeightsError, bundled_weights_dir, load_weights, read_card
+        from acqflow.models.tile_cnn import TileCNN
+        from acqflow.plugins.virtual_staining.calibration import EfficiencyCalibration
+        from acqflow.plugins.virtual_staining.forecast_summary import load_forecaster
+        from acqflow.plugins.virtual_staining.imaging import model_pixel_size
+        from acqflow.plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
 
         options = VirtualStainingOptions.from_mapping(context.options)
         directory = context.weights_dir or bundled_weights_dir()
         card = read_card(directory, options.model)
-        if card.architecture != "models.tile_cnn.TileCNN":
+        if card.architecture != "acqflow.models.tile_cnn.TileCNN":
             raise WeightsError(f"{options.model} is a {card.architecture}, not a TileCNN")
         model = TileCNN(**card.arguments)
         load_weights(model, directory, options.model, device="cpu")
@@ -181,8 +181,13 @@ class VirtualStainingPipeline:
         selection; a single-channel image whose metadata channel is a fluorescence one,
         e.g. ``gfp``, is refused), RuntimeError before :meth:`load`.
         """
-        from plugins.virtual_staining.imaging import PHASE_NAMES, rescale_plane, resize_map, select_plane
-        from plugins.virtual_staining.render import overlay_png, virtual_stain_tiff
+        from acqflow.plugins.virtual_staining.imaging import (
+            PHASE_NAMES,
+            rescale_plane,
+            resize_map,
+            select_plane,
+        )
+        from acqflow.plugins.virtual_staining.render import overlay_png, virtual_stain_tiff
 
         if not isinstance(item, ImageItem):
             raise InvalidInputError("virtual staining needs a microscope image, not a DICOM series")
@@ -261,8 +266,8 @@ class VirtualStainingPipeline:
 
         Raises ValueError when ``records`` is empty.
         """
-        from plugins.virtual_staining.forecast_summary import ForecastSummary, forecast_figures
-        from plugins.virtual_staining.summary import (
+        from acqflow.plugins.virtual_staining.forecast_summary import ForecastSummary, forecast_figures
+        from acqflow.plugins.virtual_staining.summary import (
             efficiency_time_course,
             latest_per_well,
             report_html,

@@ -1,6 +1,6 @@
 """Domain-randomised phase-contrast / NKX2.5-GFP fields built from cells.
 
-The demo generator (:mod:`plugins.virtual_staining.synthetic`) draws texture fields; a
+The demo generator (:mod:`acqflow.plugins.virtual_staining.synthetic`) draws texture fields; a
 model trained on it learns those textures and nothing else. This generator builds a
 monolayer of cells instead and images it through randomised optics, so that a model
 trained on it has to learn what tells cardiomyocytes apart from what surrounds them:
@@ -13,7 +13,7 @@ trained on it has to learn what tells cardiomyocytes apart from what surrounds t
   cardiomyocyte areas grow (and stay nested) as the efficiency rises over time.
 * **confounders**: dead cells (small, round, very refractile, GFP-negative), debris,
   intercellular gaps; dust on the optics and uneven illumination.
-* **optics and camera** (:mod:`plugins.virtual_staining.optics`): Zernike phase contrast
+* **optics and camera** (:mod:`acqflow.plugins.virtual_staining.optics`): Zernike phase contrast
   with halo and shade-off, PSF/defocus, vignetting, photon and read noise, 8/12/16-bit.
 * **geometry**: sizes are physical (micrometres); the pixel size is drawn per field
   (0.3-1.3 um), so the same cells appear at different pixel scales.
@@ -32,8 +32,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from plugins.virtual_staining.optics import Camera, PhaseOptics, camera_image, illumination, phase_contrast
-from plugins.virtual_staining.synthetic import FieldPlace, SyntheticImage
+from acqflow.plugins.virtual_staining.optics import (
+    Camera,
+    PhaseOptics,
+    camera_image,
+    illumination,
+    phase_contrast,
+)
+from acqflow.plugins.virtual_staining.synthetic import FieldPlace, SyntheticImage
 
 __all__ = [
     "HELD_OUT_VARIETY",

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from plugins.api import RecordValue
+from acqflow.plugins.api import RecordValue
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from plugins.virtual_staining.forecast_summary import ForecastSummary
+    from acqflow.plugins.virtual_staining.forecast_summary import ForecastSummary
 
 __all__ = [
     "TimePoint",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plugins.api import ImageMetadata
+from acqflow.plugins.api import ImageMetadata
 
 __all__ = [
     "FILE_NAME_PATTERN",

@@ -1,6 +1,6 @@
 """Training the block classifier with Bayesian hyper-parameter search (Optuna TPE).
 
-Each trial trains one :class:`~models.tile_cnn.TileCNN` configuration on blocks of the
+Each trial trains one :class:`~acqflow.models.tile_cnn.TileCNN` configuration on blocks of the
 training images and stops early on the validation loss. Its decision threshold is the
 one with the best block F1 on the validation images, and its score is the mean of three
 figures on the validation images, measured with the whole-image predictor the pipeline
@@ -28,15 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.tile_cnn import TileCNN
-from plugins.virtual_staining.data import LabelledImage, Split
-from plugins.virtual_staining.labels import block_fractions
-from plugins.virtual_staining.metrics import best_f1_threshold, roc_auc
+from acqflow.models.tile_cnn import TileCNN
+from acqflow.plugins.virtual_staining.data import LabelledImage, Split
+from acqflow.plugins.virtual_staining.labels import block_fractions
+from acqflow.plugins.virtual_staining.metrics import best_f1_threshold, roc_auc
 
 if TYPE_CHECKING:
     import optuna
 
-    from plugins.common.progress import TrainingProgress
+    from acqflow.plugins.common.progress import TrainingProgress
 
 __all__ = [
     "BlockSet",
@@ -332,8 +332,8 @@ def validation_scores(
     outcome: TrialOutcome, validation: Sequence[LabelledImage], positive_fraction: float
 ) -> dict[str, float]:
     """Whole-image validation figures of a trained trial and the search objective."""
-    from plugins.virtual_staining.evaluation import evaluate_images
-    from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+    from acqflow.plugins.virtual_staining.evaluation import evaluate_images
+    from acqflow.plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
 
     model = outcome.params.network()
     model.load_state_dict(outcome.state)

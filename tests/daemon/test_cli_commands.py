@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from daemon.cli import app, evaluate_app, train_app
-from daemon.cli_commands import PIPELINE_COMMANDS, register_pipeline_commands
+from acqflow.daemon.cli import app
+from acqflow.daemon.cli.pipelines import (
+    PIPELINE_COMMANDS,
+    evaluate_app,
+    register_pipeline_commands,
+    train_app,
+)
 
 
 def _names(group: object) -> set[str | None]:
@@ -13,7 +18,8 @@ def _names(group: object) -> set[str | None]:
 
 
 def test_the_efficiency_forecast_commands_are_registered() -> None:
-    entry = ("efficiency-forecast", "efficiency-forecast", "plugins.virtual_staining.forecast_commands")
+    module = "acqflow.plugins.virtual_staining.forecast_commands"
+    entry = ("efficiency-forecast", "efficiency-forecast", module)
     assert entry in PIPELINE_COMMANDS
     if "efficiency-forecast" not in _names(train_app):  # main() registers them for train/evaluate
         register_pipeline_commands()

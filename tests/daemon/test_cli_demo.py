@@ -8,17 +8,15 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from daemon import cli_demo
-from daemon.cli import app
-from daemon.config import FolderSettings
-from daemon.sources.naming import parse_metadata, read_tiff_header
+from acqflow.daemon.cli import app
+from acqflow.daemon.config import FolderSettings
+from acqflow.daemon.folders.naming import parse_metadata, read_tiff_header
 
 
 @pytest.mark.parametrize("generator", ["cells", "textures"])
 def test_demo_microscopy_writes_phase_into_the_folder_and_keeps_the_stain(
     tmp_path: Path, generator: str
 ) -> None:
-    assert cli_demo.demo_app  # importing it registers ``demo`` on the app, as main() does
     config = tmp_path / "acqflow.toml"
     inbox = tmp_path / "inbox"
     config.write_text(f'[paths]\nstate_dir = "{tmp_path / "state"}"\n\n[[folders]]\npath = "{inbox}"\n')

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from daemon.cli import app, console
+from acqflow.daemon.cli import app, console
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load_settings
-from daemon.errors import ConfigError
+from acqflow.daemon.config import load_settings
+from acqflow.daemon.errors import ConfigError
 
 
 def test_defaults_are_valid_and_relative_paths_resolve_against_cwd(
@@ -92,9 +92,9 @@ def test_example_config_is_valid() -> None:
 
 
 def test_example_pipeline_options_are_accepted_by_the_pipelines() -> None:
-    from plugins.ct_muscle.pipeline import CtMuscleOptions
-    from plugins.mr_muscle.pipeline import MrMuscleOptions
-    from plugins.virtual_staining.pipeline import VirtualStainingOptions
+    from acqflow.plugins.ct_muscle.pipeline import CtMuscleOptions
+    from acqflow.plugins.mr_muscle.pipeline import MrMuscleOptions
+    from acqflow.plugins.virtual_staining.pipeline import VirtualStainingOptions
 
     example = Path(__file__).resolve().parents[2] / "deploy" / "acqflow.example.toml"
     options = load_settings(example, environ={}).pipelines.options

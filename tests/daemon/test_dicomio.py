@@ -1,4 +1,4 @@
-"""daemon.dicomio: hand-built File Meta, header scan, reading a spooled series."""
+"""acqflow.daemon.dicom.part10: hand-built File Meta, header scan, reading a spooled series."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
-from daemon.dicomio import (
+from acqflow.daemon.dicom.part10 import (
     _scan,
     _scan_defined,
     defined_elements,
@@ -24,8 +24,8 @@ from daemon.dicomio import (
     read_part10,
     read_series,
 )
-from daemon.errors import InputRejected
-from daemon.journal import Instance, Journal
+from acqflow.daemon.errors import InputRejected
+from acqflow.daemon.journal import Instance, Journal
 from tests.support.peers import SyntheticSeries, write_synthetic_ct
 from tests.support.samples import sample_files
 

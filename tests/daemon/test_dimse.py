@@ -10,7 +10,13 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu import P_DATA_TF
 
-from daemon.sources.dimse import CommandField, DimseRequest, decode_request, encode_response, response_pdus
+from acqflow.daemon.dicom.dimse import (
+    CommandField,
+    DimseRequest,
+    decode_request,
+    encode_response,
+    response_pdus,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 SOP_UID = "1.2.826.0.1.3680043.8.498.1234567890123456789"  # odd length: padded

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.fileio import remove_stale_temporaries, write_atomic
+from acqflow.daemon.fileio import remove_stale_temporaries, write_atomic
 
 
 def test_write_atomic_leaves_only_the_final_file(tmp_path: Path) -> None:

@@ -16,10 +16,10 @@ import pytest
 import tifffile
 from prometheus_client import REGISTRY
 
-from daemon.config import FolderMode, FolderSettings
-from daemon.imageio import read_image
-from daemon.journal import Arrival, ArrivalState, Journal
-from daemon.sources.folder import FolderWatcher
+from acqflow.daemon.config import FolderMode, FolderSettings
+from acqflow.daemon.folders.watcher import FolderWatcher
+from acqflow.daemon.imageio import read_image
+from acqflow.daemon.journal import Arrival, ArrivalState, Journal
 from tests.support.waiting import poll_until
 
 STABLE = 1.0  # seconds a file must be quiet; writers below pause well under it

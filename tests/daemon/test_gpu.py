@@ -13,8 +13,8 @@ from types import ModuleType, SimpleNamespace
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon import metrics
-from daemon.gpu import GpuSampler, job_memory_peak, record_pipeline_devices
+from acqflow.daemon import metrics
+from acqflow.daemon.gpu import GpuSampler, job_memory_peak, record_pipeline_devices
 
 
 def _samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -106,7 +106,7 @@ def test_torch_half_imported_by_another_thread_counts_as_not_imported(
     import sys
     import types
 
-    from daemon import gpu
+    from acqflow.daemon import gpu
 
     half = types.ModuleType("torch")
     half.__spec__ = importlib.machinery.ModuleSpec("torch", None)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
-from daemon.config import load_settings
-from daemon.health import Heartbeat, Readiness, Watchdog, WatchdogRules, watchdog_interval
-from daemon.journal import Journal
-from daemon.metrics import serve_metrics
-from daemon.service import Daemon
+from acqflow.daemon.config import load_settings
+from acqflow.daemon.health import Heartbeat, Readiness, Watchdog, WatchdogRules, watchdog_interval
+from acqflow.daemon.journal import Journal
+from acqflow.daemon.metrics import serve_metrics
+from acqflow.daemon.service import Daemon
 
 RULES = WatchdogRules(loop_allowance=0.2, busy_allowance=0.6)
 

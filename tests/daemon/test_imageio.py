@@ -1,4 +1,4 @@
-"""daemon.imageio on real TIFF files written by tifffile: header checks and verified reads."""
+"""acqflow.daemon.imageio on real TIFF files written by tifffile: header checks and verified reads."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from daemon.imageio import (
+from acqflow.daemon.imageio import (
     ImageRejected,
     metadata_from_json,
     metadata_to_json,
     read_image,
     read_tiff_header,
 )
-from daemon.journal import Arrival, Journal
-from plugins.api import ImageMetadata
+from acqflow.daemon.journal import Arrival, Journal
+from acqflow.plugins.api import ImageMetadata
 
 
 @pytest.fixture

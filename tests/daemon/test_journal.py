@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.jobqueue import JobQueue, OutputRow, RecordRow, RouteDecision
-from daemon.journal import ArrivalState, Instance, JobState, Journal
+from acqflow.daemon.jobqueue import JobQueue, OutputRow, RecordRow, RouteDecision
+from acqflow.daemon.journal import ArrivalState, Instance, JobState, Journal
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.journal import Instance, Journal
+from acqflow.daemon.journal import Instance, Journal
 
 
 def _synchronous(journal: Journal) -> int:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.jobqueue import JobQueue, OutputRow, RouteDecision
-from daemon.journal import JobState, Journal
+from acqflow.daemon.jobqueue import JobQueue, OutputRow, RouteDecision
+from acqflow.daemon.journal import JobState, Journal
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.logs import configure_logging, log_context
+from acqflow.daemon.logs import configure_logging, log_context
 
 
 @pytest.fixture(autouse=True)
@@ -37,12 +37,13 @@ def test_json_lines_carry_the_job_context_and_call_site_fields() -> None:
     stream = io.StringIO()
     configure_logging("INFO", "json", stream=stream, environ={})
     with log_context(job_id=7, arrival_id=3, pipeline="ct-muscle"):
-        logging.getLogger("daemon.workers").info("job %d done", 7, extra={"outcome": "done"})
-        logging.getLogger("plugins.ct_muscle").warning("a pipeline's own line")
-    logging.getLogger("daemon.workers").info("after the job")
+        logging.getLogger("acqflow.daemon.workers").info("job %d done", 7, extra={"outcome": "done"})
+        logging.getLogger("acqflow.plugins.ct_muscle").warning("a pipeline's own line")
+    logging.getLogger("acqflow.daemon.workers").info("after the job")
     first, second, third = (json.loads(line) for line in _lines(stream))
     assert (
-        first["message"] == "job 7 done" and first["level"] == "INFO" and first["logger"] == "daemon.workers"
+        first["message"] == "job 7 done" and first["level"] == "INFO"
+        and first["logger"] == "acqflow.daemon.workers"
     )
     assert (first["job_id"], first["arrival_id"], first["pipeline"], first["outcome"]) == (
         7,
@@ -51,21 +52,21 @@ def test_json_lines_carry_the_job_context_and_call_site_fields() -> None:
         "done",
     )
     assert first["timestamp"].endswith("+00:00")
-    assert second["job_id"] == 7 and second["logger"] == "plugins.ct_muscle"
+    assert second["job_id"] == 7 and second["logger"] == "acqflow.plugins.ct_muscle"
     assert "job_id" not in third and "pipeline" not in third
 
 
 def test_json_source_comes_from_the_source_loggers_and_tracebacks_stay_on_one_line() -> None:
     stream = io.StringIO()
     configure_logging("INFO", "json", stream=stream, environ={})
-    logging.getLogger("daemon.sources.folder").info("arrival 1", extra={"arrival_id": 1})
-    logging.getLogger("daemon.sources.store").warning(
+    logging.getLogger("acqflow.daemon.folders.watcher").info("arrival 1", extra={"arrival_id": 1})
+    logging.getLogger("acqflow.daemon.dicom.store").warning(
         "refused", extra={"sop_class": "1.2.840.10008.5.1.4.1.1.2"}
     )
     try:
         raise ValueError("boom")
     except ValueError:
-        logging.getLogger("daemon.service").exception("failed")
+        logging.getLogger("acqflow.daemon.service").exception("failed")
     lines = _lines(stream)
     assert len(lines) == 3
     folder, store, failed = (json.loads(line) for line in lines)
@@ -93,12 +94,12 @@ def test_text_under_journald_has_priorities_and_no_timestamps(tmp_path: Path) ->
         configure_logging(
             "INFO", "text", stream=stream, environ={"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}
         )
-        logging.getLogger("daemon.service").info("ready")
-        logging.getLogger("daemon.service").error("broken")
+        logging.getLogger("acqflow.daemon.service").info("ready")
+        logging.getLogger("acqflow.daemon.service").error("broken")
         stream.flush()
         assert (tmp_path / "stream").read_text().splitlines() == [
-            "<6>daemon.service: ready",
-            "<3>daemon.service: broken",
+            "<6>acqflow.daemon.service: ready",
+            "<3>acqflow.daemon.service: broken",
         ]
 
 
@@ -106,8 +107,8 @@ def test_text_elsewhere_keeps_timestamps_and_levels(tmp_path: Path) -> None:
     with (tmp_path / "stream").open("w+") as stream:
         # JOURNAL_STREAM names another file: stderr was redirected, journald is not reading it.
         configure_logging("INFO", "text", stream=stream, environ={"JOURNAL_STREAM": "1:2"})
-        logging.getLogger("daemon.service").info("ready")
+        logging.getLogger("acqflow.daemon.service").info("ready")
         stream.flush()
         (line,) = (tmp_path / "stream").read_text().splitlines()
-    assert line.endswith(" INFO daemon.service: ready") and line[:4].isdigit(), line
+    assert line.endswith(" INFO acqflow.daemon.service: ready") and line[:4].isdigit(), line
     assert "\x1b[" not in line  # no colour

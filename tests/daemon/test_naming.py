@@ -1,4 +1,4 @@
-"""daemon.sources.naming: instrument presets, user patterns and embedded metadata."""
+"""acqflow.daemon.folders.naming: instrument presets, user patterns and embedded metadata."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from daemon.config import FolderSettings
-from daemon.errors import ConfigError
-from daemon.sources.naming import (
+from acqflow.daemon.config import FolderSettings
+from acqflow.daemon.errors import ConfigError
+from acqflow.daemon.folders.naming import (
     NAMING_SCHEMES,
     check_naming,
     match_name,

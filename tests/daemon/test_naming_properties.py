@@ -1,4 +1,4 @@
-"""Property-based tests of the file-name patterns (daemon.sources.naming).
+"""Property-based tests of the file-name patterns (acqflow.daemon.folders.naming).
 
 Arbitrary names, names generated from every preset's own regular expressions and names
 matched by configured patterns never make the parser raise; what it returns stays in the
@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from daemon.config import FolderSettings
-from daemon.sources.naming import NAMING_SCHEMES, PRESETS, match_name, normalise_well, parse_metadata
-from plugins.api import ImageMetadata
+from acqflow.daemon.config import FolderSettings
+from acqflow.daemon.folders.naming import NAMING_SCHEMES, PRESETS, match_name, normalise_well, parse_metadata
+from acqflow.plugins.api import ImageMetadata
 
 ROOT = Path("/data/inbox")
 BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from daemon.config import FolderSettings
-from daemon.imageio import read_tiff_header
-from daemon.sources.naming import match_name, parse_metadata
+from acqflow.daemon.config import FolderSettings
+from acqflow.daemon.folders.naming import match_name, parse_metadata
+from acqflow.daemon.imageio import read_tiff_header
 from tests.support.naming_cases import ROOT, assert_preset_parses
 from tests.support.naming_cases import folder as _folder
 from tests.support.naming_cases import local as _local

@@ -34,16 +34,15 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 
-from daemon.dicomio import (
+from acqflow.daemon.dicom.dimse import decode_request
+from acqflow.daemon.dicom.part10 import (
     INFLATED_HEADER_BYTES,
     NotSteppable,
     defined_elements,
     parse_header,
     parse_header_prefix,
 )
-from daemon.errors import InputRejected
-from daemon.sources.dimse import decode_request
-from daemon.sources.upper_layer import (
+from acqflow.daemon.dicom.upper_layer import (
     MAX_PDU_CAP,
     PduConnection,
     PeerClosed,
@@ -51,6 +50,7 @@ from daemon.sources.upper_layer import (
     decode_association_request,
     presentation_data_values,
 )
+from acqflow.daemon.errors import InputRejected
 
 SYNTAXES = (
     ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian

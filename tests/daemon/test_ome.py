@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from daemon.config import FolderSettings
-from daemon.imageio import read_image, read_tiff_header
-from daemon.journal import Arrival, Journal
-from daemon.ome import parse_ome
-from daemon.sinks.results import input_folder
-from daemon.sources.folder import FolderWatcher
-from daemon.sources.naming import parse_metadata
+from acqflow.daemon.config import FolderSettings
+from acqflow.daemon.folders.naming import parse_metadata
+from acqflow.daemon.folders.watcher import FolderWatcher
+from acqflow.daemon.imageio import read_image, read_tiff_header
+from acqflow.daemon.journal import Arrival, Journal
+from acqflow.daemon.ome import parse_ome
+from acqflow.daemon.sinks.results import input_folder
 
 _IMAGE = """<Image ID="Image:{i}" Name="{name}"><AcquisitionDate>2024-05-06T07:0{i}:00Z</AcquisitionDate>
   <StageLabel Name="{name}" X="{x}" XUnit="mm" Y="{y}" YUnit="&#181;m"/>
@@ -154,7 +154,7 @@ def test_unreadable_ome_xml_is_logged_and_the_file_still_read(
 ) -> None:
     path = tmp_path / "bad.ome.tif"
     tifffile.imwrite(path, np.ones((16, 16), np.uint16), description=xml, metadata=None)
-    with caplog.at_level(logging.WARNING, logger="daemon.ome"):
+    with caplog.at_level(logging.WARNING, logger="acqflow.daemon.ome"):
         header = read_tiff_header(path)
     assert header.flavor == "tiff" and header.images == () and header.split == ()
     warned = [r.getMessage() for r in caplog.records if "unreadable OME-XML" in r.getMessage()]

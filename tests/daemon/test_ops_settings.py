@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load_settings
-from daemon.errors import ConfigError
+from acqflow.daemon.config import load_settings
+from acqflow.daemon.errors import ConfigError
 
 
 def test_defaults() -> None:

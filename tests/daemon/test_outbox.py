@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from daemon import metrics
-from daemon.config import ExportDestination, ExportSettings
-from daemon.errors import ExportError
-from daemon.jobqueue import JobQueue, OutputRow, RouteDecision
-from daemon.journal import Instance, Journal
-from daemon.sinks.outbox import ExportOutbox
+from acqflow.daemon import metrics
+from acqflow.daemon.config import ExportDestination, ExportSettings
+from acqflow.daemon.errors import ExportError
+from acqflow.daemon.jobqueue import JobQueue, OutputRow, RouteDecision
+from acqflow.daemon.journal import Instance, Journal
+from acqflow.daemon.sinks.outbox import ExportOutbox
 from tests.support.peers import (
     OrthancPeer,
     PeerSet,

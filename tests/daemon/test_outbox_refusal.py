@@ -19,12 +19,11 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage, SegmentationStorage
 from typer.testing import CliRunner
 
-import daemon.cli_commands  # noqa: F401  (registers ``exports`` and ``retry`` on the app)
-from daemon import metrics
-from daemon.cli import app, console
-from daemon.config import ExportDestination, ExportSettings
-from daemon.journal import Journal
-from daemon.sinks.outbox import ExportOutbox
+from acqflow.daemon import metrics
+from acqflow.daemon.cli import app, console
+from acqflow.daemon.config import ExportDestination, ExportSettings
+from acqflow.daemon.journal import Journal
+from acqflow.daemon.sinks.outbox import ExportOutbox
 from tests.daemon.test_outbox import CALLING_AE, _export_rows, _queue_exports
 from tests.support.peers import (
     LOOPBACK,
@@ -78,7 +77,7 @@ def test_orthanc_refuses_label_map_seg_and_takes_the_ct(
     outbox = _outbox(journal, orthanc.aet, orthanc.dicom_port)
     dead = _dead()
 
-    with caplog.at_level(logging.ERROR, logger="daemon.sinks.outbox"):
+    with caplog.at_level(logging.ERROR, logger="acqflow.daemon.sinks.outbox"):
         assert outbox.send_due() == 1
 
     refusal = (f"{LABEL_MAP} not accepted by ORTHANC@127.0.0.1:{orthanc.dicom_port}"

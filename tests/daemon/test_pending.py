@@ -1,11 +1,11 @@
-"""daemon.sources.pending: when a file seen changing is due for a decision."""
+"""acqflow.daemon.folders.pending: when a file seen changing is due for a decision."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from daemon.sources.pending import PendingFiles
+from acqflow.daemon.folders.pending import PendingFiles
 
 STABLE, GRACE = 0.3, 1.2
 

@@ -1,4 +1,4 @@
-"""Scrubbing patient values out of error and log text (daemon.redaction)."""
+"""Scrubbing patient values out of error and log text (acqflow.daemon.redaction)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
 from pydicom.valuerep import DA
 
-from daemon import redaction
-from daemon.redaction import identifying_values, remember, scrub
+from acqflow.daemon import redaction
+from acqflow.daemon.redaction import identifying_values, remember, scrub
 
 NAME, PID, DATE, BAD_DATE = "ZZTOPSECRET^NAME", "PIDXYZ123", "19720304", "1972-03-04"
 SECRETS = ("ZZTOPSECRET", PID, DATE, BAD_DATE)
@@ -138,7 +138,7 @@ def test_debug_chatter_keeps_quoted_names_but_never_remembered_values(installed:
     remember([_patient()])
     logging.getLogger("apscheduler.scheduler").info("Added job '%s' for %s", "tick", PID)
     logging.getLogger("pydicom").info("Invalid value for VR LO: '%s'", "SOMEVALUE")
-    logging.getLogger("plugins.ct_muscle").info("value '%s'", "OTHERVALUE")
+    logging.getLogger("acqflow.plugins.ct_muscle").info("value '%s'", "OTHERVALUE")
     written = installed.getvalue()
     assert "Added job 'tick' for <redacted>" in written
     assert "SOMEVALUE" not in written and "OTHERVALUE" not in written

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon.config import PipelineSettings, RouteRule, WorkerSettings
-from daemon.jobqueue import JobQueue, RouteDecision
-from daemon.journal import Arrival, ArrivalState, JobState, Journal
-from daemon.registry import PipelineRegistry
-from daemon.resources import DiskPath, DiskWatch, ResourceCondition, is_gpu_oom, resource_condition
-from daemon.router import Router
-from daemon.sinks.results import ResultSink
-from daemon.workers import JobRunner, RunResources, WorkerPool
-from plugins.api import ImageItem, ImageMetadata
+from acqflow.daemon.config import PipelineSettings, RouteRule, WorkerSettings
+from acqflow.daemon.jobqueue import JobQueue, RouteDecision
+from acqflow.daemon.journal import Arrival, ArrivalState, JobState, Journal
+from acqflow.daemon.registry import PipelineRegistry
+from acqflow.daemon.resources import DiskPath, DiskWatch, ResourceCondition, is_gpu_oom, resource_condition
+from acqflow.daemon.router import Router
+from acqflow.daemon.sinks.results import ResultSink
+from acqflow.daemon.workers import JobRunner, RunResources, WorkerPool
+from acqflow.plugins.api import ImageItem, ImageMetadata
 from tests.support.pipelines import ImageStats, OutOfMemoryError
 
 

@@ -1,11 +1,11 @@
-"""Pipeline figures reach the metrics daemon.metrics defines for them."""
+"""Pipeline figures reach the metrics acqflow.daemon.metrics defines for them."""
 
 from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from daemon.sinks.results import publish_figure
-from plugins.api import Figure
+from acqflow.daemon.sinks.results import publish_figure
+from acqflow.plugins.api import Figure
 
 PIPELINE = "virtual-staining"
 

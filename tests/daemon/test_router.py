@@ -4,9 +4,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.config import RouteRule
-from daemon.journal import Arrival, ArrivalState
-from daemon.router import Router
+from acqflow.daemon.config import RouteRule
+from acqflow.daemon.journal import Arrival, ArrivalState
+from acqflow.daemon.router import Router
 
 
 def _arrival(source: str, kind: str, **attrs: Any) -> Arrival:
@@ -59,7 +59,7 @@ def test_unavailable_pipeline_is_skipped_not_fatal() -> None:
 
 
 def test_channel_not_excludes_fluorescence_but_keeps_unknown_channels() -> None:
-    from daemon.config import DEFAULT_ROUTES
+    from acqflow.daemon.config import DEFAULT_ROUTES
 
     router = Router(DEFAULT_ROUTES, lambda: {"virtual-staining", "ct-muscle", "mr-muscle"})
     gfp = _arrival("folder", "image", metadata={"channel": "GFP"})

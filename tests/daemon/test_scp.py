@@ -19,10 +19,10 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 from pynetdicom import AE
 
-from daemon import metrics
-from daemon.config import TlsSettings
-from daemon.journal import ArrivalState, Journal
-from daemon.sources.slots import SLOTS
+from acqflow.daemon import metrics
+from acqflow.daemon.config import TlsSettings
+from acqflow.daemon.dicom.slots import SLOTS
+from acqflow.daemon.journal import ArrivalState, Journal
 from tests.support.peers import (
     DCMTK_STORESCU,
     LOOPBACK,
@@ -203,7 +203,7 @@ def test_spool_failure_returns_out_of_resources(scp: RunningScp, small_ct: Synth
 
 
 def _series_folder(series_uid: str) -> str:
-    from daemon.fileio import safe_name
+    from acqflow.daemon.fileio import safe_name
 
     return safe_name(series_uid)
 
@@ -259,9 +259,9 @@ def test_orthanc_pushes_a_series(tmp_path: Path, peers: PeerSet, small_ct: Synth
 _RECEIVER_PROCESS = """
 import sys, time
 from pathlib import Path
-from daemon.config import DicomSettings
-from daemon.journal import Journal
-from daemon.sources.scp import DicomReceiver
+from acqflow.daemon.config import DicomSettings
+from acqflow.daemon.journal import Journal
+from acqflow.daemon.dicom.scp import DicomReceiver
 root = Path(sys.argv[1])
 journal = Journal(root / "journal.sqlite3")
 settings = DicomSettings(port=int(sys.argv[2]), spool_slots=int(sys.argv[3]), spool_slot_bytes=256 * 1024)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import metrics
-from daemon.config import TlsSettings
+from acqflow.daemon import metrics
+from acqflow.daemon.config import TlsSettings
 from tests.daemon.test_scp import _self_signed
 from tests.daemon.test_scp_protocol import RawScu
 from tests.support.peers import (

@@ -35,8 +35,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import build_context
 
-from daemon.journal import Journal
-from daemon.sources.spool import INCOMING, SERVED_MARKER
+from acqflow.daemon.dicom.spool import INCOMING, SERVED_MARKER
+from acqflow.daemon.journal import Journal
 from tests.support.peers import LOOPBACK, SyntheticSeries, no_thread_leaks, storescu, write_synthetic_ct
 from tests.support.scp import RunningScp
 from tests.support.waiting import poll_until

@@ -19,9 +19,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
-from daemon import metrics
-from daemon.dicomio import is_valid_uid
-from daemon.sources.spool import InstanceSpool
+from acqflow.daemon import metrics
+from acqflow.daemon.dicom.part10 import is_valid_uid
+from acqflow.daemon.dicom.spool import InstanceSpool
 from tests.support.peers import LOOPBACK, SyntheticSeries, no_thread_leaks, storescu, write_synthetic_ct
 from tests.support.scp import RunningScp
 

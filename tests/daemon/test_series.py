@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon import metrics
-from daemon.config import DicomSettings
-from daemon.jobqueue import JobQueue, RouteDecision
-from daemon.journal import ArrivalState, Instance, JobState, Journal
-from daemon.series import SeriesAssembler, is_consistent
-from daemon.sources.scp import DicomReceiver
+from acqflow.daemon import metrics
+from acqflow.daemon.config import DicomSettings
+from acqflow.daemon.dicom.scp import DicomReceiver
+from acqflow.daemon.jobqueue import JobQueue, RouteDecision
+from acqflow.daemon.journal import ArrivalState, Instance, JobState, Journal
+from acqflow.daemon.series import SeriesAssembler, is_consistent
 from tests.support.peers import no_thread_leaks, storescu, write_synthetic_ct
 
 __all__ = ["no_thread_leaks"]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from daemon.journal import Journal
-from daemon.sources.recovery import recover_spool
-from daemon.sources.slots import SEAL_BYTES, SLOTS, make_seal, read_seal
-from daemon.sources.spool import InstanceSpool
+from acqflow.daemon.dicom.recovery import recover_spool
+from acqflow.daemon.dicom.slots import SEAL_BYTES, SLOTS, make_seal, read_seal
+from acqflow.daemon.dicom.spool import InstanceSpool
+from acqflow.daemon.journal import Journal
 from tests.support.peers import SyntheticSeries, no_thread_leaks, storescu, write_synthetic_ct
 from tests.support.scp import RunningScp
 

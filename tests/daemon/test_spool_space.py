@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.sources.slots import SLOTS, SPACE_SHARE, SlotPool, free_bytes
-from daemon.sources.spool import InstanceSpool
+from acqflow.daemon.dicom.slots import SLOTS, SPACE_SHARE, SlotPool, free_bytes
+from acqflow.daemon.dicom.spool import InstanceSpool
 from tests.support.peers import SyntheticSeries, no_thread_leaks, storescu, write_synthetic_ct
 from tests.support.scp import RunningScp
 from tests.support.waiting import poll_until
@@ -56,7 +56,7 @@ def test_pool_takes_at_most_its_share_of_a_small_file_system(
     spool = InstanceSpool(small_fs / "spool", slots=512, slot_bytes=MIB)
     spool.prepare()
     free_at_start = free_bytes(small_fs)
-    with caplog.at_level(logging.WARNING, logger="daemon.sources.slots"):
+    with caplog.at_level(logging.WARNING, logger="acqflow.daemon.dicom.slots"):
         spool.recover_slots()
     pool = spool.slots
     assert pool is not None

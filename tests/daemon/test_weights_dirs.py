@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load_settings
-from daemon.errors import ConfigError, PipelineLoadError
-from daemon.preflight import check_referenced_files
-from daemon.registry import PipelineRegistry
-from models.store import bundled_weights_dir
+from acqflow.daemon.config import load_settings
+from acqflow.daemon.errors import ConfigError, PipelineLoadError
+from acqflow.daemon.preflight import check_referenced_files
+from acqflow.daemon.registry import PipelineRegistry
+from acqflow.models.store import bundled_weights_dir
 
 
 def _retrained_staining(folder: Path, version: str) -> Path:

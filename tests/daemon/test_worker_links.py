@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from daemon.config import PipelineSettings, WorkerSettings
-from daemon.imageio import read_image
-from daemon.jobqueue import JobQueue, RouteDecision
-from daemon.journal import ArrivalState, JobState, Journal
-from daemon.registry import PipelineRegistry
-from daemon.sinks.results import ResultSink
-from daemon.workers import JobRunner
-from plugins.api import ImageItem, InputKind, PipelineResult, SeriesItem
+from acqflow.daemon.config import PipelineSettings, WorkerSettings
+from acqflow.daemon.imageio import read_image
+from acqflow.daemon.jobqueue import JobQueue, RouteDecision
+from acqflow.daemon.journal import ArrivalState, JobState, Journal
+from acqflow.daemon.registry import PipelineRegistry
+from acqflow.daemon.sinks.results import ResultSink
+from acqflow.daemon.workers import JobRunner
+from acqflow.plugins.api import ImageItem, InputKind, PipelineResult, SeriesItem
 
 
 class Mean:

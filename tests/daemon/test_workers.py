@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon.config import PipelineSettings, RouteRule, WorkerSettings
-from daemon.errors import PipelineLoadError
-from daemon.jobqueue import JobQueue, RouteDecision
-from daemon.journal import Arrival, ArrivalState, JobState, Journal
-from daemon.registry import PipelineRegistry
-from daemon.router import Router
-from daemon.sinks.results import ResultSink
-from daemon.workers import JobRunner, WorkerPool
-from plugins.api import (
+from acqflow.daemon.config import PipelineSettings, RouteRule, WorkerSettings
+from acqflow.daemon.errors import PipelineLoadError
+from acqflow.daemon.jobqueue import JobQueue, RouteDecision
+from acqflow.daemon.journal import Arrival, ArrivalState, JobState, Journal
+from acqflow.daemon.registry import PipelineRegistry
+from acqflow.daemon.router import Router
+from acqflow.daemon.sinks.results import ResultSink
+from acqflow.daemon.workers import JobRunner, WorkerPool
+from acqflow.plugins.api import (
     Figure,
     FileOutput,
     ImageItem,

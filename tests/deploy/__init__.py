@@ -1,7 +1,7 @@
 """Tests of the operations layer: Prometheus config and alerts, Grafana, compose, systemd.
 
 Shared here: where the deployment files are, which metric series the daemon can expose
-(derived from the collectors in ``daemon.metrics``, so a renamed metric breaks the
+(derived from the collectors in ``acqflow.daemon.metrics``, so a renamed metric breaks the
 dashboard and alert tests at once), and how to start a real ``acqflow serve``.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client.metrics import MetricWrapperBase
 
-from daemon import metrics
+from acqflow.daemon import metrics
 from tests.support.daemon_proc import TEST_PIPELINES, toml_dumps
 from tests.support.peers import PeerProcess, PeerSet
 
@@ -67,7 +67,7 @@ GRAFANA_VARIABLES = {
 
 @dataclass(frozen=True)
 class MetricFamily:
-    """One metric of ``daemon.metrics`` as Prometheus sees it."""
+    """One metric of ``acqflow.daemon.metrics`` as Prometheus sees it."""
 
     name: str  # as documented: counters with _total, others as defined
     type: str  # counter, gauge, histogram
@@ -97,7 +97,7 @@ def _samples(family: str, kind: str) -> dict[str, str]:
 
 
 def exported_families() -> list[MetricFamily]:
-    """Every collector defined in ``daemon.metrics``."""
+    """Every collector defined in ``acqflow.daemon.metrics``."""
     families: list[MetricFamily] = []
     for value in vars(metrics).values():
         if not isinstance(value, MetricWrapperBase):

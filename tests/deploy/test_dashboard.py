@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon.config import load_settings
+from acqflow.daemon.config import load_settings
 from tests.deploy import (
     COMPOSE,
     GRAFANA,
@@ -102,7 +102,7 @@ def test_queries_select_only_exported_metrics() -> None:
     exposed = exposed_samples()
     for where, expr in expressions():
         unknown = referenced_metrics(expr) - set(exposed)
-        assert not unknown, f"{where} selects metrics daemon.metrics does not export: {unknown}"
+        assert not unknown, f"{where} selects metrics acqflow.daemon.metrics does not export: {unknown}"
         for name in re.findall(r"(?:rate|irate|increase)\(\s*(acqflow_[a-z_]+)", expr):
             assert exposed[name] == "counter", f"{where}: rate/increase of the gauge {name}"
         if "histogram_quantile" in expr:
@@ -111,14 +111,14 @@ def test_queries_select_only_exported_metrics() -> None:
 
 
 def test_every_metric_is_on_the_dashboard_and_every_panel_metric_exists() -> None:
-    # Both directions, from the collectors of daemon.metrics: a metric without a panel,
+    # Both directions, from the collectors of acqflow.daemon.metrics: a metric without a panel,
     # and a panel selecting a series no collector exposes (a typo, a renamed metric).
     shown = set().union(*(referenced_metrics(expr) for _, expr in expressions()))
     missing = [f.name for f in exported_families() if not f.samples & shown]
     assert not missing, f"metrics without a panel: {missing}"
     exposed = set().union(*(f.samples for f in exported_families()))
     unknown = sorted(shown - exposed)
-    assert not unknown, f"dashboard series that daemon.metrics does not define: {unknown}"
+    assert not unknown, f"dashboard series that acqflow.daemon.metrics does not define: {unknown}"
 
 
 def test_the_dashboard_covers_the_operational_views() -> None:

@@ -23,7 +23,7 @@ import pytest
 import tifffile
 import yaml
 
-from daemon.config import MetricsSettings
+from acqflow.daemon.config import MetricsSettings
 from tests.deploy import (
     COMPOSE,
     DOCS,
@@ -134,7 +134,7 @@ def test_alert_rules_select_only_exported_metrics() -> None:
     for rule in alert_rules():
         names = referenced_metrics(rule["expr"])
         unknown = names - set(exposed)
-        assert not unknown, f"{rule['alert']} selects metrics daemon.metrics does not export: {unknown}"
+        assert not unknown, f"{rule['alert']} selects metrics the daemon does not export: {unknown}"
         for name in re.findall(r"(?:rate|increase)\(\s*(acqflow_[a-z_]+)", rule["expr"]):
             assert exposed[name] == "counter", f"{rule['alert']}: rate/increase of non-counter {name}"
 

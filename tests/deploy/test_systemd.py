@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from daemon.config import ExportSettings, WorkerSettings, load_settings
+from acqflow.daemon.config import ExportSettings, WorkerSettings, load_settings
 from tests.deploy import ACQFLOW, REPO, SYSTEMD, daemon_settings, start_daemon
 from tests.support.daemon_proc import TEST_PIPELINES
 from tests.support.peers import LOOPBACK, PeerSet, free_port

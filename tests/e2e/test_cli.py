@@ -164,7 +164,7 @@ def _acqflow(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     base = {k: v for k, v in os.environ.items() if not k.startswith("ACQFLOW_")}
     base["PYTHONPATH"] = str(REPO)
     return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
+        [sys.executable, "-m", "acqflow.daemon", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -111,7 +111,7 @@ def _check_results(tmp_path: Path, results: dict[str, Dataset], source: Sequence
 
 
 def test_ct_study_from_orthanc_comes_back_with_seg_uncertainty_and_sr(tmp_path: Path, peers: PeerSet) -> None:
-    from plugins.ct_muscle.phantoms import demo_ct_series
+    from acqflow.plugins.ct_muscle.phantoms import demo_ct_series
 
     source = demo_ct_series(seed=5)
     route = {"name": "ct", "modality": ["CT"], "pipelines": ["ct-muscle"], "export": ["pacs"]}
@@ -121,7 +121,7 @@ def test_ct_study_from_orthanc_comes_back_with_seg_uncertainty_and_sr(tmp_path: 
 
 
 def test_mr_series_from_orthanc_comes_back_with_a_seg_on_the_mr(tmp_path: Path, peers: PeerSet) -> None:
-    from plugins.mr_muscle.mr_series import demo_mr_series
+    from acqflow.plugins.mr_muscle.mr_series import demo_mr_series
 
     source = demo_mr_series(seed=5)
     route = {"name": "mr", "modality": ["MR"], "pipelines": ["mr-muscle"], "export": ["pacs"]}

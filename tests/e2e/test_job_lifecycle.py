@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from daemon.jobqueue import JobQueue, OutputRow, RouteDecision
-from daemon.journal import Journal
+from acqflow.daemon.jobqueue import JobQueue, OutputRow, RouteDecision
+from acqflow.daemon.journal import Journal
 from tests.support.daemon_proc import (
     TEST_PIPELINES,
     DaemonProcess,

@@ -39,7 +39,7 @@ def test_a_job_logs_json_lines_with_its_context(tmp_path: Path) -> None:
     entries = [json.loads(line) for line in daemon.log_path.read_text().splitlines()]  # each line is JSON
     assert all({"timestamp", "level", "logger", "message"} <= set(e) for e in entries)
     (arrival,) = [e for e in entries if e.get("outcome") == "recorded"]
-    assert arrival["source"] == "folder" and arrival["logger"] == "daemon.sources.folder"
+    assert arrival["source"] == "folder" and arrival["logger"] == "acqflow.daemon.folders.watcher"
     (done,) = [e for e in entries if e.get("outcome") == "done"]
     assert done["pipeline"] == "test-image" and done["arrival_id"] == arrival["arrival_id"]
     assert isinstance(done["job_id"], int) and done["message"].startswith(

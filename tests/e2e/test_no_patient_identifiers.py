@@ -22,7 +22,7 @@ import pydicom
 import pytest
 from pydicom.dataelem import RawDataElement
 
-from plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
+from acqflow.plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
 from tests.support.daemon_proc import DaemonProcess, journal_rows, wait_until
 from tests.support.peers import free_port, storescu
 

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
+from acqflow.plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
 from tests.support.daemon_proc import DaemonProcess, journal_rows, wait_until
 from tests.support.peers import LOOPBACK, OrthancPeer, PeerSet, free_port, storescu
 

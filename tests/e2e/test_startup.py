@@ -45,7 +45,7 @@ def _acqflow(
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACQFLOW_") and k != "NOTIFY_SOCKET"}
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run(
-        [sys.executable, "-m", "daemon", *args, "--config", str(config)],
+        [sys.executable, "-m", "acqflow.daemon", *args, "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import tifffile
 
-from plugins.virtual_staining.synthetic import SyntheticSpec, write_series
+from acqflow.plugins.virtual_staining.synthetic import SyntheticSpec, write_series
 from tests.support.daemon_proc import DaemonProcess, metric_value, wait_until
 from tests.support.peers import free_port
 

@@ -1,6 +1,6 @@
 """CT muscle quality on held-out phantoms, through the daemon's real DICOM path.
 
-Phantoms come from :data:`plugins.ct_muscle.anatomy.HELD_OUT_VARIETY` (an anatomy model
+Phantoms come from :data:`acqflow.plugins.ct_muscle.anatomy.HELD_OUT_VARIETY` (an anatomy model
 and parameter ranges that training never used), each written as a CT series with its
 own encoding (uint16 with intercept, signed int16, rescale slope 0.5, RLE Lossless,
 JPEG-LS Lossless), orientation (ascending, descending, oblique) and file order
@@ -31,11 +31,11 @@ import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.uid import JPEGLSLossless, RLELossless
 
-from plugins.common.series_builder import SeriesGeometry, SeriesSpec, build_series
-from plugins.ct_muscle.anatomy import HELD_OUT_VARIETY, randomised_phantom
-from plugins.ct_muscle.evaluation import failure_auroc
-from plugins.ct_muscle.structures import default_label_table
-from plugins.ct_muscle.training import dice_per_class
+from acqflow.plugins.common.series_builder import SeriesGeometry, SeriesSpec, build_series
+from acqflow.plugins.ct_muscle.anatomy import HELD_OUT_VARIETY, randomised_phantom
+from acqflow.plugins.ct_muscle.evaluation import failure_auroc
+from acqflow.plugins.ct_muscle.structures import default_label_table
+from acqflow.plugins.ct_muscle.training import dice_per_class
 from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.peers import free_port, storescu
 

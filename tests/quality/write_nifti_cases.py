@@ -14,8 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from plugins.ct_muscle.anatomy import HELD_OUT_VARIETY, randomised_phantom
-from plugins.ct_muscle.structures import default_label_table
+from acqflow.plugins.ct_muscle.anatomy import HELD_OUT_VARIETY, randomised_phantom
+from acqflow.plugins.ct_muscle.structures import default_label_table
 
 __all__ = ["write_cases"]
 

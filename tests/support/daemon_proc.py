@@ -100,7 +100,7 @@ class DaemonProcess:
         env["PYTHONUNBUFFERED"] = "1"
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "acqflow.daemon", "serve", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -165,7 +165,7 @@ class DaemonProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ACQFLOW_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         return subprocess.run(
-            [sys.executable, "-m", "daemon", *args, "--config", str(self.config_path)],
+            [sys.executable, "-m", "acqflow.daemon", *args, "--config", str(self.config_path)],
             capture_output=True,
             text=True,
             timeout=timeout,

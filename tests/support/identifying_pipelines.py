@@ -13,7 +13,14 @@ import logging
 
 from pydicom.valuerep import DA
 
-from plugins.api import ImageItem, InputKind, InvalidInputError, PipelineContext, PipelineResult, SeriesItem
+from acqflow.plugins.api import (
+    ImageItem,
+    InputKind,
+    InvalidInputError,
+    PipelineContext,
+    PipelineResult,
+    SeriesItem,
+)
 
 __all__ = ["PriorLookup"]
 

@@ -7,8 +7,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from daemon.config import FolderSettings
-from daemon.sources.naming import match_name, parse_metadata
+from acqflow.daemon.config import FolderSettings
+from acqflow.daemon.folders.naming import match_name, parse_metadata
 
 __all__ = ["ROOT", "assert_preset_parses", "folder", "local"]
 

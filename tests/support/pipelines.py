@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import generate_uid
 
-from plugins.api import (
+from acqflow.plugins.api import (
     DicomOutput,
     Figure,
     FileOutput,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.config import DicomSettings
-from daemon.journal import Journal
-from daemon.sources.scp import DicomReceiver
-from daemon.sources.slots import SLOTS
+from acqflow.daemon.config import DicomSettings
+from acqflow.daemon.dicom.scp import DicomReceiver
+from acqflow.daemon.dicom.slots import SLOTS
+from acqflow.daemon.journal import Journal
 
 __all__ = ["RunningScp"]
 

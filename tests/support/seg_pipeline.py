@@ -1,9 +1,9 @@
 """A test pipeline that runs the shared CT/MR steps of the real pipelines, without a model.
 
 ``VolumeSegmentation`` ("test-volume-seg") sorts, checks and decodes a series into a
-volume (``plugins.common.volume.series_to_volume``: modality, geometry, sizes, pixel
+volume (``acqflow.plugins.common.volume.series_to_volume``: modality, geometry, sizes, pixel
 decoding) and writes a DICOM SEG of a threshold mask through
-``plugins.common.dicom_outputs.build_segmentation`` (highdicom, which copies the patient
+``acqflow.plugins.common.dicom_outputs.build_segmentation`` (highdicom, which copies the patient
 and study modules of the source images). A series the real pipelines would refuse or
 choke on is therefore refused or choked on here too, in milliseconds and without torch:
 the bad-input corpus (``tests/reliability``) routes every DICOM series to it. Registered
@@ -17,7 +17,7 @@ import json
 import numpy as np
 from pydicom.uid import generate_uid
 
-from plugins.api import (
+from acqflow.plugins.api import (
     DicomOutput,
     FileOutput,
     ImageItem,
@@ -42,7 +42,7 @@ class VolumeSegmentation:
         self.options = dict(context.options)
 
     def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
-        from plugins.common.dicom_outputs import (
+        from acqflow.plugins.common.dicom_outputs import (
             AlgorithmInfo,
             CodeSpec,
             DeviceInfo,
@@ -50,7 +50,7 @@ class VolumeSegmentation:
             SegmentSpec,
             build_segmentation,
         )
-        from plugins.common.volume import VolumeOptions, series_to_volume
+        from acqflow.plugins.common.volume import VolumeOptions, series_to_volume
 
         if not isinstance(item, SeriesItem):
             raise InvalidInputError("test-volume-seg takes DICOM series")

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from pydicom import Dataset
 
-from plugins.common.series_builder import SeriesGeometry, SeriesSpec, build_series
-from plugins.ct_muscle.phantoms import Phantom, PhantomOptions, generate_phantom
+from acqflow.plugins.common.series_builder import SeriesGeometry, SeriesSpec, build_series
+from acqflow.plugins.ct_muscle.phantoms import Phantom, PhantomOptions, generate_phantom
 
 SMALL = PhantomOptions(shape=(6, 64, 80), pixel_spacing_mm=6.0, slice_spacing_mm=10.0)
 

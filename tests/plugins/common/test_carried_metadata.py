@@ -22,11 +22,11 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 
-from plugins.common.carried_metadata import Action, plan_carried_metadata
-from plugins.common.volume import VolumeOptions, series_to_volume
-from plugins.ct_muscle.inference import StructureMeasurement, UncertaintyMeasure
-from plugins.ct_muscle.reporting import OutputContext, dicom_outputs
-from plugins.mr_muscle.synthetic_ct import SyntheticCtIdentity, build_synthetic_ct_series
+from acqflow.plugins.common.carried_metadata import Action, plan_carried_metadata
+from acqflow.plugins.common.volume import VolumeOptions, series_to_volume
+from acqflow.plugins.ct_muscle.inference import StructureMeasurement, UncertaintyMeasure
+from acqflow.plugins.ct_muscle.reporting import OutputContext, dicom_outputs
+from acqflow.plugins.mr_muscle.synthetic_ct import SyntheticCtIdentity, build_synthetic_ct_series
 from tests.plugins.common.helpers import labels_in_volume_order, phantom_series
 from tests.plugins.common.test_dicom_outputs import (
     CARD,
@@ -110,7 +110,7 @@ def test_non_conformant_value_gives_a_valid_seg(
     datasets = _received(clean, keyword, value)
     volume = series_to_volume(datasets)
     labels = labels_in_volume_order(phantom, datasets, [s.sop_instance_uid for s in volume.sources])
-    with caplog.at_level(logging.WARNING, logger="plugins.common.carried_metadata"):
+    with caplog.at_level(logging.WARNING, logger="acqflow.plugins.common.carried_metadata"):
         objects = _build(datasets, labels)
 
     source = datasets[0]

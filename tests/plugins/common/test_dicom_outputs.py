@@ -16,12 +16,12 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from models.store import ModelCard
-from plugins.common.dicom_outputs import content_digest
-from plugins.common.volume import Volume, series_to_volume
-from plugins.ct_muscle.inference import StructureMeasurement, UncertaintyMeasure
-from plugins.ct_muscle.reporting import OutputContext, dicom_outputs
-from plugins.ct_muscle.structures import default_label_table
+from acqflow.models.store import ModelCard
+from acqflow.plugins.common.dicom_outputs import content_digest
+from acqflow.plugins.common.volume import Volume, series_to_volume
+from acqflow.plugins.ct_muscle.inference import StructureMeasurement, UncertaintyMeasure
+from acqflow.plugins.ct_muscle.reporting import OutputContext, dicom_outputs
+from acqflow.plugins.ct_muscle.structures import default_label_table
 from tests.plugins.common.helpers import VARIANTS, labels_in_volume_order, phantom_series
 
 needs_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None,

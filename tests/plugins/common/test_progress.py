@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from plugins.common.progress import TrainingProgress
+from acqflow.plugins.common.progress import TrainingProgress
 
 
 def test_a_log_gets_a_line_per_tenth_with_the_time_left() -> None:

@@ -8,8 +8,8 @@ import pydicom
 import pydicom.data
 import pytest
 
-from plugins.api import InvalidInputError
-from plugins.common.volume import VolumeOptions, series_to_volume
+from acqflow.plugins.api import InvalidInputError
+from acqflow.plugins.common.volume import VolumeOptions, series_to_volume
 from tests.plugins.common.helpers import VARIANTS, labels_in_volume_order, phantom_series
 from tests.support.samples import sample_files
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 
-from models.store import ModelCard, save_weights
-from models.unet import BayesianUNet
-from plugins.ct_muscle.inference import HuWindow, InputGeometry
-from plugins.ct_muscle.structures import default_label_table
+from acqflow.models.store import ModelCard, save_weights
+from acqflow.models.unet import BayesianUNet
+from acqflow.plugins.ct_muscle.inference import HuWindow, InputGeometry
+from acqflow.plugins.ct_muscle.structures import default_label_table
 
 TINY_ARGS: dict[str, Any] = {"in_channels": 1, "num_classes": 23, "base_channels": 4, "depth": 3,
              "dropout": 0.2}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugins.ct_muscle.anatomy import (
+from acqflow.plugins.ct_muscle.anatomy import (
     HELD_OUT_VARIETY,
     TRAINING_VARIETY,
     Anatomy,
@@ -14,7 +14,7 @@ from plugins.ct_muscle.anatomy import (
     randomised_phantom,
     randomised_volumes,
 )
-from plugins.ct_muscle.structures import default_label_table
+from acqflow.plugins.ct_muscle.structures import default_label_table
 
 SHAPE = (6, 96, 96)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plugins.ct_muscle.augmentation import RobustAugmentation, robust_augment
+from acqflow.plugins.ct_muscle.augmentation import RobustAugmentation, robust_augment
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,10 +14,10 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from plugins.api import PipelineContext, SeriesItem
-from plugins.common.volume import series_to_volume
-from plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
-from plugins.ct_muscle.pipeline import CtMusclePipeline
+from acqflow.plugins.api import PipelineContext, SeriesItem
+from acqflow.plugins.common.volume import series_to_volume
+from acqflow.plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
+from acqflow.plugins.ct_muscle.pipeline import CtMusclePipeline
 from tests.support.dcmqi import frames_by_position, paramap_volume, seg_volume
 
 SERIES = PhantomOptions(shape=(8, 64, 64), pixel_spacing_mm=6.0, slice_spacing_mm=10.0)

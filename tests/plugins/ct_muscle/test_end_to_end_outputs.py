@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.store import bundled_weights_dir
-from plugins.api import PipelineContext, SeriesItem
-from plugins.common.dicom_outputs import content_digest
-from plugins.common.volume import series_to_volume
-from plugins.ct_muscle.inference import load_model, mc_seed, predict_volume
-from plugins.ct_muscle.phantoms import demo_ct_series, generate_phantom
-from plugins.ct_muscle.pipeline import CtMuscleOptions, CtMusclePipeline
-from plugins.ct_muscle.structures import default_label_table
-from plugins.ct_muscle.training import dice_per_class
+from acqflow.models.store import bundled_weights_dir
+from acqflow.plugins.api import PipelineContext, SeriesItem
+from acqflow.plugins.common.dicom_outputs import content_digest
+from acqflow.plugins.common.volume import series_to_volume
+from acqflow.plugins.ct_muscle.inference import load_model, mc_seed, predict_volume
+from acqflow.plugins.ct_muscle.phantoms import demo_ct_series, generate_phantom
+from acqflow.plugins.ct_muscle.pipeline import CtMuscleOptions, CtMusclePipeline
+from acqflow.plugins.ct_muscle.structures import default_label_table
+from acqflow.plugins.ct_muscle.training import dice_per_class
 
 pytestmark = [
     pytest.mark.slow,

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from models.store import WeightsError
-from plugins.ct_muscle.inference import (
+from acqflow.models.store import WeightsError
+from acqflow.plugins.ct_muscle.inference import (
     InputGeometry,
     McOptions,
     Prediction,
@@ -17,10 +17,10 @@ from plugins.ct_muscle.inference import (
     measure_structures,
     predict_volume,
 )
-from plugins.ct_muscle.structures import default_label_table
+from acqflow.plugins.ct_muscle.structures import default_label_table
 
 if TYPE_CHECKING:
-    from models.unet import BayesianUNet
+    from acqflow.models.unet import BayesianUNet
 
 
 @pytest.fixture()
@@ -79,7 +79,7 @@ def test_measure_structures_volumes_and_flags() -> None:
 def test_agreement_counts_give_each_samples_dice_with_the_prediction() -> None:
     import torch
 
-    from plugins.ct_muscle.inference import _agreement, _agreement_counts
+    from acqflow.plugins.ct_muscle.inference import _agreement, _agreement_counts
 
     labels = torch.tensor([[[1, 1, 2, 2]]])  # (n=1, H=1, W=4)
     samples = torch.tensor([[[[1, 1, 2, 2]]], [[[1, 2, 2, 2]]]])  # T=2
@@ -92,7 +92,7 @@ def test_agreement_counts_give_each_samples_dice_with_the_prediction() -> None:
 
 
 def test_predictions_carry_agreement_and_structures_their_disagreement(model_and_geometry) -> None:  # type: ignore[no-untyped-def]
-    from plugins.ct_muscle.inference import ReviewScore
+    from acqflow.plugins.ct_muscle.inference import ReviewScore
 
     model, geometry = model_and_geometry
     hu = np.random.default_rng(3).normal(0, 300, size=(3, 48, 48)).astype(np.float32)
@@ -132,7 +132,7 @@ def _reference_predict(
     import torch
     from torch.nn import functional as F
 
-    from plugins.ct_muscle.inference import preprocess_slices
+    from acqflow.plugins.ct_muscle.inference import preprocess_slices
 
     model.eval()
     model.set_mc_dropout(True)
@@ -161,8 +161,8 @@ def test_seeded_mc_agrees_with_the_former_implementation_on_a_phantom(tmp_path: 
     class probabilities."""
     import torch
 
-    from models.store import bundled_weights_dir
-    from plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
+    from acqflow.models.store import bundled_weights_dir
+    from acqflow.plugins.ct_muscle.phantoms import PhantomOptions, generate_phantom
 
     model, _, geometry = load_model(bundled_weights_dir())
     spacing = (0.9, 0.9)
@@ -183,7 +183,7 @@ def test_resampled_labels_equal_argmax_of_resampled_probabilities(shape, matrix)
     import torch
     from torch.nn import functional as F
 
-    from plugins.ct_muscle.inference import _resampled_labels
+    from acqflow.plugins.ct_muscle.inference import _resampled_labels
 
     generator = torch.Generator().manual_seed(0)
     # Smooth class maps with real boundaries: upsampled low-resolution noise.

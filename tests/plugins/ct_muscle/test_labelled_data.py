@@ -14,11 +14,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from plugins.api import InvalidInputError
-from plugins.ct_muscle.labelled_data import DataLayout, detect_layout, load_labelled_data
-from plugins.ct_muscle.phantoms import Phantom, PhantomOptions, generate_phantom
-from plugins.ct_muscle.structures import default_label_table
-from plugins.ct_muscle.training import LabelledVolume
+from acqflow.plugins.api import InvalidInputError
+from acqflow.plugins.ct_muscle.labelled_data import DataLayout, detect_layout, load_labelled_data
+from acqflow.plugins.ct_muscle.phantoms import Phantom, PhantomOptions, generate_phantom
+from acqflow.plugins.ct_muscle.structures import default_label_table
+from acqflow.plugins.ct_muscle.training import LabelledVolume
 
 SMALL = PhantomOptions(shape=(6, 64, 64))
 DX, DY, DZ = 3.0, 2.0, 5.0  # column, row, slice spacing (mm) written to the files
@@ -261,7 +261,7 @@ def test_bad_inputs_name_the_folder_or_file(tmp_path: Path) -> None:
 
 
 def _app() -> typer.Typer:
-    from plugins.ct_muscle.commands import evaluate, train
+    from acqflow.plugins.ct_muscle.commands import evaluate, train
 
     app = typer.Typer()
     app.command("train")(train)
@@ -270,7 +270,7 @@ def _app() -> typer.Typer:
 
 
 def test_cases_split_whole_and_unknown_key_is_a_usage_error(tmp_path: Path) -> None:
-    from plugins.ct_muscle.commands import _training_sets
+    from acqflow.plugins.ct_muscle.commands import _training_sets
 
     phantoms = _pairs_renumbered(tmp_path / "data", [13, 14, 15])
     train_set, val_set, summary = _training_sets(TABLE, tmp_path / "data", None, 0, 1, 0)
@@ -318,8 +318,8 @@ def test_train_and_evaluate_on_nifti_cases(tmp_path: Path) -> None:
 
 
 def test_nifti_matches_the_dicom_loader_for_the_same_world_geometry(tmp_path: Path) -> None:
-    from plugins.common.volume import series_to_volume
-    from plugins.ct_muscle.phantoms import demo_ct_series
+    from acqflow.plugins.common.volume import series_to_volume
+    from acqflow.plugins.ct_muscle.phantoms import demo_ct_series
 
     dicom = series_to_volume(demo_ct_series(19, SMALL))
     phantom = generate_phantom(19, SMALL)

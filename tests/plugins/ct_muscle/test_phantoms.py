@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from plugins.common.volume import series_to_volume
-from plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series, generate_phantom
+from acqflow.plugins.common.volume import series_to_volume
+from acqflow.plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series, generate_phantom
 
 SMALL = PhantomOptions(shape=(12, 96, 96), pixel_spacing_mm=4.0, slice_spacing_mm=8.0)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydicom import Dataset
 
-from plugins.api import (
+from acqflow.plugins.api import (
     ImageItem,
     ImageMetadata,
     InputKind,
@@ -18,8 +18,8 @@ from plugins.api import (
     PipelineContext,
     SeriesItem,
 )
-from plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
-from plugins.ct_muscle.pipeline import CtMusclePipeline
+from acqflow.plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
+from acqflow.plugins.ct_muscle.pipeline import CtMusclePipeline
 
 SMALL = PhantomOptions(shape=(6, 64, 64), pixel_spacing_mm=6.0, slice_spacing_mm=10.0)
 
@@ -219,7 +219,7 @@ def test_changed_options_give_new_instances_in_new_series(
 
 
 def test_records_carry_density_next_to_volume_and_uncertainty(pipeline: CtMusclePipeline) -> None:
-    from plugins.common.volume import series_to_volume
+    from acqflow.plugins.common.volume import series_to_volume
 
     datasets = demo_ct_series(8, SMALL)
     result = pipeline.run(_item(datasets))

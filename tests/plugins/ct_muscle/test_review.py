@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from plugins.ct_muscle.evaluation import fit_review_threshold, review_threshold_at
-from plugins.ct_muscle.inference import UncertaintyMeasure
-from plugins.ct_muscle.pipeline import DEFAULT_REVIEW_THRESHOLDS, CtMuscleOptions
-from plugins.mr_muscle.pipeline import MR_REVIEW_THRESHOLDS, MrMuscleOptions
+from acqflow.plugins.ct_muscle.evaluation import fit_review_threshold, review_threshold_at
+from acqflow.plugins.ct_muscle.inference import UncertaintyMeasure
+from acqflow.plugins.ct_muscle.pipeline import DEFAULT_REVIEW_THRESHOLDS, CtMuscleOptions
+from acqflow.plugins.mr_muscle.pipeline import MR_REVIEW_THRESHOLDS, MrMuscleOptions
 
 
 def test_separable_structures_get_a_threshold_between_the_two_groups() -> None:
@@ -72,8 +72,8 @@ def test_mismatched_lengths_are_refused() -> None:
 def test_each_pipeline_defaults_to_its_own_calibrated_threshold_per_measure(
     measure: UncertaintyMeasure,
 ) -> None:
-    from plugins.ct_muscle.pipeline import DEFAULT_DISAGREEMENT_THRESHOLD
-    from plugins.mr_muscle.pipeline import CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS
+    from acqflow.plugins.ct_muscle.pipeline import DEFAULT_DISAGREEMENT_THRESHOLD
+    from acqflow.plugins.mr_muscle.pipeline import CONTRAST_AGNOSTIC_REVIEW_THRESHOLDS
 
     # ct-muscle flags by the samples' disagreement unless told to use the mean uncertainty
     assert CtMuscleOptions(measure=measure).threshold == DEFAULT_DISAGREEMENT_THRESHOLD
@@ -99,7 +99,7 @@ def test_option_errors_name_the_pipeline() -> None:
 def test_failure_auroc_ranks_failures_above_successes() -> None:
     import math
 
-    from plugins.ct_muscle.evaluation import failure_auroc
+    from acqflow.plugins.ct_muscle.evaluation import failure_auroc
 
     dice = [0.9, 0.95, 0.5, 0.3]
     assert failure_auroc([0.1, 0.2, 0.8, 0.9], dice, 0.8) == 1.0

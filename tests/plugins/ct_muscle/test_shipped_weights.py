@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.store import bundled_weights_dir
-from plugins.ct_muscle.datasets import phantom_volumes
-from plugins.ct_muscle.evaluation import evaluate_model
-from plugins.ct_muscle.inference import McOptions, UncertaintyMeasure, load_model
-from plugins.ct_muscle.phantoms import PhantomOptions
-from plugins.ct_muscle.pipeline import DEFAULT_REVIEW_THRESHOLDS
-from plugins.ct_muscle.structures import default_label_table
+from acqflow.models.store import bundled_weights_dir
+from acqflow.plugins.ct_muscle.datasets import phantom_volumes
+from acqflow.plugins.ct_muscle.evaluation import evaluate_model
+from acqflow.plugins.ct_muscle.inference import McOptions, UncertaintyMeasure, load_model
+from acqflow.plugins.ct_muscle.phantoms import PhantomOptions
+from acqflow.plugins.ct_muscle.pipeline import DEFAULT_REVIEW_THRESHOLDS
+from acqflow.plugins.ct_muscle.structures import default_label_table
 
 HELD_OUT_SEEDS = [31_337_001, 31_337_002]
 

@@ -8,7 +8,7 @@ import pytest
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from plugins.ct_muscle.structures import default_label_table, load_label_table
+from acqflow.plugins.ct_muscle.structures import default_label_table, load_label_table
 
 MUSCLES = {
     "adductor_muscles", "biceps_femoris", "gluteus_maximus", "gluteus_medius",

@@ -8,11 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from plugins.ct_muscle.datasets import phantom_volumes
-from plugins.ct_muscle.evaluation import average_surface_distance
-from plugins.ct_muscle.phantoms import PhantomOptions
-from plugins.ct_muscle.structures import default_label_table
-from plugins.ct_muscle.training import (
+from acqflow.plugins.ct_muscle.datasets import phantom_volumes
+from acqflow.plugins.ct_muscle.evaluation import average_surface_distance
+from acqflow.plugins.ct_muscle.phantoms import PhantomOptions
+from acqflow.plugins.ct_muscle.structures import default_label_table
+from acqflow.plugins.ct_muscle.training import (
     AppearanceAugmentation,
     NetworkOptions,
     TrainingOptions,
@@ -64,7 +64,7 @@ def test_training_is_seeded_and_resumable(tmp_path: Path) -> None:
 
 
 def test_appearance_augmentation_adds_bounded_noise_and_blur() -> None:
-    from plugins.ct_muscle.training import _appearance
+    from acqflow.plugins.ct_muscle.training import _appearance
 
     x = torch.zeros(64, 1, 48, 48)
     x[:, :, :, 24:] = 0.5  # a vertical edge
@@ -100,7 +100,7 @@ def test_fine_tuning_starts_from_the_given_weights() -> None:
 def test_train_and_evaluate_commands(tmp_path: Path) -> None:
     import typer
 
-    from plugins.ct_muscle.commands import evaluate, train
+    from acqflow.plugins.ct_muscle.commands import evaluate, train
 
     app = typer.Typer()
     app.command("train")(train)
@@ -130,12 +130,12 @@ def test_train_and_evaluate_commands(tmp_path: Path) -> None:
 
 
 def test_dicom_cases_load_as_labelled_volumes(tmp_path: Path) -> None:
-    from models.store import ModelCard
-    from plugins.common.volume import series_to_volume
-    from plugins.ct_muscle.datasets import load_dicom_cases
-    from plugins.ct_muscle.inference import Prediction, UncertaintyMeasure, measure_structures
-    from plugins.ct_muscle.phantoms import demo_ct_series, generate_phantom
-    from plugins.ct_muscle.reporting import OutputContext, dicom_outputs
+    from acqflow.models.store import ModelCard
+    from acqflow.plugins.common.volume import series_to_volume
+    from acqflow.plugins.ct_muscle.datasets import load_dicom_cases
+    from acqflow.plugins.ct_muscle.inference import Prediction, UncertaintyMeasure, measure_structures
+    from acqflow.plugins.ct_muscle.phantoms import demo_ct_series, generate_phantom
+    from acqflow.plugins.ct_muscle.reporting import OutputContext, dicom_outputs
 
     table = default_label_table()
     datasets = demo_ct_series(5, TINY)

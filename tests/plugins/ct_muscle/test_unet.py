@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.unet import BayesianUNet
+from acqflow.models.unet import BayesianUNet
 
 
 def _model() -> BayesianUNet:
@@ -40,7 +40,7 @@ def test_batch_members_are_independent() -> None:
 
 
 def test_dropout_in_encoder_and_decoder_blocks() -> None:
-    from models.unet import McDropout
+    from acqflow.models.unet import McDropout
 
     model = _model()
     assert all(any(isinstance(m, McDropout) for m in block.modules())

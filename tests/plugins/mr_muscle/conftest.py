@@ -9,12 +9,12 @@ import pytest
 import torch
 from pydicom import Dataset
 
-from models.cyclegan import ResnetGenerator
-from models.store import ModelCard, save_weights
-from models.unet import BayesianUNet
-from plugins.ct_muscle.inference import InputGeometry
-from plugins.ct_muscle.structures import default_label_table
-from plugins.mr_muscle.translation import IntensityScale
+from acqflow.models.cyclegan import ResnetGenerator
+from acqflow.models.store import ModelCard, save_weights
+from acqflow.models.unet import BayesianUNet
+from acqflow.plugins.ct_muscle.inference import InputGeometry
+from acqflow.plugins.ct_muscle.structures import default_label_table
+from acqflow.plugins.mr_muscle.translation import IntensityScale
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from models.store import bundled_weights_dir
-from plugins.ct_muscle.structures import default_label_table
+from acqflow.models.store import bundled_weights_dir
+from acqflow.plugins.ct_muscle.structures import default_label_table
 
 pytestmark = pytest.mark.slow
 
@@ -23,12 +23,12 @@ pytestmark = pytest.mark.slow
 def report() -> Any:
     import torch
 
-    from plugins.ct_muscle.inference import load_model
-    from plugins.mr_muscle.evaluation import EvaluationOptions, evaluate_held_out
-    from plugins.mr_muscle.translation import load_generator
+    from acqflow.plugins.ct_muscle.inference import load_model
+    from acqflow.plugins.mr_muscle.evaluation import EvaluationOptions, evaluate_held_out
+    from acqflow.plugins.mr_muscle.translation import load_generator
 
     torch.manual_seed(0)
-    from plugins.mr_muscle.pipeline import bundled_segmenter_dir
+    from acqflow.plugins.mr_muscle.pipeline import bundled_segmenter_dir
 
     weights, segmenter = bundled_weights_dir(), bundled_segmenter_dir()
     if not (segmenter / "ct_muscle.json").is_file() or not (weights / "mr_to_ct.json").is_file():

@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from plugins.mr_muscle.commands import train
-from plugins.mr_muscle.translation import load_generator
+from acqflow.plugins.mr_muscle.commands import train
+from acqflow.plugins.mr_muscle.translation import load_generator
 
 
 def test_train_command_writes_weights_card_samples_and_resumes(tmp_path: Path) -> None:
@@ -39,9 +39,9 @@ def test_train_command_writes_weights_card_samples_and_resumes(tmp_path: Path) -
 
 
 def test_evaluate_review_fits_a_threshold_per_measure_and_scores_the_defaults(tmp_path: Path) -> None:
-    from plugins.ct_muscle.evaluation import review_threshold_at
-    from plugins.mr_muscle.commands import evaluate
-    from plugins.mr_muscle.pipeline import MR_REVIEW_THRESHOLDS
+    from acqflow.plugins.ct_muscle.evaluation import review_threshold_at
+    from acqflow.plugins.mr_muscle.commands import evaluate
+    from acqflow.plugins.mr_muscle.pipeline import MR_REVIEW_THRESHOLDS
 
     out = tmp_path / "review.json"
     result = evaluate(

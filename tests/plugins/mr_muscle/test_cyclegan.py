@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.cyclegan import PatchDiscriminator, ResnetGenerator
-from plugins.mr_muscle.losses import GradientMode, ImagePool, LossWeights, gradient_consistency, least_squares
-from plugins.mr_muscle.training import NetworkOptions, OutputOptions, ScheduleOptions, train_cyclegan
+from acqflow.models.cyclegan import PatchDiscriminator, ResnetGenerator
+from acqflow.plugins.mr_muscle.losses import (
+    GradientMode,
+    ImagePool,
+    LossWeights,
+    gradient_consistency,
+    least_squares,
+)
+from acqflow.plugins.mr_muscle.training import NetworkOptions, OutputOptions, ScheduleOptions, train_cyclegan
 
 
 def test_generator_keeps_size_and_range() -> None:
@@ -102,7 +108,7 @@ def _interrupt_after(
     n: int, mr: np.ndarray, ct: np.ndarray, net: NetworkOptions, sched: ScheduleOptions, out: OutputOptions
 ) -> None:
     """Run until the checkpoint of iteration ``n`` exists, then stop as a killed run would."""
-    import plugins.mr_muscle.training as training
+    import acqflow.plugins.mr_muscle.training as training
 
     original = training._save_checkpoint
 

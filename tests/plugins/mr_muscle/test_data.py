@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
-from plugins.mr_muscle.data import dicom_slices
-from plugins.mr_muscle.mr_series import MrSeriesOptions, build_mr_series
-from plugins.mr_muscle.phantoms import MrPhantomOptions, generate_mr_phantom
-from plugins.mr_muscle.translation import IntensityScale
+from acqflow.plugins.ct_muscle.phantoms import PhantomOptions, demo_ct_series
+from acqflow.plugins.mr_muscle.data import dicom_slices
+from acqflow.plugins.mr_muscle.mr_series import MrSeriesOptions, build_mr_series
+from acqflow.plugins.mr_muscle.phantoms import MrPhantomOptions, generate_mr_phantom
+from acqflow.plugins.mr_muscle.translation import IntensityScale
 
 
 def _write(folder: Path, datasets: list) -> None:  # type: ignore[type-arg]

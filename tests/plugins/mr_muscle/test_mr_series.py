@@ -9,16 +9,16 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from plugins.api import InvalidInputError
-from plugins.common.volume import VolumeOptions, series_to_volume
-from plugins.mr_muscle.mr_series import (
+from acqflow.plugins.api import InvalidInputError
+from acqflow.plugins.common.volume import VolumeOptions, series_to_volume
+from acqflow.plugins.mr_muscle.mr_series import (
     MR_IMAGE_STORAGE,
     MrSeriesOptions,
     build_mr_series,
     demo_mr_phantom_series,
     demo_mr_series,
 )
-from plugins.mr_muscle.phantoms import MrPhantomOptions, generate_mr_phantom
+from acqflow.plugins.mr_muscle.phantoms import MrPhantomOptions, generate_mr_phantom
 
 MR_ONLY = VolumeOptions(modalities=("MR",))
 

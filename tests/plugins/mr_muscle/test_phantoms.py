@@ -3,17 +3,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugins.ct_muscle.phantoms import generate_phantom
-from plugins.ct_muscle.structures import default_label_table
-from plugins.mr_muscle.data import synthetic_ct_slices, synthetic_mr_slices
-from plugins.mr_muscle.phantoms import (
+from acqflow.plugins.ct_muscle.phantoms import generate_phantom
+from acqflow.plugins.ct_muscle.structures import default_label_table
+from acqflow.plugins.mr_muscle.data import synthetic_ct_slices, synthetic_mr_slices
+from acqflow.plugins.mr_muscle.phantoms import (
     MR_ANATOMY_SEED_OFFSET,
     MrPhantomOptions,
     Tissue,
     generate_mr_phantom,
     tissue_map,
 )
-from plugins.mr_muscle.translation import IntensityScale
+from acqflow.plugins.mr_muscle.translation import IntensityScale
 
 SMALL = MrPhantomOptions(shape=(6, 64, 64))
 
@@ -55,7 +55,7 @@ def test_anatomy_not_paired_with_ct_training_phantoms() -> None:
     """An MR phantom's labels differ from the CT phantom with the same index, and from its own CT seed
     drawing after the MR warp."""
     mr = generate_mr_phantom(0, MrPhantomOptions(shape=(6, 64, 64)))
-    from plugins.ct_muscle.phantoms import PhantomOptions
+    from acqflow.plugins.ct_muscle.phantoms import PhantomOptions
 
     ct_same_index = generate_phantom(0, PhantomOptions(shape=(6, 64, 64)))
     assert (mr.labels != ct_same_index.labels).mean() > 0.01
@@ -63,7 +63,7 @@ def test_anatomy_not_paired_with_ct_training_phantoms() -> None:
 
 def test_tissue_map_classes() -> None:
     table = default_label_table()
-    from plugins.ct_muscle.phantoms import PhantomOptions
+    from acqflow.plugins.ct_muscle.phantoms import PhantomOptions
 
     ct = generate_phantom(1, PhantomOptions(shape=(10, 64, 64), noise_hu=0.0))
     tissue = tissue_map(ct.hu, ct.labels, table)

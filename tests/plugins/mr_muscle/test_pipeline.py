@@ -9,11 +9,18 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from plugins.api import ImageItem, ImageMetadata, InvalidInputError, Pipeline, PipelineContext, SeriesItem
-from plugins.mr_muscle.mr_series import MrSeriesOptions, build_mr_series, demo_mr_series
-from plugins.mr_muscle.phantoms import MrPhantomOptions, generate_mr_phantom
-from plugins.mr_muscle.pipeline import MrMusclePipeline
-from plugins.mr_muscle.synthetic_ct import NOT_FOR_DIAGNOSIS
+from acqflow.plugins.api import (
+    ImageItem,
+    ImageMetadata,
+    InvalidInputError,
+    Pipeline,
+    PipelineContext,
+    SeriesItem,
+)
+from acqflow.plugins.mr_muscle.mr_series import MrSeriesOptions, build_mr_series, demo_mr_series
+from acqflow.plugins.mr_muscle.phantoms import MrPhantomOptions, generate_mr_phantom
+from acqflow.plugins.mr_muscle.pipeline import MrMusclePipeline
+from acqflow.plugins.mr_muscle.synthetic_ct import NOT_FOR_DIAGNOSIS
 from tests.plugins.mr_muscle.conftest import dciodvfy_errors
 
 

@@ -6,18 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugins.ct_muscle.anatomy import randomised_anatomy, randomised_phantom
-from plugins.ct_muscle.structures import default_label_table
-from plugins.mr_muscle.data import Generator, synthetic_ct_slices, synthetic_mr_slices
-from plugins.mr_muscle.phantoms import Tissue
-from plugins.mr_muscle.randomised import (
+from acqflow.plugins.ct_muscle.anatomy import randomised_anatomy, randomised_phantom
+from acqflow.plugins.ct_muscle.structures import default_label_table
+from acqflow.plugins.mr_muscle.data import Generator, synthetic_ct_slices, synthetic_mr_slices
+from acqflow.plugins.mr_muscle.phantoms import Tissue
+from acqflow.plugins.mr_muscle.randomised import (
     MR_HELD_OUT_VARIETY,
     MR_TRAINING_VARIETY,
     MrVariety,
     randomised_mr_phantom,
     randomised_tissue,
 )
-from plugins.mr_muscle.translation import IntensityScale
+from acqflow.plugins.mr_muscle.translation import IntensityScale
 
 SHAPE = (4, 96, 96)
 
@@ -82,7 +82,7 @@ def test_randomised_training_domains() -> None:
 
 
 def test_mr_crop_augmentation_changes_intensities_not_geometry() -> None:
-    from plugins.mr_muscle.training import _Crops
+    from acqflow.plugins.mr_muscle.training import _Crops
 
     slices = np.linspace(-1, 1, 4 * 32 * 32, dtype=np.float32).reshape(4, 32, 32)
     plain = _Crops(slices, 32, np.random.default_rng(1)).batch(6).numpy()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.store import WeightsError
-from plugins.mr_muscle.translation import (
+from acqflow.models.store import WeightsError
+from acqflow.plugins.mr_muscle.translation import (
     IntensityScale,
     ct_to_unit,
     load_generator,

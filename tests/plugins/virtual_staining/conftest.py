@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from plugins.virtual_staining.data import LabelledImage, synthetic_images
-from plugins.virtual_staining.labels import LabelOptions
+from acqflow.plugins.virtual_staining.data import LabelledImage, synthetic_images
+from acqflow.plugins.virtual_staining.labels import LabelOptions
 
 
 @pytest.fixture(autouse=True, scope="package")

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from models.store import read_card
-from plugins.virtual_staining.__main__ import app
-from plugins.virtual_staining.evaluation import ACCEPTANCE
+from acqflow.models.store import read_card
+from acqflow.plugins.virtual_staining.__main__ import app
+from acqflow.plugins.virtual_staining.evaluation import ACCEPTANCE
 
 runner = CliRunner()
 
@@ -109,7 +109,7 @@ def test_train_command_writes_weights_card_and_resumes(tmp_path: Path) -> None:
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     card = read_card(tmp_path / "model", "virtual_staining")
-    assert card.architecture == "models.tile_cnn.TileCNN" and card.sha256
+    assert card.architecture == "acqflow.models.tile_cnn.TileCNN" and card.sha256
     assert card.training["command"].startswith(
         "acqflow train virtual-staining --synthetic 3 --synthetic-size 128"
     )

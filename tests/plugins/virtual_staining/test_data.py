@@ -5,15 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugins.virtual_staining.data import (
+from acqflow.plugins.virtual_staining.data import (
     LabelledImage,
     load_pairs,
     pairs_from_manifest,
     pairs_from_pattern,
     split_images,
 )
-from plugins.virtual_staining.labels import LabelOptions
-from plugins.virtual_staining.synthetic import FILE_NAME_PATTERN, SyntheticSpec, write_series
+from acqflow.plugins.virtual_staining.labels import LabelOptions
+from acqflow.plugins.virtual_staining.synthetic import FILE_NAME_PATTERN, SyntheticSpec, write_series
 
 SPEC = SyntheticSpec(experiments=2, wells=2, positions=1, timepoints=2, shape=(48, 48), bit_depth=8)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from models.store import bundled_weights_dir, load_weights, read_card
-from models.tile_cnn import TileCNN
-from plugins.virtual_staining.calibration import EfficiencyCalibration
-from plugins.virtual_staining.data import LabelledImage, synthetic_images
-from plugins.virtual_staining.evaluation import ACCEPTANCE, HELD_OUT_ACCEPTANCE, evaluate_images
-from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
-from plugins.virtual_staining.labels import LabelOptions
-from plugins.virtual_staining.pipeline import MODEL_NAME
-from plugins.virtual_staining.randomised import HELD_OUT_VARIETY
+from acqflow.models.store import bundled_weights_dir, load_weights, read_card
+from acqflow.models.tile_cnn import TileCNN
+from acqflow.plugins.virtual_staining.calibration import EfficiencyCalibration
+from acqflow.plugins.virtual_staining.data import LabelledImage, synthetic_images
+from acqflow.plugins.virtual_staining.evaluation import ACCEPTANCE, HELD_OUT_ACCEPTANCE, evaluate_images
+from acqflow.plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+from acqflow.plugins.virtual_staining.labels import LabelOptions
+from acqflow.plugins.virtual_staining.pipeline import MODEL_NAME
+from acqflow.plugins.virtual_staining.randomised import HELD_OUT_VARIETY
 
 FRESH_SEED = 424243  # never used for training or for the card's figures
 

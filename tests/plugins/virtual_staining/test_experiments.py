@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from plugins.virtual_staining.experiments import (
+from acqflow.plugins.virtual_staining.experiments import (
     DAY_S,
     HELD_OUT_KINETICS,
     TRAINING_KINETICS,
@@ -13,8 +13,8 @@ from plugins.virtual_staining.experiments import (
     generate_experiments,
     well_name,
 )
-from plugins.virtual_staining.forecast_data import courses_from_experiments
-from plugins.virtual_staining.summary import efficiency_time_course
+from acqflow.plugins.virtual_staining.forecast_data import courses_from_experiments
+from acqflow.plugins.virtual_staining.summary import efficiency_time_course
 
 
 def test_same_seed_same_experiments_other_seed_other_ones() -> None:

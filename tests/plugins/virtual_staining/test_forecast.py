@@ -9,19 +9,23 @@ import json
 import numpy as np
 import pytest
 
-from models.store import bundled_weights_dir
-from plugins.virtual_staining.experiments import HELD_OUT_KINETICS, TRAINING_KINETICS, generate_experiments
-from plugins.virtual_staining.forecast import (
+from acqflow.models.store import bundled_weights_dir
+from acqflow.plugins.virtual_staining.experiments import (
+    HELD_OUT_KINETICS,
+    TRAINING_KINETICS,
+    generate_experiments,
+)
+from acqflow.plugins.virtual_staining.forecast import (
     EfficiencyForecaster,
     FitSettings,
     WellCourse,
     course_features,
     fit_forecaster,
 )
-from plugins.virtual_staining.forecast_data import courses_from_experiments
-from plugins.virtual_staining.forecast_eval import evaluate_forecasts, last_value, logistic_fit
-from plugins.virtual_staining.forecast_options import ForecastOptions
-from plugins.virtual_staining.forecast_summary import load_forecaster
+from acqflow.plugins.virtual_staining.forecast_data import courses_from_experiments
+from acqflow.plugins.virtual_staining.forecast_eval import evaluate_forecasts, last_value, logistic_fit
+from acqflow.plugins.virtual_staining.forecast_options import ForecastOptions
+from acqflow.plugins.virtual_staining.forecast_summary import load_forecaster
 
 THRESHOLD = 0.3
 

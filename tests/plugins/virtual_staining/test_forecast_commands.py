@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from models.store import read_card
-from plugins.virtual_staining.experiments import TRAINING_KINETICS, generate_experiments
-from plugins.virtual_staining.forecast import ARCHITECTURE, arguments_digest
-from plugins.virtual_staining.forecast_commands import app
-from plugins.virtual_staining.summary import efficiency_time_course, time_course_csv
+from acqflow.models.store import read_card
+from acqflow.plugins.virtual_staining.experiments import TRAINING_KINETICS, generate_experiments
+from acqflow.plugins.virtual_staining.forecast import ARCHITECTURE, arguments_digest
+from acqflow.plugins.virtual_staining.forecast_commands import app
+from acqflow.plugins.virtual_staining.summary import efficiency_time_course, time_course_csv
 
 runner = CliRunner()
 

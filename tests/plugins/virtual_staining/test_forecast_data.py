@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugins.virtual_staining.experiments import TRAINING_KINETICS, generate_experiments
-from plugins.virtual_staining.forecast_data import (
+from acqflow.plugins.virtual_staining.experiments import TRAINING_KINETICS, generate_experiments
+from acqflow.plugins.virtual_staining.forecast_data import (
     CourseHorizon,
     courses_from_experiments,
     courses_from_points,
     read_courses,
 )
-from plugins.virtual_staining.summary import efficiency_time_course, time_course_csv
+from acqflow.plugins.virtual_staining.summary import efficiency_time_course, time_course_csv
 
 HOURS = "experiment,well,efficiency,elapsed_h\n"
 FINALS = "experiment,well,final_efficiency\n"

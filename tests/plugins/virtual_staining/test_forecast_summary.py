@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from models.store import WeightsError, bundled_weights_dir
-from plugins.api import PipelineContext, PipelineResult, RecordValue
-from plugins.virtual_staining.experiments import HELD_OUT_KINETICS, generate_experiments
-from plugins.virtual_staining.pipeline import VirtualStainingOptions, VirtualStainingPipeline
-from plugins.virtual_staining.summary import CSV_COLUMNS
+from acqflow.models.store import WeightsError, bundled_weights_dir
+from acqflow.plugins.api import PipelineContext, PipelineResult, RecordValue
+from acqflow.plugins.virtual_staining.experiments import HELD_OUT_KINETICS, generate_experiments
+from acqflow.plugins.virtual_staining.pipeline import VirtualStainingOptions, VirtualStainingPipeline
+from acqflow.plugins.virtual_staining.summary import CSV_COLUMNS
 
 FORECAST_COLUMNS = ["course_fraction", "forecast_final", "forecast_low", "forecast_high", "forecast_call"]
 
@@ -144,7 +144,7 @@ def test_a_tampered_or_foreign_forecast_card_is_refused(tmp_path: Path) -> None:
     card_path.write_text(json.dumps(card))
     with pytest.raises(WeightsError, match="sha256"):
         VirtualStainingPipeline().load(PipelineContext(device="cpu", weights_dir=tmp_path))
-    card["architecture"] = "models.tile_cnn.TileCNN"
+    card["architecture"] = "acqflow.models.tile_cnn.TileCNN"
     card_path.write_text(json.dumps(card))
     with pytest.raises(WeightsError, match="not an efficiency forecaster"):
         VirtualStainingPipeline().load(PipelineContext(device="cpu", weights_dir=tmp_path))

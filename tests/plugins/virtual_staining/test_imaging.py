@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from plugins.api import InvalidInputError
-from plugins.virtual_staining.imaging import (
+from acqflow.plugins.api import InvalidInputError
+from acqflow.plugins.virtual_staining.imaging import (
     FLUORESCENCE_NAMES,
     PHASE_NAMES,
     normalize,

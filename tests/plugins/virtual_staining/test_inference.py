@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.tile_cnn import TileCNN
-from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions, loop_block_probabilities
+from acqflow.models.tile_cnn import TileCNN
+from acqflow.plugins.virtual_staining.inference import (
+    BlockPredictor,
+    InferenceOptions,
+    loop_block_probabilities,
+)
 
 
 def _model(block: int = 32, depth: int = 3) -> TileCNN:

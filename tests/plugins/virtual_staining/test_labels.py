@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugins.virtual_staining.labels import (
+from acqflow.plugins.virtual_staining.labels import (
     BinarizeMethod,
     LabelOptions,
     binarize,

@@ -5,7 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from plugins.virtual_staining.metrics import best_f1_threshold, binary_metrics, dice, pearson_r, roc_auc
+from acqflow.plugins.virtual_staining.metrics import (
+    best_f1_threshold,
+    binary_metrics,
+    dice,
+    pearson_r,
+    roc_auc,
+)
 
 
 def test_binary_metrics_by_hand() -> None:

@@ -11,8 +11,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from models.store import WeightsError, bundled_weights_dir
-from plugins.api import (
+from acqflow.models.store import WeightsError, bundled_weights_dir
+from acqflow.plugins.api import (
     ImageItem,
     ImageMetadata,
     InputKind,
@@ -22,8 +22,8 @@ from plugins.api import (
     RecordValue,
     Summarizer,
 )
-from plugins.virtual_staining.pipeline import VirtualStainingPipeline
-from plugins.virtual_staining.synthetic import SyntheticImage, SyntheticSpec, generate_series
+from acqflow.plugins.virtual_staining.pipeline import VirtualStainingPipeline
+from acqflow.plugins.virtual_staining.synthetic import SyntheticImage, SyntheticSpec, generate_series
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,11 @@ def _check_tiff(data: bytes, phase: np.ndarray, pixel_size: float) -> np.ndarray
 
 def _cells(shape: tuple[int, int], bits: int, seed: int, pixel_um: float = 0.325) -> SyntheticImage:
     """A field of the cell generator (training settings) at ``pixel_um``, cropped to ``shape``."""
-    from plugins.virtual_staining.randomised import TRAINING_VARIETY, RandomisedSpec, generate_randomised
+    from acqflow.plugins.virtual_staining.randomised import (
+        TRAINING_VARIETY,
+        RandomisedSpec,
+        generate_randomised,
+    )
 
     side = max(shape) * pixel_um
     variety = replace(
@@ -263,8 +267,8 @@ def test_summary_needs_records(pipeline: VirtualStainingPipeline) -> None:
 def test_images_are_stained_at_the_weights_pixel_size(pipeline: VirtualStainingPipeline) -> None:
     """The same field imaged at half the pixel size gives the same efficiency, and the
     stain comes back at the input's own size."""
-    from plugins.virtual_staining.imaging import rescale_plane
-    from plugins.virtual_staining.randomised import RandomisedSpec, generate_randomised
+    from acqflow.plugins.virtual_staining.imaging import rescale_plane
+    from acqflow.plugins.virtual_staining.randomised import RandomisedSpec, generate_randomised
 
     scale = pipeline.card.training["pixel_size_um"]
     assert scale == pytest.approx(0.65)

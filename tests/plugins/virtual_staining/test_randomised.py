@@ -7,13 +7,13 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from plugins.virtual_staining.calibration import EfficiencyCalibration
-from plugins.virtual_staining.data import LabelledImage, at_model_scale
-from plugins.virtual_staining.imaging import rescale_plane
-from plugins.virtual_staining.labels import LabelOptions, binarize
-from plugins.virtual_staining.metrics import dice
-from plugins.virtual_staining.optics import PhaseOptics, phase_contrast
-from plugins.virtual_staining.randomised import (
+from acqflow.plugins.virtual_staining.calibration import EfficiencyCalibration
+from acqflow.plugins.virtual_staining.data import LabelledImage, at_model_scale
+from acqflow.plugins.virtual_staining.imaging import rescale_plane
+from acqflow.plugins.virtual_staining.labels import LabelOptions, binarize
+from acqflow.plugins.virtual_staining.metrics import dice
+from acqflow.plugins.virtual_staining.optics import PhaseOptics, phase_contrast
+from acqflow.plugins.virtual_staining.randomised import (
     HELD_OUT_VARIETY,
     TRAINING_VARIETY,
     RandomisedSpec,

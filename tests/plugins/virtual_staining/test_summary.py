@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from plugins.api import RecordValue
-from plugins.virtual_staining.summary import (
+from acqflow.plugins.api import RecordValue
+from acqflow.plugins.virtual_staining.summary import (
     efficiency_time_course,
     overlay_link,
     report_html,

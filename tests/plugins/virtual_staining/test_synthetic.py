@@ -8,8 +8,13 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from plugins.virtual_staining.metrics import roc_auc
-from plugins.virtual_staining.synthetic import SyntheticSpec, generate_series, parse_name, write_series
+from acqflow.plugins.virtual_staining.metrics import roc_auc
+from acqflow.plugins.virtual_staining.synthetic import (
+    SyntheticSpec,
+    generate_series,
+    parse_name,
+    write_series,
+)
 
 
 def test_series_is_deterministic_and_in_acquisition_order() -> None:
@@ -83,7 +88,7 @@ def test_invalid_spec() -> None:
 
 
 def test_written_images_carry_their_acquisition_time(tmp_path: Path) -> None:
-    from daemon.imageio import read_tiff_header
+    from acqflow.daemon.imageio import read_tiff_header
 
     spec = SyntheticSpec(experiments=1, wells=1, positions=1, timepoints=2, shape=(64, 64))
     paths = write_series(tmp_path, spec)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.tile_cnn import TileCNN, TileCNNConfig, head_size
+from acqflow.models.tile_cnn import TileCNN, TileCNNConfig, head_size
 
 
 def _randomised(model: TileCNN) -> TileCNN:

@@ -7,11 +7,11 @@ import optuna
 import pytest
 import torch
 
-from plugins.virtual_staining.data import LabelledImage, split_images, synthetic_images
-from plugins.virtual_staining.evaluation import ACCEPTANCE, evaluate_images
-from plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
-from plugins.virtual_staining.labels import LabelOptions, block_fractions
-from plugins.virtual_staining.training import (
+from acqflow.plugins.virtual_staining.data import LabelledImage, split_images, synthetic_images
+from acqflow.plugins.virtual_staining.evaluation import ACCEPTANCE, evaluate_images
+from acqflow.plugins.virtual_staining.inference import BlockPredictor, InferenceOptions
+from acqflow.plugins.virtual_staining.labels import LabelOptions, block_fractions
+from acqflow.plugins.virtual_staining.training import (
     SearchSpace,
     TrainingSettings,
     TrialParams,

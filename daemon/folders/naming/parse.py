@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from daemon.config import FolderSettings
-from daemon.errors import ConfigError
-from daemon.imageio import TiffHeader
-from daemon.sources.naming.presets import ALIASES, NAMING_SCHEMES, PATTERN_GROUPS, PRESETS
-from plugins.api import ImageMetadata
+from acqflow.daemon.config import FolderSettings
+from acqflow.daemon.errors import ConfigError
+from acqflow.daemon.folders.naming.presets import ALIASES, NAMING_SCHEMES, PATTERN_GROUPS, PRESETS
+from acqflow.daemon.imageio import TiffHeader
+from acqflow.plugins.api import ImageMetadata
 
 __all__ = [
     "NameExplanation",

@@ -16,7 +16,7 @@ hidden folders, ``~$*``, ``*.tmp``, ``*.part``, ``*.crdownload``, ``*.filepart``
 
 Inputs are never modified, moved or deleted. A complete file gets the key
 ``file:<absolute path>`` (each further image of a multi-image OME-TIFF an arrival of its
-own, ``file:<absolute path>#series=N``: :mod:`daemon.sources.image_inputs`); its
+own, ``file:<absolute path>#series=N``: :mod:`acqflow.daemon.folders.image_inputs`); its
 fingerprint ``[size, mtime_ns]`` tells a rewritten file (new generation) from events
 repeating for the same one (nothing happens). Zero-byte,
 non-TIFF and truncated files are rejected here: a rejected arrival with the error in the
@@ -56,16 +56,16 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from daemon.config import FolderMode, FolderSettings
-from daemon.fileio import quarantine
-from daemon.health import Heartbeat
-from daemon.imageio import ImageRejected, TiffHeader, metadata_to_json, read_tiff_header
-from daemon.journal import Arrival, Journal
-from daemon.metrics import ARRIVALS, INPUT_ERRORS, QUARANTINED, SOURCE_ERRORS
-from daemon.sources.image_inputs import image_inputs
-from daemon.sources.naming import check_naming, parse_metadata
-from daemon.sources.paths import LinkPolicy, display_path, is_utf8
-from daemon.sources.pending import PendingFiles
+from acqflow.daemon.config import FolderMode, FolderSettings
+from acqflow.daemon.fileio import quarantine
+from acqflow.daemon.folders.image_inputs import image_inputs
+from acqflow.daemon.folders.naming import check_naming, parse_metadata
+from acqflow.daemon.folders.paths import LinkPolicy, display_path, is_utf8
+from acqflow.daemon.folders.pending import PendingFiles
+from acqflow.daemon.health import Heartbeat
+from acqflow.daemon.imageio import ImageRejected, TiffHeader, metadata_to_json, read_tiff_header
+from acqflow.daemon.journal import Arrival, Journal
+from acqflow.daemon.metrics import ARRIVALS, INPUT_ERRORS, QUARANTINED, SOURCE_ERRORS
 
 __all__ = ["SOURCE", "FolderWatcher", "is_temporary_name"]
 

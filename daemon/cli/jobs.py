@@ -1,6 +1,5 @@
-"""CLI commands that work through the journal: ``jobs``, ``exports``, ``retry``,
-``reprocess`` and ``models``, plus the ``train`` / ``evaluate`` commands that pipelines
-contribute.
+"""Commands that work through the journal: ``jobs``, ``exports``, ``retry`` and
+``reprocess``.
 
 ``reprocess`` never runs a pipeline itself: it writes arrivals and jobs into the journal
 and the running daemon (now or at its next start) picks them up, so the same command
@@ -9,7 +8,6 @@ works whether the daemon runs on this machine or not.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import re
@@ -20,29 +18,25 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from daemon.cli import (
+from acqflow.daemon.cli.base import (
     ConfigOption,
-    _fail,
-    _open_journal,
-    _settings,
-    app,
     console,
-    evaluate_app,
+    fail,
     handles_errors,
-    train_app,
+    load_settings_for,
+    open_journal,
+    progress_bar,
 )
-from daemon.config import FolderSettings, Settings
-from daemon.errors import InputRejected
-from daemon.jobqueue import JobQueue, RouteDecision
-from daemon.journal import Arrival, ExportState, JobState, Journal
-from daemon.redaction import scrub
-
-__all__ = ["held_lines", "register_pipeline_commands"]
+from acqflow.daemon.config import FolderSettings, Settings
+from acqflow.daemon.errors import InputRejected
+from acqflow.daemon.jobqueue import JobQueue, RouteDecision
+from acqflow.daemon.journal import Arrival, ExportState, JobState, Journal
+from acqflow.daemon.redaction import scrub
 
 log = logging.getLogger(__name__)
+
 
 SERIES_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 
@@ -62,7 +56,6 @@ def held_lines(journal: Journal) -> list[str]:
     return lines
 
 
-@app.command()
 @handles_errors
 def jobs(
     config: ConfigOption = None,
@@ -73,12 +66,12 @@ def jobs(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List recent jobs with their input and error."""
-    settings = _settings(config)
-    journal = _open_journal(settings)
+    settings = load_settings_for(config)
+    journal = open_journal(settings)
     try:
         wanted = JobState(state) if state else None
     except ValueError:
-        raise _fail(f"--state must be one of {', '.join(s.value for s in JobState)}") from None
+        raise fail(f"--state must be one of {', '.join(s.value for s in JobState)}") from None
     rows = JobQueue(journal).jobs(wanted, limit)
     if as_json:
         fields = [
@@ -112,7 +105,6 @@ def jobs(
     journal.close()
 
 
-@app.command()
 @handles_errors
 def exports(
     config: ConfigOption = None,
@@ -120,12 +112,12 @@ def exports(
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 30,
 ) -> None:
     """List recent DICOM exports with their destination, attempts and error."""
-    settings = _settings(config)
-    journal = _open_journal(settings)
+    settings = load_settings_for(config)
+    journal = open_journal(settings)
     try:
         wanted = ExportState(state).value if state else None
     except ValueError:
-        raise _fail(f"--state must be one of {', '.join(s.value for s in ExportState)}") from None
+        raise fail(f"--state must be one of {', '.join(s.value for s in ExportState)}") from None
     rows = journal.query(
         "SELECT e.id, e.destination, e.state, e.attempts, e.error, o.job_id FROM exports e"
         " JOIN outputs o ON o.id = e.output_id WHERE ? IS NULL OR e.state = ? ORDER BY e.id DESC LIMIT ?",
@@ -141,7 +133,6 @@ def exports(
     journal.close()
 
 
-@app.command()
 @handles_errors
 def retry(
     job_ids: Annotated[list[int] | None, typer.Argument(help="Dead job ids to run again.")] = None,
@@ -157,13 +148,13 @@ def retry(
 
     Nothing dead to retry is not an error (exit 0); ids that are not dead are skipped.
     """
-    settings = _settings(config)
-    journal = _open_journal(settings)
+    settings = load_settings_for(config)
+    journal = open_journal(settings)
     queue = JobQueue(journal)
     jobs_named = list(job_ids or [])
     exports_named = list(export_ids or [])
     if not (jobs_named or exports_named or all_dead):
-        raise _fail("name job ids, --export ids, or use --all-dead")
+        raise fail("name job ids, --export ids, or use --all-dead")
     if all_dead:
         jobs_named += [j.id for j in queue.jobs(JobState.DEAD, limit=1_000_000)]
         exports_named += journal.dead_exports()
@@ -184,16 +175,6 @@ def retry(
     console.print(message)
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-
 def _folder_for(settings: Settings, path: Path) -> FolderSettings:
     """The watched folder that contains ``path``, or a default one rooted at its parent."""
     for folder in settings.folders:
@@ -208,8 +189,8 @@ def _folder_for(settings: Settings, path: Path) -> FolderSettings:
 def _file_inputs(settings: Settings, path: Path, root: Path) -> list[Any]:
     """The inputs (ImageInput: key and attributes) of a file new to the journal, as the
     watcher would record them: one per image of a multi-image OME-TIFF."""
-    from daemon.imageio import read_tiff_header
-    from daemon.sources.image_inputs import image_inputs
+    from acqflow.daemon.folders.image_inputs import image_inputs
+    from acqflow.daemon.imageio import read_tiff_header
 
     folder = _folder_for(settings, path)
     stat = path.stat()
@@ -228,7 +209,7 @@ def _file_inputs(settings: Settings, path: Path, root: Path) -> list[Any]:
 
 def _known_file(journal: Journal, path: Path) -> list[Arrival]:
     """The arrivals of a file already in the journal: one per image it was split into."""
-    from daemon.sources.image_inputs import SERIES_MARK
+    from acqflow.daemon.folders.image_inputs import SERIES_MARK
 
     key = f"file:{path}"
     rows = journal.query(
@@ -243,7 +224,7 @@ def _arrivals_for_target(settings: Settings, journal: Journal, target: str) -> I
     if target.startswith("job:") or target.isdigit():
         job = JobQueue(journal).job(int(target.removeprefix("job:")))
         if job is None:
-            raise _fail(f"no job {target}")
+            raise fail(f"no job {target}")
         yield journal.arrival(job.arrival_id)
         return
     path = Path(target).expanduser()
@@ -267,13 +248,12 @@ def _arrivals_for_target(settings: Settings, journal: Journal, target: str) -> I
     if SERIES_UID.match(target):
         known = journal.arrival_by_key(f"series:{target}")
         if known is None:
-            raise _fail(f"no series {target} in the journal")
+            raise fail(f"no series {target} in the journal")
         yield known
         return
-    raise _fail(f"{target!r} is not a file, folder, series UID or job id")
+    raise fail(f"{target!r} is not a file, folder, series UID or job id")
 
 
-@app.command()
 @handles_errors
 def reprocess(
     target: Annotated[str, typer.Argument(help="A file, a folder, a series UID, or a job id (N or job:N).")],
@@ -287,11 +267,11 @@ def reprocess(
     timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 3600.0,
 ) -> None:
     """Queue inputs for processing again; the daemon runs them."""
-    from daemon.registry import PipelineRegistry
-    from daemon.router import Router
+    from acqflow.daemon.registry import PipelineRegistry
+    from acqflow.daemon.router import Router
 
-    settings = _settings(config)
-    journal = _open_journal(settings)
+    settings = load_settings_for(config)
+    journal = open_journal(settings)
     queue = JobQueue(journal)
     registry = PipelineRegistry(settings.pipelines, "cpu")
     registry.discover()
@@ -299,7 +279,7 @@ def reprocess(
     job_ids: list[int] = []
     new_arrivals: list[int] = []
     root = Path(target).expanduser().resolve()
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("queueing", total=None)
         for found in _arrivals_for_target(settings, journal, target):
             if isinstance(found, Path):
@@ -326,7 +306,7 @@ def reprocess(
 
 def _wait_for(journal: Journal, job_ids: list[int], arrival_ids: list[int], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("processing", total=None)
         while True:
             ids = set(job_ids)
@@ -349,7 +329,7 @@ def _wait_for(journal: Journal, job_ids: list[int], arrival_ids: list[int], time
             if finished == len(ids) and not unrouted:
                 break
             if time.monotonic() > deadline:
-                raise _fail(
+                raise fail(
                     f"timed out with {len(ids) - finished} job(s) unfinished (is the daemon running?)", 1
                 )
             time.sleep(0.5)
@@ -364,78 +344,3 @@ def _wait_for(journal: Journal, job_ids: list[int], arrival_ids: list[int], time
     if dead:
         raise typer.Exit(1)
 
-
-@app.command()
-@handles_errors
-def models(config: ConfigOption = None) -> None:
-    """List the installed pipelines and the model cards of the weights each one uses."""
-    from daemon.registry import PipelineRegistry
-    from models.store import bundled_weights_dir
-
-    settings = _settings(config)
-    registry = PipelineRegistry(settings.pipelines, settings.workers.device)
-    names = registry.discover()
-    table = Table("pipeline", "found through", title="pipelines")
-    for name in names:
-        table.add_row(name, registry.origin(name))
-    console.print(table if names else "no pipelines installed")
-    folders: dict[Path, list[str]] = {}
-    for name in names:
-        folders.setdefault(settings.pipelines.weights_for(name) or bundled_weights_dir(), []).append(name)
-    for folder, users in sorted(folders.items()):
-        console.print(_cards_table(folder, users))
-
-
-def _cards_table(weights: Path, pipelines: list[str]) -> Table:
-    """The model cards in one weights folder, titled with the pipelines that use it."""
-    cards = Table(
-        "model",
-        "version",
-        "architecture",
-        "held-out metrics",
-        "sha256",
-        title=f"model cards in {weights} (used by {', '.join(pipelines)})",
-    )
-    for card_path in sorted(weights.glob("*.json")):
-        try:
-            card = json.loads(card_path.read_text())
-        except (OSError, ValueError) as exc:
-            cards.add_row(card_path.stem, "-", f"unreadable: {exc}", "", "")
-            continue
-        metrics = card.get("metrics") or {}
-        shown = ", ".join(
-            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in list(metrics.items())[:6]
-            if not isinstance(v, (dict, list))
-        )
-        cards.add_row(
-            str(card.get("name")),
-            str(card.get("version")),
-            str(card.get("architecture")),
-            shown,
-            str(card.get("sha256", ""))[:12],
-        )
-    return cards
-
-
-# (train command name, evaluate command name, module)
-PIPELINE_COMMANDS = (
-    ("virtual-staining", "virtual-staining", "plugins.virtual_staining.commands"),
-    ("efficiency-forecast", "efficiency-forecast", "plugins.virtual_staining.forecast_commands"),
-    ("ct-muscle", "ct-muscle", "plugins.ct_muscle.commands"),
-    ("mr-to-ct", "mr-muscle", "plugins.mr_muscle.commands"),
-)
-
-
-def register_pipeline_commands() -> None:
-    """Add the pipelines' train/evaluate commands; imported only when those groups run,
-    because the pipelines' modules pull in numerical libraries the other commands do not need."""
-    for train_name, evaluate_name, module_name in PIPELINE_COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            continue
-        if hasattr(module, "train"):
-            train_app.command(train_name)(handles_errors(module.train))
-        if hasattr(module, "evaluate"):
-            evaluate_app.command(evaluate_name)(handles_errors(module.evaluate))

@@ -23,9 +23,9 @@ from pydicom.filereader import data_element_generator
 from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from daemon.errors import InputRejected
-from daemon.journal import Arrival, Journal
-from plugins.api import SeriesItem
+from acqflow.daemon.errors import InputRejected
+from acqflow.daemon.journal import Arrival, Journal
+from acqflow.plugins.api import SeriesItem
 
 __all__ = [
     "HEADER_BYTES",

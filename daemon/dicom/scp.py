@@ -1,11 +1,11 @@
 """The DICOM source: a C-ECHO and C-STORE SCP that feeds the journal.
 
-One thread per association (``daemon.sources.association``, on pynetdicom's PDU,
+One thread per association (``acqflow.daemon.dicom.association``, on pynetdicom's PDU,
 presentation and DIMSE classes) reads PDUs with blocking receives and streams every
 dataset fragment behind a File Meta header into the spool as it arrives, without
-decoding the dataset (``daemon.sources.store``). On the last fragment the header is
+decoding the dataset (``acqflow.daemon.dicom.store``). On the last fragment the header is
 parsed, the file is made durable as ``<spool>/<series uid>/<sop uid>.dcm``
-(``daemon.sources.spool``) and its journal row committed — only then does the peer get
+(``acqflow.daemon.dicom.spool``) and its journal row committed — only then does the peer get
 Success (0x0000). Every failure is
 caught, logged (never patient identifiers) and counted, so the server keeps running.
 See ``docs/conformance.md`` for the conformance statement and the durability argument.
@@ -28,11 +28,9 @@ from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext, build_context
 
-from daemon import metrics
-from daemon.config import DicomSettings, TlsSettings
-from daemon.dicomio import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from daemon.journal import Journal
-from daemon.sources.association import (
+from acqflow.daemon import metrics
+from acqflow.daemon.config import DicomSettings, TlsSettings
+from acqflow.daemon.dicom.association import (
     AssociationControl,
     AssociationEnd,
     AssociationLimits,
@@ -40,12 +38,13 @@ from daemon.sources.association import (
     PeerAssociation,
     serve_association,
 )
-from daemon.sources.dimse import DimseRequest
-from daemon.sources.listener import ConnectionListener, ListenerLimits
-from daemon.sources.recovery import recover_spool
-from daemon.sources.spool import IncomingInstance, InstanceSpool
-from daemon.sources.store import InstanceReceipt, StoreStatus
-from daemon.sources.upper_layer import (
+from acqflow.daemon.dicom.dimse import DimseRequest
+from acqflow.daemon.dicom.listener import ConnectionListener, ListenerLimits
+from acqflow.daemon.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from acqflow.daemon.dicom.recovery import recover_spool
+from acqflow.daemon.dicom.spool import IncomingInstance, InstanceSpool
+from acqflow.daemon.dicom.store import InstanceReceipt, StoreStatus
+from acqflow.daemon.dicom.upper_layer import (
     ConnectionRefusal,
     Negotiated,
     PduConnection,
@@ -53,6 +52,7 @@ from daemon.sources.upper_layer import (
     Rejection,
     negotiate,
 )
+from acqflow.daemon.journal import Journal
 
 __all__ = ["SCP_SOP_CLASSES", "SCP_TRANSFER_SYNTAXES", "DicomReceiver", "StoreStatus"]
 
@@ -185,7 +185,7 @@ class DicomReceiver:
 
     def settle(self, timeout: float = 10.0) -> bool:
         """Wait until every instance file acknowledged so far is final (its spool slot
-        cut to the instance, ``daemon.sources.slots``); False on timeout."""
+        cut to the instance, ``acqflow.daemon.dicom.slots``); False on timeout."""
         return self.spool.slots.settle(timeout) if self.spool.slots is not None else True
 
     @property
@@ -205,7 +205,7 @@ class DicomReceiver:
         return self._listener is not None and self._listener.accepting
 
     def _recover_spool(self) -> None:
-        """Sort out spool files the journal does not know (``daemon.sources.recovery``)."""
+        """Sort out spool files the journal does not know (``acqflow.daemon.dicom.recovery``)."""
         done = recover_spool(self.spool, self.journal)
         if done.slots_placed or done.slots_torn:
             LOG.info(
@@ -265,7 +265,7 @@ class DicomReceiver:
             if isinstance(sock, ssl.SSLSocket):  # the listener closes only the plain socket
                 sock.close()
 
-    # --- association policy (called by daemon.sources.association) --------------------
+    # --- association policy (called by acqflow.daemon.dicom.association) --------------------
 
     @property
     def limits(self) -> AssociationLimits:

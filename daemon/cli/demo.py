@@ -9,8 +9,6 @@ C-STORE, exactly as a modality would.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shutil
 import tempfile
@@ -21,16 +19,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from daemon.cli import ConfigOption, _fail, _open_journal, _settings, app, console, handles_errors, report_app
-from daemon.config import Settings
-from daemon.fileio import safe_name
+from acqflow.daemon.cli.base import (
+    ConfigOption,
+    console,
+    fail,
+    handles_errors,
+    load_settings_for,
+)
+from acqflow.daemon.config import Settings
 
-__all__ = ["demo_app"]
-
-demo_app = typer.Typer(help="Feed the daemon generated demo data.", no_args_is_help=True)
-app.add_typer(demo_app, name="demo")
+app = typer.Typer(help="Feed the daemon generated demo data.", no_args_is_help=True)
 
 Seed = Annotated[int, typer.Option(help="Seed of the generated data.")]
 
@@ -42,7 +41,7 @@ class DemoGenerator(str, Enum):
     TEXTURES = "textures"
 
 
-@demo_app.command("microscopy")
+@app.command("microscopy")
 @handles_errors
 def demo_microscopy(
     config: ConfigOption = None,
@@ -64,13 +63,13 @@ def demo_microscopy(
     seed: Seed = 0,
 ) -> None:
     """Write a phase-contrast time series into the watched folder, image by image."""
-    from plugins.virtual_staining.randomised import RandomisedSpec, generate_randomised
-    from plugins.virtual_staining.synthetic import SyntheticSpec, generate_series, write_images
+    from acqflow.plugins.virtual_staining.randomised import RandomisedSpec, generate_randomised
+    from acqflow.plugins.virtual_staining.synthetic import SyntheticSpec, generate_series, write_images
 
-    settings = _settings(config)
+    settings = load_settings_for(config)
     target = into or (settings.folders[0].path if settings.folders else None)
     if target is None:
-        raise _fail("no watched folder configured; pass --into")
+        raise fail("no watched folder configured; pass --into")
     images = (
         generate_randomised(
             RandomisedSpec(experiments=1, wells=wells, positions=positions, timepoints=timepoints, seed=seed)
@@ -127,7 +126,7 @@ def _send(settings: Settings, datasets: Sequence[Any], calling_ae: str) -> None:
     ae.requested_contexts = [build_context(datasets[0].SOPClassUID)]
     assoc = ae.associate(host, port, ae_title=settings.dicom.ae_title)
     if not assoc.is_established:
-        raise _fail(f"the daemon at {settings.dicom.ae_title}@{host}:{port} refused or is not running", 1)
+        raise fail(f"the daemon at {settings.dicom.ae_title}@{host}:{port} refused or is not running", 1)
     failed = 0
     try:
         for index, dataset in enumerate(datasets, start=1):
@@ -139,65 +138,26 @@ def _send(settings: Settings, datasets: Sequence[Any], calling_ae: str) -> None:
     finally:
         assoc.release()
     if failed:
-        raise _fail(f"{failed} of {len(datasets)} instances were refused", 1)
+        raise fail(f"{failed} of {len(datasets)} instances were refused", 1)
     console.print(
         f"series sent to {settings.dicom.ae_title}@{host}:{port}; results follow after the quiet time"
     )
 
 
-@demo_app.command("ct")
+@app.command("ct")
 @handles_errors
 def demo_ct(config: ConfigOption = None, seed: Seed = 0, calling_ae: str = "ACQFLOW_DEMO") -> None:
     """Send a synthetic CT phantom series to the daemon over DICOM."""
-    from plugins.ct_muscle.phantoms import demo_ct_series
+    from acqflow.plugins.ct_muscle.phantoms import demo_ct_series
 
-    _send(_settings(config), demo_ct_series(seed=seed), calling_ae)
+    _send(load_settings_for(config), demo_ct_series(seed=seed), calling_ae)
 
 
-@demo_app.command("mr")
+@app.command("mr")
 @handles_errors
 def demo_mr(config: ConfigOption = None, seed: Seed = 0, calling_ae: str = "ACQFLOW_DEMO") -> None:
     """Send a synthetic MR phantom series to the daemon over DICOM."""
-    from plugins.mr_muscle.mr_series import demo_mr_series
+    from acqflow.plugins.mr_muscle.mr_series import demo_mr_series
 
-    _send(_settings(config), demo_mr_series(seed=seed), calling_ae)
+    _send(load_settings_for(config), demo_mr_series(seed=seed), calling_ae)
 
-
-@report_app.command("efficiency")
-@handles_errors
-def report_efficiency(
-    experiment: Annotated[str, typer.Argument(help="Experiment name (as in the file names or metadata).")],
-    config: ConfigOption = None,
-    as_csv: Annotated[bool, typer.Option("--csv", help="Print the CSV instead of a table.")] = False,
-) -> None:
-    """Differentiation efficiency per well and time point, from the daemon's summary."""
-    settings = _settings(config)
-    journal = _open_journal(settings)
-    rows = journal.query(
-        "SELECT o.path FROM outputs o WHERE o.pipeline='virtual-staining' AND o.kind='file'"
-        " ORDER BY o.written_at DESC LIMIT 1"
-    )
-    journal.close()
-    if not rows:
-        raise _fail("no virtual-staining results in the journal yet")
-    version_root = _version_root(Path(rows[0]["path"]), settings)
-    summary = version_root / "_summary" / safe_name(experiment)
-    table_path = summary / "efficiency.csv"
-    if not table_path.is_file():
-        raise _fail(f"no efficiency time course for experiment {experiment!r} (looked in {summary})")
-    text = table_path.read_text()
-    if as_csv:
-        typer.echo(text, nl=False)  # verbatim: rich would wrap long lines
-        return
-    reader = list(csv.reader(io.StringIO(text)))
-    table = Table(*reader[0], title=f"differentiation efficiency — {experiment}")
-    for row in reader[1:]:
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"plot: {summary / 'efficiency.png'}\nreport: {summary / 'report.html'}")
-
-
-def _version_root(output: Path, settings: Settings) -> Path:
-    """``<outputs>/virtual-staining/<version>`` from one of its output files."""
-    relative = output.relative_to(settings.paths.outputs_dir)
-    return settings.paths.outputs_dir / relative.parts[0] / relative.parts[1]

@@ -1,7 +1,7 @@
 """One association of the SCP, from A-ASSOCIATE-RQ to release or abort, in one thread.
 
 The loop reads whole PDUs (``upper_layer.PduConnection``), decodes command sets
-(``daemon.sources.dimse``), and hands every dataset fragment to the
+(``acqflow.daemon.dicom.dimse``), and hands every dataset fragment to the
 :class:`StoreReceipt` of the C-STORE it belongs to the moment it arrives. What to admit,
 how to store and what to answer is decided by an :class:`AssociationPolicy` (the
 ``DicomReceiver``); this module only speaks the protocol.
@@ -19,8 +19,14 @@ from typing import Protocol
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
-from daemon.sources.dimse import CommandField, DimseRequest, decode_request, encode_response, response_pdus
-from daemon.sources.upper_layer import (
+from acqflow.daemon.dicom.dimse import (
+    CommandField,
+    DimseRequest,
+    decode_request,
+    encode_response,
+    response_pdus,
+)
+from acqflow.daemon.dicom.upper_layer import (
     ConnectionRefusal,
     Negotiated,
     PduConnection,

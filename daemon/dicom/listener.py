@@ -24,8 +24,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from daemon import metrics
-from daemon.sources.upper_layer import ConnectionRefusal
+from acqflow.daemon import metrics
+from acqflow.daemon.dicom.upper_layer import ConnectionRefusal
 
 __all__ = ["ConnectionListener", "ListenerLimits"]
 

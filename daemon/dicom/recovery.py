@@ -1,7 +1,7 @@
 """Spool files without a journal row, sorted out when the DICOM receiver starts.
 
 Slots sealed or cut but not yet in place are put in place first
-(``daemon.sources.slots``); from then on they are committed files like any other.
+(``acqflow.daemon.dicom.slots``); from then on they are committed files like any other.
 
 The SCP commits an instance's row without an fsync (``Journal.record_instance(...,
 durable=False)``): its synced spool file is the durable record. Such a row survives a
@@ -32,11 +32,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from daemon import metrics
-from daemon.dicomio import InstanceHeader
-from daemon.journal import Instance, Journal
-from daemon.sources.spool import InstanceSpool, current_boot_id
-from daemon.sources.store import series_attrs
+from acqflow.daemon import metrics
+from acqflow.daemon.dicom.part10 import InstanceHeader
+from acqflow.daemon.dicom.spool import InstanceSpool, current_boot_id
+from acqflow.daemon.dicom.store import series_attrs
+from acqflow.daemon.journal import Instance, Journal
 
 __all__ = ["RECOVERED_ASSOCIATION", "SpoolRecovery", "recover_spool"]
 
@@ -52,7 +52,7 @@ class SpoolRecovery:
     """What :func:`recover_spool` did."""
 
     partial_removed: int  # files in .incoming
-    slots_placed: int  # sealed slots put in place (daemon.sources.slots)
+    slots_placed: int  # sealed slots put in place (acqflow.daemon.dicom.slots)
     slots_torn: int  # slots sealed by a crash mid-flush (never acknowledged), reused
     registered: int  # unrecorded files journaled again (machine restarted)
     removed: int  # unrecorded files dropped as never acknowledged (same boot)

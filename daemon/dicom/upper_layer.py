@@ -43,7 +43,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
-from daemon import metrics
+from acqflow.daemon import metrics
 
 __all__ = [
     "ConnectionRefusal",

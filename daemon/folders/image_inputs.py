@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.config import FolderSettings
-from daemon.imageio import TiffHeader, metadata_to_json
-from daemon.sources.naming import parse_metadata
+from acqflow.daemon.config import FolderSettings
+from acqflow.daemon.folders.naming import parse_metadata
+from acqflow.daemon.imageio import TiffHeader, metadata_to_json
 
 __all__ = ["SERIES_MARK", "ImageInput", "image_inputs", "series_key"]
 

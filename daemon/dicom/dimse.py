@@ -1,9 +1,9 @@
 """DIMSE command sets of the SCP (PS3.7 §9.3, §E): requests in, responses out.
 
 A command set is always Implicit VR Little Endian, every element of defined length:
-requests are stepped through by element length (``daemon.dicomio.defined_elements``);
+requests are stepped through by element length (``acqflow.daemon.dicom.part10.defined_elements``);
 responses are encoded here, element by element, the way
-``daemon.dicomio`` writes File Meta: a C-STORE-RSP has six fixed elements, and going
+``acqflow.daemon.dicom.part10`` writes File Meta: a C-STORE-RSP has six fixed elements, and going
 through pydicom's ``Dataset`` (what pynetdicom's DIMSE messages do) costs 0.2 to 0.5 ms per
 instance — a fifth of what receiving and durably storing a 0.5 MB instance may take.
 ``tests/daemon/test_dimse.py`` checks the bytes against pynetdicom's encoder.
@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from daemon.dicomio import NotSteppable, defined_elements
+from acqflow.daemon.dicom.part10 import NotSteppable, defined_elements
 
 __all__ = ["CommandField", "DimseRequest", "decode_request", "encode_response", "response_pdus"]
 

@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from daemon.config import FolderSettings
-from daemon.errors import InputRejected
-from daemon.imageio import TiffHeader, read_tiff_header
-from daemon.sources.naming.parse import NameExplanation, check_naming, explain_name
+from acqflow.daemon.config import FolderSettings
+from acqflow.daemon.errors import InputRejected
+from acqflow.daemon.folders.naming.parse import NameExplanation, check_naming, explain_name
+from acqflow.daemon.imageio import TiffHeader, read_tiff_header
 
 __all__ = ["ExplainedInput", "explain_file", "folder_for"]
 

@@ -12,7 +12,7 @@ instance makes it durable in one step, *before* the peer is told Success:
 
 Only complete, synced files ever carry a final name, so after a power cut every
 ``*.dcm`` file in a series folder is an instance that may have been acknowledged (see
-``daemon.sources.recovery``). ``.incoming`` only ever holds instances that were never
+``acqflow.daemon.dicom.recovery``). ``.incoming`` only ever holds instances that were never
 acknowledged; it is emptied at start.
 """
 
@@ -31,10 +31,10 @@ from typing import cast
 
 import crc32c
 
-from daemon import metrics
-from daemon.dicomio import is_valid_uid
-from daemon.fileio import fsync_dir, write_atomic
-from daemon.sources.slots import SLOTS, SlotPool, SlotRecovery, make_seal, truncate_sealed
+from acqflow.daemon import metrics
+from acqflow.daemon.dicom.part10 import is_valid_uid
+from acqflow.daemon.dicom.slots import SLOTS, SlotPool, SlotRecovery, make_seal, truncate_sealed
+from acqflow.daemon.fileio import fsync_dir, write_atomic
 
 __all__ = ["INCOMING", "SERVED_MARKER", "IncomingInstance", "InstanceSpool", "current_boot_id"]
 
@@ -49,7 +49,7 @@ class IncomingInstance:
     """One instance being received: its File Meta header, then dataset fragments.
 
     Taken by ``InstanceSpool.reserve`` ahead of time, while the association waits for
-    its next request: a free slot when the spool has one (``daemon.sources.slots``),
+    its next request: a free slot when the spool has one (``acqflow.daemon.dicom.slots``),
     else a new empty file ``path``. ``start`` writes the header. An instance that
     outgrows its slot moves to ``path`` on the way.
     """
@@ -144,7 +144,7 @@ class IncomingInstance:
     def commit(self, final: Path) -> None:
         """Make the instance durable under ``final``; raises OSError.
 
-        A slot is sealed (``daemon.sources.slots``: one flush), a new file synced and
+        A slot is sealed (``acqflow.daemon.dicom.slots``: one flush), a new file synced and
         renamed (the module docstring: two). The fdatasync runs on the calling thread:
         handing it to another one measured slower, because that thread first waits for
         the interpreter lock that the caller holds while it parses the header.

@@ -1,7 +1,7 @@
 """Spool slots: pre-written files that make an instance durable with one data flush.
 
 A new file needs two device flushes before it survives a power cut: one for its bytes,
-one for its name (``daemon.sources.spool``). A *slot* is a file of a fixed size
+one for its name (``acqflow.daemon.dicom.spool``). A *slot* is a file of a fixed size
 (``dicom.spool_slot_bytes``) whose blocks were written and synced ahead of time, so an
 instance written into it changes no file-system metadata and one ``fdatasync`` makes it
 durable:
@@ -52,8 +52,8 @@ import crc32c
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from daemon import metrics
-from daemon.fileio import fsync_dir, fsync_file
+from acqflow.daemon import metrics
+from acqflow.daemon.fileio import fsync_dir, fsync_file
 
 __all__ = [
     "IDLE_SECONDS",

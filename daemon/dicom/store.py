@@ -4,7 +4,7 @@
 them. The header is parsed, checked against the command and looked up for a duplicate
 as soon as the first fragment holds it (usually the first: the rest of the data set is
 still on its way); on the last fragment the receipt decides the status: make the file
-durable (``daemon.sources.spool``) and commit its journal row. Every refusal is logged
+durable (``acqflow.daemon.dicom.spool``) and commit its journal row. Every refusal is logged
 (never patient identifiers) and counted.
 """
 
@@ -17,8 +17,10 @@ from typing import Protocol
 
 from pynetdicom.presentation import PresentationContext
 
-from daemon import metrics
-from daemon.dicomio import (
+from acqflow.daemon import metrics
+from acqflow.daemon.dicom.association import DimseStatus, PeerAssociation
+from acqflow.daemon.dicom.dimse import DimseRequest
+from acqflow.daemon.dicom.part10 import (
     HEADER_BYTES,
     InstanceHeader,
     encode_file_meta,
@@ -27,11 +29,9 @@ from daemon.dicomio import (
     parse_header,
     parse_header_prefix,
 )
-from daemon.errors import InputRejected
-from daemon.journal import Instance, Journal
-from daemon.sources.association import DimseStatus, PeerAssociation
-from daemon.sources.dimse import DimseRequest
-from daemon.sources.spool import IncomingInstance, InstanceSpool
+from acqflow.daemon.dicom.spool import IncomingInstance, InstanceSpool
+from acqflow.daemon.errors import InputRejected
+from acqflow.daemon.journal import Instance, Journal
 
 __all__ = ["InstanceReceipt", "ReceiptHost", "StoreRefused", "StoreStatus", "invalid_uid", "series_attrs"]
 
@@ -256,7 +256,7 @@ class InstanceReceipt:
             header, sop_class_uid=self.sop_class, calling_ae=self.peer.calling_ae, transfer_syntax=self.syntax
         )
         try:
-            # The synced spool file is the durable record (daemon.sources.recovery redoes
+            # The synced spool file is the durable record (acqflow.daemon.dicom.recovery redoes
             # a row lost with the machine), so the row only has to survive the process.
             _, is_new = journal.record_instance(
                 "series:" + header.series_uid, path.parent, attrs, instance, durable=False

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from daemon.ome import row_name
+from acqflow.daemon.ome import row_name
 
 __all__ = ["ALIASES", "NAMING_SCHEMES", "PATTERN_GROUPS", "PRESETS", "Fields", "NamingPreset"]
 

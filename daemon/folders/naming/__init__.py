@@ -43,8 +43,7 @@ of each layout in docs/microscopes.md:
 
 from __future__ import annotations
 
-from daemon.imageio import TiffHeader, read_tiff_header
-from daemon.sources.naming.parse import (
+from acqflow.daemon.folders.naming.parse import (
     NameExplanation,
     NameMatch,
     check_naming,
@@ -53,7 +52,14 @@ from daemon.sources.naming.parse import (
     normalise_well,
     parse_metadata,
 )
-from daemon.sources.naming.presets import ALIASES, NAMING_SCHEMES, PATTERN_GROUPS, PRESETS, NamingPreset
+from acqflow.daemon.folders.naming.presets import (
+    ALIASES,
+    NAMING_SCHEMES,
+    PATTERN_GROUPS,
+    PRESETS,
+    NamingPreset,
+)
+from acqflow.daemon.imageio import TiffHeader, read_tiff_header
 
 __all__ = [
     "ALIASES",
