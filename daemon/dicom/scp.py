@@ -24,7 +24,6 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 from pydicom.uid import UID
-from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext, build_context
 
@@ -45,6 +44,7 @@ from acqflow.daemon.dicom.recovery import recover_spool
 from acqflow.daemon.dicom.spool import IncomingInstance, InstanceSpool
 from acqflow.daemon.dicom.store import InstanceReceipt, StoreStatus
 from acqflow.daemon.dicom.upper_layer import (
+    APPLICATION_CONTEXT_NAME,
     ConnectionRefusal,
     Negotiated,
     PduConnection,

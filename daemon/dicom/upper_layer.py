@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 
 from pydicom.uid import UID
-from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.pdu import (
     A_ABORT_RQ,
     A_ASSOCIATE_AC,
@@ -46,6 +45,7 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from acqflow.daemon import metrics
 
 __all__ = [
+    "APPLICATION_CONTEXT_NAME",
     "ConnectionRefusal",
     "Negotiated",
     "PduConnection",
@@ -58,6 +58,9 @@ __all__ = [
     "presentation_data_values",
     "reject_pdu",
 ]
+
+# The DICOM Application Context Name (PS3.7 A.2.1), the only one DICOM defines.
+APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 
 _PDU_HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
