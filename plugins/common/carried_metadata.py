@@ -33,6 +33,8 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.valuerep import DA, DT, TM, validate_value
 
+from acqflow.plugins.common.iod_modules import patient_and_study_keywords
+
 __all__ = [
     "CARRIED_AS_RECEIVED",
     "EMPTY_WHEN_INVALID",
@@ -148,23 +150,9 @@ def plan_carried_metadata(source: Dataset) -> CarriedMetadata:
 
 
 def _patient_and_study_tags(source: Dataset) -> list[BaseTag]:
-    """Top-level tags of ``source`` in its IOD's Patient and Study modules, from the
-    tables highdicom copies these modules by (so exactly what it would copy)."""
-    from highdicom._standard_utils import (
-        get_iod_module_map,
-        get_module_attribute_map,
-        get_sop_class_iod_map,
-    )
-
-    iod = get_sop_class_iod_map().get(str(source.get("SOPClassUID", "")))
-    if iod is None:
-        return []
-    attributes = get_module_attribute_map()
-    keywords = {
-        str(item["keyword"])
-        for module in get_iod_module_map()[iod] if module["ie"] in ("Patient", "Study")
-        for item in attributes[module["key"]] if len(item["path"]) == 0
-    }
+    """Top-level tags of ``source`` in its IOD's Patient and Study modules (exactly what
+    highdicom copies into a derived object, :mod:`acqflow.plugins.common.iod_modules`)."""
+    keywords = patient_and_study_keywords(str(source.get("SOPClassUID", "")))
     return [tag for tag in source.keys() if keyword_for_tag(tag) in keywords]  # noqa: SIM118
 
 
