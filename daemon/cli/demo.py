@@ -193,7 +193,7 @@ def send_series(
         raise fail(f"demo {demo.name} writes files; it sends no DICOM")
     try:
         datasets = list(demo.dicom_series(seed, options))
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         raise fail(f"demo {demo.name}: {exc}") from None
     if not datasets:
         raise fail(f"demo {demo.name} produced no instances")
