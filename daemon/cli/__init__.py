@@ -61,6 +61,11 @@ app.add_typer(demo.app, name="demo")
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("train", "evaluate"):
+    # What plugins contribute is loaded only for the groups that show it, so that the
+    # other commands never import a plugin.
+    group = sys.argv[1] if len(sys.argv) > 1 else None
+    if group in ("train", "evaluate"):
         pipelines.register_pipeline_commands()
+    elif group == "demo":
+        demo.register_demo_commands()
     app()

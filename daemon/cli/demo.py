@@ -1,24 +1,27 @@
-"""``acqflow demo …`` feeds the running daemon generated data the way instruments do,
-and ``acqflow report efficiency`` prints a microscopy experiment's time course.
+"""``acqflow demo …`` feeds the running daemon generated data the way instruments do.
 
-The microscopy demo writes phase-contrast images into the watched folder one by one in
-acquisition order (each written under a temporary name and renamed, as acquisition
-software does); the CT and MR demos send a phantom series to the daemon's DICOM port by
-C-STORE, exactly as a modality would.
+The demos are what plugins contribute through the entry-point group ``acqflow.demos``
+(a :class:`~acqflow.plugins.api.DemoInput` each); ``acqflow demo`` lists them. A folder
+demo's files are written into the watched folder one by one in acquisition order (each
+under a temporary name, then renamed, as acquisition software does); a DICOM demo's
+series is sent to the daemon's DICOM port by C-STORE, exactly as a modality would.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from acqflow.daemon.cli.base import (
     ConfigOption,
@@ -27,83 +30,174 @@ from acqflow.daemon.cli.base import (
     handles_errors,
     load_settings_for,
 )
+from acqflow.daemon.cli.contributions import (
+    PERMISSIVE,
+    Unavailable,
+    load_contributions,
+    unavailable_command,
+)
 from acqflow.daemon.config import Settings
+from acqflow.plugins.api import DEMO_ENTRY_POINT_GROUP, DemoFiles, DemoInput, DemoOption, DemoValue
 
-app = typer.Typer(help="Feed the daemon generated demo data.", no_args_is_help=True)
+__all__ = ["DemoCatalogue", "app", "demo_command", "discover_demos", "register_demo_commands"]
 
+app = typer.Typer(help="Feed the daemon generated demo data; without a name, list the demos.")
+
+
+@dataclass(frozen=True)
+class DemoCatalogue:
+    """The demos that loaded, in listing order, and the contributions that did not."""
+
+    demos: tuple[DemoInput, ...]
+    unavailable: tuple[Unavailable, ...] = ()
+
+
+def _as_demo(name: str, obj: object) -> DemoInput:
+    if not isinstance(obj, DemoInput):
+        raise TypeError(f"the entry point names a {type(obj).__name__}, not a DemoInput")
+    if obj.name != name:
+        raise ValueError(f"the entry point is named {name!r} but its demo {obj.name!r}")
+    return obj
+
+
+def discover_demos(extra: Sequence[DemoInput] = ()) -> DemoCatalogue:
+    """The demos installed plugins contribute (``acqflow.demos``), then ``extra`` (demos
+    defined in memory: tests, embedding applications); a name already taken makes the
+    later one unavailable."""
+    found = load_contributions(DEMO_ENTRY_POINT_GROUP, _as_demo)
+    demos = dict(found.loaded)
+    unavailable = list(found.unavailable)
+    for demo in extra:
+        if demo.name in demos:
+            unavailable.append(Unavailable(demo.name, "in memory", "another plugin contributes this name"))
+        else:
+            demos[demo.name] = demo
+    return DemoCatalogue(tuple(demos.values()), tuple(unavailable))
+
+
+# What every folder demo, and every DICOM demo, takes besides its own options.
 Seed = Annotated[int, typer.Option(help="Seed of the generated data.")]
+Into = Annotated[Path | None, typer.Option(help="Folder to write into (default: the first watched folder).")]
+Interval = Annotated[float, typer.Option(min=0, help="Seconds between files.")]
+CallingAe = Annotated[str, typer.Option(help="AE title the series is sent from.")]
 
 
-class DemoGenerator(str, Enum):
-    """Which generated phase-contrast images ``demo microscopy`` writes."""
-
-    CELLS = "cells"
-    TEXTURES = "textures"
+def _parameter(name: str, annotation: object, default: object) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
-@app.command("microscopy")
-@handles_errors
-def demo_microscopy(
-    config: ConfigOption = None,
-    into: Annotated[
-        Path | None, typer.Option(help="Folder to write into (default: the first watched folder).")
-    ] = None,
-    wells: Annotated[int, typer.Option(min=1, max=96)] = 3,
-    positions: Annotated[int, typer.Option(min=1)] = 2,
-    timepoints: Annotated[int, typer.Option(min=1)] = 4,
-    size: Annotated[int, typer.Option(min=64, help="Image side in pixels (--generator textures).")] = 512,
-    interval: Annotated[float, typer.Option(min=0, help="Seconds between images.")] = 0.5,
-    generator: Annotated[
-        DemoGenerator,
-        typer.Option(
-            help="cells: a monolayer through randomised phase optics (what the bundled weights "
-            "are trained on; 200-330 um fields at 0.3-1.3 um pixels); textures: the older texture fields."
-        ),
-    ] = DemoGenerator.CELLS,
-    seed: Seed = 0,
+def _option_parameter(option: DemoOption) -> inspect.Parameter:
+    info = typer.Option(help=option.help or None, min=option.min, max=option.max)
+    if not option.choices:
+        return _parameter(option.name, Annotated[option.value_type, info], option.default)
+    # typer turns an Enum into a choice of its values (its member names may be any text)
+    choice = Enum(f"{option.name}_choice", [(c, c) for c in option.choices], type=str)  # type: ignore[misc]
+    return _parameter(option.name, Annotated[choice, info], choice(option.default))
+
+
+def demo_command(demo: DemoInput) -> Callable[..., None]:
+    """The ``acqflow demo <name>`` command of ``demo``: its own options beside ``--config``
+    and ``--seed``, and ``--into``/``--interval`` (folder demo) or ``--calling-ae`` (DICOM)."""
+    common = [_parameter("config", ConfigOption, None), _parameter("seed", Seed, 0)]
+    if demo.writes_files:
+        common += [_parameter("into", Into, None), _parameter("interval", Interval, 0.5)]
+    else:
+        common.append(_parameter("calling_ae", CallingAe, "ACQFLOW_DEMO"))
+
+    def run(**values: Any) -> None:
+        settings = load_settings_for(values.pop("config"))
+        seed = int(values.pop("seed"))
+        if demo.writes_files:
+            into, interval = values.pop("into"), float(values.pop("interval"))
+            feed_folder(demo, settings, seed, _resolve(demo, values), into, interval)
+        else:
+            calling_ae = str(values.pop("calling_ae"))
+            send_series(demo, settings, seed, _resolve(demo, values), calling_ae)
+
+    command = handles_errors(run)
+    # typer reads the parameters through inspect.signature, which honours __signature__.
+    command.__signature__ = inspect.Signature([*common, *map(_option_parameter, demo.options)])  # type: ignore[attr-defined]
+    command.__annotations__ = {}
+    command.__name__ = f"demo_{demo.name.replace('-', '_')}"
+    command.__doc__ = f"{demo.summary}\n\nData for the {demo.pipeline} pipeline."
+    return command
+
+
+def _resolve(demo: DemoInput, values: Mapping[str, object]) -> dict[str, DemoValue]:
+    plain = {name: value.value if isinstance(value, Enum) else value for name, value in values.items()}
+    try:
+        return demo.resolve(plain)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def feed_folder(
+    demo: DemoInput,
+    settings: Settings,
+    seed: int,
+    options: Mapping[str, DemoValue],
+    into: Path | None,
+    interval: float,
 ) -> None:
-    """Write a phase-contrast time series into the watched folder, image by image."""
-    from acqflow.plugins.virtual_staining.randomised import RandomisedSpec, generate_randomised
-    from acqflow.plugins.virtual_staining.synthetic import SyntheticSpec, generate_series, write_images
-
-    settings = load_settings_for(config)
+    """Generate ``demo``'s files in a staging folder, keep its companion files under
+    ``<state_dir>/demo/`` and feed the others into ``into`` (default: the first watched
+    folder) one by one, ``interval`` seconds apart. Raises typer.Exit (one line) when
+    there is no folder or the demo fails."""
     target = into or (settings.folders[0].path if settings.folders else None)
     if target is None:
         raise fail("no watched folder configured; pass --into")
-    images = (
-        generate_randomised(
-            RandomisedSpec(experiments=1, wells=wells, positions=positions, timepoints=timepoints, seed=seed)
-        )
-        if generator is DemoGenerator.CELLS
-        else generate_series(
-            SyntheticSpec(
-                experiments=1,
-                wells=wells,
-                positions=positions,
-                timepoints=timepoints,
-                shape=(size, size),
-                seed=seed,
-            )
-        )
-    )
-    keep = settings.paths.state_dir / "demo" / "fluorescence"
-    with tempfile.TemporaryDirectory(prefix="acqflow-demo-") as staging:
-        written = write_images(Path(staging), images)
-        phase = [p for p in written if p.name.endswith("_phase.tif")]
-        for path in written:
-            if path.name.endswith("_gfp.tif"):  # the stain is for training, not for the daemon
-                keep.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, keep / path.name)
-        experiment = target / "EXP1"  # the generator's experiment name
-        experiment.mkdir(parents=True, exist_ok=True)
-        for index, path in enumerate(phase, start=1):
-            temporary = experiment / f".{path.name}.part"
-            shutil.copy2(path, temporary)
-            temporary.rename(experiment / path.name)
-            console.print(f"[{index}/{len(phase)}] {experiment / path.name}")
-            if index < len(phase):
+    kept_root = settings.paths.state_dir / "demo"
+    with tempfile.TemporaryDirectory(prefix="acqflow-demo-") as name:
+        staging = Path(name)
+        files = _write_files(demo, staging, seed, options)
+        for relative in files.keep:
+            kept = kept_root / relative
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(staging / relative, kept)
+        for index, relative in enumerate(files.feed, start=1):
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            temporary = destination.parent / f".{destination.name}.part"
+            shutil.copy2(staging / relative, temporary)
+            temporary.rename(destination)
+            console.print(f"[{index}/{len(files.feed)}] {destination}", soft_wrap=True, markup=False)
+            if index < len(files.feed):
                 time.sleep(interval)
-    console.print(f"fluorescence images (for training and evaluation) kept in {keep}")
+    if files.keep:
+        folders = sorted({str((kept_root / relative).parent) for relative in files.keep})
+        note = files.note or "companion files"
+        console.print(f"{note} kept in {', '.join(folders)}", soft_wrap=True, markup=False)
+
+
+def _write_files(demo: DemoInput, staging: Path, seed: int, options: Mapping[str, DemoValue]) -> DemoFiles:
+    if demo.write_files is None:
+        raise fail(f"demo {demo.name} sends DICOM; it writes no files")
+    try:
+        files = demo.write_files(staging, seed, options)
+    except (ValueError, OSError) as exc:
+        raise fail(f"demo {demo.name}: {exc}") from None
+    if not isinstance(files, DemoFiles):
+        raise fail(f"demo {demo.name} returned a {type(files).__name__}, not DemoFiles")
+    missing = [str(p) for p in (*files.feed, *files.keep) if not (staging / p).is_file()]
+    if missing:
+        raise fail(f"demo {demo.name} did not write {', '.join(missing)}")
+    return files
+
+
+def send_series(
+    demo: DemoInput, settings: Settings, seed: int, options: Mapping[str, DemoValue], calling_ae: str
+) -> None:
+    """Generate ``demo``'s series and send it to the daemon by C-STORE. Raises typer.Exit
+    (one line) when the demo fails, the daemon refuses the association or an instance."""
+    if demo.dicom_series is None:
+        raise fail(f"demo {demo.name} writes files; it sends no DICOM")
+    try:
+        datasets = list(demo.dicom_series(seed, options))
+    except (ValueError, OSError) as exc:
+        raise fail(f"demo {demo.name}: {exc}") from None
+    if not datasets:
+        raise fail(f"demo {demo.name} produced no instances")
+    _send(settings, datasets, calling_ae)
 
 
 def _daemon_address(settings: Settings) -> tuple[str, int]:
@@ -123,7 +217,7 @@ def _send(settings: Settings, datasets: Sequence[Any], calling_ae: str) -> None:
 
     host, port = _daemon_address(settings)
     ae = AE(ae_title=calling_ae)
-    ae.requested_contexts = [build_context(datasets[0].SOPClassUID)]
+    ae.requested_contexts = [build_context(uid) for uid in sorted({str(ds.SOPClassUID) for ds in datasets})]
     assoc = ae.associate(host, port, ae_title=settings.dicom.ae_title)
     if not assoc.is_established:
         raise fail(f"the daemon at {settings.dicom.ae_title}@{host}:{port} refused or is not running", 1)
@@ -144,20 +238,35 @@ def _send(settings: Settings, datasets: Sequence[Any], calling_ae: str) -> None:
     )
 
 
-@app.command("ct")
-@handles_errors
-def demo_ct(config: ConfigOption = None, seed: Seed = 0, calling_ae: str = "ACQFLOW_DEMO") -> None:
-    """Send a synthetic CT phantom series to the daemon over DICOM."""
-    from acqflow.plugins.ct_muscle.phantoms import demo_ct_series
+def _listing(catalogue: DemoCatalogue) -> Callable[[typer.Context], None]:
+    def list_demos(ctx: typer.Context) -> None:
+        """Feed the daemon generated demo data; without a name, list the demos."""
+        if ctx.invoked_subcommand is not None:
+            return
+        if catalogue.demos:
+            table = Table("demo", "pipeline", "what it does", title="demos")
+            for demo in catalogue.demos:
+                table.add_row(demo.name, demo.pipeline, demo.summary)
+            console.print(table)
+        else:
+            console.print("no demos installed")
+        for item in catalogue.unavailable:
+            console.print(item.line("demo"), soft_wrap=True, markup=False, highlight=False)
+        console.print("run one with: acqflow demo NAME [OPTIONS] (acqflow demo NAME --help)", markup=False)
 
-    _send(load_settings_for(config), demo_ct_series(seed=seed), calling_ae)
+    return list_demos
 
 
-@app.command("mr")
-@handles_errors
-def demo_mr(config: ConfigOption = None, seed: Seed = 0, calling_ae: str = "ACQFLOW_DEMO") -> None:
-    """Send a synthetic MR phantom series to the daemon over DICOM."""
-    from acqflow.plugins.mr_muscle.mr_series import demo_mr_series
-
-    _send(load_settings_for(config), demo_mr_series(seed=seed), calling_ae)
-
+def register_demo_commands(extra: Sequence[DemoInput] = ()) -> DemoCatalogue:
+    """Make one ``acqflow demo`` command per demo of :func:`discover_demos` (and ``extra``),
+    and the listing for ``acqflow demo`` alone; registering again replaces them all."""
+    catalogue = discover_demos(extra)
+    app.registered_commands.clear()
+    for demo in catalogue.demos:
+        app.command(demo.name)(demo_command(demo))
+    names = {demo.name for demo in catalogue.demos}
+    for item in catalogue.unavailable:
+        if item.name not in names:  # a second contribution of a name keeps the first one's command
+            app.command(item.name, context_settings=PERMISSIVE)(unavailable_command(item, "demo"))
+    app.callback(invoke_without_command=True)(_listing(catalogue))
+    return catalogue
