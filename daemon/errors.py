@@ -6,8 +6,11 @@ counter, in the CLI a one-line message and a non-zero exit.
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "AcqflowError",
+    "BindError",
     "ConfigError",
     "ExportError",
     "InputRejected",
@@ -36,6 +39,24 @@ class InputRejected(AcqflowError):
 
 class StartupError(AcqflowError):
     """The daemon could not start; whatever had started is stopped again."""
+
+
+class BindError(StartupError):
+    """A listening socket could not be bound; the message names the setting and address.
+
+    ``section`` is the settings section (``dicom``, ``metrics``) whose ``host``/``port``
+    the socket was bound to; ``cause`` is the OSError of ``bind``.
+    """
+
+    def __init__(self, section: str, host: str, port: int, cause: OSError) -> None:
+        self.section, self.host, self.port, self.cause = section, host, port, cause
+        setting = f"{section}.host" if cause.errno == errno.EADDRNOTAVAIL else f"{section}.port"
+        reason = (cause.strerror or str(cause)).lower()
+        if cause.errno == errno.EADDRINUSE:
+            reason += f": another program (another acqflow?) listens there; stop it or change {setting}"
+        elif cause.errno == errno.EACCES:
+            reason += f": ports below 1024 need privileges; choose another {setting}"
+        super().__init__(f"{setting}: cannot listen on {host}:{port}: {reason}")
 
 
 class TransientError(AcqflowError):

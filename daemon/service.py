@@ -30,7 +30,7 @@ from typing import Protocol
 from acqflow.daemon import metrics
 from acqflow.daemon.config import Settings
 from acqflow.daemon.dicom.scp import DicomReceiver
-from acqflow.daemon.errors import ConfigError, StartupError
+from acqflow.daemon.errors import BindError, ConfigError, StartupError
 from acqflow.daemon.fileio import write_atomic
 from acqflow.daemon.folders.watcher import FolderWatcher
 from acqflow.daemon.gpu import GpuSampler, record_pipeline_devices
@@ -127,7 +127,7 @@ class Daemon:
         except Exception as exc:
             step = self._step
             self._abort_start()
-            if isinstance(exc, ConfigError):
+            if isinstance(exc, (ConfigError, BindError)):  # they name the setting already
                 raise
             raise StartupError(f"start-up failed while {step}: {exc}") from exc
 
@@ -151,9 +151,12 @@ class Daemon:
         outbox, assembler = self._start_workers(journal, jobs)
         self._step = "starting the metrics endpoint"
         if s.metrics.enabled:
-            self.metrics_port = metrics.serve_metrics(
-                s.metrics.host, s.metrics.port, readiness=self.not_ready
-            )
+            try:
+                self.metrics_port = metrics.serve_metrics(
+                    s.metrics.host, s.metrics.port, readiness=self.not_ready
+                )
+            except OSError as exc:
+                raise BindError("metrics", s.metrics.host, s.metrics.port, exc) from exc
         self._start_housekeeping(assembler, outbox, jobs)
         self._start_sources(assembler)
         self._step = "writing the state file"

@@ -69,10 +69,27 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _process_umask() -> int:
+    """The process umask: from /proc on Linux, else by setting it and setting it straight
+    back (stricter meanwhile, so a file another thread creates is never too open)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary file and a rename, with the mode an ordinary
+    ``open`` would give it (0o666 less the umask; mkstemp alone would leave 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_process_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -84,7 +101,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def save_weights(module: torch.nn.Module, card: ModelCard, directory: Path) -> Path:
-    """Write ``<name>.safetensors`` and ``<name>.json`` into ``directory``; returns the card path."""
+    """Write ``<name>.safetensors`` and ``<name>.json`` into ``directory`` (each atomically,
+    readable as the process umask allows, as any file it writes); returns the card path."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}

@@ -24,7 +24,7 @@ app = typer.Typer(
     name="acqflow",
     help="Acquisition-time AI for microscopy and CT/MR.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -18,8 +19,8 @@ from acqflow.daemon.config import Settings, load_settings
 from acqflow.daemon.errors import AcqflowError, ConfigError
 from acqflow.daemon.journal import Journal
 
-__all__ = ["ConfigOption", "console", "err", "fail", "handles_errors", "load_settings_for",
-           "open_journal", "progress_bar", "running_state"]
+__all__ = ["ConfigOption", "JsonOption", "console", "err", "fail", "handles_errors", "iso_time",
+           "load_settings_for", "open_journal", "print_json", "progress_bar", "running_state", "warn"]
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # an error stays one line, however long
@@ -33,6 +34,11 @@ ConfigOption = Annotated[
 ]
 
 
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Machine-readable output (JSON on stdout, stable keys).")
+]
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -40,6 +46,23 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``message`` as one error line on stderr; raise the returned exit."""
     err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
     return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """Print ``message`` as one warning line on stderr (never inside a live progress bar)."""
+    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False, markup=True)
+
+
+def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout, verbatim (no wrapping, no markup, no colour)."""
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """An epoch time as local ISO 8601 with its offset (seconds), None for None."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
 
 
 def handles_errors(func: F) -> F:
@@ -83,13 +106,15 @@ def running_state(settings: Settings) -> dict[str, Any] | None:
     return dict(state)
 
 
-def progress_bar() -> Progress:
-    """A progress bar on the console (never print errors inside one: stop it first)."""
+def progress_bar(disable: bool = False) -> Progress:
+    """A progress bar on the console (never print errors or warnings inside one: leave its
+    ``with`` block first; an exception leaving the block stops it before it is printed)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
+        disable=disable,  # --json: stdout holds the JSON alone
     )
 

@@ -8,7 +8,6 @@ works whether the daemon runs on this machine or not.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -22,16 +21,21 @@ from rich.table import Table
 
 from acqflow.daemon.cli.base import (
     ConfigOption,
+    JsonOption,
     console,
     fail,
     handles_errors,
+    iso_time,
     load_settings_for,
     open_journal,
+    print_json,
     progress_bar,
+    running_state,
+    warn,
 )
 from acqflow.daemon.config import FolderSettings, Settings
-from acqflow.daemon.errors import InputRejected
-from acqflow.daemon.jobqueue import JobQueue, RouteDecision
+from acqflow.daemon.errors import ConfigError, InputRejected
+from acqflow.daemon.jobqueue import Job, JobQueue, RouteDecision
 from acqflow.daemon.journal import Arrival, ExportState, JobState, Journal
 from acqflow.daemon.redaction import scrub
 
@@ -41,19 +45,23 @@ log = logging.getLogger(__name__)
 SERIES_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 
 
-def held_lines(journal: Journal) -> list[str]:
-    """Lines for ``acqflow status`` saying which work is held and why (none: no lines)."""
-    rows = journal.query(
-        "SELECT hold_reason, COUNT(*) n, MAX(id) latest FROM jobs WHERE state='held' GROUP BY 1 ORDER BY 1"
-    )
-    lines = []
-    for row in rows:
-        [latest] = journal.query("SELECT error FROM jobs WHERE id=?", (row["latest"],))
-        lines.append(
-            f"held: {row['n']} job(s), {row['hold_reason']}: {escape(str(latest['error'] or ''))}"
-            " (they resume by themselves once space returns; nothing is quarantined)"
-        )
-    return lines
+def job_json(job: Job, arrival: Arrival) -> dict[str, Any]:
+    """One job for ``--json`` output: always the same keys; patient values scrubbed."""
+    return {
+        "id": job.id,
+        "pipeline": job.pipeline,
+        "state": job.state.value,
+        "attempts": job.attempts,
+        "interrupted": job.interrupted,
+        "hold_reason": job.hold_reason,
+        "arrival": job.arrival_id,
+        "input": scrub(str(arrival.path)),
+        "input_kind": arrival.kind,
+        "created_at": iso_time(job.created_at),
+        "started_at": iso_time(job.started_at),
+        "finished_at": iso_time(job.finished_at),
+        "error": scrub(job.error) if job.error else None,
+    }
 
 
 @handles_errors
@@ -63,7 +71,7 @@ def jobs(
         str | None, typer.Option(help="pending, queued, running, held, done, dead or superseded.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 30,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """List recent jobs with their input and error."""
     settings = load_settings_for(config)
@@ -74,22 +82,14 @@ def jobs(
         raise fail(f"--state must be one of {', '.join(s.value for s in JobState)}") from None
     rows = JobQueue(journal).jobs(wanted, limit)
     if as_json:
-        fields = [
-            {
-                "id": j.id,
-                "pipeline": j.pipeline,
-                "state": j.state.value,
-                "attempts": j.attempts,
-                "interrupted": j.interrupted,
-                "hold_reason": j.hold_reason,
-                "arrival": j.arrival_id,
-                "error": scrub(j.error) if j.error else None,
-            }
-            for j in rows
-        ]
-        console.print_json(json.dumps(fields))
+        print_json([job_json(j, journal.arrival(j.arrival_id)) for j in rows])
+        journal.close()
         return
-    table = Table("job", "pipeline", "state", "attempts", "input", "error", title="jobs")
+    table = Table("job", "pipeline", "state", "tries", "input", title="jobs")
+    for column in table.columns[:4]:
+        column.no_wrap = True
+    table.columns[4].overflow = "fold"  # a name longer than the terminal breaks, never cut
+    errors: list[str] = []
     for job in rows:
         arrival = journal.arrival(job.arrival_id)
         state_text = f"{job.state.value} ({job.hold_reason})" if job.hold_reason else job.state.value
@@ -98,11 +98,14 @@ def jobs(
             job.pipeline,
             state_text,
             str(job.attempts) + (f" +{job.interrupted} cut off" if job.interrupted else ""),
-            arrival.path.name,
-            scrub(job.error or "")[:80],
+            escape(scrub(arrival.path.name)),
         )
-    console.print(table)
+        if job.error:
+            errors.append(f"job {job.id} ({job.state.value}): {escape(scrub(job.error))}")
     journal.close()
+    console.print(table if rows else "no jobs")
+    for line in errors:  # below the table: the terminal's width wraps them, nothing is cut
+        console.print(line, highlight=False)
 
 
 @handles_errors
@@ -143,24 +146,34 @@ def retry(
         bool, typer.Option("--all-dead", help="Every dead job and every dead export.")
     ] = False,
     config: ConfigOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Put dead jobs and dead exports back in the queue with a fresh attempt count.
 
-    Nothing dead to retry is not an error (exit 0); ids that are not dead are skipped.
+    Nothing dead to retry is not an error (exit 0), also before the daemon ever ran;
+    ids that are not dead are skipped.
     """
     settings = load_settings_for(config)
-    journal = open_journal(settings)
-    queue = JobQueue(journal)
     jobs_named = list(job_ids or [])
     exports_named = list(export_ids or [])
     if not (jobs_named or exports_named or all_dead):
         raise fail("name job ids, --export ids, or use --all-dead")
+    try:
+        journal = open_journal(settings)
+    except ConfigError:
+        if jobs_named or exports_named:
+            raise
+        # No journal: the daemon never ran with these settings, so nothing can be dead.
+        message = f"nothing dead to retry (no journal yet at {settings.paths.journal})"
+        _retried(as_json, [], [], [], [], message)
+        return
+    queue = JobQueue(journal)
     if all_dead:
         jobs_named += [j.id for j in queue.jobs(JobState.DEAD, limit=1_000_000)]
         exports_named += journal.dead_exports()
         if not (jobs_named or exports_named):
-            console.print("nothing dead to retry")
             journal.close()
+            _retried(as_json, [], [], [], [], "nothing dead to retry")
             return
     retried_jobs = [i for i in dict.fromkeys(jobs_named) if queue.retry(i)]
     retried_exports = [i for i in dict.fromkeys(exports_named) if journal.retry_export(i)]
@@ -172,7 +185,19 @@ def retry(
         message += f"; jobs not dead, skipped: {skipped_jobs}"
     if skipped_exports:
         message += f"; exports not dead, skipped: {skipped_exports}"
-    console.print(message)
+    _retried(as_json, retried_jobs, retried_exports, skipped_jobs, skipped_exports, message)
+
+
+def _retried(
+    as_json: bool, jobs: list[int], exports: list[int], skipped_jobs: list[int],
+    skipped_exports: list[int], message: str,
+) -> None:
+    """What ``retry`` did: one line, or JSON with the same keys every time."""
+    if as_json:
+        print_json({"jobs": jobs, "exports": exports, "skipped_jobs": skipped_jobs,
+                    "skipped_exports": skipped_exports, "message": message})
+    else:
+        console.print(message, highlight=False, markup=False)
 
 
 def _folder_for(settings: Settings, path: Path) -> FolderSettings:
@@ -265,8 +290,12 @@ def reprocess(
         bool, typer.Option(help="Wait for the daemon to finish the jobs, with a progress bar.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 3600.0,
+    as_json: JsonOption = False,
 ) -> None:
-    """Queue inputs for processing again; the daemon runs them."""
+    """Queue inputs for processing again; the daemon runs them (now, or at its next start).
+
+    With --wait and no daemon running, it says so at once (exit 1); the jobs stay queued.
+    """
     from acqflow.daemon.registry import PipelineRegistry
     from acqflow.daemon.router import Router
 
@@ -278,10 +307,12 @@ def reprocess(
     router = Router(settings.routes, registry.available)
     job_ids: list[int] = []
     new_arrivals: list[int] = []
+    unrouted: list[str] = []
     root = Path(target).expanduser().resolve()
-    with progress_bar() as progress:
-        task = progress.add_task("queueing", total=None)
-        for found in _arrivals_for_target(settings, journal, target):
+    found_all = list(_arrivals_for_target(settings, journal, target))  # bad targets fail before the bar
+    with progress_bar(disable=as_json) as progress:
+        task = progress.add_task("queueing", total=len(found_all))
+        for found in found_all:
             if isinstance(found, Path):
                 for one in _file_inputs(settings, found, root if root.is_dir() else found.parent):
                     arrival = journal.record_file_arrival("cli", one.key, found, one.attrs)
@@ -295,27 +326,71 @@ def reprocess(
             else:
                 decisions = [RouteDecision(pipeline, "cli")] if pipeline else router.decide(found)
                 if not decisions:
-                    console.print(f"[yellow]{found.path.name}: no route matches[/yellow]")
+                    unrouted.append(found.path.name)
                 job_ids += [queue.add_job(found.id, d) for d in decisions]
             progress.advance(task)
-        progress.update(task, total=progress.tasks[0].completed)
-    console.print(f"queued {len(job_ids)} job(s) and {len(new_arrivals)} new input(s)")
+    for name in unrouted:  # after the bar: a warning never lands inside it
+        warn(f"{escape(scrub(name))}: no route matches")
+    message = f"queued {len(job_ids)} job(s) and {len(new_arrivals)} new input(s)"
+    if not as_json:
+        console.print(message, highlight=False)
+    dead: list[dict[str, Any]] = []
     if wait:
-        _wait_for(journal, job_ids, new_arrivals, timeout)
+        if running_state(settings) is None:
+            _report_queued(as_json, job_ids, new_arrivals, unrouted, message, dead)
+            raise fail(_not_running(settings, len(job_ids) + len(new_arrivals)), 1)
+        dead = _wait_for(settings, journal, (job_ids, new_arrivals), timeout, as_json)
+    _report_queued(as_json, job_ids, new_arrivals, unrouted, message, dead)
+    if dead:
+        raise typer.Exit(1)
 
 
-def _wait_for(journal: Journal, job_ids: list[int], arrival_ids: list[int], timeout: float) -> None:
+def _not_running(settings: Settings, count: int, what: str = "queued item(s)") -> str:
+    return (
+        f"--wait: no daemon runs with these settings (no live daemon.json in {settings.paths.state_dir});"
+        f" the {count} {what} stay queued and run at its next start (acqflow serve)"
+    )
+
+
+def _report_queued(
+    as_json: bool, job_ids: list[int], arrival_ids: list[int], unrouted: list[str], message: str,
+    dead: list[dict[str, Any]],
+) -> None:
+    """``reprocess --json``: the jobs and new inputs queued, those no route took, dead ones."""
+    if as_json:
+        print_json({"jobs": job_ids, "new_inputs": arrival_ids, "unrouted": [scrub(n) for n in unrouted],
+                    "dead": dead, "message": message})
+    else:
+        for row in dead:
+            console.print(f"[red]job {row['id']} dead:[/red] {escape(row['error'])}", highlight=False)
+
+
+def _job_ids(journal: Journal, job_ids: list[int], arrival_ids: list[int]) -> set[int]:
+    """The named jobs and those the router made for the new inputs so far."""
+    ids = set(job_ids)
+    if arrival_ids:
+        marks = ",".join("?" for _ in arrival_ids)
+        ids |= {
+            r["id"] for r in journal.query(f"SELECT id FROM jobs WHERE arrival_id IN ({marks})", arrival_ids)
+        }
+    return ids
+
+
+def _wait_for(
+    settings: Settings, journal: Journal, queued: tuple[list[int], list[int]], timeout: float, quiet: bool
+) -> list[dict[str, Any]]:
+    """Wait until every job is finished; returns the dead ones (id, scrubbed error).
+
+    ``queued``: the job ids and the new arrival ids. Fails (exit 1) on the timeout, or
+    at once when the daemon stops meanwhile; ``quiet``: no progress bar.
+    """
+    job_ids, arrival_ids = queued
     deadline = time.monotonic() + timeout
-    with progress_bar() as progress:
+    problem: str | None = None
+    with progress_bar(disable=quiet) as progress:
         task = progress.add_task("processing", total=None)
         while True:
-            ids = set(job_ids)
-            if arrival_ids:
-                marks = ",".join("?" for _ in arrival_ids)
-                ids |= {
-                    r["id"]
-                    for r in journal.query(f"SELECT id FROM jobs WHERE arrival_id IN ({marks})", arrival_ids)
-                }
+            ids = _job_ids(journal, job_ids, arrival_ids)
             marks = ",".join("?" for _ in ids) or "NULL"
             rows = journal.query(f"SELECT state FROM jobs WHERE id IN ({marks})", list(ids))
             finished = sum(1 for r in rows if r["state"] in ("done", "dead", "superseded"))
@@ -329,18 +404,18 @@ def _wait_for(journal: Journal, job_ids: list[int], arrival_ids: list[int], time
             if finished == len(ids) and not unrouted:
                 break
             if time.monotonic() > deadline:
-                raise fail(
-                    f"timed out with {len(ids) - finished} job(s) unfinished (is the daemon running?)", 1
-                )
+                problem = f"timed out after {timeout:g} s with {len(ids) - finished} job(s) unfinished"
+                break
+            if running_state(settings) is None:
+                problem = _not_running(settings, len(ids) - finished, "unfinished job(s)")
+                break
             time.sleep(0.5)
+    if problem is not None:  # the bar has stopped: the error is a line of its own
+        raise fail(problem, 1)
     dead = journal.query(
         "SELECT id, error FROM jobs WHERE state='dead' AND id IN ({})".format(
-            ",".join("?" for _ in job_ids) or "NULL"
+            ",".join("?" for _ in ids) or "NULL"
         ),
-        job_ids,
+        list(ids),
     )
-    for row in dead:
-        console.print(f"[red]job {row['id']} dead:[/red] {scrub(row['error'] or '')}")
-    if dead:
-        raise typer.Exit(1)
-
+    return [{"id": row["id"], "error": scrub(row["error"] or "")} for row in dead]

@@ -8,15 +8,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from acqflow.daemon.cli.base import (
     ConfigOption,
+    JsonOption,
     console,
     fail,
     handles_errors,
     load_settings_for,
     open_journal,
+    print_json,
 )
 from acqflow.daemon.config import Settings
 from acqflow.daemon.fileio import safe_name
@@ -28,9 +31,13 @@ app = typer.Typer(help="Reports built from the journal.", no_args_is_help=True)
 def report_efficiency(
     experiment: Annotated[str, typer.Argument(help="Experiment name (as in the file names or metadata).")],
     config: ConfigOption = None,
-    as_csv: Annotated[bool, typer.Option("--csv", help="Print the CSV instead of a table.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print the CSV verbatim instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Differentiation efficiency per well and time point, from the daemon's summary."""
+    """Differentiation efficiency per well and time point, from the daemon's summary:
+    elapsed time, efficiency in %, and the final-day forecast where there is one."""
+    if as_csv and as_json:
+        raise fail("--csv and --json exclude each other")
     settings = load_settings_for(config)
     journal = open_journal(settings)
     rows = journal.query(
@@ -49,12 +56,69 @@ def report_efficiency(
     if as_csv:
         typer.echo(text, nl=False)  # verbatim: rich would wrap long lines
         return
-    reader = list(csv.reader(io.StringIO(text)))
-    table = Table(*reader[0], title=f"differentiation efficiency — {experiment}")
-    for row in reader[1:]:
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"plot: {summary / 'efficiency.png'}\nreport: {summary / 'report.html'}")
+    records = list(csv.DictReader(io.StringIO(text)))
+    missing = [c for c in ("well", "efficiency") if records and c not in records[0]]
+    if missing:
+        raise fail(f"{table_path}: no column {', '.join(missing)} (not an efficiency time course)")
+    if as_json:
+        print_json([{key: _typed(value) for key, value in row.items()} for row in records])
+        return
+    console.print(efficiency_table(experiment, records))
+    console.print("plot (efficiency.png) and report (report.html) in:", highlight=False)
+    console.print(str(summary), highlight=False, markup=False, soft_wrap=True)  # a path, never broken
+
+
+def _typed(value: str | None) -> str | int | float | None:
+    """A CSV cell as JSON: empty is null, numbers are numbers, the rest text."""
+    if value is None or value == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
+
+
+def _percent(value: str | None) -> str:
+    """A fraction (0-1) from the CSV as a percentage, '-' when empty."""
+    return "-" if not value else f"{100 * float(value):.1f}%"
+
+
+def human_elapsed(value: str | None) -> str:
+    """Elapsed hours from the CSV in human units: hours up to two days, then days."""
+    if not value:
+        return "-"
+    hours = float(value)
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
+def efficiency_table(experiment: str, records: list[dict[str, str]]) -> Table:
+    """The time course as a table that fits 80 columns: well, time point, elapsed time,
+    efficiency, and the forecast of the final day (with its interval) where there is one."""
+    forecast = any(row.get("forecast_final") for row in records)
+    table = Table(title=f"differentiation efficiency: {escape(experiment)}")
+    table.add_column("well", no_wrap=True)
+    table.add_column("time point", justify="right")
+    table.add_column("elapsed", justify="right", no_wrap=True)
+    table.add_column("efficiency", justify="right", no_wrap=True)
+    if forecast:
+        table.add_column("final-day forecast", justify="right")
+        table.add_column("interval", justify="right", no_wrap=True)
+        table.add_column("call", no_wrap=True)
+    for row in records:
+        cells = [
+            escape(row.get("well") or "-"),
+            row.get("timepoint") or "-",
+            human_elapsed(row.get("elapsed_h")),
+            _percent(row.get("efficiency")),
+        ]
+        if forecast:
+            low, high = row.get("forecast_low"), row.get("forecast_high")
+            interval = f"{100 * float(low):.0f}-{100 * float(high):.0f}%" if low and high else "-"
+            cells += [_percent(row.get("forecast_final")), interval, row.get("forecast_call") or "-"]
+        table.add_row(*cells)
+    return table
 
 
 def _version_root(output: Path, settings: Settings) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -11,29 +11,39 @@ from rich.table import Table
 from acqflow.daemon import redaction
 from acqflow.daemon.cli.base import (
     ConfigOption,
+    JsonOption,
     console,
     fail,
     handles_errors,
     load_settings_for,
     open_journal,
+    print_json,
     running_state,
 )
 from acqflow.daemon.journal import Journal
+from acqflow.daemon.redaction import scrub
+
+
+def _held(journal: Journal) -> list[dict[str, Any]]:
+    """Held work per reason: how many jobs, the latest one's error (scrubbed)."""
+    rows = journal.query(
+        "SELECT hold_reason, COUNT(*) n, MAX(id) latest FROM jobs WHERE state='held' GROUP BY 1 ORDER BY 1"
+    )
+    held = []
+    for row in rows:
+        [latest] = journal.query("SELECT error FROM jobs WHERE id=?", (row["latest"],))
+        error = scrub(str(latest["error"] or ""))
+        held.append({"reason": row["hold_reason"], "count": row["n"], "error": error})
+    return held
 
 
 def held_lines(journal: Journal) -> list[str]:
     """Lines for ``acqflow status`` saying which work is held and why (none: no lines)."""
-    rows = journal.query(
-        "SELECT hold_reason, COUNT(*) n, MAX(id) latest FROM jobs WHERE state='held' GROUP BY 1 ORDER BY 1"
-    )
-    lines = []
-    for row in rows:
-        [latest] = journal.query("SELECT error FROM jobs WHERE id=?", (row["latest"],))
-        lines.append(
-            f"held: {row['n']} job(s), {row['hold_reason']}: {escape(str(latest['error'] or ''))}"
-            " (they resume by themselves once space returns; nothing is quarantined)"
-        )
-    return lines
+    return [
+        f"held: {h['count']} job(s), {h['reason']}: {escape(h['error'])}"
+        " (they resume by themselves once space returns; nothing is quarantined)"
+        for h in _held(journal)
+    ]
 
 
 @handles_errors
@@ -66,40 +76,64 @@ def _pipeline_state(state: str) -> str:
     return f"[red]failed[/red]: {escape(state)}"
 
 
+def _counts(journal: Journal, table: str, column: str) -> list[dict[str, Any]]:
+    """``column``, state and count of the rows of ``table`` (a fixed name of ours)."""
+    rows = journal.query(f"SELECT {column} name, state, COUNT(*) n FROM {table} GROUP BY 1, 2 ORDER BY 1, 2")
+    return [{column: row["name"], "state": row["state"], "count": row["n"]} for row in rows]
+
+
+def status_json(state: dict[str, Any] | None, journal: Journal) -> dict[str, Any]:
+    """``status --json``: the same keys whether the daemon runs or not."""
+    daemon: dict[str, Any] = {
+        "running": state is not None, "pid": None, "dicom_port": None, "metrics_port": None, "pipelines": {}
+    }
+    if state is not None:
+        daemon.update(pid=state.get("pid"), dicom_port=state.get("dicom_port"),
+                      metrics_port=state.get("metrics_port"),
+                      pipelines={str(k): str(v) for k, v in dict(state.get("pipelines") or {}).items()})
+    return {
+        "daemon": daemon,
+        "arrivals": _counts(journal, "arrivals", "kind"),
+        "jobs": _counts(journal, "jobs", "pipeline"),
+        "held": _held(journal),
+        "exports": _counts(journal, "exports", "destination"),
+    }
+
+
+def _counts_table(title: str, column: str, rows: list[dict[str, Any]], key: str) -> Table:
+    table = Table(column, "state", "count", title=title)
+    for row in rows:
+        table.add_row(escape(str(row[key])), row["state"], str(row["count"]))
+    return table
+
+
 @handles_errors
-def status(config: ConfigOption = None) -> None:
+def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Daemon state, its pipelines (loaded or failed), arrivals, jobs per pipeline and exports."""
     settings = load_settings_for(config)
     journal = open_journal(settings)
     state = running_state(settings)
+    report = status_json(state, journal)
+    held = held_lines(journal)
+    journal.close()
+    if as_json:
+        print_json(report)
+        return
     if state is None:
         console.print("daemon: [yellow]not running[/yellow]")
     else:
         ports = f"DICOM port {state.get('dicom_port')}, metrics port {state.get('metrics_port')}"
         console.print(f"daemon: [green]running[/green] (pid {state['pid']}, {ports})")
-        pipelines = dict(state.get("pipelines") or {})
+        pipelines = report["daemon"]["pipelines"]
         width = max((len(name) for name in pipelines), default=0)
         console.print("pipelines:" if pipelines else "pipelines: none installed")
         for name, loaded in sorted(pipelines.items()):
             console.print(f"  {escape(name):{width}}  {_pipeline_state(str(loaded))}")
-    arrivals = journal.query("SELECT kind, state, COUNT(*) n FROM arrivals GROUP BY 1, 2 ORDER BY 1, 2")
-    table = Table("arrival kind", "state", "count", title="arrivals")
-    for row in arrivals:
-        table.add_row(row["kind"], row["state"], str(row["n"]))
-    console.print(table)
-    jobs = journal.query("SELECT pipeline, state, COUNT(*) n FROM jobs GROUP BY 1, 2 ORDER BY 1, 2")
-    table = Table("pipeline", "state", "count", title="jobs")
-    for row in jobs:
-        table.add_row(row["pipeline"], row["state"], str(row["n"]))
-    console.print(table)
-    for line in held_lines(journal):
+    console.print(_counts_table("arrivals", "arrival kind", report["arrivals"], "kind"))
+    console.print(_counts_table("jobs", "pipeline", report["jobs"], "pipeline"))
+    for line in held:
         console.print(line, highlight=False)
-    exports = journal.query("SELECT destination, state, COUNT(*) n FROM exports GROUP BY 1, 2 ORDER BY 1, 2")
-    table = Table("destination", "state", "count", title="exports")
-    for row in exports:
-        table.add_row(row["destination"], row["state"], str(row["n"]))
-    console.print(table)
-    journal.close()
+    console.print(_counts_table("exports", "destination", report["exports"], "destination"))
 
 
 @handles_errors

@@ -52,6 +52,7 @@ from acqflow.daemon.dicom.upper_layer import (
     Rejection,
     negotiate,
 )
+from acqflow.daemon.errors import BindError
 from acqflow.daemon.journal import Journal
 
 __all__ = ["SCP_SOP_CLASSES", "SCP_TRANSFER_SYNTAXES", "DicomReceiver", "StoreStatus"]
@@ -140,8 +141,9 @@ class DicomReceiver:
     def start(self) -> None:
         """Recover the spool, bind and serve in background threads.
 
-        Raises OSError when the port is taken or the spool cannot be prepared, and
-        ssl.SSLError/OSError when the TLS files cannot be loaded.
+        Raises BindError (naming dicom.port) when the port cannot be bound, OSError when
+        the spool cannot be prepared, and ssl.SSLError/OSError when the TLS files cannot
+        be loaded.
         """
         if self._listener is not None:
             return
@@ -151,9 +153,12 @@ class DicomReceiver:
         limits = ListenerLimits(
             self.settings.max_connections_per_address, self.settings.association_request_timeout_seconds
         )
-        self._listener = ConnectionListener(
-            (self.settings.host, self.settings.port), limits, self._serve_connection
-        )
+        try:
+            self._listener = ConnectionListener(
+                (self.settings.host, self.settings.port), limits, self._serve_connection
+            )
+        except OSError as exc:
+            raise BindError("dicom", self.settings.host, self.settings.port, exc) from exc
         self._listener.start()
         if self.spool.slots is not None:
             self.spool.slots.start()

@@ -41,6 +41,18 @@ def _command_line() -> str:
     return shlex.join([Path(sys.argv[0]).name if sys.argv else "acqflow", *sys.argv[1:]])
 
 
+def output_folder(value: Path) -> Path:
+    """``--output`` of a train command: refused (one line, exit 2) when it is the bundled
+    weights folder, which a run from a checkout would otherwise overwrite."""
+    from acqflow.models.store import bundled_weights_dir
+
+    if value.expanduser().resolve() == bundled_weights_dir():
+        typer.echo(f"error: --output {value} is the bundled weights folder ({bundled_weights_dir()});"
+                   " write new weights elsewhere and point pipelines.weights at them", err=True)
+        raise typer.Exit(2)
+    return value
+
+
 DATA_DIR_HELP = ("Labelled cases: nnU-Net raw folder, images/ + labels/ (or <case>_image/<case>_label) "
                  "NIfTI/NRRD files, or DICOM series + SEG per folder; see docs/models/ct-muscle.md")
 LABEL_MAP_HELP = ("TOML/JSON [labels] table: label value or dataset.json name -> structure key "
@@ -124,8 +136,9 @@ def _randomised_size(grid_mm: float) -> int:
 
 
 def train(
-    output: Annotated[Path, typer.Option(help="Folder for ct_muscle.safetensors + .json")] = Path(
-        "models/weights"),
+    output: Annotated[Path, typer.Option(
+        help="Folder for ct_muscle.safetensors + .json (required; not the bundled weights folder)",
+        callback=output_folder)],
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP + "; phantoms when absent")] = None,
     label_map: Annotated[Path | None, typer.Option(help=LABEL_MAP_HELP)] = None,
     phantoms: Annotated[int, typer.Option(help="Training phantoms when no data dir")] = 30,
@@ -165,7 +178,12 @@ def train(
     elastic_cells: Annotated[int | None, typer.Option(
         min=2, help="Robust augmentation: elastic control points per side")] = None,
 ) -> None:
-    """Train (or fine-tune) the hip/thigh Bayesian U-net and write its weights and card."""
+    """Train (or fine-tune, --init-weights) the hip/thigh Bayesian U-net and write
+    its weights and model card to --output.
+
+    It trains on labelled cases (--data-dir) or on generated phantoms
+    (--generator).
+    """
     import torch
 
     from acqflow.models.store import ModelCard, save_weights
@@ -239,7 +257,8 @@ def train(
 
 
 def evaluate(
-    weights_dir: Annotated[Path, typer.Option(help="Folder holding ct_muscle.json")] = Path(
+    weights_dir: Annotated[Path, typer.Option(
+        help="Folder holding ct_muscle.json (models/weights: relative to the working folder)")] = Path(
         "models/weights"),
     data_dir: Annotated[Path | None, typer.Option(
         help=DATA_DIR_HELP + "; held-out phantoms when absent")] = None,
@@ -264,10 +283,15 @@ def evaluate(
     failure_dice: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Failure detection: a structure below this Dice is a failure")] = 0.8,
 ) -> None:
-    """Dice and ASSD per structure, uncertainty of wrong vs correct voxels, the
-    correlation of per-structure uncertainty with Dice, the failure-detection AUROC of the
-    mean uncertainty and of the samples' disagreement, and the review thresholds of both
-    (the best ones for these volumes, and how the pipeline's defaults do), printed as JSON."""
+    """Evaluate CT muscle weights on held-out volumes; the results are printed as
+    JSON.
+
+    Per structure: Dice and ASSD; the uncertainty of wrong and of correct
+    voxels, and how per-structure uncertainty correlates with Dice; how well the
+    mean uncertainty and the samples' disagreement detect failures (AUROC), with
+    the best review thresholds for these volumes and how the pipeline's defaults
+    do. --write-card stores them in the card.
+    """
     import torch
 
     from acqflow.plugins.ct_muscle.datasets import phantom_volumes

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = ["evaluate", "train"]
 
-DEFAULT_OUTPUT = Path("mr_to_ct_model")
 
 
 class PhantomGenerator(str, Enum):
@@ -52,6 +51,18 @@ Threads = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or tables.")]
 Device = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1.")]
 
+
+def output_folder(value: Path) -> Path:
+    """``--output`` of a train command: refused (one line, exit 2) when it is the bundled
+    weights folder, which a run from a checkout would otherwise overwrite."""
+    from acqflow.models.store import bundled_weights_dir
+
+    if value.expanduser().resolve() == bundled_weights_dir():
+        typer.echo(f"error: --output {value} is the bundled weights folder ({bundled_weights_dir()});"
+                   " write new weights elsewhere and point pipelines.weights at them", err=True)
+        raise typer.Exit(2)
+    return value
+
 _TRAIN_DEFAULTS: dict[str, Any] = {
     "--synthetic": 12,
     "--iterations": 2000,
@@ -71,7 +82,6 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "--ct-noise": 0.0,
     "--discriminator-layers": 4,
     "--pixel-spacing": 3.0,
-    "--output": DEFAULT_OUTPUT,
     "--version": "1.0.0",
     "--resume": True,
     "--device": "cpu",
@@ -115,6 +125,13 @@ def _domain(
 
 
 def train(
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", help="Folder for the generator's weights and card, mr_to_ct.* (required;"
+            " not the bundled weights folder).", callback=output_folder,
+        ),
+    ],
     mr_data: Annotated[Path | None, typer.Option("--mr-data", help="Folder of MR DICOM series.")] = None,
     ct_data: Annotated[Path | None, typer.Option("--ct-data", help="Folder of CT DICOM series.")] = None,
     synthetic: Annotated[
@@ -163,9 +180,6 @@ def train(
                            help="Random gain field and gamma on every MR crop."),
     ] = False,
     seed: Seed = 0,
-    output: Annotated[
-        Path, typer.Option("--output", help="Folder for mr_to_ct.safetensors/.json.")
-    ] = DEFAULT_OUTPUT,
     work_dir: Annotated[
         Path | None, typer.Option("--work-dir", help="Checkpoints + sample grids (default: <output>/work).")
     ] = None,
@@ -177,9 +191,12 @@ def train(
     threads: Threads = None,
     quiet: Quiet = False,
 ) -> Path:
-    """Train the CycleGAN on unpaired MR and CT slices and save the MR-to-CT generator + card.
+    """Train the CycleGAN on unpaired MR and CT slices and write the MR-to-CT
+    generator and its model card to --output.
 
-    Returns the model card path. Raises typer.BadParameter when a domain has no data.
+    \f
+    Returns the model card path. Raises typer.BadParameter when a domain has no
+    data.
     """
     params = dict(locals())  # the options as given, for the reproducible command line
     import torch
@@ -306,10 +323,13 @@ def evaluate(
     threads: Threads = None,
     quiet: Quiet = False,
 ) -> dict[str, Any]:
-    """Held-out Dice of MR segmentation via synthetic CT next to the direct-MR baseline.
+    """Held-out Dice of MR segmentation through synthetic CT, next to segmenting
+    the MR directly. With --review, the review thresholds instead
+    (docs/models/mr-muscle.md).
 
-    With ``--review``, the review thresholds instead (docs/models/mr-muscle.md). Returns
-    the report as a dict. Raises acqflow.models.store.WeightsError on missing or corrupt weights.
+    \f
+    Returns the report as a dict. Raises acqflow.models.store.WeightsError on
+    missing or corrupt weights.
     """
     import torch
 

@@ -63,18 +63,25 @@ class VarietyName(str, Enum):
     HELD_OUT = "held-out"
 
 
-DEFAULT_OUTPUT = Path("virtual_staining_model")
 #: The scale the randomised-generator weights work at (a 10x objective on a 6.5 um camera).
 DEFAULT_PIXEL_SIZE_UM = 0.65
 Data = Annotated[Path | None, typer.Option("--data", help="Folder of phase/fluorescence TIFF pairs.")]
 Manifest = Annotated[
     Path | None,
     typer.Option(
-        "--manifest", help="CSV with columns phase,fluorescence[,experiment,well,position,timepoint]."
+        "--manifest",
+        help="CSV with columns phase and fluorescence (paths), optionally experiment, well, position"
+        " and timepoint.",
     ),
 ]
 Pattern = Annotated[
-    str, typer.Option("--pattern", help="Regex on paths below --data with a (?P<channel>) group.")
+    str,
+    typer.Option(
+        "--pattern",
+        help="Regex on paths below --data with a (?P<channel>) group (and experiment, well, position,"
+        " timepoint groups).",
+        show_default="the regex shown above",
+    ),
 ]
 PhaseToken = Annotated[
     str, typer.Option("--phase-token", help="Value of the channel group for phase images.")
@@ -119,6 +126,18 @@ Threads = Annotated[
     int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's choice).")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def output_folder(value: Path) -> Path:
+    """``--output`` of a train command: refused (one line, exit 2) when it is the bundled
+    weights folder, which a run from a checkout would otherwise overwrite."""
+    from acqflow.models.store import bundled_weights_dir
+
+    if value.expanduser().resolve() == bundled_weights_dir():
+        typer.echo(f"error: --output {value} is the bundled weights folder ({bundled_weights_dir()});"
+                   " write new weights elsewhere and point pipelines.weights at them", err=True)
+        raise typer.Exit(2)
+    return value
 
 
 @dataclass(frozen=True)
@@ -249,6 +268,13 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 
 def train(
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", help="Folder for <name>.safetensors and <name>.json (required; not the"
+            " bundled weights folder).", callback=output_folder,
+        ),
+    ],
     data: Data = None,
     manifest: Manifest = None,
     synthetic: Synthetic = 0,
@@ -274,9 +300,6 @@ def train(
     patience: Annotated[int, typer.Option("--patience", min=1, help="Early-stopping patience (epochs).")] = 3,
     blocks_per_epoch: Annotated[int, typer.Option("--blocks-per-epoch", min=64)] = 8192,
     seed: Seed = 0,
-    output: Annotated[
-        Path, typer.Option("--output", help="Folder for <name>.safetensors and <name>.json.")
-    ] = DEFAULT_OUTPUT,
     work_dir: Annotated[
         Path | None,
         typer.Option(
@@ -296,10 +319,22 @@ def train(
     threads: Threads = None,
     quiet: Quiet = False,
 ) -> Path:
-    """Tune and train the block classifier, evaluate it on held-out images, save weights + card.
+    """Train the virtual-staining block classifier and write its weights and model
+    card.
 
-    Returns the model card path. Raises typer.BadParameter on inconsistent options and
-    ValueError when the data cannot be split or no trial completes.
+    The images come from --data (phase/fluorescence TIFF pairs named as
+    --pattern says), a --manifest, or --synthetic N generated experiments. The
+    hyper-parameters (block size, width) are tuned by Bayesian optimisation over
+    --trials; the best model is evaluated on held-out images and written to
+    --output with its card.
+
+    Default --pattern (names like EXP1_A01_pos1_t0_phase.tif):
+
+    {default pattern}
+
+    \f
+    Returns the model card path. Raises typer.BadParameter on inconsistent
+    options and ValueError when the data cannot be split or no trial completes.
     """
     import torch
 
@@ -336,6 +371,9 @@ def train(
     source["pixel_size_um"] = pixel_size
     settings = TrainingSettings(trials, max_epochs, patience, blocks_per_epoch, positive_fraction, seed)
     return _train_and_save(images, source, labels, settings, space, output, work_dir, version, command, quiet)
+
+
+train.__doc__ = (train.__doc__ or "").replace("{default pattern}", FILE_NAME_PATTERN)  # one source
 
 
 def _train_and_save(
@@ -548,8 +586,16 @@ def evaluate(
     threads: Threads = None,
     quiet: Quiet = False,
 ) -> dict[str, float]:
-    """Evaluate weights on every given image (all of them are treated as held out).
+    """Evaluate virtual-staining weights on images: block F1, accuracy, ROC AUC and
+    how well the stained fraction predicts the measured efficiency.
 
+    Every given image counts as held out; the images come from --data, a
+    --manifest or --synthetic N, as for train. Default --pattern (names like
+    EXP1_A01_pos1_t0_phase.tif):
+
+    {default pattern}
+
+    \f
     Returns the metrics. Raises typer.BadParameter on inconsistent options and
     acqflow.models.store.WeightsError on missing or corrupt weights.
     """
@@ -588,6 +634,9 @@ def evaluate(
     if json_out is not None:
         json_out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
+
+
+evaluate.__doc__ = (evaluate.__doc__ or "").replace("{default pattern}", FILE_NAME_PATTERN)
 
 
 def _load_model(weights: Path | None, name: str) -> tuple[TileCNN, ModelCard]:

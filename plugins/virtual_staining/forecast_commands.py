@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from acqflow.plugins.virtual_staining.commands import output_folder
 from acqflow.plugins.virtual_staining.forecast_options import (
     DEFAULT_COURSE_DAYS,
     DEFAULT_THRESHOLD,
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["evaluate", "train"]
 
-DEFAULT_OUTPUT = Path("efficiency_forecast_model")
 DEFAULT_FRACTIONS = "0.2,0.3,0.5,0.7"
 EVALUATION_SEED = 5_000_000  # evaluate's default: far from any training seed
 
@@ -249,6 +249,7 @@ def _card(model: EfficiencyForecaster, training: dict[str, Any], metrics: dict[s
 
 
 def train(
+    *,  # keyword-only: the required --output keeps its place among the options
     generator: GeneratorOption = None,
     variety: VarietyOption = None,
     experiments: Experiments = 40,
@@ -271,16 +272,26 @@ def train(
     ] = 20,
     seed: Seed = 0,
     output: Annotated[
-        Path, typer.Option("--output", help="Folder for efficiency_forecast.json.")
-    ] = DEFAULT_OUTPUT,
+        Path,
+        typer.Option(
+            "--output", help="Folder for efficiency_forecast.json (required; not the bundled weights"
+            " folder).", callback=output_folder,
+        ),
+    ],
     version: Annotated[str, typer.Option("--version", help="Model version written to the card.")] = "1.0.0",
     quiet: Quiet = False,
 ) -> Path:
-    """Fit the efficiency forecaster on past experiments and save it as a model card.
+    """Fit the final-day efficiency forecaster on past experiments and write its
+    model card.
 
-    With ``--generator synthetic`` the card also gets held-out metrics (generated with
-    the held-out kinetics, seed + 1). Returns the card path. Raises typer.BadParameter
-    on inconsistent options or invalid CSV data.
+    The experiments are --courses (time courses, CSV) with their --finals
+    (final-day efficiencies, CSV), or --generator synthetic plates. With
+    generated plates the card also gets held-out metrics, on plates of the held-
+    out kinetics (seed + 1).
+
+    \f
+    Returns the card path. Raises typer.BadParameter on inconsistent options or
+    invalid CSV data.
     """
     command = _command_line("train", dict(locals()), _defaults(train))
     from acqflow.plugins.virtual_staining.forecast import BIN_CENTRES, FitSettings, fit_forecaster
@@ -365,11 +376,15 @@ def evaluate(
     output: Annotated[Path | None, typer.Option("--output", help="Write the results as JSON here.")] = None,
     quiet: Quiet = False,
 ) -> list[dict[str, object]]:
-    """Forecaster against last-value and logistic-fit baselines per observed fraction.
+    """Compare the forecaster with last-value and logistic-fit baselines, for each
+    observed fraction of the course (--fractions).
 
-    Generated data use the held-out kinetics unless ``--variety training``. Returns the
-    per-fraction results. Raises typer.BadParameter on inconsistent options or invalid
-    data and acqflow.models.store.WeightsError on a missing or invalid model card.
+    Generated plates use the held-out kinetics unless --variety training.
+
+    \f
+    Returns the per-fraction results. Raises typer.BadParameter on inconsistent
+    options or invalid data and acqflow.models.store.WeightsError on a missing
+    or invalid card.
     """
     from acqflow.models.store import bundled_weights_dir
     from acqflow.plugins.virtual_staining.forecast_options import ForecastOptions

@@ -111,7 +111,7 @@ def test_time_series_in_acquisition_order_gives_overlays_time_course_and_gauge(t
         assert report.returncode == 0, report.stderr
         assert report.stdout == (summary / "efficiency.csv").read_text()
         table = daemon.cli("report", "efficiency", "EXP1")
-        assert table.returncode == 0 and "efficiency.png" in table.stdout
+        assert table.returncode == 0 and "efficiency.png" in table.stdout and str(summary) in table.stdout
         assert daemon.cli("report", "efficiency", "NOPE").returncode == 2
 
         text = daemon.metrics_text()

@@ -111,5 +111,5 @@ def test_a_bad_csv_names_the_file_and_line(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     Path("c.csv").write_text("experiment,well,efficiency,elapsed_h\nE,A01,1.7,0\n")
     Path("f.csv").write_text("experiment,well,final_efficiency\nE,A01,0.5\n")
-    result = runner.invoke(app, ["train", "--courses", "c.csv", "--finals", "f.csv"])
+    result = runner.invoke(app, ["train", "--courses", "c.csv", "--finals", "f.csv", "--output", "w"])
     assert result.exit_code != 0 and "c.csv:2: efficiency 1.7 is outside 0-1" in _said(result.output)
