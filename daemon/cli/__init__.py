@@ -26,6 +26,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    # Help in click's plain layout: rich's panels squeeze the help column at 80 columns
+    # and cut option names and words with an ellipsis; click wraps whole words.
+    rich_markup_mode=None,
 )
 
 

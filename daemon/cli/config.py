@@ -19,7 +19,7 @@ from acqflow.daemon.cli.base import (
 )
 from acqflow.daemon.config import Settings
 
-app = typer.Typer(help="Inspect and validate the configuration.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="Inspect and validate the configuration.", no_args_is_help=True)
 
 @app.command("check")
 @handles_errors

@@ -24,7 +24,7 @@ from acqflow.daemon.cli.base import (
 from acqflow.daemon.config import Settings
 from acqflow.daemon.fileio import safe_name
 
-app = typer.Typer(help="Reports built from the journal.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="Reports built from the journal.", no_args_is_help=True)
 
 @app.command("efficiency")
 @handles_errors

@@ -122,10 +122,13 @@ def test_train_help_is_user_help_with_the_whole_default_pattern() -> None:
     joined = "".join(line.strip(" │") for line in run.lines)  # undo rich's folding of the long regex
     assert FILE_NAME_PATTERN in joined
     assert "[default: (the regex shown above)]" in _words(run.output)
+    assert "…" not in run.output  # no option name or word cut
     for command, evaluated in (("ct-muscle", "ct-muscle"), ("mr-to-ct", "mr-muscle"),
                                ("efficiency-forecast", "efficiency-forecast")):
         shown = in_terminal("evaluate", evaluated, "--help")
         assert shown.returncode == 0, shown.output
         assert "Raises" not in shown.output and "Returns" not in shown.output
+        assert "…" not in shown.output
         trained = in_terminal("train", command, "--help")
         assert "--output" in trained.output and "[required]" in trained.output
+        assert "…" not in trained.output
