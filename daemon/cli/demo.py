@@ -41,7 +41,8 @@ from acqflow.plugins.api import DEMO_ENTRY_POINT_GROUP, DemoFiles, DemoInput, De
 
 __all__ = ["DemoCatalogue", "app", "demo_command", "discover_demos", "register_demo_commands"]
 
-app = typer.Typer(rich_markup_mode=None, help="Feed the daemon generated demo data; without a name, list the demos.")
+app = typer.Typer(rich_markup_mode=None,
+                  help="Feed the daemon generated demo data; without a name, list the demos.")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from acqflow.plugins.api import EVALUATE_ENTRY_POINT_GROUP, TRAIN_ENTRY_POINT_GR
 __all__ = ["discover_commands", "evaluate_app", "register_pipeline_commands", "train_app"]
 
 train_app = typer.Typer(rich_markup_mode=None, help="Train a pipeline's model.", no_args_is_help=True)
-evaluate_app = typer.Typer(rich_markup_mode=None, help="Evaluate a pipeline's model on held-out data.", no_args_is_help=True)
+evaluate_app = typer.Typer(rich_markup_mode=None, help="Evaluate a pipeline's model on held-out data.",
+                           no_args_is_help=True)
 
 Command = Callable[..., Any]
 
