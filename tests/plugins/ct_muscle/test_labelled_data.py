@@ -284,7 +284,8 @@ def test_cases_split_whole_and_unknown_key_is_a_usage_error(tmp_path: Path) -> N
     bad = tmp_path / "bad.toml"
     bad.write_text('[labels]\n11 = "no_such_muscle"\n')
     result = CliRunner().invoke(_app(), ["train", "--data-dir", str(tmp_path / "data"),
-                                         "--label-map", str(bad), "--validation", "1"])
+                                         "--label-map", str(bad), "--validation", "1",
+                                         "--output", str(tmp_path / "weights")])
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert "no_such_muscle" in result.output and "--label-map" in result.output
 

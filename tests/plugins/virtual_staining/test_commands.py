@@ -110,8 +110,10 @@ def test_train_command_writes_weights_card_and_resumes(tmp_path: Path) -> None:
     assert first.exit_code == 0, first.output
     card = read_card(tmp_path / "model", "virtual_staining")
     assert card.architecture == "acqflow.models.tile_cnn.TileCNN" and card.sha256
-    assert card.training["command"].startswith(
-        "acqflow train virtual-staining --synthetic 3 --synthetic-size 128"
+    assert card.training["command"] == (
+        f"acqflow train virtual-staining --output {tmp_path / 'model'} --synthetic 3"
+        " --synthetic-size 128 --block-sizes 32 --trials 2 --max-epochs 2"
+        " --blocks-per-epoch 1024 --seed 4 --threads 1"
     )
     assert card.training["search"]["completed"] == 2
     assert {"f1", "accuracy", "precision", "recall", "roc_auc", "efficiency_pearson_r", "dice"} <= set(
