@@ -24,13 +24,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from acqflow.daemon.errors import ConfigError
 
 __all__ = [
+    "DaskSettings",
     "DicomSettings",
+    "ExecutorKind",
     "ExportDestination",
     "ExportSettings",
     "FolderMode",
     "FolderSettings",
     "HealthSettings",
+    "InputTransfer",
     "MetricsSettings",
+    "PathMapping",
     "PipelineSettings",
     "RouteRule",
     "Settings",
@@ -82,8 +86,64 @@ class PathSettings(_Section):
         return self.state_dir / "outbox"
 
 
+class ExecutorKind(str, Enum):
+    """Where pipelines run: the daemon's own threads, or a Dask distributed cluster."""
+
+    LOCAL = "local"
+    DASK = "dask"
+
+
+class InputTransfer(str, Enum):
+    """How a Dask worker gets a job's input files: it reads them where they are (a shared
+    file system, paths mapped by ``path_map``), or the daemon ships their bytes."""
+
+    SHARED = "shared"
+    SHIP = "ship"
+
+
+class PathMapping(_Section):
+    """A folder of the daemon's (``daemon``) seen by the workers as ``worker``."""
+
+    daemon: Path
+    worker: str
+
+    @field_validator("worker")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"a worker path must be absolute, got {value!r}")
+        return value
+
+
+class DaskSettings(_Section):
+    """``workers.executor = "dask"``: an existing scheduler, or a cluster the daemon starts."""
+
+    scheduler: str | None = None  # "tcp://host:8786"
+    # > 0: start a local cluster of this many worker processes (one per GPU with dask-cuda)
+    local_workers: Annotated[int, Field(ge=0, le=256)] = 0
+    connect_seconds: PositiveSeconds = 10.0
+    # jobs submitted at once (each waits in one daemon thread for its result)
+    in_flight: Annotated[int, Field(ge=1, le=1024)] = 16
+    inputs: InputTransfer = InputTransfer.SHARED
+    path_map: tuple[PathMapping, ...] = ()
+    # each job asks for resources={"GPU": 1} (start workers with --resources GPU=1)
+    gpu_resources: bool = False
+    # the scheduler unreachable at start: run on local threads instead of refusing to start
+    fallback_local: bool = False
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> DaskSettings:
+        if self.scheduler is not None and self.local_workers:
+            raise ValueError("give either scheduler (an existing cluster) or local_workers, not both")
+        if self.scheduler is not None and not re.fullmatch(r"(tcp|tls|inproc|ucx)://\S+", self.scheduler):
+            raise ValueError(f"scheduler must be an address like tcp://host:8786, got {self.scheduler!r}")
+        return self
+
+
 class WorkerSettings(_Section):
     count: Annotated[int, Field(ge=1, le=64)] = 1
+    executor: ExecutorKind = ExecutorKind.LOCAL
+    dask: DaskSettings = DaskSettings()
     device: str = "auto"
     queue_size: Annotated[int, Field(ge=1, le=10_000)] = 8
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
@@ -108,6 +168,12 @@ class WorkerSettings(_Section):
         if value in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", value):
             return value
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @model_validator(mode="after")
+    def _dask_cluster(self) -> WorkerSettings:
+        if self.executor is ExecutorKind.DASK and self.dask.scheduler is None and not self.dask.local_workers:
+            raise ValueError("executor dask needs workers.dask.scheduler or workers.dask.local_workers")
+        return self
 
 
 class MetricsSettings(_Section):

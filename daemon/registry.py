@@ -24,7 +24,7 @@ from acqflow.daemon.config import PipelineSettings
 from acqflow.daemon.errors import PipelineLoadError
 from acqflow.plugins.api import ENTRY_POINT_GROUP, Pipeline, PipelineContext
 
-__all__ = ["PipelineRegistry", "resolve_device"]
+__all__ = ["PipelineDeclaration", "PipelineRegistry", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ def _import_ref(ref: str) -> Factory:
     module = importlib.import_module(module_name)
     factory: Factory = getattr(module, attr)
     return factory
+
+
+@dataclass(frozen=True)
+class PipelineDeclaration:
+    """A pipeline's class attributes: its version, and whether it aggregates records."""
+
+    name: str
+    version: str
+    summarizes: bool
 
 
 @dataclass
@@ -142,6 +151,23 @@ class PipelineRegistry:
                     self.on_change()
                 except Exception:  # a listener must not turn a load into a failure
                     log.exception("pipeline load listener failed")
+
+    def declaration(self, name: str) -> PipelineDeclaration:
+        """What ``name``'s class declares, without loading its model (its module is
+        imported): for jobs that run on another machine. Raises PipelineLoadError."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise PipelineLoadError(f"no pipeline named {name!r} (known: {', '.join(self.names())})")
+        try:
+            factory = entry.load_factory()
+        except Exception as exc:  # a broken plugin fails its jobs, not the daemon
+            raise PipelineLoadError(
+                f"pipeline {name} cannot be imported: {type(exc).__name__}: {exc}"
+            ) from exc
+        version = getattr(factory, "version", None)
+        if not isinstance(version, str):
+            raise PipelineLoadError(f"pipeline {name} ({entry.origin}) declares no version")
+        return PipelineDeclaration(name, version, summarizes=callable(getattr(factory, "summarize", None)))
 
     def get_on_device(self, name: str, device: str) -> Pipeline:
         """A second instance of ``name`` loaded on ``device`` (the GPU out-of-memory

@@ -31,6 +31,8 @@ from acqflow.daemon import metrics
 from acqflow.daemon.config import Settings
 from acqflow.daemon.dicom.scp import DicomReceiver
 from acqflow.daemon.errors import BindError, ConfigError, StartupError
+from acqflow.daemon.execution import Executor
+from acqflow.daemon.execution.startup import start_executor
 from acqflow.daemon.fileio import write_atomic
 from acqflow.daemon.folders.watcher import FolderWatcher
 from acqflow.daemon.gpu import GpuSampler, record_pipeline_devices
@@ -112,6 +114,7 @@ class Daemon:
         self._housekeeping_beat = Heartbeat("acqflow-housekeeping")
         self._gpu = GpuSampler()
         self._loading: str | None = None  # the STATUS= line while models preload
+        self._executor: Executor | None = None  # None: local worker threads
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -195,6 +198,7 @@ class Daemon:
         self._step = "starting the workers"
         outbox = ExportOutbox(s.export, journal, s.dicom.ae_title)
         self._outbox = outbox
+        executor = self._start_executor(journal)
         runner = JobRunner(
             journal=journal,
             jobs=jobs,
@@ -205,14 +209,21 @@ class Daemon:
             quarantine_dir=s.paths.quarantine,
             on_exports=self._send_exports_soon,
             resources=self._run_resources(),
+            executor=executor,
         )
-        pool = WorkerPool(runner, Router(s.routes, self.registry.available))
+        threads = s.workers.dask.in_flight if executor is not None else s.workers.count
+        pool = WorkerPool(runner, Router(s.routes, self.registry.available), threads=threads)
         for job in self._parked:
             runner.quarantine_parked(job)
         pool.start()
         self.pool = pool
         self._components.append(("workers", self.pool))
         return outbox, SeriesAssembler(journal, s.dicom.series_quiet_seconds, self.pool.wake)
+
+    def _start_executor(self, journal: Journal) -> Executor | None:
+        self._step = "connecting to the Dask cluster"
+        self._executor = start_executor(self.settings, self.registry, journal)
+        return self._executor
 
     def _ready(self) -> None:
         _sd_notify(f"READY=1\nSTATUS={self._status_line()}")
@@ -291,6 +302,8 @@ class Daemon:
         house.every("gpu", 5.0, self._gpu.sample)
         house.every("exports", s.export.poll_seconds, outbox.send_due)
         house.every("queue-depth", 5.0, lambda: self._refresh_gauges(jobs))
+        if self._executor is not None:  # where the cluster's jobs are, for acqflow status
+            house.every("executor-status", 5.0, self._write_state_file)
         house.every("disk-space", s.workers.disk_check_seconds, self.pool.check_resources)
         house.every("retention", s.retention.check_hours * 3600.0, self.purge_spool)
         for watcher, folder in zip(self._folders, s.folders, strict=True):
@@ -356,8 +369,16 @@ class Daemon:
                     "metrics_port": self.metrics_port,
                     "ae_title": self.settings.dicom.ae_title,
                     "pipelines": self.registry.describe(),
+                    "executor": self._executor_status(),
                 }
             write_atomic(self.settings.paths.state_dir / "daemon.json", json.dumps(state).encode())
+
+    def _executor_status(self) -> dict[str, object]:
+        """Where jobs run now, with the jobs each Dask worker holds (``acqflow status``)."""
+        if self._executor is None:
+            return {"kind": "local", "connected": True, "address": None,
+                    "detail": f"{self.settings.workers.count} worker thread(s)", "workers": []}
+        return self._executor.status().as_dict()
 
     # --- health ---------------------------------------------------------------------
 
@@ -464,6 +485,8 @@ class Daemon:
             self._housekeeping.stop()
         if hasattr(self, "pool"):
             self._left_running = self.pool.stop()
+        if self._executor is not None:
+            self._executor.stop()
         if self.journal is not None:
             self.journal.close()
         with self._state_lock:

@@ -15,19 +15,18 @@ clear, and a GPU out of memory is retried at once with a smaller batch
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from acqflow.daemon import metrics, redaction
 from acqflow.daemon.config import WorkerSettings
-from acqflow.daemon.errors import InputRejected, PipelineLoadError, TransientError
+from acqflow.daemon.errors import InputRejected, PipelineLoadError
+from acqflow.daemon.execution import Computed, Executor, ExecutorUnavailable, LocalExecutor, RunResources
 from acqflow.daemon.fileio import quarantine
 from acqflow.daemon.gpu import job_memory_peak
 from acqflow.daemon.health import Heartbeat
@@ -35,19 +34,10 @@ from acqflow.daemon.jobqueue import Job, JobQueue
 from acqflow.daemon.journal import Arrival, ArrivalState, JobState, Journal
 from acqflow.daemon.logs import log_context
 from acqflow.daemon.registry import PipelineRegistry
-from acqflow.daemon.resources import DiskWatch, ResourceCondition, is_gpu_oom, resource_condition
+from acqflow.daemon.resources import ResourceCondition, resource_condition
 from acqflow.daemon.router import Router
 from acqflow.daemon.sinks.results import ResultSink
-from acqflow.plugins.api import (
-    ImageItem,
-    InputKind,
-    InvalidInputError,
-    Pipeline,
-    PipelineResult,
-    RunHints,
-    SeriesItem,
-    Summarizer,
-)
+from acqflow.plugins.api import ImageItem, InvalidInputError, SeriesItem, Summarizer
 
 __all__ = ["JobRunner", "RunResources", "WorkerPool"]
 
@@ -56,29 +46,14 @@ log = logging.getLogger(__name__)
 Loader = Callable[[Arrival], ImageItem | SeriesItem]
 
 
-class GpuOutOfMemory(TransientError):
-    """A run ran out of GPU memory at the smallest batch and no CPU fallback is allowed."""
-
-
-@dataclass(frozen=True)
-class RunResources:
-    """What a runner knows of its resources: the disk watch (None: not measured) and a
-    way to get a pipeline loaded on the CPU (the GPU out-of-memory fallback)."""
-
-    disks: DiskWatch | None = None
-    cpu_pipeline: Callable[[str], Pipeline] | None = None
-
-
-def _free_gpu_memory() -> None:
-    """Give cached GPU blocks back after an out-of-memory error (torch only if in use)."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 @dataclass(frozen=True)
 class JobRunner:
-    """Runs one claimed job to a journal outcome; shared by the pool and the CLI."""
+    """Runs one claimed job to a journal outcome; shared by the pool and the CLI.
+
+    The pipeline runs on ``executor`` (None: the local executor over ``registry`` and
+    ``loader``, in the calling thread); the result is written here, by the daemon's sinks,
+    whichever executor computed it.
+    """
 
     journal: Journal
     jobs: JobQueue
@@ -88,7 +63,14 @@ class JobRunner:
     settings: WorkerSettings
     quarantine_dir: Path
     on_exports: Callable[[], None] = lambda: None
-    resources: RunResources = RunResources()
+    resources: RunResources = field(default_factory=RunResources)
+    executor: Executor | None = None
+
+    @property
+    def active_executor(self) -> Executor:
+        if self.executor is not None:
+            return self.executor
+        return LocalExecutor(self.registry, self.loader, self.settings, self.resources)
 
     def run(self, job: Job) -> JobState:
         """Start and run ``job``; returns the state it ended in. Never raises for job
@@ -106,17 +88,14 @@ class JobRunner:
             self.jobs.fail(job, "superseded by a newer generation of the input", None, attempt=False)
             return JobState.DEAD
         try:
-            pipeline = self.registry.get(job.pipeline)
-            item = self.loader(arrival)
-            redaction.remember(item.datasets if isinstance(item, SeriesItem) else None)
-            expected = ImageItem if pipeline.input_kind is InputKind.IMAGE else SeriesItem
-            if not isinstance(item, expected):
-                raise InvalidInputError(
-                    f"pipeline {pipeline.name} takes {pipeline.input_kind.value}, got {arrival.kind}"
-                )
-            result = self._run_pipeline(pipeline, item)
-            outputs, records = self.sink.write(pipeline, arrival, result, job.export)
+            computed = self.active_executor.compute(job, arrival)
+            outputs, records = self.sink.write(computed.pipeline, arrival, computed.result, job.export)
             export_ids = self.jobs.complete(job, outputs, records)
+        except ExecutorUnavailable as exc:
+            self.jobs.requeue([job.id])
+            log.warning("job %d (%s) given back, it runs once the executor is back: %s", job.id,
+                        job.pipeline, exc)
+            return JobState.PENDING
         except (InputRejected, InvalidInputError) as exc:
             self._reject(job, arrival, str(exc))
             return JobState.DEAD
@@ -132,42 +111,22 @@ class JobRunner:
             log.warning("job %d (%s) ended after it was given back: not recorded, it runs again",
                         job.id, job.pipeline)
             return JobState.PENDING
-        elapsed = time.monotonic() - started
-        metrics.JOBS.labels(job.pipeline, "done").inc()
-        metrics.JOB_DURATION.labels(job.pipeline).observe(elapsed)
-        metrics.ARRIVAL_TO_RESULT.labels(job.pipeline).observe(max(0.0, time.time() - job.created_at))
-        log.info("job %d (%s) done in %.2f s: %s", job.id, job.pipeline, elapsed, result.summary,
-                 extra={"outcome": "done"})
-        self._summarize(pipeline, records_groups=[(r.kind, r.group) for r in records])
+        self._done(job, computed, started, records_groups=[(r.kind, r.group) for r in records])
         if export_ids:
             self.on_exports()
         return JobState.DONE
 
-    def _run_pipeline(self, pipeline: Pipeline, item: ImageItem | SeriesItem) -> PipelineResult:
-        """``pipeline.run``; after a GPU out of memory again with half the batch, up to
-        ``gpu_oom_retries`` times, then on the CPU when allowed. Raises the last error."""
-        scale = 1.0
-        retries = self.settings.gpu_oom_retries
-        while True:
-            try:
-                return pipeline.run(dataclasses.replace(item, hints=RunHints(scale)))
-            except Exception as exc:
-                if not is_gpu_oom(exc):
-                    raise
-                _free_gpu_memory()
-                if retries == 0:
-                    break
-            retries -= 1
-            scale /= 2
-            metrics.GPU_OOM.labels(pipeline.name, "smaller_batch").inc()
-            log.warning("%s ran out of GPU memory: again with batch scale %g", pipeline.name, scale)
-        fallback = self.resources.cpu_pipeline
-        if not self.settings.gpu_oom_cpu_fallback or fallback is None:
-            metrics.GPU_OOM.labels(pipeline.name, "failed").inc()
-            raise GpuOutOfMemory(f"{pipeline.name} ran out of GPU memory at batch scale {scale:g}")
-        metrics.GPU_OOM.labels(pipeline.name, "cpu").inc()
-        log.warning("%s ran out of GPU memory at batch scale %g: running on the CPU", pipeline.name, scale)
-        return fallback(pipeline.name).run(dataclasses.replace(item, hints=RunHints()))
+    def _done(
+        self, job: Job, computed: Computed, started: float, records_groups: list[tuple[str, str]]
+    ) -> None:
+        elapsed = time.monotonic() - started
+        metrics.JOBS.labels(job.pipeline, "done").inc()
+        metrics.JOB_DURATION.labels(job.pipeline).observe(elapsed)
+        metrics.ARRIVAL_TO_RESULT.labels(job.pipeline).observe(max(0.0, time.time() - job.created_at))
+        log.info("job %d (%s) done in %.2f s: %s", job.id, job.pipeline, elapsed, computed.result.summary,
+                 extra={"outcome": "done"})
+        if computed.summarizer is not None:
+            self._summarize(computed, records_groups)
 
     def _hold(self, job: Job, condition: ResourceCondition, error: str) -> JobState:
         """A full or read-only disk: the job waits, not an attempt, nothing quarantined."""
@@ -179,17 +138,18 @@ class JobRunner:
                     condition.value, error)
         return JobState.HELD
 
-    def _summarize(self, pipeline: Pipeline, records_groups: list[tuple[str, str]]) -> None:
-        if not isinstance(pipeline, Summarizer):
-            return
+    def _summarize(self, computed: Computed, records_groups: list[tuple[str, str]]) -> None:
+        summarizer: Summarizer | None = computed.summarizer
+        name = computed.pipeline.name
         for kind, group in sorted(set(records_groups)):
             try:
-                rows = self.jobs.records(pipeline.name, kind, group)
-                summary = pipeline.summarize(group, rows)
-                self.sink.write_summary(pipeline, group, summary)
+                rows = self.jobs.records(name, kind, group)
+                assert summarizer is not None
+                summary = summarizer.summarize(group, rows)
+                self.sink.write_summary(computed.pipeline, group, summary)
             except Exception:  # a summary failure must not fail the job that succeeded
-                log.exception("summary of %s group %s failed", pipeline.name, group)
-                metrics.JOBS.labels(pipeline.name, "summary_failed").inc()
+                log.exception("summary of %s group %s failed", name, group)
+                metrics.JOBS.labels(name, "summary_failed").inc()
 
     def _reject(self, job: Job, arrival: Arrival, error: str) -> None:
         error = redaction.scrub(error)
@@ -249,12 +209,14 @@ class JobRunner:
 
 
 class WorkerPool:
-    """The dispatcher thread plus ``settings.count`` worker threads."""
+    """The dispatcher thread plus ``threads`` worker threads (default ``settings.count``;
+    with a Dask executor each thread waits for one job's result on the cluster)."""
 
-    def __init__(self, runner: JobRunner, router: Router) -> None:
+    def __init__(self, runner: JobRunner, router: Router, threads: int | None = None) -> None:
         self._runner = runner
         self._router = router
         self._settings = runner.settings
+        self._count = threads if threads is not None else self._settings.count
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=self._settings.queue_size)
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -265,12 +227,12 @@ class WorkerPool:
         # Progress marks for the systemd watchdog (acqflow.daemon.health): the dispatcher beats
         # every cycle; a worker is idle while it waits for a job, busy inside one.
         self.heartbeats = [Heartbeat("acqflow-dispatch")] + [
-            Heartbeat(f"acqflow-worker-{index}") for index in range(self._settings.count)
+            Heartbeat(f"acqflow-worker-{index}") for index in range(self._count)
         ]
 
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._dispatch, name="acqflow-dispatch", daemon=True)]
-        for index in range(self._settings.count):
+        for index in range(self._count):
             self._threads.append(
                 threading.Thread(target=self._work, args=(self.heartbeats[index + 1],),
                                  name=f"acqflow-worker-{index}", daemon=True)
@@ -363,8 +325,14 @@ class WorkerPool:
         return True
 
     def _claimable(self) -> bool:
+        """Claim only while the disks have room and the executor can take jobs."""
         disks = self._runner.resources.disks
-        return disks is None or disks.condition is None
+        return (disks is None or disks.condition is None) and self._runner.active_executor.ready()
+
+    def running(self) -> list[int]:
+        """Ids of the jobs the worker threads are inside now."""
+        with self._lock:
+            return sorted(self._running)
 
     def _dispatch(self) -> None:
         while not self._stopping.is_set():

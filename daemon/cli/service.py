@@ -85,12 +85,14 @@ def _counts(journal: Journal, table: str, column: str) -> list[dict[str, Any]]:
 def status_json(state: dict[str, Any] | None, journal: Journal) -> dict[str, Any]:
     """``status --json``: the same keys whether the daemon runs or not."""
     daemon: dict[str, Any] = {
-        "running": state is not None, "pid": None, "dicom_port": None, "metrics_port": None, "pipelines": {}
+        "running": state is not None, "pid": None, "dicom_port": None, "metrics_port": None, "pipelines": {},
+        "executor": None,
     }
     if state is not None:
         daemon.update(pid=state.get("pid"), dicom_port=state.get("dicom_port"),
                       metrics_port=state.get("metrics_port"),
-                      pipelines={str(k): str(v) for k, v in dict(state.get("pipelines") or {}).items()})
+                      pipelines={str(k): str(v) for k, v in dict(state.get("pipelines") or {}).items()},
+                      executor=state.get("executor"))
     return {
         "daemon": daemon,
         "arrivals": _counts(journal, "arrivals", "kind"),
@@ -98,6 +100,26 @@ def status_json(state: dict[str, Any] | None, journal: Journal) -> dict[str, Any
         "held": _held(journal),
         "exports": _counts(journal, "exports", "destination"),
     }
+
+
+def executor_lines(executor: dict[str, Any] | None) -> list[str]:
+    """Where jobs run: ``executor: local (2 worker threads)``, or the Dask scheduler and
+    each worker with the journal ids of the jobs it runs."""
+    if not executor:
+        return []
+    kind = str(executor.get("kind"))
+    if kind == "local":
+        return [f"executor: local ({escape(str(executor.get('detail', '')))})"]
+    state = "[green]connected[/green]" if executor.get("connected") else "[red]not connected[/red]"
+    lines = [f"executor: dask at {escape(str(executor.get('address')))}, {state}"
+             f" ({escape(str(executor.get('detail', '')))})"]
+    for worker in executor.get("workers") or []:
+        jobs = ", ".join(str(j) for j in worker.get("jobs") or []) or "idle"
+        held = dict(worker.get("resources") or {})
+        resources = "".join(f", {escape(str(k))}={v:g}" for k, v in held.items())
+        lines.append(f"  {escape(str(worker.get('name')))} {escape(str(worker.get('address')))}"
+                     f" ({worker.get('threads')} thread(s){resources}): jobs {jobs}")
+    return lines
 
 
 def _counts_table(title: str, column: str, rows: list[dict[str, Any]], key: str) -> Table:
@@ -129,6 +151,8 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         console.print("pipelines:" if pipelines else "pipelines: none installed")
         for name, loaded in sorted(pipelines.items()):
             console.print(f"  {escape(name):{width}}  {_pipeline_state(str(loaded))}")
+        for line in executor_lines(report["daemon"]["executor"]):
+            console.print(line, highlight=False)
     console.print(_counts_table("arrivals", "arrival kind", report["arrivals"], "kind"))
     console.print(_counts_table("jobs", "pipeline", report["jobs"], "pipeline"))
     for line in held:

@@ -42,6 +42,7 @@ __all__ = [
     "parse_header_prefix",
     "read_part10",
     "read_series",
+    "read_series_files",
 ]
 
 # acqflow's implementation class UID (a 2.25 UUID-derived root, fixed for the project).
@@ -348,10 +349,15 @@ def read_series(journal: Journal, arrival: Arrival) -> SeriesItem:
     arrival has no instances, a file is missing or not DICOM, or the files do not belong
     to one series.
     """
-    instances = journal.instances(arrival.id)
-    if not instances:
+    return read_series_files(arrival, [instance.path for instance in journal.instances(arrival.id)])
+
+
+def read_series_files(arrival: Arrival, paths: Sequence[Path]) -> SeriesItem:
+    """:func:`read_series` from the instances' files at ``paths`` (in arrival order): what
+    a worker without the journal reads. Raises InputRejected as :func:`read_series`."""
+    if not paths:
         raise InputRejected(f"series {arrival.key}: no instances recorded")
-    datasets = [read_part10(instance.path) for instance in instances]
+    datasets = [read_part10(path) for path in paths]
     series_uid = str(arrival.attrs.get("series_uid") or datasets[0].get("SeriesInstanceUID", ""))
     _check_one_series(arrival.key, series_uid, datasets)
     first = datasets[0]

@@ -17,6 +17,7 @@ import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 from prometheus_client import Gauge
 from pydicom import dcmwrite
@@ -25,13 +26,24 @@ from acqflow.daemon import metrics
 from acqflow.daemon.fileio import remove_stale_temporaries, safe_name, write_atomic
 from acqflow.daemon.jobqueue import OutputRow, RecordRow
 from acqflow.daemon.journal import Arrival
-from acqflow.plugins.api import Figure, FileOutput, Pipeline, PipelineResult
+from acqflow.plugins.api import Figure, FileOutput, PipelineResult
 
-__all__ = ["ResultSink", "input_folder"]
+__all__ = ["NamedPipeline", "ResultSink", "input_folder"]
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FOLDER = "_summary"
+
+
+class NamedPipeline(Protocol):
+    """What the sink uses of a pipeline: its name and version (a loaded pipeline, or the
+    identity of one that ran on another machine)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
 
 
 def input_folder(arrival: Arrival) -> PurePosixPath:
@@ -101,12 +113,12 @@ class ResultSink:
     def __init__(self, outputs_dir: Path) -> None:
         self.outputs_dir = outputs_dir
 
-    def pipeline_root(self, pipeline: Pipeline) -> Path:
+    def pipeline_root(self, pipeline: NamedPipeline) -> Path:
         return self.outputs_dir / safe_name(pipeline.name) / safe_name(pipeline.version)
 
     def write(
         self,
-        pipeline: Pipeline,
+        pipeline: NamedPipeline,
         arrival: Arrival,
         result: PipelineResult,
         export: Sequence[str],
@@ -138,7 +150,7 @@ class ResultSink:
             metrics.REVIEW_FLAGS.labels(pipeline.name).inc()
         return outputs, records
 
-    def write_summary(self, pipeline: Pipeline, group: str, result: PipelineResult) -> None:
+    def write_summary(self, pipeline: NamedPipeline, group: str, result: PipelineResult) -> None:
         """Write a summary's files (replaced on every refresh, so not journaled) and figures."""
         base = self.pipeline_root(pipeline) / SUMMARY_FOLDER / safe_name(group)
         _sweep(base)
