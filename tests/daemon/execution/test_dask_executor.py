@@ -279,3 +279,28 @@ def test_inputs_reach_workers_through_a_path_map_or_as_bytes(
             assert second["state"] == "dead" and "/nonexistent/spool" in second["error"]
     finally:
         assert daemon.terminate() == 0
+
+
+def test_local_workers_start_a_cluster_the_daemon_owns(tmp_path: Path) -> None:
+    """``local_workers``: the daemon starts worker processes itself and stops them at exit."""
+    daemon = DaemonProcess(tmp_path, _settings(tmp_path, {"executor": "dask", "dask": {"local_workers": 1}}))
+    daemon.start()
+    try:
+        executor = daemon.state["executor"]
+        assert executor["kind"] == "dask" and executor["connected"] and len(executor["workers"]) == 1
+        workers = _worker_processes(daemon.pid)
+        assert workers, "no worker process under the daemon"
+        _send(daemon, tmp_path, 1)
+        wait_until(lambda: _all_done(daemon, 1), 120, "the job on the daemon's own cluster", daemon)
+    finally:
+        assert daemon.terminate() == 0
+    import psutil
+
+    assert not [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+def _worker_processes(pid: int) -> list[int]:
+    import psutil
+
+    return [child.pid for child in psutil.Process(pid).children(recursive=True)
+            if "distributed" in " ".join(child.cmdline()) or "multiprocessing" in " ".join(child.cmdline())]
