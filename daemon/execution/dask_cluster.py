@@ -120,7 +120,7 @@ class DaskExecutor:
             self._cluster = self._local_cluster()
             address = self._cluster.scheduler_address
         try:
-            self._client = Client(address, timeout=self._dask.connect_seconds, set_as_default=False)
+            self._client = Client(address, timeout=self._dask.connect_seconds, set_as_default=False)  # type: ignore[no-untyped-call]  # distributed is untyped here
         except (OSError, TimeoutError) as exc:
             self.stop()
             raise ExecutorUnreachable(
@@ -147,7 +147,7 @@ class DaskExecutor:
                 log.warning("dask-cuda could not start a GPU cluster (%s): CPU worker processes", exc)
         from distributed import LocalCluster
 
-        return LocalCluster(
+        return LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=self._dask.local_workers, threads_per_worker=1, processes=True,
             host="127.0.0.1", **common,
         )
