@@ -78,6 +78,11 @@ class PathSettings(_Section):
         return self.state_dir / "spool"
 
     @property
+    def imports(self) -> Path:
+        """Where ``acqflow import --copy`` puts its copies (``<series>/<sop>.dcm``)."""
+        return self.state_dir / "imports"
+
+    @property
     def quarantine(self) -> Path:
         return self.state_dir / "quarantine"
 

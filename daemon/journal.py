@@ -307,7 +307,8 @@ class Journal:
 
     def instances(self, arrival_id: int) -> list[Instance]:
         rows = self.query(
-            "SELECT * FROM instances WHERE arrival_id = ? ORDER BY received_at, sop_instance_uid",
+            "SELECT * FROM instances WHERE arrival_id = ?"
+            " ORDER BY received_at, instance_number, sop_instance_uid",
             (arrival_id,),
         )
         return [

@@ -96,6 +96,24 @@ CREATE TABLE IF NOT EXISTS records (
     UNIQUE(pipeline, kind, identity)
 );
 CREATE INDEX IF NOT EXISTS records_group ON records(pipeline, kind, grp);
+-- acqflow import: every file an import looked at (its index, so that a second run reads
+-- only what is new or changed) and what became of it.
+CREATE TABLE IF NOT EXISTS import_files (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    sop_instance_uid TEXT,
+    series_uid TEXT,
+    study_uid TEXT,
+    modality TEXT,
+    sop_class_uid TEXT,
+    transfer_syntax TEXT,
+    instance_number INTEGER,
+    seen_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS import_files_state ON import_files(state, series_uid);
 """
 
 

@@ -70,6 +70,11 @@ def load_item(journal: Journal, arrival: Arrival) -> ImageItem | SeriesItem:
     return read_image(arrival)
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """True when ``path`` lies strictly below ``root``."""
+    return path != root and path.is_relative_to(root)
+
+
 def _sd_notify(message: str) -> None:
     """Tell systemd (Type=notify) about readiness, status, keep-alives and stopping;
     a no-op outside systemd. A socket that cannot be reached is logged, not raised."""
@@ -325,7 +330,8 @@ class Daemon:
             metrics.EXPORT_PENDING.labels(destination).set(count)
 
     def purge_spool(self) -> int:
-        """Delete spooled instances of series whose jobs all finished ``spool_days`` ago."""
+        """Delete spooled (and imported copies of) instances of series whose jobs all finished
+        ``spool_days`` ago; files imported by reference are never touched."""
         assert self.journal is not None
         cutoff = time.time() - self.settings.retention.spool_days * 86400.0
         rows = self.journal.query(
@@ -336,9 +342,12 @@ class Daemon:
             (cutoff,),
         )
         purged = 0
+        # Only the daemon's own copies: a series imported by reference points at the
+        # user's archive, which is never deleted.
+        owned = (self.settings.paths.spool.resolve(), self.settings.paths.imports.resolve())
         for row in rows:
             folder = Path(row["path"])
-            if folder.is_dir():
+            if folder.is_dir() and any(_inside(folder.resolve(), root) for root in owned):
                 shutil.rmtree(folder)
                 purged += 1
         if purged:

@@ -112,6 +112,52 @@ def test_results_on_two_dask_workers_match_local_threads(tmp_path: Path, local_c
     assert all(j["attempts"] == 0 for j in _jobs(daemon))
 
 
+def _archive(root: Path, count: int) -> Path:
+    """``count`` CT series in one unsorted folder tree, with a file that is no DICOM."""
+    archive = root / "archive"
+    for index in range(count):
+        write_synthetic_ct(archive / f"batch{index % 2}", n_slices=4 + index, seed=f"import-{index}",
+                           rows=32, cols=32)
+        for path in sorted((archive / f"batch{index % 2}").glob("CT*.dcm")):
+            path.rename(path.with_name(f"s{index}-{path.name}"))
+    (archive / "README.txt").write_text("scanned 2019")
+    return archive
+
+
+def test_an_imported_archive_on_two_dask_workers_matches_local_threads(
+    tmp_path: Path, local_cluster: Any
+) -> None:
+    """``acqflow import`` of an unsorted folder of CT series into a running daemon, once
+    with local threads and once on a 2-worker LocalCluster: every series done once, the
+    same output files byte for byte; a second import registers nothing."""
+    outputs = {}
+    for name, workers in (("local", {}), ("dask", {
+            "executor": "dask", "dask": {"scheduler": local_cluster.scheduler_address}})):
+        root = tmp_path / name
+        archive = _archive(root, 4)
+        daemon = DaemonProcess(root, _settings(root, workers))
+        daemon.start()
+        try:
+            done = daemon.cli("import", str(archive), "--json")
+            assert done.returncode == 0, done.stderr
+            summary = json.loads(done.stdout)
+            assert (summary["series_new"], summary["instances"], summary["daemon_running"]) == (4, 22, True)
+            assert summary["skipped"] == {"not DICOM": 1}
+            wait_until(lambda d=daemon: _all_done(d, 4), 120, f"imported series on {name}", daemon)
+            again = json.loads(daemon.cli("import", str(archive), "--json").stdout)
+            assert (again["instances"], again["unchanged"]) == (0, again["files"])
+            sources = {r["source"] for r in journal_rows(daemon, "SELECT source FROM arrivals")}
+            assert sources == {"import"}
+            assert all(j["attempts"] == 0 for j in _jobs(daemon))
+        finally:
+            assert daemon.terminate() == 0
+        assert len(_jobs(daemon)) == 4
+        outputs[name] = _outputs(root)
+        assert all(p.is_file() for p in archive.rglob("*.dcm"))  # by reference: never moved
+    assert len(outputs["local"]) == 8  # a summary and a DICOM result per series
+    assert outputs["dask"] == outputs["local"]
+
+
 def test_a_worker_killed_mid_job_runs_it_again_and_writes_once(tmp_path: Path, local_cluster: Any) -> None:
     """SIGKILL of the worker process inside the job: Dask runs it on the other worker, the
     journal records it done once, one set of outputs."""
