@@ -5,12 +5,17 @@
     arrivals and claim their jobs, per job, and its ratio to the 1k case. Routing and
     claiming read only READY arrivals and pending jobs (indexed by state), so the cost
     should stay flat as the journal grows.
+(b) **Import rate** of trees of small DICOM files (8 x 8 CT slices, 100 per series, in
+    nested folders with two series per folder and one non-DICOM file in ten): files/s and
+    peak RSS of ``acqflow import`` (run in a child process, so the peak is its own) at
+    2,500 and 10,000 files, then the second run over the 10,000 (nothing new: reads no
+    header), with the ratios to the smaller tree.
 (c) **Throughput** of N small CT series (32 x 32 x 6, the ``test-series`` pipeline with a
     fixed CPU load per job, ``torch_busy_seconds``) through the in-process daemon with
     the local executor (``workers.count`` 1) and with a Dask ``LocalCluster`` of 1 and 2
     worker processes, in one run: series/s and the ratios to the local executor.
 
-Usage: ``python bench/scale.py [--series 12] [--busy 0.5] [--skip-dask]``
+Usage: ``python bench/scale.py [--series 12] [--busy 0.5] [--files 10000] [--skip-dask]``
 """
 
 from __future__ import annotations
@@ -75,6 +80,70 @@ def dispatch_cost(history: int, new: int = 200) -> float:
         if claimed != new:
             raise RuntimeError(f"claimed {claimed} of {new} jobs")
         return elapsed / new
+
+
+def write_tree(root: Path, files: int, per_series: int = 100) -> None:
+    """``files`` small CT instances (and a text file per ten) in nested folders."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    for index in range(files):
+        series, number = divmod(index, per_series)
+        folder = root / f"site{series % 7}" / f"batch{series // 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid(entropy_srcs=[str(index)])
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=["study", str(series // 3)])
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series", str(series)])
+        ds.Modality, ds.InstanceNumber, ds.PatientName = "CT", number + 1, "BENCH^IMPORT"
+        ds.Rows = ds.Columns = 8
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.PixelData = bytes(128)
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.save_as(folder / f"IM{index:06d}", enforce_file_format=True)
+        if index % 10 == 0:
+            (folder / f"notes{index}.txt").write_text("scanner log")
+
+
+_IMPORT_CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from acqflow.daemon.dicom.importing import DicomImport
+from acqflow.daemon.journal import Journal
+journal = Journal(Path({journal!r}))
+started = time.perf_counter()
+summary = DicomImport(journal).run([Path({tree!r})])
+seconds = time.perf_counter() - started
+print(json.dumps({{"files": summary.files, "instances": summary.instances, "seconds": seconds,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def import_rate(tree: Path, journal: Path) -> dict[str, float]:
+    """One ``acqflow import`` of ``tree`` in a child process: files/s and its peak RSS."""
+    import subprocess
+
+    code = _IMPORT_CHILD.format(repo=str(REPO), journal=str(journal), tree=str(tree))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.splitlines()[-1])
+    return {"files_per_s": result["files"] / result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
+            "instances": result["instances"], "files": result["files"]}
+
+
+def bench_import(files: int) -> dict[str, dict[str, float]]:
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in (files // 4, files):
+            tree = Path(tmp) / f"tree{count}"
+            write_tree(tree, count)
+            out[f"first_{count}"] = import_rate(tree, Path(tmp) / f"journal{count}.sqlite3")
+        out[f"again_{files}"] = import_rate(Path(tmp) / f"tree{files}", Path(tmp) / f"journal{files}.sqlite3")
+    return out
 
 
 def _daemon_settings(root: Path, busy: float, workers: dict[str, Any]) -> Path:
@@ -145,6 +214,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=12)
     parser.add_argument("--busy", type=float, default=0.5, help="CPU seconds per job")
+    parser.add_argument("--files", type=int, default=10_000, help="files in the larger import tree")
     parser.add_argument("--skip-dask", action="store_true")
     args = parser.parse_args()
     report: dict[str, Any] = {"dispatch_us_per_job": {}}
@@ -155,6 +225,16 @@ def main() -> int:
     for history, cost in report["dispatch_us_per_job"].items():
         print(f"    {history:>7} arrivals in the journal: {cost:8.1f} us/job"
               f"  ({cost / base:.2f}x the 1k case)")
+    report["import"] = imports = bench_import(args.files)
+    small, large, again = imports[f"first_{args.files // 4}"], imports[f"first_{args.files}"], \
+        imports[f"again_{args.files}"]
+    print("(b) acqflow import (headers read, series registered; child process):")
+    for name, run in ((f"{args.files // 4} files", small), (f"{args.files} files", large),
+                      (f"{args.files} files again", again)):
+        rate, rss = run["files_per_s"], run["peak_rss_mb"]
+        print(f"    {name:>18}: {rate:7.0f} files/s ({rate / small['files_per_s']:.2f}x),"
+              f" peak RSS {rss:.0f} MB ({rss / small['peak_rss_mb']:.2f}x),"
+              f" {run['instances']:.0f} instances registered")
     local = throughput(args.series, args.busy, {"count": 1})
     report["throughput_series_per_s"] = {"local_1_thread": round(local, 3)}
     print(f"(c) {args.series} series, {args.busy} s of CPU each:")

@@ -301,7 +301,7 @@ class RouteRule(_Section):
     """First matching rule wins unless it sets ``continue``; unset fields match anything."""
 
     name: str
-    source: tuple[str, ...] = ()  # folder, dicom, cli
+    source: tuple[str, ...] = ()  # folder, dicom, cli, import
     kind: tuple[str, ...] = ()  # image, dicom-series
     modality: tuple[str, ...] = ()
     calling_ae: tuple[str, ...] = ()

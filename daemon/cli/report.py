@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -15,12 +16,14 @@ from acqflow.daemon.cli.base import (
     ConfigOption,
     JsonOption,
     console,
+    err,
     fail,
     handles_errors,
     load_settings_for,
     open_journal,
     print_json,
 )
+from acqflow.daemon.cohort import CohortFormat, write_cohort
 from acqflow.daemon.config import Settings
 from acqflow.daemon.fileio import safe_name
 
@@ -66,6 +69,36 @@ def report_efficiency(
     console.print(efficiency_table(experiment, records))
     console.print("plot (efficiency.png) and report (report.html) in:", highlight=False)
     console.print(str(summary), highlight=False, markup=False, soft_wrap=True)  # a path, never broken
+
+
+@app.command("cohort")
+@handles_errors
+def report_cohort(
+    pipeline: Annotated[list[str] | None, typer.Option(
+        "--pipeline", "-p", help="Only this pipeline's results (repeatable; default: every "
+        "segmentation pipeline with results).")] = None,
+    fmt: Annotated[CohortFormat, typer.Option("--format", "-f", help="csv, or parquet (needs the "
+                                              "parquet extra and --output).")] = CohortFormat.CSV,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the table here "
+                                                "(default: CSV on stdout).")] = None,
+    identifiers: Annotated[bool, typer.Option("--identifiers", help="Study and Series Instance "
+                                              "UIDs instead of pseudonyms.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """One row per series and structure over every series processed: volume (mL), mean
+    HU, low-attenuation fraction, mean uncertainty, review flag, model and pipeline
+    version. Study and series are pseudonyms (the same in every report from this
+    journal) unless --identifiers; a series processed again counts once, newest results."""
+    settings = load_settings_for(config)
+    journal = open_journal(settings)
+    try:
+        table = write_cohort(journal, output if output is not None else sys.stdout, fmt, pipeline,
+                             identifiers)
+    finally:
+        journal.close()
+    where = str(output) if output is not None else "stdout"
+    err.print(f"cohort: {table.rows} rows, {table.series} series from {', '.join(table.pipelines)}"
+              f" -> {where}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _typed(value: str | None) -> str | int | float | None:
