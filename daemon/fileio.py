@@ -12,11 +12,13 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from acqflow.daemon.redaction import scrub
 
-__all__ = ["fsync_dir", "quarantine", "remove_stale_temporaries", "safe_name", "write_atomic"]
+__all__ = ["fsync_dir", "quarantine", "quarantine_files", "remove_stale_temporaries", "safe_name",
+           "write_atomic"]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -98,9 +100,7 @@ def quarantine(source: Path, quarantine_dir: Path, reason: str, keep_source: boo
     Watched-folder inputs are copied (``keep_source``) because inputs are never moved or
     deleted; the daemon's own spool files are moved. Returns the quarantine entry.
     """
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    entry = quarantine_dir / f"{stamp}_{time.monotonic_ns() % 1_000_000:06d}_{safe_name(source.name)}"
-    entry.mkdir(parents=True, exist_ok=False)
+    entry = _quarantine_entry(quarantine_dir, source.name)
     target = entry / source.name
     if source.exists():
         if keep_source:
@@ -110,6 +110,35 @@ def quarantine(source: Path, quarantine_dir: Path, reason: str, keep_source: boo
                 shutil.copy2(source, target)
         else:
             shutil.move(str(source), target)
-    note = {"source": str(source), "reason": scrub(reason), "quarantined_at": time.time()}
-    write_atomic(entry / "reason.json", json.dumps(note, indent=2).encode())
+    _quarantine_note(entry, str(source), reason)
     return entry
+
+
+def quarantine_files(files: Sequence[Path], source: Path, quarantine_dir: Path, reason: str) -> Path:
+    """Copy ``files`` (a DICOM series' instances, wherever they lie under ``source``) into
+    one quarantine entry with a JSON note of why; files that are gone are counted as
+    missing. The originals are never touched. Returns the entry."""
+    entry = _quarantine_entry(quarantine_dir, source.name)
+    target = entry / safe_name(source.name)
+    target.mkdir()
+    missing = 0
+    for index, path in enumerate(files):
+        try:
+            shutil.copy2(path, target / f"{index:05d}_{safe_name(path.name)}")
+        except FileNotFoundError:
+            missing += 1
+    _quarantine_note(entry, str(source), reason, {"instances": len(files), "missing": missing})
+    return entry
+
+
+def _quarantine_entry(quarantine_dir: Path, name: str) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    entry = quarantine_dir / f"{stamp}_{time.monotonic_ns() % 1_000_000:06d}_{safe_name(name)}"
+    entry.mkdir(parents=True, exist_ok=False)
+    return entry
+
+
+def _quarantine_note(entry: Path, source: str, reason: str, counts: dict[str, int] | None = None) -> None:
+    note: dict[str, object] = {"source": source, "reason": scrub(reason), "quarantined_at": time.time(),
+                               **(counts or {})}
+    write_atomic(entry / "reason.json", json.dumps(note, indent=2).encode())

@@ -27,7 +27,7 @@ from acqflow.daemon import metrics, redaction
 from acqflow.daemon.config import WorkerSettings
 from acqflow.daemon.errors import InputRejected, PipelineLoadError
 from acqflow.daemon.execution import Computed, Executor, ExecutorUnavailable, LocalExecutor, RunResources
-from acqflow.daemon.fileio import quarantine
+from acqflow.daemon.fileio import quarantine, quarantine_files
 from acqflow.daemon.gpu import job_memory_peak
 from acqflow.daemon.health import Heartbeat
 from acqflow.daemon.jobqueue import Job, JobQueue
@@ -200,7 +200,11 @@ class JobRunner:
             log.warning("arrival %d is a symbolic link: not copied to quarantine", arrival.id)
             return
         try:
-            entry = quarantine(arrival.path, self.quarantine_dir, error, keep_source=True)
+            if arrival.kind == "dicom-series":  # its instances, not a folder: an import's may hold more
+                files = [instance.path for instance in self.journal.instances(arrival.id)]
+                entry = quarantine_files(files, arrival.path, self.quarantine_dir, error)
+            else:
+                entry = quarantine(arrival.path, self.quarantine_dir, error, keep_source=True)
         except OSError:
             log.exception("could not quarantine arrival %d (%s)", arrival.id, arrival.path)
             return

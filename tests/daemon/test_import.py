@@ -18,8 +18,15 @@ from acqflow.daemon.config import Settings
 from acqflow.daemon.dicom.importing import DicomImport, SkipReason
 from acqflow.daemon.journal import ArrivalState, Journal
 from acqflow.daemon.service import Daemon
-from tests.support.daemon_proc import REPO
-from tests.support.peers import write_synthetic_ct
+from tests.support.daemon_proc import (
+    REPO,
+    TEST_PIPELINES,
+    DaemonProcess,
+    journal_rows,
+    toml_dumps,
+    wait_until,
+)
+from tests.support.peers import free_port, write_synthetic_ct
 
 
 def _messy_tree(root: Path) -> dict[str, list[Path]]:
@@ -199,3 +206,42 @@ def test_the_command_prints_a_summary_and_lists_every_skipped_file(tmp_path: Pat
     assert (report["instances"], report["unchanged"], report["daemon_running"]) == (0, report["files"], False)
     missing = _cli(tmp_path, str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+
+
+def test_an_imported_series_that_cannot_be_read_is_quarantined_by_its_own_files(tmp_path: Path) -> None:
+    """Imported, then one of its files removed from the archive before the daemon ran: the
+    job is refused and the quarantine holds copies of that series' files only (not the
+    folder, which holds another series too); the archive is left as it is."""
+
+    broken = write_synthetic_ct(tmp_path / "archive", n_slices=3, seed="import-q", rows=16, cols=16)
+    for path in broken.paths:
+        path.rename(path.with_name(f"q-{path.name}"))
+    other = write_synthetic_ct(tmp_path / "archive", n_slices=2, seed="import-ok", rows=16, cols=16)
+    settings = {
+        "paths": {"state_dir": str(tmp_path / "state"), "outputs_dir": str(tmp_path / "outputs")},
+        "workers": {"device": "cpu", "poll_seconds": 0.2},
+        "metrics": {"port": free_port()},
+        "dicom": {"port": free_port()},
+        "routes": [{"name": "ct", "kind": ["dicom-series"], "pipelines": ["test-series"]}],
+        "pipelines": {"modules": TEST_PIPELINES},
+    }
+    daemon = DaemonProcess(tmp_path, settings)
+    daemon.config_path.write_text(toml_dumps(settings))  # start() writes it too; import runs first
+    assert daemon.cli("import", str(tmp_path / "archive")).returncode == 0
+    gone = tmp_path / "archive" / "q-CT0001.dcm"
+    gone.unlink()
+    daemon.start()
+    try:
+        def finished() -> list[str]:
+            return sorted(r["state"] for r in journal_rows(daemon, "SELECT state FROM jobs"))
+
+        wait_until(lambda: finished() == ["dead", "done"], 60, "both imported series", daemon)
+    finally:
+        assert daemon.terminate() == 0
+    [entry] = list((tmp_path / "state" / "quarantine").iterdir())
+    note = json.loads((entry / "reason.json").read_text())
+    assert "DICOM file missing" in note["reason"] and (note["instances"], note["missing"]) == (3, 1)
+    copied = sorted(p.name for p in entry.rglob("*.dcm"))
+    assert copied == ["00000_q-CT0000.dcm", "00002_q-CT0002.dcm"]
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == sorted(
+        ["q-CT0000.dcm", "q-CT0002.dcm", *(p.name for p in other.paths)])
