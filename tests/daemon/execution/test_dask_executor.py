@@ -1,7 +1,8 @@
 """The Dask executor against real clusters: a ``distributed.LocalCluster`` with worker
 processes, and ``dask scheduler`` / ``dask worker`` processes stopped by PID.
 
-A real ``acqflow serve`` receives synthetic CT series from dcmtk's ``storescu`` and runs
+A real ``acqflow serve`` receives synthetic CT series (from dcmtk's ``storescu``, or imported
+with ``acqflow import`` from an unsorted folder) and runs
 the test pipeline on the cluster; the journal and the output folder are the judges.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support.daemon_proc import REPO, TEST_PIPELINES, DaemonProcess, journal_rows, wait_until
-from tests.support.peers import LOOPBACK, free_port, storescu, wait_for_port, write_synthetic_ct
+from tests.support.peers import LOOPBACK, PeerSet, free_port, storescu, wait_for_port, write_synthetic_ct
 
 distributed = pytest.importorskip("distributed")
 
@@ -167,7 +168,7 @@ def test_a_worker_killed_mid_job_runs_it_again_and_writes_once(tmp_path: Path, l
     ))
     daemon.start()
     try:
-        _send(daemon, tmp_path, 1)
+        assert daemon.cli("import", str(_archive(tmp_path, 1))).returncode == 0
         with distributed.Client(local_cluster.scheduler_address, set_as_default=False) as client:
             def busy_worker() -> str | None:
                 running = [w for w, keys in client.processing().items()
@@ -245,18 +246,27 @@ def cli_cluster(tmp_path: Path) -> Iterator[_CliCluster]:
         cluster.stop()
 
 
-def test_scheduler_lost_mid_run_resubmits_every_job_once(tmp_path: Path, cli_cluster: _CliCluster) -> None:
-    """The scheduler killed while jobs run: they go back to the journal without counting
-    an attempt; once a new scheduler (and its workers) is up, every job is done once."""
+def test_scheduler_lost_mid_run_resubmits_every_job_once(
+    tmp_path: Path, cli_cluster: _CliCluster, peers: PeerSet
+) -> None:
+    """The scheduler killed while imported series run: the jobs go back to the journal
+    without counting an attempt; once a new scheduler (and its workers) is up, every job
+    is done once and every result exported once to a real storescp."""
+    received = tmp_path / "received"
+    _, scp_port = peers.storescp(received, extra=["--unique-filenames"])
     cli_cluster.start_scheduler()
     cli_cluster.start_worker()
-    daemon = DaemonProcess(tmp_path, _settings(
+    settings = _settings(
         tmp_path, {"executor": "dask", "dask": {"scheduler": cli_cluster.address, "in_flight": 4}},
         options={"delay_seconds": 3},
-    ))
+    )
+    settings["export"] = {"poll_seconds": 0.5, "destinations": [
+        {"name": "pacs", "ae_title": "STORESCP", "host": LOOPBACK, "port": scp_port}]}
+    settings["routes"][0]["export"] = ["pacs"]
+    daemon = DaemonProcess(tmp_path, settings)
     daemon.start()
     try:
-        _send(daemon, tmp_path, 3)
+        assert daemon.cli("import", str(_archive(tmp_path, 3))).returncode == 0
         wait_until(lambda: any(j["state"] == "running" for j in _jobs(daemon)), 60, "a running job", daemon)
         cli_cluster.kill_scheduler()
         wait_until(lambda: "given back" in daemon.log_tail(20000), 30, "jobs given back", daemon)
@@ -270,9 +280,12 @@ def test_scheduler_lost_mid_run_resubmits_every_job_once(tmp_path: Path, cli_clu
         assert len(outputs) == 6 and len({r["path"] for r in outputs}) == 6
         executor = json.loads(daemon.cli("status", "--json").stdout)["daemon"]["executor"]
         assert executor["connected"] is True
+        exported = lambda: journal_rows(daemon, "SELECT state, attempts FROM exports")  # noqa: E731
+        wait_until(lambda: [r["state"] for r in exported()] == ["done"] * 3, 60, "three exports", daemon)
     finally:
         assert daemon.terminate() == 0
     assert len(_outputs(tmp_path)) == 6
+    assert len([p for p in received.iterdir() if p.is_file()]) == 3  # each result sent once
 
 
 def test_unreachable_scheduler_refuses_the_start_or_falls_back(tmp_path: Path) -> None:
