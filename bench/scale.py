@@ -216,41 +216,53 @@ def main() -> int:
     parser.add_argument("--busy", type=float, default=0.5, help="CPU seconds per job")
     parser.add_argument("--files", type=int, default=10_000, help="files in the larger import tree")
     parser.add_argument("--skip-dask", action="store_true")
+    parser.add_argument("--parts", default="abc", help="which of (a), (b), (c) to run, e.g. 'b'")
     args = parser.parse_args()
-    report: dict[str, Any] = {"dispatch_us_per_job": {}}
-    for history in (1_000, 10_000, 100_000):
-        report["dispatch_us_per_job"][history] = round(dispatch_cost(history) * 1e6, 1)
-    base = report["dispatch_us_per_job"][1_000]
-    print("(a) dispatch cost per job (route + claim of 200 new jobs):")
-    for history, cost in report["dispatch_us_per_job"].items():
-        print(f"    {history:>7} arrivals in the journal: {cost:8.1f} us/job"
-              f"  ({cost / base:.2f}x the 1k case)")
-    report["import"] = imports = bench_import(args.files)
-    small, large, again = imports[f"first_{args.files // 4}"], imports[f"first_{args.files}"], \
-        imports[f"again_{args.files}"]
+    report: dict[str, Any] = {}
+    if "a" in args.parts:
+        report["dispatch_us_per_job"] = dispatch = {}
+        for history in (1_000, 10_000, 100_000):
+            dispatch[history] = round(dispatch_cost(history) * 1e6, 1)
+        print("(a) dispatch cost per job (route + claim of 200 new jobs):")
+        for history, cost in dispatch.items():
+            print(f"    {history:>7} arrivals in the journal: {cost:8.1f} us/job"
+                  f"  ({cost / dispatch[1_000]:.2f}x the 1k case)")
+    if "b" in args.parts:
+        report["import"] = _print_import(bench_import(args.files), args.files)
+    if "c" in args.parts:
+        report["throughput_series_per_s"] = _throughput_report(args.series, args.busy, args.skip_dask)
+    print(json.dumps(report))
+    return 0
+
+
+def _print_import(imports: dict[str, dict[str, float]], files: int) -> dict[str, dict[str, float]]:
+    small, large, again = imports[f"first_{files // 4}"], imports[f"first_{files}"], imports[f"again_{files}"]
     print("(b) acqflow import (headers read, series registered; child process):")
-    for name, run in ((f"{args.files // 4} files", small), (f"{args.files} files", large),
-                      (f"{args.files} files again", again)):
+    runs = ((f"{files // 4} files", small), (f"{files} files", large), (f"{files} files again", again))
+    for name, run in runs:
         rate, rss = run["files_per_s"], run["peak_rss_mb"]
         print(f"    {name:>18}: {rate:7.0f} files/s ({rate / small['files_per_s']:.2f}x),"
               f" peak RSS {rss:.0f} MB ({rss / small['peak_rss_mb']:.2f}x),"
               f" {run['instances']:.0f} instances registered")
-    local = throughput(args.series, args.busy, {"count": 1})
-    report["throughput_series_per_s"] = {"local_1_thread": round(local, 3)}
-    print(f"(c) {args.series} series, {args.busy} s of CPU each:")
+    return imports
+
+
+def _throughput_report(series: int, busy: float, skip_dask: bool) -> dict[str, float]:
+    local = throughput(series, busy, {"count": 1})
+    out = {"local_1_thread": round(local, 3)}
+    print(f"(c) {series} series, {busy} s of CPU each:")
     print(f"    local executor, 1 thread:  {local:.2f} series/s")
-    if not args.skip_dask:
+    if not skip_dask:
         from distributed import LocalCluster
 
         for n_workers in (1, 2):
             with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                               dashboard_address="127.0.0.1:0") as cluster:
-                rate = throughput(args.series, args.busy, {"count": 1}, cluster.scheduler_address)
-            report["throughput_series_per_s"][f"dask_{n_workers}_workers"] = round(rate, 3)
+                rate = throughput(series, busy, {"count": 1}, cluster.scheduler_address)
+            out[f"dask_{n_workers}_workers"] = round(rate, 3)
             print(f"    Dask, {n_workers} worker process(es): {rate:.2f} series/s"
                   f" ({rate / local:.2f}x local)")
-    print(json.dumps(report))
-    return 0
+    return out
 
 
 if __name__ == "__main__":
