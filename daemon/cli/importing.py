@@ -38,7 +38,8 @@ LOG_EVERY_SECONDS = 10.0  # progress lines when stderr is not a terminal
 
 @handles_errors
 def import_files(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders to walk (nested, unsorted).")],
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH",
+                                                      help="Files or folders to walk (nested, unsorted).")],
     copy: Annotated[bool, typer.Option("--copy", help="Copy instances into the daemon's state folder "
                                        "instead of referencing the originals.")] = False,
     skipped_csv: Annotated[Path | None, typer.Option(

@@ -75,7 +75,7 @@ def report_efficiency(
 @handles_errors
 def report_cohort(
     pipeline: Annotated[list[str] | None, typer.Option(
-        "--pipeline", "-p", help="Only this pipeline's results (repeatable; default: every "
+        "--pipeline", "-p", metavar="NAME", help="Only this pipeline's results (repeatable; default: every "
         "segmentation pipeline with results).")] = None,
     fmt: Annotated[CohortFormat, typer.Option("--format", "-f", help="csv, or parquet (needs the "
                                               "parquet extra and --output).")] = CohortFormat.CSV,
