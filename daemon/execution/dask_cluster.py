@@ -162,6 +162,8 @@ class DaskExecutor:
                 closable.close()
             except Exception as exc:  # noqa: BLE001  # stopping goes on
                 log.warning("closing the Dask %s failed: %s", type(closable).__name__, exc)
+        if cluster is not None:
+            _reap_worker_processes()
 
     @property
     def _gpu_jobs(self) -> bool:
@@ -282,3 +284,19 @@ class DaskExecutor:
             ))
         return ExecutorStatus("dask", connected=True, address=address, workers=tuple(workers),
                               detail=f"{len(workers)} worker(s)")
+
+
+def _reap_worker_processes(timeout: float = 10.0) -> None:
+    """Wait for the worker processes of the daemon's own cluster (its multiprocessing
+    children) to end, killing any still there after ``timeout``: the daemon never exits
+    leaving a worker behind."""
+    import multiprocessing
+    import time
+
+    deadline = time.monotonic() + timeout
+    for child in multiprocessing.active_children():
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            log.warning("Dask worker process %s still running after the cluster closed: killed", child.pid)
+            child.kill()
+            child.join(2.0)

@@ -355,7 +355,13 @@ def test_local_workers_start_a_cluster_the_daemon_owns(tmp_path: Path) -> None:
         assert daemon.terminate() == 0
     import psutil
 
-    assert not [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    def left() -> list[int]:  # multiprocessing's resource tracker ends just after the daemon
+        return [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+    deadline = time.monotonic() + 15
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left(), [" ".join(psutil.Process(p).cmdline()) for p in left()]
 
 
 def _worker_processes(pid: int) -> list[int]:
