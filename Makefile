@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
-SYSTEM_PACKAGES := dcmtk orthanc prometheus dicom3tools
+SYSTEM_PACKAGES := dcmtk orthanc orthanc-dicomweb prometheus dicom3tools
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps serve test lint typecheck bench demo clean
@@ -27,6 +27,7 @@ system-deps:
 	@missing=""; \
 	for tool in storescu echoscu storescp Orthanc prometheus dciodvfy; do \
 	  command -v $$tool >/dev/null 2>&1 || missing=1; done; \
+	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && \

@@ -17,15 +17,25 @@ import tomllib
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from acqflow.daemon.errors import ConfigError
 
 __all__ = [
     "DaskSettings",
     "DicomSettings",
+    "DicomWebDestination",
     "ExecutorKind",
     "ExportDestination",
     "ExportSettings",
@@ -38,6 +48,7 @@ __all__ = [
     "PipelineSettings",
     "RouteRule",
     "Settings",
+    "WebAuth",
     "WorkerSettings",
     "load_settings",
 ]
@@ -268,8 +279,14 @@ class DicomSettings(_Section):
         return tuple(_check_ae(v) for v in value)
 
 
+DestinationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
 class ExportDestination(_Section):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    """A DICOM node that takes results by C-STORE (``kind = "dimse"``, the default)."""
+
+    name: DestinationName
+    kind: Literal["dimse"] = "dimse"
     ae_title: str
     host: str
     port: Port
@@ -281,8 +298,63 @@ class ExportDestination(_Section):
         return None if value is None else _check_ae(value)
 
 
+class WebAuth(str, Enum):
+    """How a DICOMweb destination is authenticated."""
+
+    NONE = "none"
+    BASIC = "basic"  # username + password
+    BEARER = "bearer"  # an OAuth / API token
+
+
+class DicomWebDestination(_Section):
+    """A DICOMweb service that takes results by STOW-RS (``kind = "dicomweb"``).
+
+    Secrets never sit in the settings file: the password or token is read, at each send,
+    from a file (``password_file`` / ``token_file``, e.g. a systemd credential) or an
+    environment variable (``password_env`` / ``token_env``).
+    """
+
+    name: DestinationName
+    kind: Literal["dicomweb"]
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]  # the service root, e.g. .../dicom-web
+    auth: WebAuth = WebAuth.NONE
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    token_file: Path | None = None
+    token_env: str | None = None
+    verify_tls: bool = True
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _credentials(self) -> DicomWebDestination:
+        if self.auth is WebAuth.BASIC and (
+            not self.username or (self.password_file is None) == (self.password_env is None)
+        ):
+            raise ValueError("auth = basic needs username and one of password_file, password_env")
+        if self.auth is WebAuth.BEARER and (self.token_file is None) == (self.token_env is None):
+            raise ValueError("auth = bearer needs one of token_file, token_env")
+        if self.auth is WebAuth.NONE and any(
+            v is not None for v in (self.username, self.password_file, self.password_env, self.token_file,
+                                    self.token_env)
+        ):
+            raise ValueError("credentials given but auth is none: set auth = basic or bearer")
+        return self
+
+
+def _destination_kind(value: Any) -> str:
+    kind = value.get("kind", "dimse") if isinstance(value, Mapping) else getattr(value, "kind", "dimse")
+    return str(kind)
+
+
+Destination = Annotated[
+    Annotated[ExportDestination, Tag("dimse")] | Annotated[DicomWebDestination, Tag("dicomweb")],
+    Discriminator(_destination_kind),
+]
+
+
 class ExportSettings(_Section):
-    destinations: tuple[ExportDestination, ...] = ()
+    destinations: tuple[Destination, ...] = ()
     retry_initial_seconds: PositiveSeconds = 5.0
     retry_max_seconds: PositiveSeconds = 600.0
     give_up_after_seconds: PositiveSeconds = 7 * 24 * 3600.0
@@ -396,7 +468,7 @@ class Settings(_Section):
                     raise ValueError(f"routes[{index}] ({rule.name}) exports to unknown destination {name!r}")
         return self
 
-    def destination(self, name: str) -> ExportDestination:
+    def destination(self, name: str) -> ExportDestination | DicomWebDestination:
         for dest in self.export.destinations:
             if dest.name == name:
                 return dest

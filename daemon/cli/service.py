@@ -168,8 +168,8 @@ def echo(
     config: ConfigOption = None,
     timeout: Annotated[float, typer.Option(min=0.1)] = 10.0,
 ) -> None:
-    """C-ECHO a DICOM destination."""
-    from acqflow.daemon.config import ExportDestination
+    """C-ECHO a DICOM destination (a QIDO-RS search for a DICOMweb one)."""
+    from acqflow.daemon.config import DicomWebDestination, ExportDestination
     from acqflow.daemon.sinks.outbox import echo as c_echo
 
     settings = load_settings_for(config)
@@ -178,9 +178,16 @@ def echo(
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise fail(f"expected AE@host:port, got {destination!r}")
-        target = ExportDestination(name="adhoc", ae_title=ae, host=host, port=int(port))
+        target: ExportDestination | DicomWebDestination = ExportDestination(
+            name="adhoc", ae_title=ae, host=host, port=int(port))
     else:
         target = settings.destination(destination)
+    if isinstance(target, DicomWebDestination):
+        from acqflow.daemon.sinks.dicomweb import StowClient
+
+        http = StowClient(target, timeout).echo()
+        console.print(f"QIDO-RS {target.url}: HTTP {http}", highlight=False, markup=False, soft_wrap=True)
+        return
     status_code = c_echo(target, settings.dicom.ae_title, timeout)
     if status_code != 0:
         raise fail(

@@ -1,4 +1,5 @@
-"""The DICOM export outbox: C-STORE SCU to configured destinations, with retries.
+"""The DICOM export outbox: C-STORE SCU (or STOW-RS, :mod:`acqflow.daemon.sinks.dicomweb`)
+to configured destinations, with retries.
 
 The outbox state lives in the journal's ``exports`` table (created by
 ``JobQueue.complete`` next to the durable output files), so it survives restarts.
@@ -33,7 +34,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from acqflow.daemon import metrics
-from acqflow.daemon.config import ExportDestination, ExportSettings
+from acqflow.daemon.config import DicomWebDestination, ExportDestination, ExportSettings
 from acqflow.daemon.dicom.part10 import read_part10
 from acqflow.daemon.errors import ExportError, InputRejected
 from acqflow.daemon.journal import Journal, PendingExport
@@ -104,8 +105,13 @@ class ExportOutbox:
         """Destination name → number of pending exports (due or waiting for a retry)."""
         return self.journal.pending_exports_by_destination()
 
-    def echo(self, destination: ExportDestination, timeout: float) -> int:
-        """C-ECHO ``destination``; returns the status. Raises ExportError when unreachable."""
+    def echo(self, destination: ExportDestination | DicomWebDestination, timeout: float) -> int:
+        """C-ECHO ``destination`` (a QIDO-RS search for a DICOMweb one); returns the status.
+        Raises ExportError when unreachable."""
+        if isinstance(destination, DicomWebDestination):
+            from acqflow.daemon.sinks.dicomweb import StowClient
+
+            return StowClient(destination, timeout).echo()
         return echo(destination, self.calling_ae, timeout)
 
     # --- one destination ------------------------------------------------------------
@@ -116,6 +122,8 @@ class ExportOutbox:
             for export in exports:
                 self._failed(export, name, f"no export destination named {name!r}", now, True)
             return 0
+        if isinstance(destination, DicomWebDestination):
+            return self._send_web(destination, exports, now)
         items = self._load(name, exports, now)
         contexts = _contexts(items)
         items = [item for item in items if item.syntaxes[0] in contexts]  # rest: next round
@@ -134,6 +142,38 @@ class ExportOutbox:
             return self._store_all(assoc, name, self._accepted(assoc, destination, items, now), now)
         finally:
             _release(assoc)
+
+    def _send_web(
+        self, destination: DicomWebDestination, exports: Sequence[PendingExport], now: float
+    ) -> int:
+        """STOW-RS each export, one request per instance; a failure that cannot pass
+        (the service refused the instance) is dead at once, the rest retried."""
+        from acqflow.daemon.sinks.dicomweb import StowClient
+
+        name = destination.name
+        try:
+            client = StowClient(destination, self.settings.timeout_seconds)
+        except ExportError as exc:  # a secret that cannot be read: retried, it may appear
+            for export in exports:
+                self._failed(export, name, str(exc), now)
+            return 0
+        sent = 0
+        for index, export in enumerate(exports):
+            outcome = client.store(export.path)
+            if outcome.error is None:
+                self.journal.mark_export_done(export.id)
+                metrics.EXPORTS.labels(name, "done").inc()
+                sent += 1
+                continue
+            self._failed(export, name, outcome.error, now, permanent=outcome.permanent)
+            if not outcome.permanent:  # the service is down or busy: the rest wait for the retry
+                for rest in exports[index + 1:]:
+                    self._failed(rest, name, outcome.error, now)
+                LOG.warning("export to %s: %s; %d object(s) will be retried", name, outcome.error,
+                            len(exports) - index)
+                break
+        LOG.info("export to %s: %d of %d object(s) stored by STOW-RS", name, sent, len(exports))
+        return sent
 
     def _accepted(
         self, assoc: Association, destination: ExportDestination, items: Sequence[_Item], now: float

@@ -76,6 +76,7 @@ DCMTK_STORESCU = "/usr/bin/storescu"
 DCMTK_STORESCP = "/usr/bin/storescp"
 DCMTK_ECHOSCU = "/usr/bin/echoscu"
 ORTHANC = "/usr/sbin/Orthanc"
+ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian orthanc-dicomweb
 
 
 def free_port() -> int:
@@ -159,10 +160,13 @@ class PeerSet:
         return process
 
     def orthanc(
-        self, aet: str = "ORTHANC", modalities: Mapping[str, tuple[str, int]] | None = None
+        self, aet: str = "ORTHANC", modalities: Mapping[str, tuple[str, int]] | None = None,
+        dicomweb: bool = False, users: Mapping[str, str] | None = None,
     ) -> OrthancPeer:
-        """Start an Orthanc with its own storage; ``modalities`` maps name → (AE, port)."""
-        peer = OrthancPeer(self, aet=aet, modalities=dict(modalities or {}))
+        """Start an Orthanc with its own storage; ``modalities`` maps name → (AE, port);
+        ``dicomweb`` loads its DICOMweb plugin (``dicomweb_url``)."""
+        peer = OrthancPeer(self, aet=aet, modalities=dict(modalities or {}), dicomweb=dicomweb,
+                           users=dict(users or {}))
         peer.start()
         return peer
 
@@ -223,6 +227,8 @@ class OrthancPeer:
     owner: PeerSet
     aet: str = "ORTHANC"
     modalities: dict[str, tuple[str, int]] = field(default_factory=dict)
+    dicomweb: bool = False  # load the DICOMweb plugin (STOW-RS, QIDO-RS, WADO-RS at /dicom-web/)
+    users: dict[str, str] = field(default_factory=dict)  # HTTP basic auth (user -> password) when set
     http_port: int = 0
     dicom_port: int = 0
     process: PeerProcess | None = None
@@ -240,7 +246,8 @@ class OrthancPeer:
             "DicomPort": self.dicom_port,
             "DicomAet": self.aet,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": False,
             "DicomAlwaysAllowEcho": True,
@@ -248,7 +255,8 @@ class OrthancPeer:
             "DicomModalities": {
                 name: [ae, LOOPBACK, port] for name, (ae, port) in self.modalities.items()
             },
-            "Plugins": [],
+            "Plugins": [ORTHANC_DICOMWEB] if self.dicomweb else [],
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
             "ConcurrentJobs": 1,
             "SaveJobs": False,
             "StableAge": 2,
@@ -277,6 +285,10 @@ class OrthancPeer:
                 time.sleep(0.1)
         raise TimeoutError(f"Orthanc not ready after {timeout:.0f} s:\n{self.process.log_tail()}")
 
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}/dicom-web"
+
     def stop(self) -> None:
         """Stop Orthanc by PID (its storage stays for a later :meth:`start`)."""
         if self.process is not None:
@@ -287,7 +299,7 @@ class OrthancPeer:
         """One REST call; returns the decoded JSON (or None); raises URLError/HTTPError."""
         request = urllib.request.Request(
             f"http://{LOOPBACK}:{self.http_port}{path}", data=body, method=method,
-            headers={"Content-Type": content_type},
+            headers={"Content-Type": content_type, **self._auth()},
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             payload = response.read()
@@ -295,8 +307,18 @@ class OrthancPeer:
 
     def request_bytes(self, path: str) -> bytes:
         """GET ``path`` and return the raw body (e.g. ``/instances/<id>/file``)."""
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.http_port}{path}", timeout=30) as response:
+        request = urllib.request.Request(f"http://{LOOPBACK}:{self.http_port}{path}", headers=self._auth())
+        with urllib.request.urlopen(request, timeout=30) as response:
             return bytes(response.read())
+
+    def _auth(self) -> dict[str, str]:
+        """Basic auth as the first registered user, when there are users."""
+        if not self.users:
+            return {}
+        import base64
+
+        user, password = next(iter(self.users.items()))
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
