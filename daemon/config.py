@@ -36,6 +36,7 @@ __all__ = [
     "DaskSettings",
     "DicomSettings",
     "DicomWebDestination",
+    "DicomWebSettings",
     "ExecutorKind",
     "ExportDestination",
     "ExportSettings",
@@ -279,6 +280,24 @@ class DicomSettings(_Section):
         return tuple(_check_ae(v) for v in value)
 
 
+class DicomWebSettings(_Section):
+    """The STOW-RS receiver: studies POSTed to ``http(s)://host:port<path>/studies``."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 8043
+    path: Annotated[str, Field(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = "/dicom-web"
+    max_request_bytes: Annotated[int, Field(ge=1 << 16)] = 8 << 30  # one POST (a large study)
+    max_instance_bytes: Annotated[int, Field(ge=1 << 12)] = 2 << 30  # one part
+    idle_seconds: PositiveSeconds = 60.0  # a client that sends nothing this long is cut off
+    # "<client> <token>" per line; a POST must carry "Authorization: Bearer <token>".
+    tokens_file: Path | None = None
+    # Clients allowed to store (token names, or client certificate common names); empty:
+    # every client that passes authentication (or any client without tokens or TLS).
+    allowed_clients: tuple[str, ...] = ()
+    tls: TlsSettings | None = None
+
+
 DestinationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
@@ -451,6 +470,7 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     folders: tuple[FolderSettings, ...] = (FolderSettings(path=Path("var/inbox")),)
     dicom: DicomSettings = DicomSettings()
+    dicomweb: DicomWebSettings = DicomWebSettings()
     export: ExportSettings = ExportSettings()
     routes: tuple[RouteRule, ...] = DEFAULT_ROUTES
     pipelines: PipelineSettings = PipelineSettings()

@@ -74,6 +74,7 @@ SOURCE_ERRORS = Counter(
 )
 UNROUTED = Counter("acqflow_unrouted_total", "Arrivals that matched no route", ["source", "kind"])
 DICOM_INSTANCES = Counter("acqflow_dicom_instances_total", "C-STORE requests by outcome", ["outcome"])
+STOW_REQUESTS = Counter("acqflow_stow_requests_total", "STOW-RS requests by HTTP status", ["status"])
 DICOM_BYTES = Counter("acqflow_dicom_received_bytes_total", "Bytes of DICOM instances stored")
 ASSOCIATIONS = Counter("acqflow_dicom_associations_total", "Associations by outcome", ["outcome"])
 CONNECTIONS_REFUSED = Counter(

@@ -110,6 +110,7 @@ class Daemon:
         self._state_lock = threading.Lock()
         self._started_at = 0.0
         self.dicom_port: int | None = None
+        self.stow_port: int | None = None
         self.metrics_port: int | None = None
         self._step = "starting"  # what start() is doing: named by a start-up error
         self._receiver: DicomReceiver | None = None
@@ -288,11 +289,33 @@ class Daemon:
             self._receiver = receiver
             assembler.settle = receiver.settle
             self.dicom_port = receiver.port
+        if s.dicomweb.enabled:
+            self._step = "starting the STOW-RS receiver"
+            self.stow_port = self._start_stow(assembler)
         for watcher in self._folders:
             self._step = f"watching {watcher.settings.path}"
             self._components.append((f"folder {watcher.settings.path}", watcher))
             watcher.start()
             watcher.rescan()
+
+    def _start_stow(self, assembler: SeriesAssembler) -> int:
+        """The STOW-RS receiver, on the DICOM receiver's spool (or its own, recovered
+        first, when DIMSE is off); returns its port."""
+        from acqflow.daemon.dicom.spool import InstanceSpool
+        from acqflow.daemon.dicomweb.server import StowReceiver
+
+        assert self.journal is not None
+        if self._receiver is not None:
+            spool = self._receiver.spool
+        else:
+            from acqflow.daemon.dicom.recovery import recover_spool
+
+            spool = InstanceSpool(self.settings.paths.spool)
+            recover_spool(spool, self.journal)
+        stow = StowReceiver(self.settings.dicomweb, self.journal, spool, assembler.association_closed)
+        self._components.append(("dicomweb", stow))
+        stow.start()
+        return stow.port
 
     def _start_housekeeping(self, assembler: SeriesAssembler, outbox: ExportOutbox, jobs: JobQueue) -> None:
         s = self.settings
@@ -375,6 +398,7 @@ class Daemon:
                     "pid": os.getpid(),
                     "started_at": self._started_at,
                     "dicom_port": self.dicom_port,
+                    "stow_port": self.stow_port,
                     "metrics_port": self.metrics_port,
                     "ae_title": self.settings.dicom.ae_title,
                     "pipelines": self.registry.describe(),
@@ -469,6 +493,8 @@ class Daemon:
         parts = []
         if self.dicom_port is not None:
             parts.append(f"DICOM {s.dicom.ae_title}@{s.dicom.host}:{self.dicom_port}")
+        if self.stow_port is not None:
+            parts.append(f"STOW-RS {s.dicomweb.host}:{self.stow_port}{s.dicomweb.path}/studies")
         if self.metrics_port is not None:
             parts.append(f"metrics http://{s.metrics.host}:{self.metrics_port}/metrics")
         parts.extend(f"watching {f.path}" for f in s.folders)

@@ -55,7 +55,7 @@ from acqflow.daemon.dicom.upper_layer import (
 from acqflow.daemon.errors import BindError
 from acqflow.daemon.journal import Journal
 
-__all__ = ["SCP_SOP_CLASSES", "SCP_TRANSFER_SYNTAXES", "DicomReceiver", "StoreStatus"]
+__all__ = ["SCP_SOP_CLASSES", "SCP_TRANSFER_SYNTAXES", "DicomReceiver", "StoreStatus", "server_tls_context"]
 
 LOG = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ SCP_TRANSFER_SYNTAXES: tuple[str, ...] = (
 )
 
 
-def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
+def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
     """A server TLS context from the settings; raises OSError/ssl.SSLError on bad files."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -149,7 +149,7 @@ class DicomReceiver:
             return
         self._recover_spool()
         self._stopping = False
-        self._tls = _tls_context(self.settings.tls) if self.settings.tls is not None else None
+        self._tls = server_tls_context(self.settings.tls) if self.settings.tls is not None else None
         limits = ListenerLimits(
             self.settings.max_connections_per_address, self.settings.association_request_timeout_seconds
         )

@@ -1,0 +1,1 @@
+"""DICOMweb: the STOW-RS receiver (a source beside the DIMSE SCP)."""
