@@ -10,7 +10,10 @@ environment) to
       and its journal row committed (SQLite WAL) before Success is returned — see the
       durability argument in docs/conformance.md §7. ``--slots 0`` measures new files
       instead (fdatasync, rename into the series folder, folder fsync);
-  (b) dcmtk ``storescp`` writing into a temporary folder (no fsync: its default).
+  (b) dcmtk ``storescp`` writing into a temporary folder (no fsync: its default);
+  (c) acqflow's STOW-RS receiver (``[dicomweb]``, on the same spool as (a), so with the
+      same slots and durability), the series POSTed by ``curl --data-binary`` as one
+      ``multipart/related`` body (``--skip-stow`` leaves it out).
 
 Rounds alternate between the two; the median round of each is reported as instances/s
 and MB/s (10^6 bytes of Part-10 files sent), with the ratio acqflow / storescp of the
@@ -18,7 +21,8 @@ medians and, to show how much the machine moved, the ratio within each round. Ex
 non-zero only when the benchmark itself fails (a transfer fails or files are missing);
 missing the targets is reported, not an error.
 
-Usage: ``python bench/ingest.py [--slices 300] [--max-pdu 131072] [--rounds 3] [--slots 512]``
+Usage: ``python bench/ingest.py [--slices 300] [--max-pdu 131072] [--rounds 3] [--slots 512]
+[--skip-stow]``
 """
 
 from __future__ import annotations
@@ -99,6 +103,54 @@ def run_acqflow(series: SyntheticSeries, workdir: Path, max_pdu: int, slots: int
                  _store_seconds() - handler_before)
 
 
+BOUNDARY = "acqflow-bench"
+
+
+def write_stow_body(series: SyntheticSeries, path: Path) -> None:
+    """The series as one STOW-RS multipart/related body."""
+    with path.open("wb") as body:
+        for instance in series.paths:
+            body.write(f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+            body.write(instance.read_bytes())
+            body.write(b"\r\n")
+        body.write(f"--{BOUNDARY}--\r\n".encode())
+
+
+def run_stow(series: SyntheticSeries, body: Path, workdir: Path, slots: int) -> Round:
+    """One POST of the whole series into acqflow's STOW-RS receiver (on the SCP's spool)."""
+    import subprocess
+
+    from acqflow.daemon.config import DicomWebSettings
+    from acqflow.daemon.dicomweb.server import StowReceiver
+
+    journal = Journal(workdir / "journal.sqlite3")
+    receiver = DicomReceiver(DicomSettings(port=0, spool_slots=slots), journal, workdir / "spool",
+                             lambda _ids: None)
+    receiver.start()
+    stow = StowReceiver(DicomWebSettings(enabled=True, port=0), journal, receiver.spool, lambda _ids: None)
+    stow.start()
+    pool = receiver.spool.slots
+    if pool is not None and not pool.wait_filled(300):
+        raise BenchFailure(f"spool slots not written: {pool.free} of {pool.target}")
+    try:
+        started = time.perf_counter()
+        done = subprocess.run(
+            ["curl", "-sS", "--max-time", "600", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+             f'Content-Type: multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+             "--data-binary", f"@{body}", f"http://127.0.0.1:{stow.port}/dicom-web/studies"],
+            capture_output=True, text=True, timeout=660)
+        seconds = time.perf_counter() - started
+        stored = journal.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
+    finally:
+        stow.stop()
+        receiver.stop()
+        journal.close()
+    if done.stdout != "200" or stored != len(series.paths):
+        raise BenchFailure(f"STOW-RS answered {done.stdout} {done.stderr[-300:]}; {stored} instances"
+                           " journaled")
+    return Round("stow-rs", seconds, len(series.paths), series.total_bytes / 1e6)
+
+
 def _store_seconds() -> float:
     """Total time acqflow spent completing C-STOREs so far (from its histogram)."""
     for family in metrics.DICOM_STORE_DURATION.collect():
@@ -147,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="temp folder (same disk)")
     parser.add_argument("--slots", type=int, default=DicomSettings().spool_slots,
                         help="acqflow's dicom.spool_slots (0: every instance a new file)")
+    parser.add_argument("--skip-stow", action="store_true", help="leave out the STOW-RS rounds")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="acqflow-bench-", dir=args.workdir))
     try:
@@ -157,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"disk: one durable 512 kB write_atomic takes {disk_probe(root):.2f} ms (median); "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPU(s)")
         results: dict[str, list[Round]] = {"acqflow": [], "storescp": []}
+        if not args.skip_stow:
+            results["stow-rs"] = []
+            write_stow_body(series, root / "stow-body")
         for index in range(args.rounds):
             # Each round starts with no dirty pages: storescp leaves ~158 MB unflushed, and
             # acqflow's first fsync would pay for them. Received files are kept until the
@@ -166,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
             results["storescp"].append(run_storescp(series, root / f"scp{index}", args.max_pdu))
             os.sync()
             results["acqflow"].append(run_acqflow(series, root / f"acq{index}", args.max_pdu, args.slots))
+            if not args.skip_stow:
+                os.sync()
+                (root / f"stow{index}").mkdir()
+                stow = run_stow(series, root / "stow-body", root / f"stow{index}", args.slots)
+                results["stow-rs"].append(stow)
         report(results)
     except BenchFailure as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
@@ -191,6 +252,12 @@ def report(results: dict[str, list[Round]]) -> None:
     paired = [a.mb_per_second / s.mb_per_second for a, s in rounds]
     print(f"ratio acqflow/storescp: {ratio:.2f} (of the medians; round by round: "
           f"{', '.join(f'{r:.2f}' for r in paired)})")
+    if results.get("stow-rs"):
+        stow = _median(results["stow-rs"])
+        paired_stow = [w.mb_per_second / a.mb_per_second
+                       for w, a in zip(results["stow-rs"], results["acqflow"], strict=True)]
+        print(f"ratio STOW-RS/C-STORE into acqflow: {stow.mb_per_second / acq.mb_per_second:.2f} (of the"
+              f" medians; round by round: {', '.join(f'{r:.2f}' for r in paired_stow)})")
     speed = "met" if acq.mb_per_second >= TARGET_MB_S else "NOT met"
     relative = "met" if ratio >= TARGET_RATIO else "NOT met"
     print(f"target >= {TARGET_MB_S:.0f} MB/s durable: {speed}; target ratio >= {TARGET_RATIO}: {relative}")

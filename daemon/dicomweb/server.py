@@ -93,6 +93,7 @@ class StowReceiver:
         # tornado's own limit (a connection closed without an answer) only past ours (413).
         self._server = HTTPServer(app, ssl_options=ssl_context,
                                   max_body_size=self.settings.max_request_bytes + (1 << 20),
+                                  chunk_size=1 << 20,  # body pieces per hop to the pool: fewer hops than 64 kB
                                   idle_connection_timeout=self.settings.idle_seconds,
                                   body_timeout=self.settings.idle_seconds, xheaders=False)
         self._server.add_sockets(sockets)
