@@ -37,6 +37,7 @@ __all__ = [
     "DicomSettings",
     "DicomWebDestination",
     "DicomWebSettings",
+    "DicomWebSource",
     "ExecutorKind",
     "ExportDestination",
     "ExportSettings",
@@ -45,10 +46,13 @@ __all__ = [
     "HealthSettings",
     "InputTransfer",
     "MetricsSettings",
+    "PacsSource",
     "PathMapping",
     "PipelineSettings",
+    "RetrieveMode",
     "RouteRule",
     "Settings",
+    "SourceSettings",
     "WebAuth",
     "WorkerSettings",
     "load_settings",
@@ -372,6 +376,48 @@ Destination = Annotated[
 ]
 
 
+class RetrieveMode(str, Enum):
+    """How instances come back from a DIMSE PACS: C-MOVE to acqflow's own SCP (the PACS
+    must know acqflow's AE title and address), or C-GET on the query's association."""
+
+    MOVE = "move"
+    GET = "get"
+
+
+class PacsSource(ExportDestination):
+    """A DIMSE PACS to query (C-FIND) and retrieve from (C-MOVE or C-GET)."""
+
+    retrieve: RetrieveMode = RetrieveMode.MOVE
+    move_destination: str | None = None  # the AE title the PACS sends to (default dicom.ae_title)
+
+    @field_validator("move_destination")
+    @classmethod
+    def _destination_ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae(value)
+
+
+class DicomWebSource(DicomWebDestination):
+    """A DICOMweb service to query (QIDO-RS) and retrieve from (WADO-RS)."""
+
+
+Source = Annotated[
+    Annotated[PacsSource, Tag("dimse")] | Annotated[DicomWebSource, Tag("dicomweb")],
+    Discriminator(_destination_kind),
+]
+
+
+class SourceSettings(_Section):
+    """Where ``acqflow fetch`` (and ``reprocess`` of a purged series) gets studies from."""
+
+    pacs: tuple[Source, ...] = ()
+    retrieve_timeout_seconds: PositiveSeconds = 600.0  # a whole C-MOVE / C-GET / WADO-RS
+
+    @model_validator(mode="after")
+    def _unique(self) -> SourceSettings:
+        _unique_names("source", [d.name for d in self.pacs])
+        return self
+
+
 class ExportSettings(_Section):
     destinations: tuple[Destination, ...] = ()
     retry_initial_seconds: PositiveSeconds = 5.0
@@ -382,10 +428,13 @@ class ExportSettings(_Section):
 
     @model_validator(mode="after")
     def _unique(self) -> ExportSettings:
-        names = [d.name for d in self.destinations]
-        if len(names) != len(set(names)):
-            raise ValueError(f"destination names must be unique: {names}")
+        _unique_names("destination", [d.name for d in self.destinations])
         return self
+
+
+def _unique_names(what: str, names: list[str]) -> None:
+    if len(names) != len(set(names)):
+        raise ValueError(f"{what} names must be unique: {names}")
 
 
 class RouteRule(_Section):
@@ -472,6 +521,7 @@ class Settings(_Section):
     dicom: DicomSettings = DicomSettings()
     dicomweb: DicomWebSettings = DicomWebSettings()
     export: ExportSettings = ExportSettings()
+    sources: SourceSettings = SourceSettings()
     routes: tuple[RouteRule, ...] = DEFAULT_ROUTES
     pipelines: PipelineSettings = PipelineSettings()
     retention: RetentionSettings = RetentionSettings()
@@ -487,6 +537,18 @@ class Settings(_Section):
                 if name not in known:
                     raise ValueError(f"routes[{index}] ({rule.name}) exports to unknown destination {name!r}")
         return self
+
+    def source(self, name: str | None) -> PacsSource | DicomWebSource:
+        """The ``[[sources.pacs]]`` entry ``name`` (the only one when None)."""
+        if name is None:
+            if len(self.sources.pacs) == 1:
+                return self.sources.pacs[0]
+            known = ", ".join(s.name for s in self.sources.pacs) or "none configured"
+            raise ConfigError(f"sources.pacs: name the source with --source ({known})")
+        for source in self.sources.pacs:
+            if source.name == name:
+                return source
+        raise ConfigError(f"sources.pacs: no source named {name!r}")
 
     def destination(self, name: str) -> ExportDestination | DicomWebDestination:
         for dest in self.export.destinations:

@@ -374,6 +374,19 @@ class Journal:
 
     # --- additions for the DICOM source, series assembly and export outbox ----------
 
+    def instance_path(self, sop_instance_uid: str) -> Path | None:
+        """Where the journal holds this instance's file (None: not held)."""
+        rows = self.query("SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return Path(rows[0]["path"]) if rows else None
+
+    def restore_instance(self, sop_instance_uid: str, path: Path, size: int) -> bool:
+        """Point a held instance whose file was removed (spool retention) at ``path``,
+        a copy received again; its series keeps its generation (the same content)."""
+        with self.transaction() as db:
+            cursor = db.execute("UPDATE instances SET path=?, size=? WHERE sop_instance_uid=?",
+                                (str(path), size, sop_instance_uid))
+        return cursor.rowcount == 1
+
     def instance_arrival(self, sop_instance_uid: str) -> int | None:
         """The series arrival that already holds this SOP Instance UID, if any."""
         rows = self.query("SELECT arrival_id FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from acqflow.daemon import __version__
-from acqflow.daemon.cli import config, demo, importing, jobs, models, pipelines, report, service
+from acqflow.daemon.cli import config, demo, fetch, importing, jobs, models, pipelines, report, service
 from acqflow.daemon.cli.base import console
 
 __all__ = ["app", "main"]
@@ -55,6 +55,7 @@ app.command()(jobs.exports)
 app.command()(jobs.retry)
 app.command()(jobs.reprocess)
 app.command("import")(importing.import_files)
+app.command()(fetch.fetch)
 app.command()(models.models)
 app.command()(service.echo)
 app.add_typer(config.app, name="config")

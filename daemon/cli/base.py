@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from acqflow.daemon.config import Settings, load_settings
@@ -44,13 +45,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``message`` as one error line on stderr; raise the returned exit."""
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True)
     return typer.Exit(code)
 
 
 def warn(message: str) -> None:
     """Print ``message`` as one warning line on stderr (never inside a live progress bar)."""
-    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False, markup=True)
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, markup=True)
 
 
 def print_json(data: Any) -> None:

@@ -290,9 +290,12 @@ def reprocess(
         bool, typer.Option(help="Wait for the daemon to finish the jobs, with a progress bar.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 3600.0,
+    source: Annotated[str | None, typer.Option(help="Where to fetch a series whose spool files were "
+                                               "removed ([[sources.pacs]] name).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Queue inputs for processing again; the daemon runs them (now, or at its next start).
+    A series whose spool files the retention removed is fetched again from the PACS first.
 
     With --wait and no daemon running, it says so at once (exit 1); the jobs stay queued.
     """
@@ -310,6 +313,9 @@ def reprocess(
     unrouted: list[str] = []
     root = Path(target).expanduser().resolve()
     found_all = list(_arrivals_for_target(settings, journal, target))  # bad targets fail before the bar
+    for found in found_all:
+        if isinstance(found, Arrival) and found.kind == "dicom-series":
+            _refetch_if_purged(settings, journal, found, source, timeout, as_json)
     with progress_bar(disable=as_json) as progress:
         task = progress.add_task("queueing", total=len(found_all))
         for found in found_all:
@@ -330,7 +336,7 @@ def reprocess(
                 job_ids += [queue.add_job(found.id, d) for d in decisions]
             progress.advance(task)
     for name in unrouted:  # after the bar: a warning never lands inside it
-        warn(f"{escape(scrub(name))}: no route matches")
+        warn(f"{scrub(name)}: no route matches")
     message = f"queued {len(job_ids)} job(s) and {len(new_arrivals)} new input(s)"
     if not as_json:
         console.print(message, highlight=False)
@@ -343,6 +349,29 @@ def reprocess(
     _report_queued(as_json, job_ids, new_arrivals, unrouted, message, dead)
     if dead:
         raise typer.Exit(1)
+
+
+def _refetch_if_purged(settings: Settings, journal: Journal, arrival: Arrival, source: str | None,
+                       timeout: float, quiet: bool) -> None:
+    """Fetch a series back whose spool files were removed; fails naming what to set when
+    there is no source."""
+    from acqflow.daemon.fetching import Fetcher, missing_instances
+
+    missing = missing_instances(journal, arrival)
+    if not missing:
+        return
+    uid = arrival.attrs.get("series_uid", arrival.key)
+    if not settings.sources.pacs:
+        raise fail(f"series {uid}: {len(missing)} instance file(s) removed by the spool retention; "
+                   "add the PACS under [[sources.pacs]] to fetch it again")
+    fetcher = Fetcher(settings, journal, settings.source(source))
+    if fetcher.method == "C-MOVE" and running_state(settings) is None:
+        raise fail(f"series {uid}: its files were removed and C-MOVE sends to the daemon's SCP: "
+                   "start the daemon first")
+    report = fetcher.refetch(arrival, wait_seconds=min(timeout, settings.sources.retrieve_timeout_seconds))
+    if not quiet:
+        console.print(f"series {uid}: fetched again from {report.source} by {report.method}",
+                      highlight=False, markup=False, soft_wrap=True)
 
 
 def _not_running(settings: Settings, count: int, what: str = "queued item(s)") -> str:

@@ -13,6 +13,7 @@ routes half of an imported series.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -187,8 +188,6 @@ class ImportIndex:
 def _common_folder(paths: Sequence[Path]) -> Path:
     """The deepest folder holding every file (the arrival's path; never deleted for an
     import by reference: the spool's retention removes only its own folders)."""
-    import os.path
-
     return Path(os.path.commonpath([str(p.parent) for p in paths]))
 
 
@@ -209,8 +208,8 @@ def _series_arrival(db: sqlite3.Connection, key: str, folder: Path, attrs: dict[
 
 def _add_instance(db: sqlite3.Connection, row: sqlite3.Row, path: Path, arrival_id: int,
                   association: str, now: float) -> str | None:
-    """Insert one instance; None when added, "" when this same file already was, else why
-    it is a duplicate."""
+    """Insert one instance; None when added, "" when this same file already was (or this
+    file restores one whose file is gone), else why it is a duplicate."""
     sop_uid = str(row["sop_instance_uid"])
     held = db.execute(
         "SELECT i.path, a.key FROM instances i JOIN arrivals a ON a.id=i.arrival_id"
@@ -219,6 +218,10 @@ def _add_instance(db: sqlite3.Connection, row: sqlite3.Row, path: Path, arrival_
     ).fetchone()
     if held is not None:
         if held["path"] == str(path):
+            return ""
+        if not os.path.exists(held["path"]):  # its file was removed (retention): this copy restores it
+            db.execute("UPDATE instances SET path=?, size=? WHERE sop_instance_uid=?",
+                       (str(path), row["size"], sop_uid))
             return ""
         where = "" if held["key"] == f"series:{row['series_uid']}" else f" (in {held['key']})"
         return f"same SOP Instance UID {sop_uid} as {held['path']}{where}"

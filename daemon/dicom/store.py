@@ -178,7 +178,9 @@ class InstanceReceipt:
         if invalid is not None:  # first: a sender may cut an over-long UID in the command only
             raise invalid_uid(*invalid)
         _check_matches(header.sop_class_uid, self.sop_class, header.sop_instance_uid, self.sop_uid)
-        return self.receiver.journal.instance_arrival(self.sop_uid) is not None
+        held = self.receiver.journal.instance_path(self.sop_uid)
+        # Held, but its file removed by the spool retention: received again to restore it.
+        return held is not None and held.exists()
 
     def discard(self) -> None:
         incoming, self._incoming = self._incoming, None
@@ -264,7 +266,10 @@ class InstanceReceipt:
         except Exception as exc:  # sqlite3 errors, disk full, locked database
             raise StoreRefused(StoreStatus.OUT_OF_RESOURCES, "journal", f"journal: {exc}") from exc
         metrics.DICOM_BYTES.inc(incoming.size)
-        return "stored" if is_new else "duplicate"
+        if not is_new:  # a held instance whose file was gone (_is_duplicate): restored
+            journal.restore_instance(self.sop_uid, path, incoming.size)
+            return "restored"
+        return "stored"
 
 
 def series_attrs(

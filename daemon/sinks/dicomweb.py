@@ -25,7 +25,7 @@ from acqflow.daemon.config import DicomWebDestination, WebAuth
 from acqflow.daemon.dicom.part10 import read_part10
 from acqflow.daemon.errors import ExportError, InputRejected
 
-__all__ = ["StowClient", "StowOutcome"]
+__all__ = ["StowClient", "StowOutcome", "web_client"]
 
 LOG = logging.getLogger(__name__)
 
@@ -46,21 +46,9 @@ class StowClient:
 
     def __init__(self, destination: DicomWebDestination, timeout: float) -> None:
         """Raises ExportError when a secret cannot be read."""
-        import requests
-        from dicomweb_client import DICOMwebClient
-
         self.destination = destination
-        session = requests.Session()
-        ca_file = destination.ca_file
-        session.verify = str(ca_file) if ca_file is not None else destination.verify_tls
-        if destination.auth is WebAuth.BASIC:
-            assert destination.username is not None
-            session.auth = (destination.username, _secret(destination, "password"))
-        elif destination.auth is WebAuth.BEARER:
-            session.headers["Authorization"] = f"Bearer {_secret(destination, 'token')}"
-        self._session, self._timeout = session, timeout
-        self._client = DICOMwebClient(destination.url.rstrip("/"), session=session, timeout=timeout)
-        self._client.set_http_retry_params(retry=False)
+        self._session, self._client = web_client(destination, timeout)
+        self._timeout = timeout
 
     def store(self, path: Path) -> StowOutcome:
         """STOW-RS the Part-10 file at ``path``; never raises."""
@@ -98,6 +86,26 @@ class StowClient:
             raise ExportError(f"{self.destination.name}: QIDO-RS answered HTTP {response.status_code}"
                               f" {_body(response)}")
         return int(response.status_code)
+
+
+def web_client(destination: DicomWebDestination, timeout: float) -> tuple[Any, Any]:
+    """(requests session, dicomweb-client) for ``destination``: its auth, TLS checks and
+    ``timeout``, dicomweb-client's own retrying off. Raises ExportError when a secret
+    cannot be read."""
+    import requests
+    from dicomweb_client import DICOMwebClient
+
+    session = requests.Session()
+    ca_file = destination.ca_file
+    session.verify = str(ca_file) if ca_file is not None else destination.verify_tls
+    if destination.auth is WebAuth.BASIC:
+        assert destination.username is not None
+        session.auth = (destination.username, _secret(destination, "password"))
+    elif destination.auth is WebAuth.BEARER:
+        session.headers["Authorization"] = f"Bearer {_secret(destination, 'token')}"
+    client = DICOMwebClient(destination.url.rstrip("/"), session=session, timeout=timeout)
+    client.set_http_retry_params(retry=False)
+    return session, client
 
 
 def _secret(destination: DicomWebDestination, kind: str) -> str:
