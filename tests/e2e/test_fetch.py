@@ -67,6 +67,12 @@ def test_fetch_by_c_move_lists_first_then_the_daemon_processes_the_study(
         assert plan["method"] == "C-MOVE"
         assert [(s["series_uid"], s["modality"], s["instances"]) for s in plan["series"]] == [
             (series.series_uid, "CT", 4)]
+        by_patient = daemon.cli("fetch", "--patient", "SYN-fetch-move", "--since", "2025-12-31", "--dry-run",
+                                "--json")
+        assert [s["series_uid"] for s in json.loads(by_patient.stdout)["series"]] == [series.series_uid]
+        later = daemon.cli("fetch", "--patient", "SYN-fetch-move", "--since", "2026-01-02", "--dry-run")
+        assert later.returncode == 1
+        assert "nothing found for patient SYN-fetch-move, since 20260102" in later.stderr
         assert journal_rows(daemon, "SELECT id FROM arrivals") == []  # a dry run fetches nothing
         fetched = daemon.cli("fetch", series.study_uid)
         assert fetched.returncode == 0, fetched.stderr

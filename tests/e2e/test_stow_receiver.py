@@ -218,3 +218,43 @@ def test_what_was_answered_survives_a_kill_9_during_a_post(tmp_path: Path) -> No
         assert daemon.terminate() == 0
     counts = journal_rows(daemon, "SELECT COUNT(*) n FROM instances GROUP BY arrival_id")
     assert sorted(r["n"] for r in counts) == [10] * 6
+
+
+def _certificate(folder: Path, name: str, server: bool = False) -> tuple[Path, Path]:
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    extra = ["-addext", "subjectAltName=IP:127.0.0.1"] if server else []
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    f"/CN={name}", *extra, "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_https_with_client_certificates_and_allowed_clients(tmp_path: Path) -> None:
+    """TLS with required client certificates: the certificate's common name is the
+    client; one not in allowed_clients gets 403; without a certificate no connection."""
+    import requests
+
+    server = _certificate(tmp_path, "localhost", server=True)
+    allowed, other = _certificate(tmp_path, "modality-7"), _certificate(tmp_path, "intruder")
+    trusted = tmp_path / "clients.pem"
+    trusted.write_bytes(allowed[0].read_bytes() + other[0].read_bytes())
+    series = write_synthetic_ct(tmp_path / "in", n_slices=2, seed="stow-tls", rows=16, cols=16)
+    daemon = DaemonProcess(tmp_path, _settings(tmp_path, allowed_clients=["modality-7"], tls={
+        "certificate": str(server[0]), "private_key": str(server[1]), "ca_certificates": str(trusted),
+        "require_client_certificate": True}))
+    daemon.start()
+    url = f"https://127.0.0.1:{daemon.settings['dicomweb']['port']}/dicom-web/studies"
+    body, headers = _body(list(series.paths)), {"Content-Type": CONTENT_TYPE}
+    try:
+        verify = str(server[0])
+        stored = requests.post(url, data=body, headers=headers, cert=allowed, verify=verify, timeout=30)
+        assert stored.status_code == 200, stored.text
+        refused = requests.post(url, data=body, headers=headers, cert=other, verify=verify, timeout=30)
+        assert refused.status_code == 403
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.post(url, data=body, headers=headers, verify=verify, timeout=30)
+        wait_until(lambda: _series_done(daemon, 1), 60, "the series over TLS", daemon)
+    finally:
+        assert daemon.terminate() == 0
+    [row] = journal_rows(daemon, "SELECT DISTINCT calling_ae FROM instances")
+    assert row["calling_ae"] == "modality-7"
