@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
-SYSTEM_PACKAGES := dcmtk orthanc orthanc-dicomweb prometheus dicom3tools
+SYSTEM_PACKAGES := dcmtk orthanc orthanc-dicomweb prometheus dicom3tools chromium chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps serve test lint typecheck bench demo clean
@@ -25,7 +25,7 @@ setup: $(VENV)/.installed
 # The test suite talks to real peers: dcmtk, Orthanc, Prometheus and dciodvfy.
 system-deps:
 	@missing=""; \
-	for tool in storescu echoscu storescp Orthanc prometheus dciodvfy; do \
+	for tool in storescu echoscu storescp Orthanc prometheus dciodvfy chromium chromedriver; do \
 	  command -v $$tool >/dev/null 2>&1 || missing=1; done; \
 	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing=1; \
 	if [ -n "$$missing" ]; then \

@@ -54,6 +54,7 @@ __all__ = [
     "Settings",
     "SourceSettings",
     "WebAuth",
+    "WebSettings",
     "WorkerSettings",
     "load_settings",
 ]
@@ -302,6 +303,29 @@ class DicomWebSettings(_Section):
     tls: TlsSettings | None = None
 
 
+class WebSettings(_Section):
+    """The web console: plate, studies and operations views (read-only by default)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 8044
+    # "<user> <token>" per line; required (or TLS client certificates) off loopback. A
+    # browser opens the console once with ?token=<token>, which sets a cookie.
+    tokens_file: Path | None = None
+    allow_actions: bool = False  # retry and reprocess buttons (the CLI's code paths)
+    refresh_seconds: Annotated[float, Field(ge=1.0, le=3600.0)] = 3.0  # live views poll this often
+    tls: TlsSettings | None = None
+
+    @model_validator(mode="after")
+    def _guarded_off_loopback(self) -> WebSettings:
+        loopback = self.host in ("127.0.0.1", "::1", "localhost")
+        certificates = self.tls is not None and self.tls.require_client_certificate
+        if not loopback and self.tokens_file is None and not certificates:
+            raise ValueError(f"host {self.host} is not loopback: set tokens_file or tls with "
+                             "require_client_certificate first")
+        return self
+
+
 DestinationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
@@ -520,6 +544,7 @@ class Settings(_Section):
     folders: tuple[FolderSettings, ...] = (FolderSettings(path=Path("var/inbox")),)
     dicom: DicomSettings = DicomSettings()
     dicomweb: DicomWebSettings = DicomWebSettings()
+    web: WebSettings = WebSettings()
     export: ExportSettings = ExportSettings()
     sources: SourceSettings = SourceSettings()
     routes: tuple[RouteRule, ...] = DEFAULT_ROUTES

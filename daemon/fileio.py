@@ -17,8 +17,8 @@ from pathlib import Path
 
 from acqflow.daemon.redaction import scrub
 
-__all__ = ["fsync_dir", "quarantine", "quarantine_files", "remove_stale_temporaries", "safe_name",
-           "write_atomic"]
+__all__ = ["fsync_dir", "quarantine", "quarantine_files", "read_tokens", "remove_stale_temporaries",
+           "safe_name", "write_atomic"]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -142,3 +142,26 @@ def _quarantine_note(entry: Path, source: str, reason: str, counts: dict[str, in
     note: dict[str, object] = {"source": source, "reason": scrub(reason), "quarantined_at": time.time(),
                                **(counts or {})}
     write_atomic(entry / "reason.json", json.dumps(note, indent=2).encode())
+
+
+def read_tokens(path: Path, setting: str) -> dict[str, str]:
+    """token -> name from a ``<name> <token>`` per line file (``#`` comments); raises
+    ConfigError naming ``setting`` when it cannot be read or holds no token."""
+    from acqflow.daemon.errors import ConfigError
+
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror or exc}") from None
+    tokens = {}
+    for number, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ConfigError(f"{setting} {path}:{number}: expected '<name> <token>'")
+        tokens[parts[1]] = parts[0]
+    if not tokens:
+        raise ConfigError(f"{setting} {path}: no tokens")
+    return tokens

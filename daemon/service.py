@@ -111,6 +111,7 @@ class Daemon:
         self._started_at = 0.0
         self.dicom_port: int | None = None
         self.stow_port: int | None = None
+        self.web_port: int | None = None
         self.metrics_port: int | None = None
         self._step = "starting"  # what start() is doing: named by a start-up error
         self._receiver: DicomReceiver | None = None
@@ -292,6 +293,14 @@ class Daemon:
         if s.dicomweb.enabled:
             self._step = "starting the STOW-RS receiver"
             self.stow_port = self._start_stow(assembler)
+        if s.web.enabled:
+            self._step = "starting the web console"
+            from acqflow.daemon.web.app import WebConsole
+
+            console = WebConsole(s, self.journal)
+            self._components.append(("web", console))
+            console.start()
+            self.web_port = console.port
         for watcher in self._folders:
             self._step = f"watching {watcher.settings.path}"
             self._components.append((f"folder {watcher.settings.path}", watcher))
@@ -399,6 +408,7 @@ class Daemon:
                     "started_at": self._started_at,
                     "dicom_port": self.dicom_port,
                     "stow_port": self.stow_port,
+                    "web_port": self.web_port,
                     "metrics_port": self.metrics_port,
                     "ae_title": self.settings.dicom.ae_title,
                     "pipelines": self.registry.describe(),
@@ -495,6 +505,8 @@ class Daemon:
             parts.append(f"DICOM {s.dicom.ae_title}@{s.dicom.host}:{self.dicom_port}")
         if self.stow_port is not None:
             parts.append(f"STOW-RS {s.dicomweb.host}:{self.stow_port}{s.dicomweb.path}/studies")
+        if self.web_port is not None:
+            parts.append(f"console http{'s' if s.web.tls else ''}://{s.web.host}:{self.web_port}/")
         if self.metrics_port is not None:
             parts.append(f"metrics http://{s.metrics.host}:{self.metrics_port}/metrics")
         parts.extend(f"watching {f.path}" for f in s.folders)

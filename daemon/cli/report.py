@@ -24,8 +24,7 @@ from acqflow.daemon.cli.base import (
     print_json,
 )
 from acqflow.daemon.cohort import CohortFormat, write_cohort
-from acqflow.daemon.config import Settings
-from acqflow.daemon.fileio import safe_name
+from acqflow.daemon.summaries import efficiency_summary
 
 app = typer.Typer(rich_markup_mode=None, help="Reports built from the journal.", no_args_is_help=True)
 
@@ -43,15 +42,12 @@ def report_efficiency(
         raise fail("--csv and --json exclude each other")
     settings = load_settings_for(config)
     journal = open_journal(settings)
-    rows = journal.query(
-        "SELECT o.path FROM outputs o WHERE o.pipeline='virtual-staining' AND o.kind='file'"
-        " ORDER BY o.written_at DESC LIMIT 1"
-    )
-    journal.close()
-    if not rows:
+    try:
+        summary = efficiency_summary(journal, settings, experiment)
+    finally:
+        journal.close()
+    if summary is None:
         raise fail("no virtual-staining results in the journal yet")
-    version_root = _version_root(Path(rows[0]["path"]), settings)
-    summary = version_root / "_summary" / safe_name(experiment)
     table_path = summary / "efficiency.csv"
     if not table_path.is_file():
         raise fail(f"no efficiency time course for experiment {experiment!r} (looked in {summary})")
@@ -152,10 +148,3 @@ def efficiency_table(experiment: str, records: list[dict[str, str]]) -> Table:
             cells += [_percent(row.get("forecast_final")), interval, row.get("forecast_call") or "-"]
         table.add_row(*cells)
     return table
-
-
-def _version_root(output: Path, settings: Settings) -> Path:
-    """``<outputs>/virtual-staining/<version>`` from one of its output files."""
-    relative = output.relative_to(settings.paths.outputs_dir)
-    return settings.paths.outputs_dir / relative.parts[0] / relative.parts[1]
-

@@ -20,7 +20,6 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from acqflow.daemon import metrics
@@ -28,6 +27,7 @@ from acqflow.daemon.config import DicomWebSettings
 from acqflow.daemon.dicom.spool import InstanceSpool
 from acqflow.daemon.dicomweb.stow import StowRejected, StowUpload
 from acqflow.daemon.errors import BindError, ConfigError
+from acqflow.daemon.fileio import read_tokens
 from acqflow.daemon.journal import Journal
 
 __all__ = ["StowReceiver"]
@@ -45,7 +45,8 @@ class StowReceiver:
     def __init__(self, settings: DicomWebSettings, journal: Journal, spool: InstanceSpool,
                  on_closed: Callable[[list[int]], None]) -> None:
         self.settings, self.journal, self.spool, self.on_closed = settings, journal, spool, on_closed
-        self._tokens = _read_tokens(settings.tokens_file) if settings.tokens_file is not None else {}
+        self._tokens = (read_tokens(settings.tokens_file, "dicomweb.tokens_file")
+                        if settings.tokens_file is not None else {})
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="acqflow-stow")
         self._loop: Any = None
         self._server: Any = None
@@ -132,26 +133,6 @@ class StowReceiver:
         if self.settings.allowed_clients and name not in self.settings.allowed_clients:
             return None
         return name
-
-
-def _read_tokens(path: Path) -> dict[str, str]:
-    """token -> client name from ``<client> <token>`` lines (# comments)."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"dicomweb.tokens_file: cannot read {path}: {exc.strerror or exc}") from None
-    tokens = {}
-    for number, line in enumerate(lines, 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ConfigError(f"dicomweb.tokens_file {path}:{number}: expected '<client> <token>'")
-        tokens[parts[1]] = parts[0]
-    if not tokens:
-        raise ConfigError(f"dicomweb.tokens_file {path}: no tokens")
-    return tokens
 
 
 def _handler_class() -> type:
