@@ -270,6 +270,7 @@ class VirtualStainingPipeline:
         from acqflow.plugins.virtual_staining.summary import (
             efficiency_time_course,
             latest_per_well,
+            provenance,
             report_html,
             time_course_csv,
             time_course_plot,
@@ -281,7 +282,8 @@ class VirtualStainingPipeline:
         files = [
             FileOutput("efficiency.csv", time_course_csv(group, points, forecast), "text/csv"),
             FileOutput("efficiency.png", plot, "image/png"),
-            FileOutput("report.html", report_html(group, points, plot, forecast), "text/html"),
+            FileOutput("report.html", report_html(group, points, plot, forecast,
+                                                  provenance(records, self.version)), "text/html"),
         ]
         figures = [
             Figure("differentiation_efficiency", point.efficiency, {"experiment": group, "well": well})

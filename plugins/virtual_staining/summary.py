@@ -333,11 +333,34 @@ def _forecast_section(points: Sequence[TimePoint], forecast: ForecastSummary | N
     )
 
 
+def provenance(records: Sequence[Mapping[str, RecordValue]], pipeline_version: str) -> dict[str, str]:
+    """What made a summary: model and pipeline versions, thresholds, block size, model
+    pixel size and the input folders, from the records (each value once)."""
+    def values(key: str) -> str:
+        return ", ".join(sorted({str(r[key]) for r in records if r.get(key) is not None})) or "-"
+
+    folders = sorted({str(r["relative_path"]).rsplit("/", 1)[0] for r in records
+                      if "/" in str(r.get("relative_path") or "")})
+    return {"pipeline": f"virtual-staining {pipeline_version}", "model version": values("model_version"),
+            "block threshold": values("threshold"), "block size (px)": values("block_size"),
+            "model pixel size (um)": values("model_pixel_size_um"),
+            "input folders": ", ".join(folders) or "-", "images": str(len(records))}
+
+
+def _provenance_section(made_by: Mapping[str, str] | None) -> str:
+    if not made_by:
+        return ""
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in made_by.items())
+    return f"<h2>Provenance</h2>\n<table class=\"provenance\">{rows}</table>"
+
+
 def report_html(
-    group: str, points: Sequence[TimePoint], plot_png: bytes, forecast: ForecastSummary | None = None
+    group: str, points: Sequence[TimePoint], plot_png: bytes, forecast: ForecastSummary | None = None,
+    made_by: Mapping[str, str] | None = None,
 ) -> bytes:
     """A self-contained HTML page: the plot inline, the latest value and overlays per well,
-    and with ``forecast`` each well's latest forecast of the final day."""
+    with ``forecast`` each well's latest forecast of the final day, and with ``made_by``
+    (:func:`provenance`) what made it."""
     esc = html.escape
     rows, images = [], []
     for well, point in sorted(latest_per_well(points).items()):
@@ -369,6 +392,7 @@ figure{{display:inline-block;margin:4px}}img{{width:240px}}</style></head><body>
 <h2>Latest overlays</h2>
 {chr(10).join(images) or "<p>No overlay paths recorded.</p>"}
 <p>Time course as CSV: <a href="efficiency.csv">efficiency.csv</a></p>
+{_provenance_section(made_by)}
 </body></html>
 """
     return page.encode()

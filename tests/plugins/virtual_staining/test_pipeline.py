@@ -251,6 +251,9 @@ def test_summary_time_course(pipeline: VirtualStainingPipeline) -> None:
     assert files["efficiency.png"].startswith(b"\x89PNG")
     html = files["report.html"].decode()
     assert "../../EXP1_A01_pos1_t002_phase/overlay.png" in html and "EXP1_A01_pos1_t000" not in html
+    provenance = html[html.index("<h2>Provenance</h2>"):]
+    assert f"<td>virtual-staining {pipeline.version}</td>" in provenance
+    assert f"<th>model version</th><td>{pipeline.card.version}</td>" in provenance
     gauges = {f.labels["well"]: f for f in result.figures if f.name == "differentiation_efficiency"}
     assert set(gauges) == {"A01", "A02"}
     assert all(
