@@ -13,7 +13,10 @@ environment) to
   (b) dcmtk ``storescp`` writing into a temporary folder (no fsync: its default);
   (c) acqflow's STOW-RS receiver (``[dicomweb]``, on the same spool as (a), so with the
       same slots and durability), the series POSTed by ``curl --data-binary`` as one
-      ``multipart/related`` body (``--skip-stow`` leaves it out).
+      ``multipart/related`` body (``--skip-stow`` leaves it out);
+  (d) with ``--console``: (a) again with the web console running on the same journal and
+      a client fetching three of its pages every 0.2 s (15 requests/s, far more than a
+      browser on the plate view), to show what the console costs ingest.
 
 Rounds alternate between the two; the median round of each is reported as instances/s
 and MB/s (10^6 bytes of Part-10 files sent), with the ratio acqflow / storescp of the
@@ -21,7 +24,7 @@ medians and, to show how much the machine moved, the ratio within each round. Ex
 non-zero only when the benchmark itself fails (a transfer fails or files are missing);
 missing the targets is reported, not an error.
 
-Usage: ``python bench/ingest.py [--slices 300] [--max-pdu 131072] [--rounds 3] [--slots 512]
+Usage: ``python bench/ingest.py [--slices 300] [--max-pdu 131072] [--rounds 3] [--slots 512] [--console]
 [--skip-stow]``
 """
 
@@ -34,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +84,12 @@ def _send(port: int, series: SyntheticSeries, max_pdu: int, called_ae: str) -> f
     return elapsed
 
 
-def run_acqflow(series: SyntheticSeries, workdir: Path, max_pdu: int, slots: int) -> Round:
-    """One transfer into a fresh journal + spool with durable writes."""
+def run_acqflow(series: SyntheticSeries, workdir: Path, max_pdu: int, slots: int,
+                console: bool = False) -> Round:
+    """One transfer into a fresh journal + spool with durable writes; with ``console``
+    the web console runs on the same journal with a client polling it every 0.2 s."""
     journal = Journal(workdir / "journal.sqlite3")
+    stop_polling = _console_poller(journal, workdir) if console else None
     settings = DicomSettings(port=0, max_pdu=max_pdu, spool_slots=slots)
     receiver = DicomReceiver(settings, journal, workdir / "spool",
                              lambda _ids: None)
@@ -95,12 +102,47 @@ def run_acqflow(series: SyntheticSeries, workdir: Path, max_pdu: int, slots: int
         seconds = _send(receiver.port, series, max_pdu, "ACQFLOW")
         stored = journal.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
     finally:
+        if stop_polling is not None:
+            stop_polling()
         receiver.stop()
         journal.close()
     if stored != len(series.paths):
         raise BenchFailure(f"acqflow journaled {stored} of {len(series.paths)} instances")
-    return Round("acqflow", seconds, len(series.paths), series.total_bytes / 1e6,
-                 _store_seconds() - handler_before)
+    name = "acqflow+console" if console else "acqflow"
+    store_seconds = _store_seconds() - handler_before
+    return Round(name, seconds, len(series.paths), series.total_bytes / 1e6, store_seconds)
+
+
+def _console_poller(journal: Journal, workdir: Path) -> Callable[[], None]:
+    """Start the web console on ``journal`` and a thread fetching its pages every 0.2 s
+    (as a browser on the operations and plate views would); returns the stopper."""
+    import threading
+    import urllib.request
+
+    from acqflow.daemon.config import Settings
+    from acqflow.daemon.web.app import WebConsole
+
+    paths = {"state_dir": str(workdir), "outputs_dir": str(workdir / "out")}
+    settings = Settings.model_validate({"paths": paths, "web": {"enabled": True, "port": 0}})
+    console = WebConsole(settings, journal)
+    console.start()
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.2):
+            for page in ("/", "/ops", "/studies"):
+                with urllib.request.urlopen(f"http://127.0.0.1:{console.port}{page}", timeout=10) as answer:
+                    answer.read()
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+
+    def stopper() -> None:
+        stop.set()
+        thread.join(10)
+        console.stop()
+
+    return stopper
 
 
 BOUNDARY = "acqflow-bench"
@@ -200,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=DicomSettings().spool_slots,
                         help="acqflow's dicom.spool_slots (0: every instance a new file)")
     parser.add_argument("--skip-stow", action="store_true", help="leave out the STOW-RS rounds")
+    parser.add_argument("--console", action="store_true",
+                        help="add C-STORE rounds with the web console running and polled")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="acqflow-bench-", dir=args.workdir))
     try:
@@ -213,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_stow:
             results["stow-rs"] = []
             write_stow_body(series, root / "stow-body")
+        if args.console:
+            results["acqflow+console"] = []
         for index in range(args.rounds):
             # Each round starts with no dirty pages: storescp leaves ~158 MB unflushed, and
             # acqflow's first fsync would pay for them. Received files are kept until the
@@ -222,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             results["storescp"].append(run_storescp(series, root / f"scp{index}", args.max_pdu))
             os.sync()
             results["acqflow"].append(run_acqflow(series, root / f"acq{index}", args.max_pdu, args.slots))
+            if args.console:
+                os.sync()
+                results["acqflow+console"].append(
+                    run_acqflow(series, root / f"con{index}", args.max_pdu, args.slots, console=True))
             if not args.skip_stow:
                 os.sync()
                 (root / f"stow{index}").mkdir()
@@ -258,6 +308,13 @@ def report(results: dict[str, list[Round]]) -> None:
                        for w, a in zip(results["stow-rs"], results["acqflow"], strict=True)]
         print(f"ratio STOW-RS/C-STORE into acqflow: {stow.mb_per_second / acq.mb_per_second:.2f} (of the"
               f" medians; round by round: {', '.join(f'{r:.2f}' for r in paired_stow)})")
+    if results.get("acqflow+console"):
+        with_console = _median(results["acqflow+console"])
+        paired_console = [c.mb_per_second / a.mb_per_second
+                          for c, a in zip(results["acqflow+console"], results["acqflow"], strict=True)]
+        ratio_console = with_console.mb_per_second / acq.mb_per_second
+        print(f"ratio C-STORE with the console polled / without: {ratio_console:.2f}"
+              f" (round by round: {', '.join(f'{r:.2f}' for r in paired_console)})")
     speed = "met" if acq.mb_per_second >= TARGET_MB_S else "NOT met"
     relative = "met" if ratio >= TARGET_RATIO else "NOT met"
     print(f"target >= {TARGET_MB_S:.0f} MB/s durable: {speed}; target ratio >= {TARGET_RATIO}: {relative}")
