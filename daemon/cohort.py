@@ -97,7 +97,7 @@ def cohort_rows(journal: Journal, pipelines: Sequence[str], identifiers: bool) -
     last = 0
     while True:
         page = journal.query(
-            "SELECT r.id, r.pipeline, r.fields, a.attrs, j.finished_at FROM records r"
+            "SELECT r.id, r.pipeline, r.fields, a.attrs, a.id arrival_id, j.finished_at FROM records r"
             " JOIN jobs j ON j.id = r.job_id JOIN arrivals a ON a.id = j.arrival_id"
             f" WHERE r.id > ? AND r.pipeline IN ({marks})"
             f" AND r.kind IN ({','.join('?' * len(STRUCTURE_KINDS))})"
@@ -118,6 +118,7 @@ def cohort_rows(journal: Journal, pipelines: Sequence[str], identifiers: bool) -
                 "modality": attrs.get("modality"),
                 "pipeline": row["pipeline"],
                 "processed_at": row["finished_at"],
+                "_arrival": row["arrival_id"],  # the journal's own id (the web console's actions)
             }
 
 
@@ -155,7 +156,8 @@ def write_cohort(journal: Journal, target: IO[str] | Path, fmt: CohortFormat,
 
 
 def _write_csv(rows: Iterator[dict[str, Any]], handle: IO[str]) -> tuple[int, int]:
-    writer = csv.DictWriter(handle, fieldnames=[c for c, _ in COLUMNS], lineterminator="\n")
+    writer = csv.DictWriter(handle, fieldnames=[c for c, _ in COLUMNS], lineterminator="\n",
+                            extrasaction="ignore")
     writer.writeheader()
     count, series = 0, set()
     for row in rows:
@@ -177,7 +179,7 @@ def _write_parquet(rows: Iterator[dict[str, Any]], target: Path) -> tuple[int, i
     with pq.ParquetWriter(target, schema) as writer:
         batch: list[dict[str, Any]] = []
         for row in rows:
-            batch.append(row)
+            batch.append({column: row.get(column) for column, _ in COLUMNS})
             series.add((row["pipeline"], row["series"]))
             if len(batch) >= _PAGE:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))

@@ -297,7 +297,7 @@ class Daemon:
             self._step = "starting the web console"
             from acqflow.daemon.web.app import WebConsole
 
-            console = WebConsole(s, self.journal)
+            console = WebConsole(s, self.journal, Router(s.routes, self.registry.available))
             self._components.append(("web", console))
             console.start()
             self.web_port = console.port

@@ -24,6 +24,7 @@ from acqflow.daemon.config import Settings
 from acqflow.daemon.errors import BindError, ConfigError
 from acqflow.daemon.fileio import read_tokens
 from acqflow.daemon.journal import Journal
+from acqflow.daemon.router import Router
 
 __all__ = ["WebConsole", "create_app"]
 
@@ -32,8 +33,9 @@ TEMPLATES = Path(__file__).with_name("templates")
 COOKIE = "acqflow_console"
 
 
-def create_app(settings: Settings, journal: Journal) -> Any:
-    """The ASGI app; raises ConfigError when the tokens file cannot be read."""
+def create_app(settings: Settings, journal: Journal, router: Router | None = None) -> Any:
+    """The ASGI app; ``router`` (the daemon's) decides the pipelines a reprocess queues.
+    Raises ConfigError when the tokens file cannot be read."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
@@ -97,6 +99,24 @@ def create_app(settings: Settings, journal: Journal) -> Any:
         LOG.info("web console: job %d queued again", job_id)
         return RedirectResponse("/ops", status_code=303)
 
+    async def reprocess(request: Request) -> Response:
+        if not web.allow_actions or router is None:
+            return JSONResponse({"error": "actions are off ([web] allow_actions)"}, 403)
+        from acqflow.daemon.jobqueue import JobQueue
+
+        arrival_id = request.path_params["arrival"]
+        rows = journal.query("SELECT id FROM arrivals WHERE id=?", (arrival_id,))
+        if not rows:
+            return JSONResponse({"error": f"no input {arrival_id}"}, 404)
+        arrival = journal.arrival(arrival_id)
+        decisions = router.decide(arrival)
+        if not decisions:
+            return JSONResponse({"error": "no route matches this input"}, 409)
+        queue = JobQueue(journal)
+        jobs = [queue.add_job(arrival.id, decision) for decision in decisions]
+        LOG.info("web console: input %d queued again (jobs %s)", arrival.id, jobs)
+        return RedirectResponse("/studies", status_code=303)
+
     async def file(request: Request) -> Response:
         path = data.output_file(journal, settings, request.path_params["output"])
         return JSONResponse({"error": "no such file"}, 404) if path is None else FileResponse(path)
@@ -119,6 +139,7 @@ def create_app(settings: Settings, journal: Journal) -> Any:
         Route("/plates/{experiment}/wells/{well}", well_page),
         Route("/api/plates/{experiment}", plate_json), Route("/studies", studies_page),
         Route("/ops", ops_page), Route("/ops/retry/{job:int}", retry, methods=["POST"]),
+        Route("/studies/reprocess/{arrival:int}", reprocess, methods=["POST"]),
         Route("/files/{output:int}", file),
     ], middleware=[Middleware(BaseHTTPMiddleware, dispatch=authenticate)])
 
@@ -159,9 +180,9 @@ def _chart(points: list[dict[str, Any]], width: int = 640, height: int = 240) ->
 class WebConsole:
     """uvicorn serving :func:`create_app` on ``[web] host:port`` in a background thread."""
 
-    def __init__(self, settings: Settings, journal: Journal) -> None:
+    def __init__(self, settings: Settings, journal: Journal, router: Router | None = None) -> None:
         self.settings = settings
-        self.app = create_app(settings, journal)
+        self.app = create_app(settings, journal, router)
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.port = settings.web.port

@@ -203,7 +203,7 @@ def studies(journal: Journal) -> list[dict[str, Any]]:
             "study": row["study"], "series": row["series"], "pipeline": row["pipeline"],
             "modality": row["modality"], "model_version": row["model_version"],
             "pipeline_version": row["pipeline_version"], "processed_at": row["processed_at"],
-            "structures": []})
+            "arrival": row["_arrival"], "structures": []})
         entry["structures"].append(row)
     exports = _exports_by_series(journal)
     for (pipeline, _pseudonym), entry in series.items():

@@ -150,10 +150,29 @@ def test_plates_studies_and_operations_in_a_browser(tmp_path: Path, browser: Any
         assert "series-" in section.find_element(By.TAG_NAME, "h2").text  # a pseudonym, not the UID
         _shot(browser, "studies", tmp_path)
 
+        assert not browser.find_elements(By.XPATH, "//button[text()='Reprocess']")
+        [ct] = journal_rows(daemon, "SELECT id FROM arrivals WHERE kind='dicom-series'")
+        request = urllib.request.Request(_url(daemon, f"/studies/reprocess/{ct['id']}"), method="POST",
+                                         data=b"")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+
         browser.find_element(By.LINK_TEXT, "Operations").click()
         assert "read-only" in browser.find_element(By.CLASS_NAME, "provenance").text
         assert not browser.find_elements(By.XPATH, "//button[text()='Retry']")
         _shot(browser, "operations", tmp_path)
+    finally:
+        assert daemon.terminate() == 0
+    daemon.settings["web"]["allow_actions"] = True  # the same daemon, actions on: reprocess the series
+    daemon.start()
+    try:
+        browser.get(_url(daemon, "/studies"))
+        browser.find_element(By.XPATH, "//button[text()='Reprocess']").click()
+        ct_jobs = lambda: [j["state"] for j in journal_rows(  # noqa: E731
+            daemon, "SELECT state FROM jobs WHERE pipeline='ct-muscle' ORDER BY id")]
+        wait_until(lambda: ct_jobs() == ["done", "done"], 120, "the series reprocessed from the console",
+                   daemon)
     finally:
         assert daemon.terminate() == 0
 
