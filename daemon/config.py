@@ -312,7 +312,7 @@ class WebSettings(_Section):
     # "<user> <token>" per line; required (or TLS client certificates) off loopback. A
     # browser opens the console once with ?token=<token>, which sets a cookie.
     tokens_file: Path | None = None
-    allow_actions: bool = False  # retry and reprocess buttons (the CLI's code paths)
+    allow_actions: bool = False  # retry (dead jobs) and reprocess (series) buttons
     refresh_seconds: Annotated[float, Field(ge=1.0, le=3600.0)] = 3.0  # live views poll this often
     tls: TlsSettings | None = None
 
