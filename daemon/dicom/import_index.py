@@ -122,8 +122,10 @@ class ImportIndex:
                 last = str(row["series_uid"])
                 yield last
 
-    def pending_count(self) -> int:
-        return int(self.journal.query("SELECT COUNT(*) FROM import_files WHERE state='pending'")[0][0])
+    def pending_series_count(self) -> int:
+        """How many series have files read but not registered."""
+        rows = self.journal.query("SELECT COUNT(DISTINCT series_uid) FROM import_files WHERE state='pending'")
+        return int(rows[0][0])
 
     def register(self, series_uid: str, association: str, placement: Placement,
                  attrs_extra: dict[str, str]) -> SeriesRegistration | None:

@@ -190,7 +190,7 @@ class DicomImport:
     # --- registration -----------------------------------------------------------
 
     def _register_all(self, summary: ImportSummary, progress: ImportProgress) -> None:
-        total = len({*self._pending_series_count()})
+        total = self.index.pending_series_count()
         association = f"import-{uuid.uuid4().hex}"
         self.journal.open_association(association, IMPORT_AE)
         done = 0
@@ -209,10 +209,6 @@ class DicomImport:
                 progress.registering(done, total)
         finally:
             self.journal.close_association(association, "released")
-
-    def _pending_series_count(self) -> list[str]:
-        rows = self.journal.query("SELECT DISTINCT series_uid FROM import_files WHERE state='pending'")
-        return [str(r[0]) for r in rows]
 
     @staticmethod
     def _count(outcome: SeriesRegistration, summary: ImportSummary) -> None:
