@@ -379,6 +379,13 @@ class Journal:
         rows = self.query("SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
         return Path(rows[0]["path"]) if rows else None
 
+    def holds_instance_file(self, sop_instance_uid: str) -> bool:
+        """True when the journal holds the instance and its file is still there: a copy
+        received again is a duplicate. Held but its file removed (spool retention): the
+        copy restores it (:meth:`restore_instance`)."""
+        held = self.instance_path(sop_instance_uid)
+        return held is not None and held.exists()
+
     def restore_instance(self, sop_instance_uid: str, path: Path, size: int) -> bool:
         """Point a held instance whose file was removed (spool retention) at ``path``,
         a copy received again; its series keeps its generation (the same content)."""

@@ -178,9 +178,7 @@ class InstanceReceipt:
         if invalid is not None:  # first: a sender may cut an over-long UID in the command only
             raise invalid_uid(*invalid)
         _check_matches(header.sop_class_uid, self.sop_class, header.sop_instance_uid, self.sop_uid)
-        held = self.receiver.journal.instance_path(self.sop_uid)
-        # Held, but its file removed by the spool retention: received again to restore it.
-        return held is not None and held.exists()
+        return self.receiver.journal.holds_instance_file(self.sop_uid)
 
     def discard(self) -> None:
         incoming, self._incoming = self._incoming, None

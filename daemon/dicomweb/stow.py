@@ -251,7 +251,7 @@ class StowUpload:
             raise _Refused(DATASET_MISMATCH, "data set UIDs differ from the File Meta Information",
                            sop_class, sop_uid)
         journal = self.host.journal
-        if journal.instance_arrival(sop_uid) is not None:  # stored before: the same object
+        if journal.holds_instance_file(sop_uid):  # stored before: the same object
             incoming.discard()
             self.result.stored.append((sop_class, sop_uid))
             metrics.DICOM_INSTANCES.labels("duplicate").inc()
@@ -263,14 +263,16 @@ class StowUpload:
                                 header.instance_number)
             attrs = {**series_attrs(header, sop_class_uid=sop_class, calling_ae=self.client,
                                     transfer_syntax=syntax), "received_by": "stow-rs"}
-            journal.record_instance("series:" + header.series_uid, path.parent, attrs, instance,
-                                    durable=False)
+            _, is_new = journal.record_instance("series:" + header.series_uid, path.parent, attrs, instance,
+                                                durable=False)
+            if not is_new:  # held, its file removed by the retention: restored, as by C-STORE
+                journal.restore_instance(sop_uid, path, incoming.size)
         except OSError as exc:
             raise _spool_error(exc) from None
         except sqlite3.Error as exc:  # the instance is not acknowledged
             LOG.error("STOW-RS instance %s: journal: %s", sop_uid, exc)
             raise _Refused(OUT_OF_RESOURCES, f"journal: {exc}", sop_class, sop_uid) from None
-        metrics.DICOM_INSTANCES.labels("stored").inc()
+        metrics.DICOM_INSTANCES.labels("stored" if is_new else "restored").inc()
         metrics.DICOM_BYTES.inc(incoming.size)
         self.result.stored.append((sop_class, sop_uid))
 
