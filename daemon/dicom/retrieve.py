@@ -79,8 +79,10 @@ def _entity(source: PacsSource, calling_ae: str, timeout: float) -> Any:
     return ae
 
 
-def _associate(ae: Any, source: PacsSource) -> Any:
-    assoc = ae.associate(source.host, source.port, ae_title=source.ae_title)
+def _associate(ae: Any, source: PacsSource, **options: Any) -> Any:
+    """An association with ``source`` (``options``: pynetdicom's, e.g. C-GET's roles and
+    storage handler); raises ExportError when it is not established."""
+    assoc = ae.associate(source.host, source.port, ae_title=source.ae_title, **options)
     if not assoc.is_established:
         raise ExportError(f"sources.pacs {source.name}: no association with "
                           f"{source.ae_title}@{source.host}:{source.port} (rejected, unreachable or aborted)")
@@ -217,11 +219,7 @@ def get_series(source: PacsSource, hit: SeriesHit, folder: Path, calling_ae: str
     for sop_class in storage:
         ae.add_requested_context(sop_class)
     roles = [build_role(sop_class, scp_role=True) for sop_class in storage]
-    assoc = ae.associate(source.host, source.port, ae_title=source.ae_title, ext_neg=roles,
-                         evt_handlers=[(evt.EVT_C_STORE, store)])
-    if not assoc.is_established:
-        raise ExportError(f"sources.pacs {source.name}: no association with "
-                          f"{source.ae_title}@{source.host}:{source.port}")
+    assoc = _associate(ae, source, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, store)])
     (folder / hit.series_uid).mkdir(parents=True, exist_ok=True)
     last: Dataset | None = None
     try:
