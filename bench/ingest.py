@@ -286,35 +286,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _print_ratio(label: str, these: list[Round], against: list[Round]) -> float:
+    """Print (and return) the MB/s ratio of the medians, with the ratio round by round."""
+    ratio = _median(these).mb_per_second / _median(against).mb_per_second
+    paired = [a.mb_per_second / b.mb_per_second for a, b in zip(these, against, strict=True)]
+    print(f"{label}: {ratio:.2f} (of the medians; round by round: {', '.join(f'{r:.2f}' for r in paired)})")
+    return ratio
+
+
 def report(results: dict[str, list[Round]]) -> None:
     for name, rounds in results.items():
         every = ", ".join(f"{r.mb_per_second:.0f}" for r in rounds)
         best = _median(rounds)
         print(f"{name:9s} median {best.instances_per_second:7.1f} instances/s "
               f"{best.mb_per_second:7.1f} MB/s  ({best.seconds:.2f} s; rounds MB/s: {every})")
-    acq, scp = _median(results["acqflow"]), _median(results["storescp"])
+    acq = _median(results["acqflow"])
     per_instance = 1000 * acq.seconds / acq.instances
     in_handler = 1000 * acq.store_seconds / acq.instances
     print(f"acqflow per instance: {per_instance:.2f} ms, of which {in_handler:.2f} ms completing the "
           "C-STORE (durable spool write, journal commit)")
-    ratio = acq.mb_per_second / scp.mb_per_second
-    rounds = zip(results["acqflow"], results["storescp"], strict=True)
-    paired = [a.mb_per_second / s.mb_per_second for a, s in rounds]
-    print(f"ratio acqflow/storescp: {ratio:.2f} (of the medians; round by round: "
-          f"{', '.join(f'{r:.2f}' for r in paired)})")
+    ratio = _print_ratio("ratio acqflow/storescp", results["acqflow"], results["storescp"])
     if results.get("stow-rs"):
-        stow = _median(results["stow-rs"])
-        paired_stow = [w.mb_per_second / a.mb_per_second
-                       for w, a in zip(results["stow-rs"], results["acqflow"], strict=True)]
-        print(f"ratio STOW-RS/C-STORE into acqflow: {stow.mb_per_second / acq.mb_per_second:.2f} (of the"
-              f" medians; round by round: {', '.join(f'{r:.2f}' for r in paired_stow)})")
+        _print_ratio("ratio STOW-RS/C-STORE into acqflow", results["stow-rs"], results["acqflow"])
     if results.get("acqflow+console"):
-        with_console = _median(results["acqflow+console"])
-        paired_console = [c.mb_per_second / a.mb_per_second
-                          for c, a in zip(results["acqflow+console"], results["acqflow"], strict=True)]
-        ratio_console = with_console.mb_per_second / acq.mb_per_second
-        print(f"ratio C-STORE with the console polled / without: {ratio_console:.2f}"
-              f" (round by round: {', '.join(f'{r:.2f}' for r in paired_console)})")
+        _print_ratio("ratio C-STORE with the console polled / without", results["acqflow+console"],
+                     results["acqflow"])
     speed = "met" if acq.mb_per_second >= TARGET_MB_S else "NOT met"
     relative = "met" if ratio >= TARGET_RATIO else "NOT met"
     print(f"target >= {TARGET_MB_S:.0f} MB/s durable: {speed}; target ratio >= {TARGET_RATIO}: {relative}")
