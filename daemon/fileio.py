@@ -18,7 +18,7 @@ from pathlib import Path
 from acqflow.daemon.redaction import scrub
 
 __all__ = ["fsync_dir", "quarantine", "quarantine_files", "read_tokens", "remove_stale_temporaries",
-           "safe_name", "write_atomic"]
+           "safe_name", "token_name", "write_atomic"]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -165,3 +165,15 @@ def read_tokens(path: Path, setting: str) -> dict[str, str]:
     if not tokens:
         raise ConfigError(f"{setting} {path}: no tokens")
     return tokens
+
+
+def token_name(tokens: dict[str, str], given: str) -> str | None:
+    """The name ``given`` is the token of (from :func:`read_tokens`), None for none; every
+    token is compared in constant time, so the answer's timing tells nothing."""
+    import hmac
+
+    found = None
+    for token, name in tokens.items():
+        if hmac.compare_digest(token, given) and given:
+            found = name
+    return found

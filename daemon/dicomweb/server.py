@@ -13,7 +13,6 @@ certificates every client may, named by its address.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import threading
@@ -27,7 +26,7 @@ from acqflow.daemon.config import DicomWebSettings
 from acqflow.daemon.dicom.spool import InstanceSpool
 from acqflow.daemon.dicomweb.stow import StowRejected, StowUpload
 from acqflow.daemon.errors import BindError, ConfigError
-from acqflow.daemon.fileio import read_tokens
+from acqflow.daemon.fileio import read_tokens, token_name
 from acqflow.daemon.journal import Journal
 
 __all__ = ["StowReceiver"]
@@ -122,9 +121,9 @@ class StowReceiver:
         """The client's name, or None when it may not store."""
         name: str | None = address
         if self._tokens:
-            token = (authorization or "").removeprefix("Bearer ").strip() \
-                if (authorization or "").startswith("Bearer ") else ""
-            name = next((n for t, n in self._tokens.items() if token and hmac.compare_digest(t, token)), None)
+            header = authorization or ""
+            token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+            name = token_name(self._tokens, token)
         elif certificate:
             subject = dict(item[0] for item in certificate.get("subject", ()))
             name = str(subject.get("commonName", address))

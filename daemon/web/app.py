@@ -12,7 +12,6 @@ every ``refresh_seconds`` and recolours its wells without a reload.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import threading
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 from acqflow.daemon.config import Settings
 from acqflow.daemon.errors import BindError, ConfigError
-from acqflow.daemon.fileio import read_tokens
+from acqflow.daemon.fileio import read_tokens, token_name
 from acqflow.daemon.journal import Journal
 from acqflow.daemon.router import Router
 
@@ -127,7 +126,7 @@ def create_app(settings: Settings, journal: Journal, router: Router | None = Non
             return response
         given = request.query_params.get("token") or request.cookies.get(COOKIE) or \
             request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not any(hmac.compare_digest(given, token) for token in tokens):
+        if token_name(tokens, given) is None:
             return JSONResponse({"error": "a token is required ([web] tokens_file)"}, 401)
         response = await call_next(request)
         if request.query_params.get("token"):
