@@ -87,6 +87,9 @@ VENDOR_EXAMPLES = [
      {"experiment": "my_acquisition", "well": "A01", "position": "01", "channel": "1", "timepoint": 1}),
     ("r01c01f002p01-ch1sk1fk1fl1.tiff", "operetta",
      {"experiment": "inbox", "well": "A01", "position": "002", "channel": "1", "timepoint": 1}),
+    # Harmony 5.3 and later (Revvity support article on Signals Image Artist downloads)
+    ("r01c03f02p01-ch01t01.tiff", "operetta",
+     {"experiment": "inbox", "well": "A03", "position": "02", "channel": "01", "timepoint": 1}),
 ]
 
 
@@ -94,6 +97,14 @@ VENDOR_EXAMPLES = [
                          ids=[case[0] for case in VENDOR_EXAMPLES])
 def test_vendor_examples_parse_to_their_fields(relative: str, preset: str, expected: dict[str, Any]) -> None:
     assert_preset_parses(relative, preset, expected)
+
+
+def test_harmony_datastore_names_carry_no_fields() -> None:
+    # Harmony 5.2 and earlier hand out datastore identifiers (the same Revvity article)
+    relative = "screen-7/114-103-143-712-1112-3-44-159.tiff"
+    assert match_name(relative, _folder()) is None
+    md = parse_metadata(ROOT / relative, _folder())
+    assert (md.experiment, md.well, md.position, md.channel) == ("screen-7", None, None, None)
 
 
 @pytest.mark.parametrize(("alias", "preset", "relative"), [

@@ -35,7 +35,8 @@ of each layout in docs/microscopes.md:
   ``NAME/Default/img_channel000_position000_time000000000_z000.tif`` (2.x);
 * ``imagexpress`` (alias ``metaxpress``) — ``TimePoint_1/Plate10x4sites_A01_s1_w1.TIF``
   and HCS.ai ``timepoint1/PROTOCOL_t1_C05_s0_w0_z0.tif``;
-* ``operetta`` (alias ``harmony``) — ``Images/r01c01f01p01-ch1sk1fk1fl1.tiff``;
+* ``operetta`` (alias ``harmony``) — ``Images/r01c01f01p01-ch1sk1fk1fl1.tiff`` and, from
+  Harmony 5.3, ``r01c03f02p01-ch01t01.tiff``;
 * ``well_folders`` — ``EXP/B03/2/t005.tif``; ``plate_well_field`` — ``PL1_B03_2_phase.tif``;
 * ``acqflow`` — ``EXP1_B03_pos1_t005_phase.tif`` (the project's synthetic data);
 * ``patterns`` — the folder's ``patterns`` only; ``folder`` — no name parsing at all.

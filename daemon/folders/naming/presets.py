@@ -45,6 +45,8 @@ _GEN5_WELL = rf"(?P<well>{_WELL})"
 # MetaXpress writes TimePoint_N (and ZStep_N) folders; database copies append a GUID to "w1".
 _IXM_DIRS = r"(?:TimePoint_(?P<timepoint>\d+)/)?(?:ZStep_\d+/)?"
 _GUID = r"(?:[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12})?"
+# Harmony (Operetta, Opera Phenix): row, column, field and plane, then channel and time.
+_HARMONY_FIELD = r"(?:Images/)?r(?P<row>\d\d)c(?P<column>\d\d)f(?P<position>\d+)p\d+"
 # Micro-Manager position labels: HCS sites, grid positions (2.0 "1-Pos000_000", 1.4 "1-Pos_000_000"), PosN.
 _MM_POSITION = rf"{_WELL}-Site_\d+|\d+-Pos_?\d+_\d+|Pos\d+"
 
@@ -177,8 +179,9 @@ PRESETS: dict[str, NamingPreset] = {
     "operetta": NamingPreset(
         "operetta",
         _compile(
-            _START + r"(?:Images/)?r(?P<row>\d\d)c(?P<column>\d\d)f(?P<position>\d+)p\d+"
-            rf"-ch(?P<channel>\d+)sk(?P<timepoint>\d+)fk\d+fl\d+{_TIFF}",
+            _START + _HARMONY_FIELD + rf"-ch(?P<channel>\d+)sk(?P<timepoint>\d+)fk\d+fl\d+{_TIFF}",
+            # Harmony 5.3 and later: r01c03f02p01-ch01t01.tiff
+            _START + _HARMONY_FIELD + rf"-ch(?P<channel>\d+)t(?P<timepoint>\d+){_TIFF}",
         ),
         _row_column_well,
         layout=True,
