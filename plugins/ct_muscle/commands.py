@@ -177,6 +177,10 @@ def train(
         min=0.0, help="Robust augmentation: elastic displacement SD, fraction of the field")] = None,
     elastic_cells: Annotated[int | None, typer.Option(
         min=2, help="Robust augmentation: elastic control points per side")] = None,
+    body_size_px: Annotated[float | None, typer.Option(
+        min=1.0, help="Segment bodies smaller than this many model pixels (square root of "
+                      "the cross-section area) on a finer grid that brings them to it, in "
+                      "training and inference; default: that of --init-weights, else off")] = None,
 ) -> None:
     """Train (or fine-tune, --init-weights) the hip/thigh Bayesian U-net and write
     its weights and model card to --output.
@@ -213,20 +217,22 @@ def train(
         raise typer.BadParameter("needs --augmentation robust or contrast-agnostic",
                                  param_hint="--elastic")
     side = size if size is not None else _randomised_size(grid_mm)
-    try:
-        options = TrainingOptions(
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-            size=side, geometry=InputGeometry(pixel_spacing_mm=grid_mm),
-            network=NetworkOptions(base_channels=base_channels, depth=depth),
-            appearance=appearance, robust=robust, device=device)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
     initial, base = None, None
     if init_weights is not None:
         from acqflow.plugins.ct_muscle.inference import load_model
 
-        start, base, _ = load_model(init_weights, expected=[s.key for s in table])
+        start, base, base_geometry = load_model(init_weights, expected=[s.key for s in table])
         initial = start.state_dict()
+        if body_size_px is None:
+            body_size_px = base_geometry.body_size_px
+    try:
+        options = TrainingOptions(
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+            size=side, geometry=InputGeometry(pixel_spacing_mm=grid_mm, body_size_px=body_size_px),
+            network=NetworkOptions(base_channels=base_channels, depth=depth),
+            appearance=appearance, robust=robust, device=device)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     result = train_network(train_set, val_set, table, options, checkpoint_dir, initial)
     card = ModelCard(
         name="ct_muscle", version=version, architecture="BayesianUNet",

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from acqflow.models.unet import BayesianUNet
 
 __all__ = [
+    "BODY_LEVEL",
+    "GRID_LIMIT",
     "LOW_ATTENUATION_HU",
     "HuWindow",
     "InputGeometry",
@@ -44,6 +46,7 @@ __all__ = [
     "ReviewScore",
     "StructureMeasurement",
     "UncertaintyMeasure",
+    "body_size_mm",
     "load_model",
     "mc_seed",
     "measure_structures",
@@ -91,31 +94,93 @@ class HuWindow:
 
 @dataclass(frozen=True)
 class InputGeometry:
-    """What the network was trained on: pixel spacing (mm), HU window, size divisor."""
+    """What the network was trained on: pixel spacing (mm), HU window, size divisor.
+
+    ``body_size_px``, when set, brings small bodies up to size: a volume whose body
+    (the square root of its cross-section area, :func:`body_size_mm`) would be smaller
+    than that many model pixels is segmented on a finer grid that makes it that size, so
+    a child's or a small adult's thigh keeps the resolution the network needs for its
+    thin muscles. Larger bodies keep ``pixel_spacing_mm`` (the network segments them well
+    as they are); the grid is never finer than ``pixel_spacing_mm / GRID_LIMIT``.
+    """
 
     pixel_spacing_mm: float = 3.0
     window: HuWindow = HuWindow()
     divisor: int = 8
+    body_size_px: float | None = None
 
     def __post_init__(self) -> None:
         if self.pixel_spacing_mm <= 0 or self.divisor < 1:
             raise ValueError("pixel spacing must be positive and divisor >= 1")
+        if self.body_size_px is not None and self.body_size_px <= 0:
+            raise ValueError("body_size_px must be positive")
 
     def to_dict(self) -> dict[str, float]:
-        return {
+        out = {
             "pixel_spacing_mm": self.pixel_spacing_mm,
             "window_center": self.window.center,
             "window_width": self.window.width,
             "divisor": self.divisor,
         }
+        if self.body_size_px is not None:
+            out["body_size_px"] = self.body_size_px
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputGeometry:
+        body = data.get("body_size_px")
         return cls(
             pixel_spacing_mm=float(data["pixel_spacing_mm"]),
             window=HuWindow(float(data["window_center"]), float(data["window_width"])),
             divisor=int(data["divisor"]),
+            body_size_px=None if body is None else float(body),
         )
+
+    def for_volume(self, hu: np.ndarray, spacing: tuple[float, float]) -> InputGeometry:
+        """The geometry a ``(slices, rows, cols)`` HU volume is segmented on: this one,
+        or with ``body_size_px`` and a body smaller than that on this grid, the finer grid
+        that brings the body to that size."""
+        if self.body_size_px is None:
+            return self
+        size = body_size_mm(hu, spacing, self.window.lower + BODY_LEVEL * self.window.width)
+        if size is None:
+            return self
+        grid = round(max(size / self.body_size_px, self.pixel_spacing_mm / GRID_LIMIT), 2)
+        if grid >= self.pixel_spacing_mm:
+            return self
+        return InputGeometry(grid, self.window, self.divisor, self.body_size_px)
+
+
+# Body size: the body is what lies above this fraction of the HU window (-280 HU with the
+# default window: above air, below any fat); a grid refined for a small body is at most
+# GRID_LIMIT times finer than the trained pixel spacing.
+BODY_LEVEL = 0.1
+GRID_LIMIT = 2.5
+_BODY_SLICES = 32  # slices sampled for the body size
+_BODY_GRID_MM = 2.0  # the body mask is taken on about this grid
+
+
+def body_size_mm(hu: np.ndarray, spacing: tuple[float, float], level_hu: float) -> float | None:
+    """The square root of the body's cross-section area (mm), the median over up to 32
+    evenly spaced slices of a ``(slices, rows, cols)`` volume, or None without a body.
+
+    The body is the voxels above ``level_hu``, opened once on a ~2 mm grid (which drops
+    noise specks and thin objects such as a table top) with its holes filled.
+    """
+    from scipy import ndimage
+
+    if hu.ndim != 3 or hu.shape[0] == 0:
+        return None
+    step = (max(1, int(_BODY_GRID_MM // spacing[0])), max(1, int(_BODY_GRID_MM // spacing[1])))
+    area_px = spacing[0] * step[0] * spacing[1] * step[1]
+    picks = np.unique(np.linspace(0, hu.shape[0] - 1, min(_BODY_SLICES, hu.shape[0])).round())
+    sizes = []
+    for k in picks.astype(int):
+        mask = ndimage.binary_opening(hu[k, :: step[0], :: step[1]] > level_hu)
+        area = float(ndimage.binary_fill_holes(mask).sum()) * area_px
+        if area > 0:
+            sizes.append(math.sqrt(area))
+    return float(np.median(sizes)) if sizes else None
 
 
 @dataclass(frozen=True)
@@ -258,7 +323,9 @@ def _mc_on_model_grid(
     # innermost dimension without a layout copy.
     probs = torch.softmax(logits.permute(0, 2, 3, 1), dim=-1)
     probs = probs.reshape(options.samples, n, *probs.shape[1:])
-    return probs.mean(dim=0), _uncertainty(probs, options.measure), probs.argmax(dim=-1)
+    # max().indices is the argmax (the first maximum on ties, as argmax) and measured
+    # faster than argmax over the innermost dimension on a CPU.
+    return probs.mean(dim=0), _uncertainty(probs, options.measure), probs.max(dim=-1).indices
 
 
 def _agreement_counts(samples: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -312,7 +379,13 @@ def _resampled_labels(mean: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     too. Only the output pixels whose sources disagree (those along label boundaries,
     a few per cent) are interpolated in full, with the weights of ``F.interpolate``.
     """
-    low = mean.argmax(dim=-1)  # (n, h, w)
+    import torch
+
+    # (n, h, w) as uint8 (at most 256 classes): the gathers below move an eighth of the
+    # bytes of int64 labels.
+    low = mean.argmax(dim=-1)
+    if mean.shape[-1] <= 256:
+        low = low.to(torch.uint8)
     r0, r1, ry = _bilinear_taps(mean.shape[1], rows, mean.device)
     c0, c1, cx = _bilinear_taps(mean.shape[2], cols, mean.device)
     top, bottom = low.index_select(1, r0), low.index_select(1, r1)
@@ -325,7 +398,7 @@ def _resampled_labels(mean: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     y0, y1, x0, x1 = r0[y], r1[y], c0[x], c1[x]
     value = (((1 - ly) * (1 - lx)) * mean[s, y0, x0] + ((1 - ly) * lx) * mean[s, y0, x1]
              + (ly * (1 - lx)) * mean[s, y1, x0] + (ly * lx) * mean[s, y1, x1])
-    labels[s, y, x] = value.argmax(dim=-1)
+    labels[s, y, x] = value.argmax(dim=-1).to(labels.dtype)
     return labels
 
 
@@ -361,15 +434,18 @@ def predict_volume(
 ) -> Prediction:
     """MC-dropout label map and uncertainty of a ``(slices, rows, cols)`` HU volume.
 
-    ``spacing`` is the in-plane (row, column) spacing in mm. With ``seed`` the samples
-    are reproducible (slice ``k`` seeded by :func:`slice_seed`); without, they come from
-    the global random state. Raises ValueError for a volume that is not 3-D.
+    ``spacing`` is the in-plane (row, column) spacing in mm; ``geo`` with a
+    ``body_size_px`` is adapted to the volume's body first (:meth:`InputGeometry.for_volume`).
+    With ``seed`` the samples are reproducible (slice ``k`` seeded by :func:`slice_seed`);
+    without, they come from the global random state. Raises ValueError for a volume that
+    is not 3-D.
     """
     import torch
 
     opts = options or McOptions()
     if hu.ndim != 3:
         raise ValueError(f"expected a (slices, rows, cols) volume, got shape {hu.shape}")
+    geo = geo.for_volume(hu, spacing)
     device = next(model.parameters()).device
     model.eval()
     model.set_mc_dropout(True)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["CtMuscleOptions", "CtMusclePipeline", "SegmentationOptions"]
 
 PIPELINE_NAME = "ct-muscle"
-PIPELINE_VERSION = "1.0.0"
+PIPELINE_VERSION = "1.1.0"  # 1.1.0: body size normalisation (InputGeometry.body_size_px)
 
 # Mean uncertainty inside a structure above which it is flagged for review. The entropy's
 # is fitted for the demo weights 2.1.0: the best F1 for flagging structures with a Dice
@@ -137,10 +137,29 @@ class SegmentationOptions:
 
 @dataclass(frozen=True)
 class CtMuscleOptions(SegmentationOptions):
-    """ct-muscle's options: ``window_center``/``window_width`` override the model card's HU window."""
+    """ct-muscle's options: ``window_center``/``window_width`` override the model card's HU
+    window; ``body_size_px`` overrides the card's body size normalisation (the body's size
+    in model pixels, :class:`~acqflow.plugins.ct_muscle.inference.InputGeometry`) and
+    ``size_normalisation = false`` turns it off (the card's fixed grid)."""
 
     window_center: float | None = None
     window_width: float | None = None
+    size_normalisation: bool = True
+    body_size_px: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.body_size_px is not None and self.body_size_px <= 0:
+            raise ValueError("body_size_px must be positive")
+
+    def geometry(self, card: InputGeometry) -> InputGeometry:
+        """The card's input geometry with this window and size normalisation."""
+        window = HuWindow(
+            self.window_center if self.window_center is not None else card.window.center,
+            self.window_width if self.window_width is not None else card.window.width)
+        body = (None if not self.size_normalisation
+                else self.body_size_px if self.body_size_px is not None else card.body_size_px)
+        return InputGeometry(card.pixel_spacing_mm, window, card.divisor, body)
 
 
 class CtMusclePipeline:
@@ -169,14 +188,7 @@ class CtMusclePipeline:
                  else default_label_table())
         weights = context.weights_dir or bundled_weights_dir()
         model, card, geometry = load_model(weights, context.device, [s.key for s in table])
-        if options.window_center is not None or options.window_width is not None:
-            window = HuWindow(
-                options.window_center if options.window_center is not None
-                else geometry.window.center,
-                options.window_width if options.window_width is not None
-                else geometry.window.width)
-            geometry = InputGeometry(geometry.pixel_spacing_mm, window, geometry.divisor)
-        self._model, self._card, self._geometry = model, card, geometry
+        self._model, self._card, self._geometry = model, card, options.geometry(geometry)
         self._options, self._table = options, table
 
     def run(self, item: ImageItem | SeriesItem) -> PipelineResult:
@@ -224,7 +236,8 @@ class CtMusclePipeline:
             table=self._table, measure=self._options.measure,
             review_threshold=self._options.threshold, content=content,
             options=(*self._options.content_options(),
-                     f"window={window.center!r}/{window.width!r}"))
+                     f"window={window.center!r}/{window.width!r}",
+                     f"body_size_px={self._geometry.body_size_px!r}"))
         return dicom_outputs(context, volume, labels, uncertainty, measured,
                              labelmap=self._options.labelmap)
 

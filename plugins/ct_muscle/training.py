@@ -121,8 +121,9 @@ def slices_for_training(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Windowed slices ``(n, 1, size, size)`` float32 and labels ``(n, size, size)`` int64.
 
-    Images are resampled bilinearly, labels by nearest neighbour, onto the model grid,
-    then centre-padded (air) or centre-cropped to ``size``.
+    Images are resampled bilinearly, labels by nearest neighbour, onto the model grid
+    (with ``geo.body_size_px``, the finer grid a small body gets at inference,
+    :meth:`InputGeometry.for_volume`), then centre-padded (air) or centre-cropped to ``size``.
     """
     import torch
     from torch.nn import functional as F
@@ -132,8 +133,9 @@ def slices_for_training(
         hu = torch.from_numpy(volume.hu.astype(np.float32))
         x = ((hu - geo.window.lower) / geo.window.width).clamp(0, 1)[:, None]
         y = torch.from_numpy(volume.labels.astype(np.float32))[:, None]
-        target = (round(hu.shape[1] * volume.spacing[0] / geo.pixel_spacing_mm),
-                  round(hu.shape[2] * volume.spacing[1] / geo.pixel_spacing_mm))
+        grid = geo.for_volume(volume.hu, volume.spacing).pixel_spacing_mm
+        target = (round(hu.shape[1] * volume.spacing[0] / grid),
+                  round(hu.shape[2] * volume.spacing[1] / grid))
         if target != tuple(hu.shape[1:]):
             x = F.interpolate(x, size=target, mode="bilinear", antialias=True)
             y = F.interpolate(y, size=target, mode="nearest")

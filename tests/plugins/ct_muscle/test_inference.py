@@ -9,10 +9,12 @@ import pytest
 
 from acqflow.models.store import WeightsError
 from acqflow.plugins.ct_muscle.inference import (
+    GRID_LIMIT,
     InputGeometry,
     McOptions,
     Prediction,
     UncertaintyMeasure,
+    body_size_mm,
     load_model,
     measure_structures,
     predict_volume,
@@ -256,3 +258,70 @@ def test_seeded_samples_of_a_slice_do_not_depend_on_its_batch(model_and_geometry
     np.testing.assert_allclose(batched.uncertainty, single.uncertainty, atol=1e-5)
     unseeded = predict_volume(model, hu, (6.0, 6.0), geometry, McOptions(samples=3))
     assert np.abs(unseeded.uncertainty - single.uncertainty).max() > 1e-3
+
+
+def _disc_volume(radius_mm: float, spacing: float, matrix: int, table: bool = False) -> np.ndarray:
+    """Air with a fat disc of ``radius_mm`` (and a 3 mm table top below it) per slice."""
+    yy, xx = (np.mgrid[0:matrix, 0:matrix] - (matrix - 1) / 2) * spacing
+    hu = np.full((6, matrix, matrix), -1000.0, dtype=np.float32)
+    hu[:, np.hypot(yy, xx) <= radius_mm] = -100.0
+    if table:
+        hu[:, (yy > radius_mm + 10) & (yy < radius_mm + 13)] = 200.0
+    return hu
+
+
+@pytest.mark.parametrize(("radius", "spacing"), [(60.0, 0.9), (150.0, 1.875), (40.0, 3.0)])
+def test_body_size_is_the_root_of_the_cross_section(radius: float, spacing: float) -> None:
+    size = body_size_mm(_disc_volume(radius, spacing, 256, table=True), (spacing, spacing), -280.0)
+    assert size == pytest.approx(math.sqrt(math.pi) * radius, rel=0.06)
+
+
+def test_no_body_has_no_size_and_keeps_the_grid() -> None:
+    air = np.full((3, 64, 64), -1000.0, dtype=np.float32)
+    assert body_size_mm(air, (2.0, 2.0), -280.0) is None
+    geometry = InputGeometry(body_size_px=90.0)
+    assert geometry.for_volume(air, (2.0, 2.0)) is geometry
+
+
+def test_a_small_body_gets_the_finer_grid_that_brings_it_to_size() -> None:
+    geometry = InputGeometry(pixel_spacing_mm=3.0, body_size_px=90.0)
+    hu = _disc_volume(80.0, 1.0, 400)  # sqrt(area) = 142 mm: 47 pixels at 3 mm
+    adapted = geometry.for_volume(hu, (1.0, 1.0))
+    size = body_size_mm(hu, (1.0, 1.0), -280.0)
+    assert size is not None
+    assert size / adapted.pixel_spacing_mm == pytest.approx(90.0, rel=0.01)
+    assert adapted.window == geometry.window and adapted.divisor == geometry.divisor
+    assert adapted.for_volume(hu, (1.0, 1.0)) == adapted  # applying it twice changes nothing
+    tiny = _disc_volume(15.0, 0.5, 400)
+    assert geometry.for_volume(tiny, (0.5, 0.5)).pixel_spacing_mm == pytest.approx(3.0 / GRID_LIMIT)
+
+
+def test_a_large_body_and_a_geometry_without_body_size_keep_the_grid() -> None:
+    hu = _disc_volume(200.0, 1.875, 256)  # 354 mm: 118 pixels at 3 mm
+    geometry = InputGeometry(pixel_spacing_mm=3.0, body_size_px=90.0)
+    assert geometry.for_volume(hu, (1.875, 1.875)) is geometry
+    plain = InputGeometry()
+    assert plain.for_volume(_disc_volume(30.0, 1.0, 128), (1.0, 1.0)) is plain
+
+
+def test_body_size_goes_through_the_card() -> None:
+    geometry = InputGeometry(pixel_spacing_mm=2.0, body_size_px=85.0)
+    assert InputGeometry.from_dict(geometry.to_dict()) == geometry
+    assert "body_size_px" not in InputGeometry().to_dict()
+    with pytest.raises(ValueError, match="body_size_px"):
+        InputGeometry(body_size_px=0.0)
+
+
+def test_small_bodies_are_segmented_on_the_finer_grid(model_and_geometry) -> None:  # type: ignore[no-untyped-def]
+    """The prediction comes back on the input's matrix either way, and differs from the
+    fixed grid's because the network saw the body at another scale."""
+    from dataclasses import replace
+
+    model, geometry = model_and_geometry
+    hu = _disc_volume(50.0, 1.5, 128)
+    hu[:, 50:70, 50:70] = 40.0
+    fixed = predict_volume(model, hu, (1.5, 1.5), geometry, McOptions(samples=2), seed="a")
+    sized = predict_volume(model, hu, (1.5, 1.5), replace(geometry, body_size_px=120.0),
+                           McOptions(samples=2), seed="a")
+    assert sized.labels.shape == fixed.labels.shape == hu.shape
+    assert not np.array_equal(sized.uncertainty, fixed.uncertainty)

@@ -205,8 +205,9 @@ def test_rerun_gives_identical_objects_without_touching_the_global_rng(tiny_weig
 
 @pytest.mark.parametrize("options", [{"samples": 4}, {"samples": 3, "labelmap": True},
                                      {"samples": 3, "measure": "variance"},
-                                     {"samples": 3, "review_score": "uncertainty"}],
-                         ids=["samples", "labelmap", "measure", "review_score"])
+                                     {"samples": 3, "review_score": "uncertainty"},
+                                     {"samples": 3, "body_size_px": 400.0}],
+                         ids=["samples", "labelmap", "measure", "review_score", "body_size_px"])
 def test_changed_options_give_new_instances_in_new_series(
     tiny_weights: Path, options: dict[str, object]
 ) -> None:

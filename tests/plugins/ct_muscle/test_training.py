@@ -49,6 +49,23 @@ def test_slices_resampled_to_model_grid_and_fitted() -> None:
     assert set(np.unique(y)) <= set(range(23))
 
 
+def test_small_bodies_are_trained_on_the_grid_inference_uses() -> None:
+    """With body_size_px a small body is resampled onto the finer grid inference gives
+    it, so it fills that many model pixels (square root of its area) in training too."""
+    from acqflow.plugins.ct_muscle.inference import InputGeometry
+    from acqflow.plugins.ct_muscle.training import LabelledVolume
+
+    yy, xx = (np.mgrid[0:128, 0:128] - 63.5) * 1.5
+    body = np.hypot(yy, xx) <= 60.0  # sqrt(area) 106 mm: 35 pixels at 3 mm
+    hu = np.where(body, 40.0, -1000.0).astype(np.float32)[None].repeat(2, axis=0)
+    volume = LabelledVolume(hu=hu, labels=body.astype(np.uint8)[None].repeat(2, axis=0),
+                            spacing=(1.5, 1.5))
+    _, plain = slices_for_training([volume], InputGeometry(), 96)
+    _, sized = slices_for_training([volume], InputGeometry(body_size_px=60.0), 96)
+    assert np.sqrt((plain[0] > 0).sum()) == pytest.approx(106.3 / 3.0, rel=0.05)
+    assert np.sqrt((sized[0] > 0).sum()) == pytest.approx(60.0, rel=0.05)
+
+
 def test_training_is_seeded_and_resumable(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     table = default_label_table()
@@ -109,10 +126,19 @@ def test_train_and_evaluate_commands(tmp_path: Path) -> None:
     out = tmp_path / "weights"
     result = runner.invoke(app, ["train", "--output", str(out), "--phantoms", "1",
                                  "--validation", "1", "--epochs", "1", "--seed", "3",
-                                 "--elastic", "0.04", "--elastic-cells", "7"])
+                                 "--elastic", "0.04", "--elastic-cells", "7",
+                                 "--body-size-px", "70"])
     assert result.exit_code == 0, result.output
     card = json.loads((out / "ct_muscle.json").read_text())
     assert card["training"]["seed"] == 3 and card["sha256"]
+    assert card["training"]["input"]["body_size_px"] == 70.0
+    tuned = tmp_path / "tuned"
+    result = runner.invoke(app, ["train", "--output", str(tuned), "--phantoms", "1",
+                                 "--validation", "1", "--epochs", "1", "--init-weights", str(out)])
+    assert result.exit_code == 0, result.output
+    # Fine-tuning keeps the body size the weights were trained and are used with.
+    assert json.loads((tuned / "ct_muscle.json").read_text())["training"]["input"][
+        "body_size_px"] == 70.0
     robust = card["training"]["augmentation"]["robust"]
     assert (robust["elastic"], robust["elastic_cells"]) == (0.04, 7)
     result = runner.invoke(app, ["train", "--output", str(tmp_path / "basic"), "--phantoms", "1",
