@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              pixel_spacing_mm=args.pixel_spacing, slice_spacing_mm=1.5)
     hu = generate_phantom(2024, options).hu
     spacing = (args.pixel_spacing, args.pixel_spacing)
+    # The grid the pipeline picks for this body (body size normalisation), for both.
+    geo = geo.for_volume(hu, spacing)
     torch.manual_seed(0)
     mc = McOptions(samples=args.samples, batch_images=args.batch_images)
     batched_s = loop_s = float("inf")
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "volume": [args.slices, args.size, args.size], "samples": args.samples,
         "device": args.device if args.device != "cpu" else f"cpu x{args.threads} threads",
         "model": f"{card.name} {card.version}", "batch_images": args.batch_images,
+        "model_grid_mm": geo.pixel_spacing_mm,
         "repeat": args.repeat,
         "batched_seconds": round(batched_s, 2), "loop_seconds": round(loop_s, 2),
         "speedup": round(loop_s / batched_s, 2),

@@ -139,7 +139,7 @@ class InputGeometry:
     def for_volume(self, hu: np.ndarray, spacing: tuple[float, float]) -> InputGeometry:
         """The geometry a ``(slices, rows, cols)`` HU volume is segmented on: this one,
         or with ``body_size_px`` and a body smaller than that on this grid, the finer grid
-        that brings the body to that size."""
+        that brings the body to that size (a geometry without a body size)."""
         if self.body_size_px is None:
             return self
         size = body_size_mm(hu, spacing, self.window.lower + BODY_LEVEL * self.window.width)
@@ -148,7 +148,8 @@ class InputGeometry:
         grid = round(max(size / self.body_size_px, self.pixel_spacing_mm / GRID_LIMIT), 2)
         if grid >= self.pixel_spacing_mm:
             return self
-        return InputGeometry(grid, self.window, self.divisor, self.body_size_px)
+        # Without a body size: the result is final, applying it again changes nothing.
+        return InputGeometry(grid, self.window, self.divisor, None)
 
 
 # Body size: the body is what lies above this fraction of the HU window (-280 HU with the

@@ -23,15 +23,16 @@ def test_bundled_weights_segment_held_out_phantoms_through_the_daemon(tmp_path: 
               for seed, encoding, orientation in SERIES]
     results = run_through_daemon(series, tmp_path)
     mean = float(np.mean([r["mean_dice"] for r in results]))
-    # Weights 2.0.0 measured 0.899 and 0.761 on these two (0.61 over the eight series of
-    # docs/models/ct-muscle.md); 1.1.0 scored 0.38 on held-out series. The bar guards the
-    # gain; issue 13's 0.80 over held-out phantoms in general is not reached yet.
-    assert mean >= 0.72, results
-    assert all(r["mean_dice"] >= 0.6 for r in results), results
+    # Weights 2.1.0 with body size normalisation measured 0.920 and 0.859 on these two
+    # (0.812 over the eight series of docs/models/ct-muscle.md); 2.0.0 on the fixed grid
+    # 0.899 and 0.761, 1.1.0 0.38 on held-out series. The bar is issue 13's.
+    assert mean >= 0.80, results
+    assert all(r["mean_dice"] >= 0.75 for r in results), results
     for r in results:  # the SR gives every segmented structure its review scores
         assert r["scores"] and set(r["scores"]) <= set(r["dice"]), r
         assert all(0.0 <= s["disagreement"] <= 1.0 for s in r["scores"].values()), r
     auroc = failure_detection(results)
     # The samples' disagreement ranks the failed structures better than the mean entropy
-    # (eight series of docs/models/ct-muscle.md: 0.929 against 0.895).
+    # (0.882 against 0.829 on these two; 0.885 against 0.865 on the eight series of
+    # docs/models/ct-muscle.md).
     assert auroc["disagreement"] > 0.8 and auroc["disagreement"] >= auroc["mean_uncertainty"], auroc

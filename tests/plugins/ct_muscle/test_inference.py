@@ -170,6 +170,8 @@ def test_seeded_mc_agrees_with_the_former_implementation_on_a_phantom(tmp_path: 
     spacing = (0.9, 0.9)
     hu = generate_phantom(11, PhantomOptions(shape=(3, 160, 176), pixel_spacing_mm=0.9,
                                              slice_spacing_mm=3.0)).hu
+    # Both on the card's 3 mm grid: this compares two implementations of one computation.
+    geometry = InputGeometry(geometry.pixel_spacing_mm, geometry.window, geometry.divisor)
     torch.manual_seed(3)
     ours = predict_volume(model, hu, spacing, geometry, McOptions(samples=6, batch_images=6))
     torch.manual_seed(3)
@@ -291,7 +293,8 @@ def test_a_small_body_gets_the_finer_grid_that_brings_it_to_size() -> None:
     assert size is not None
     assert size / adapted.pixel_spacing_mm == pytest.approx(90.0, rel=0.01)
     assert adapted.window == geometry.window and adapted.divisor == geometry.divisor
-    assert adapted.for_volume(hu, (1.0, 1.0)) == adapted  # applying it twice changes nothing
+    assert adapted.body_size_px is None  # applied: segmenting with it changes nothing more
+    assert adapted.for_volume(hu, (1.0, 1.0)) is adapted
     tiny = _disc_volume(15.0, 0.5, 400)
     assert geometry.for_volume(tiny, (0.5, 0.5)).pixel_spacing_mm == pytest.approx(3.0 / GRID_LIMIT)
 
