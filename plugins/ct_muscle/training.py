@@ -24,7 +24,7 @@ from acqflow.plugins.ct_muscle.augmentation import (
     blur_some,
     robust_augment,
 )
-from acqflow.plugins.ct_muscle.inference import MODEL_NAME, InputGeometry
+from acqflow.plugins.ct_muscle.inference import MODEL_NAME, InputGeometry, model_grid
 from acqflow.plugins.ct_muscle.structures import LabelTable
 
 if TYPE_CHECKING:
@@ -134,8 +134,7 @@ def slices_for_training(
         x = ((hu - geo.window.lower) / geo.window.width).clamp(0, 1)[:, None]
         y = torch.from_numpy(volume.labels.astype(np.float32))[:, None]
         grid = geo.for_volume(volume.hu, volume.spacing).pixel_spacing_mm
-        target = (round(hu.shape[1] * volume.spacing[0] / grid),
-                  round(hu.shape[2] * volume.spacing[1] / grid))
+        target, _ = model_grid(hu.shape[1], hu.shape[2], volume.spacing, grid, geo.divisor)
         if target != tuple(hu.shape[1:]):
             x = F.interpolate(x, size=target, mode="bilinear", antialias=True)
             y = F.interpolate(y, size=target, mode="nearest")
